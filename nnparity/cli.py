@@ -1,0 +1,133 @@
+"""The ``nnparity`` command.
+
+    nnparity list                       the documented networks
+    nnparity run NET [options]          step parity, then both sides trained side by side, then a report
+    nnparity parity NET [options]       step parity only: a per-step table, exit 1 on mismatch
+    nnparity bench [NET ...]            seconds per epoch, scratch vs torch, GFLOP/s, peak memory
+
+Bad arguments exit with status 2 and one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from .data import DataError
+from .networks import NETWORKS, UnknownNetwork
+
+DTYPES = ("float32", "float64")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v}")
+    return v
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def network_name(text: str) -> str:
+    if text not in NETWORKS:
+        raise argparse.ArgumentTypeError(f"unknown network {text!r}; known networks: {', '.join(NETWORKS)}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nnparity", description="Reference-parity verification of from-scratch NumPy networks "
+                                             "against PyTorch.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    sub.add_parser("list", help="list the documented networks")
+
+    def common(sp, default_dtype_help):
+        sp.add_argument("net", type=network_name, metavar="NET", help=f"one of: {', '.join(NETWORKS)}")
+        sp.add_argument("--seed", type=non_negative_int, default=0, help="seed for init, batches and masks (default 0)")
+        sp.add_argument("--dtype", choices=DTYPES, default=None, help=default_dtype_help)
+        sp.add_argument("--data-dir", default=None,
+                        help="folder with the MNIST files (else $NNPARITY_DATA_DIR, else the shipped copy)")
+
+    r = sub.add_parser("run", help="parity check, then train both sides and write a side-by-side report")
+    common(r, "default: the recipe's documented-run dtype")
+    r.add_argument("--epochs", type=positive_int, default=None, help="default: the recipe's")
+    r.add_argument("--out", default="reports", help="reports go to OUT/NET/ (default reports)")
+    r.add_argument("--parity-steps", type=non_negative_int, default=20,
+                   help="steps of step parity before training (0 skips; default 20)")
+    r.add_argument("--train-size", type=positive_int, default=None,
+                   help="train on a seeded random subset of this many images (quick tries)")
+    r.add_argument("--test-size", type=positive_int, default=None,
+                   help="evaluate on a seeded random subset of this many test images")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    c = sub.add_parser("parity", help="step parity only, with a per-step table")
+    common(c, "default float64")
+    c.add_argument("--steps", type=positive_int, default=50, help="training steps to compare (default 50)")
+
+    b = sub.add_parser("bench", help="time full-MNIST epochs of both sides, alternating")
+    b.add_argument("nets", nargs="*", type=network_name, metavar="NET", help="default: all networks")
+    b.add_argument("--dtype", choices=DTYPES, default="float32")
+    b.add_argument("--repeats", type=positive_int, default=3, help="epochs per side, alternating (default 3)")
+    b.add_argument("--data-dir", default=None)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.command_line = "nnparity " + " ".join(shlex.quote(a) for a in argv)
+    try:
+        return _dispatch(args)
+    except (DataError, UnknownNetwork, OSError) as e:
+        print(f"nnparity {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    if args.cmd == "list":
+        for net in NETWORKS.values():
+            r = net.recipe
+            print(f"{net.name:10s} {net.summary}\n{'':10s} lr {r.lr}, batch {r.batch_size}, {r.epochs} epochs, "
+                  f"{r.loss} ({r.reduction}), documented run in {r.dtype}")
+        return 0
+    if args.cmd == "run":
+        from .run import run_network
+
+        return run_network(args.net, epochs=args.epochs, seed=args.seed, dtype=args.dtype, out=args.out,
+                           data_dir=args.data_dir, parity_steps=args.parity_steps,
+                           progress=False if args.no_progress else None, command=args.command_line,
+                           train_size=args.train_size, test_size=args.test_size)
+    if args.cmd == "parity":
+        from .networks import run_parity
+        from .data import load_mnist
+
+        trace = run_parity(args.net, args.steps, args.dtype or "float64", args.seed, load_mnist(args.data_dir))
+        print(trace.table())
+        print(trace.message())
+        return 0 if trace.ok else 1
+    if args.cmd == "bench":
+        from .bench import bench
+
+        return bench(args.nets or list(NETWORKS), dtype=args.dtype, repeats=args.repeats, data_dir=args.data_dir)
+    raise AssertionError(args.cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

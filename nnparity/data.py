@@ -1,0 +1,213 @@
+"""MNIST: a NumPy-only IDX reader with checksums, the dataset lookup, and batching.
+
+Lookup order for the four files: ``--data-dir``, then ``$NNPARITY_DATA_DIR``,
+then the copy shipped in the repository (``data/mnist``). When the folder in
+use holds none of them and the machine is online,
+``torchvision.datasets.MNIST(..., download=True)`` fetches them into it (into
+``~/.cache/nnparity/mnist`` when neither was given and there is no shipped copy). Every file is checked: magic number, dimensions,
+length, and the SHA-256 of its uncompressed content, so a corrupt file or
+another dataset in the same format is refused with the file named.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ENV_VAR = "NNPARITY_DATA_DIR"
+NO_DOWNLOAD_VAR = "NNPARITY_NO_DOWNLOAD"  # set to 1 to never try a download
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "mnist"
+CACHE_DIR = Path.home() / ".cache" / "nnparity" / "mnist"
+
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+
+# SHA-256 of the uncompressed files (their MD5s are the widely published ones).
+FILES = {
+    "train_images": ("train-images-idx3-ubyte", "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+    "train_labels": ("train-labels-idx1-ubyte", "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+    "test_images": ("t10k-images-idx3-ubyte", "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+    "test_labels": ("t10k-labels-idx1-ubyte", "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+}
+
+
+class DataError(Exception):
+    """A data file is missing, malformed or not the expected MNIST file."""
+
+
+@dataclass(frozen=True)
+class MNIST:
+    """The four arrays, uint8 as stored: images (N, 28, 28), labels (N,)."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+            f.seek(0)
+            if head == b"\x1f\x8b":
+                try:
+                    return gzip.GzipFile(fileobj=f).read()
+                except (OSError, EOFError) as e:
+                    raise DataError(f"{path}: not a readable gzip file ({e}); "
+                                    "the file is damaged or truncated: copy it again") from None
+            return f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected an IDX file") from None
+    except PermissionError:
+        raise DataError(f"{path}: permission denied") from None
+
+
+def read_idx(path, expected_magic: int | None = None) -> np.ndarray:
+    """Read an IDX file (raw or gzip-compressed) of unsigned bytes into a uint8 array.
+
+    Images (magic 2051) come back as (count, rows, cols), labels (magic 2049) as
+    (count,). Raises ``DataError`` naming the file for a wrong magic number or a
+    file shorter or longer than its header says.
+    """
+    return _parse_idx(_read_bytes(Path(path)), Path(path), expected_magic)
+
+
+def _parse_idx(raw: bytes, path: Path, expected_magic: int | None) -> np.ndarray:
+    if len(raw) < 8:
+        raise DataError(f"{path}: truncated: {len(raw)} bytes, shorter than an IDX header")
+    magic = int.from_bytes(raw[0:4], "big")
+    if magic not in (IMAGES_MAGIC, LABELS_MAGIC) or (expected_magic and magic != expected_magic):
+        want = expected_magic or f"{IMAGES_MAGIC} (images) or {LABELS_MAGIC} (labels)"
+        raise DataError(f"{path}: wrong magic number {magic} (expected {want}); "
+                        "this is not an MNIST IDX file of that kind")
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated: {len(raw)} bytes, shorter than its {header}-byte header")
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        what = "truncated" if len(raw) < expected else "too long"
+        raise DataError(f"{path}: {what}: {len(raw)} bytes, but its header {dims} says {expected}")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _find(directory: Path, name: str) -> Path | None:
+    for candidate in (directory / f"{name}.gz", directory / name,
+                      directory / "MNIST" / "raw" / f"{name}.gz", directory / "MNIST" / "raw" / name):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _load_dir(directory: Path, verify: bool) -> MNIST:
+    arrays, raws = {}, {}
+    for key, (name, _) in FILES.items():
+        path = _find(directory, name)
+        if path is None:
+            raise DataError(f"{directory / (name + '.gz')}: file not found "
+                            f"(looked for {name}.gz and {name}, also under MNIST/raw/)")
+        raws[key] = (path, _read_bytes(path))
+        arrays[key] = _parse_idx(raws[key][1], path, IMAGES_MAGIC if key.endswith("images") else LABELS_MAGIC)
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if len(images) != len(labels):
+            raise DataError(f"{raws[split + '_labels'][0]}: {len(labels)} labels, but "
+                            f"{raws[split + '_images'][0].name} holds {len(images)} images")
+        if images.shape[1:] != (28, 28):
+            raise DataError(f"{raws[split + '_images'][0]}: images are {images.shape[1:]}, expected 28x28")
+    if verify:
+        for key, (path, raw) in raws.items():
+            digest, expected = hashlib.sha256(raw).hexdigest(), FILES[key][1]
+            if digest != expected:
+                raise DataError(f"{path}: checksum mismatch: SHA-256 of the uncompressed content is "
+                                f"{digest[:16]}..., MNIST's is {expected[:16]}...; the file is corrupt or "
+                                "another dataset: replace it with the genuine file")
+    return MNIST(**arrays, source=str(directory))
+
+
+def _has_any(directory: Path) -> bool:
+    return any(_find(directory, name) for name, _ in FILES.values())
+
+
+def data_source(data_dir=None) -> tuple[str, Path]:
+    """The folder to load from, and why: ``--data-dir``, else the environment variable,
+    else the shipped copy."""
+    if data_dir:
+        return "--data-dir", Path(data_dir)
+    if os.environ.get(ENV_VAR):
+        return f"${ENV_VAR}", Path(os.environ[ENV_VAR])
+    return "shipped copy", SHIPPED_DIR
+
+
+def load_mnist(data_dir=None, *, verify: bool = True, download: bool = True) -> MNIST:
+    """Load MNIST as uint8 arrays.
+
+    A folder that was asked for (``data_dir``, else ``$NNPARITY_DATA_DIR``) is
+    authoritative: its files are loaded, and if it holds none of them they are
+    downloaded into it (when ``download`` and the machine is online). With
+    neither, the shipped copy is used, else a download into ``~/.cache``.
+    """
+    why, directory = data_source(data_dir)
+    if directory.is_dir() and _has_any(directory):
+        return _load_dir(directory, verify)
+    target = directory if why != "shipped copy" else CACHE_DIR
+    if target != directory and target.is_dir() and _has_any(target):
+        return _load_dir(target, verify)
+    where = f"{directory} ({why})" + (f" or {target}" if target != directory else "")
+    hint = f"pass --data-dir DIR or set ${ENV_VAR} to a folder holding the four MNIST files"
+    if not download or os.environ.get(NO_DOWNLOAD_VAR, "") not in ("", "0"):
+        raise DataError(f"MNIST not found in {where}; {hint}")
+    try:
+        _download(target)
+    except Exception as e:  # no network, no torchvision, unwritable folder
+        raise DataError(f"MNIST not found in {where}, and downloading it into {target} failed "
+                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {hint}") from None
+    return _load_dir(target, verify)
+
+
+def _download(target: Path) -> None:
+    import torchvision  # only needed for the online fallback
+
+    target.mkdir(parents=True, exist_ok=True)
+    torchvision.datasets.MNIST(str(target), train=True, download=True)
+    torchvision.datasets.MNIST(str(target), train=False, download=True)
+
+
+# --- preprocessing and batches --------------------------------------------------------
+def to_inputs(images: np.ndarray, dtype, flat: bool) -> np.ndarray:
+    """uint8 (N, 28, 28) -> pixels / 255 as ``dtype``: (N, 784) row-major when ``flat``,
+    else (N, 1, 28, 28)."""
+    x = images.astype(dtype)
+    x /= 255
+    return x.reshape(len(images), -1) if flat else x.reshape(len(images), 1, 28, 28)
+
+
+def subset(n_total: int, size: int | None, seed: int, stream: str) -> np.ndarray | None:
+    """Indices of a seeded random subset of ``size`` of ``n_total`` (None = use all)."""
+    if size is None or size >= n_total:
+        return None
+    return np.sort(np.random.default_rng([seed, _stream_id(stream)]).choice(n_total, size, replace=False))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The sample order of one epoch: a permutation fixed by (seed, epoch)."""
+    return np.random.default_rng([seed, _stream_id("batches"), epoch]).permutation(n)
+
+
+def batches(order: np.ndarray, batch_size: int):
+    """Index arrays of consecutive minibatches; the last one may be smaller."""
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def _stream_id(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")

@@ -1,0 +1,142 @@
+"""The registry of documented networks, and how to set up both sides of one.
+
+Adding a network = a scratch module (``RECIPE``, ``build``, ``loss``), a reference
+module (``build``, ``loss``) and one ``Network`` entry below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+
+from scratch.optim import SGD
+from scratch.recipe import Recipe
+
+from . import data as mnist
+from .sides import ScratchSide, TorchSide
+
+
+@dataclass(frozen=True)
+class Network:
+    """A documented network: where its two sides live and how its data is shaped.
+
+    Attributes:
+        name: short name used by the CLI and reports.
+        summary: one line for ``nnparity list``.
+        flat: inputs flattened to (N, 784) (else images (N, 1, 28, 28)).
+        allowed_zero: gradients that are zero by construction (e.g. a bias
+            followed by BatchNorm); exempt from the degeneracy guard.
+    """
+
+    name: str
+    summary: str
+    flat: bool = True
+    allowed_zero: tuple = ()
+
+    @property
+    def scratch(self) -> ModuleType:
+        return importlib.import_module(f"scratch.nets.{self.name}")
+
+    @property
+    def reference(self) -> ModuleType:
+        return importlib.import_module(f"reference.{self.name}")
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.scratch.RECIPE
+
+
+NETWORKS = {n.name: n for n in (
+    Network("mlp1000", "784-1000-10 ReLU MLP, softmax cross-entropy (seeds 000/001)"),
+)}
+
+
+class UnknownNetwork(KeyError):
+    def __str__(self):
+        return f"unknown network {self.args[0]!r}; known networks: {', '.join(NETWORKS)}"
+
+
+def get(name: str) -> Network:
+    try:
+        return NETWORKS[name]
+    except KeyError:
+        raise UnknownNetwork(name) from None
+
+
+def stream(seed: int, name: str) -> np.random.Generator:
+    """An independent generator for one purpose (``init``, ``dropout``...) of one seed."""
+    return np.random.default_rng([seed, mnist._stream_id(name)])
+
+
+def make_sides(net: Network, recipe: Recipe, dtype, seed: int) -> tuple[ScratchSide, TorchSide]:
+    """Both sides from identical weights: the scratch side initialises from ``seed``,
+    the torch side receives a copy (parity never relies on two RNGs agreeing)."""
+    import torch
+
+    from reference import bridge
+
+    dtype = np.dtype(dtype)
+    smodel = net.scratch.build(recipe, stream(seed, "init"), dtype)
+    tmodel = bridge.mirror(smodel, net.reference.build(recipe))
+    scratch = ScratchSide(smodel, net.scratch.loss(recipe),
+                          SGD(smodel.named_parameters(), recipe.lr, recipe.momentum))
+    ref = TorchSide(tmodel, net.reference.loss(recipe),
+                    torch.optim.SGD(tmodel.parameters(), lr=recipe.lr, momentum=recipe.momentum))
+    return scratch, ref
+
+
+@dataclass
+class Dataset:
+    """Preprocessed arrays shared by both sides (torch wraps them without copying)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def prepare(net: Network, recipe: Recipe, raw: mnist.MNIST, dtype, seed: int) -> Dataset:
+    """Scale to [0, 1], lay out for the network, take the recipe's seeded subsets."""
+    tr = mnist.subset(len(raw.train_labels), recipe.train_size, seed, "train_subset")
+    te = mnist.subset(len(raw.test_labels), recipe.test_size, seed, "test_subset")
+    pick = (lambda a, i: a if i is None else a[i])
+    return Dataset(
+        mnist.to_inputs(pick(raw.train_images, tr), dtype, net.flat),
+        pick(raw.train_labels, tr).astype(np.int64),
+        mnist.to_inputs(pick(raw.test_images, te), dtype, net.flat),
+        pick(raw.test_labels, te).astype(np.int64),
+    )
+
+
+def training_batches(ds: Dataset, recipe: Recipe, seed: int, epoch: int):
+    """The (x, y) minibatches of one epoch, in the order fixed by (seed, epoch)."""
+    for idx in mnist.batches(mnist.epoch_order(len(ds.y_train), seed, epoch), recipe.batch_size):
+        yield ds.x_train[idx], ds.y_train[idx]
+
+
+def first_batches(ds: Dataset, recipe: Recipe, seed: int, steps: int):
+    """The first ``steps`` training batches of the run (continuing into later epochs)."""
+    epoch, n = 1, 0
+    while n < steps:
+        for batch in training_batches(ds, recipe, seed, epoch):
+            if n == steps:
+                return
+            n += 1
+            yield batch
+        epoch += 1
+
+
+def run_parity(name: str, steps: int = 50, dtype="float64", seed: int = 0, raw: mnist.MNIST | None = None,
+               recipe: Recipe | None = None, ds: Dataset | None = None, on_step=None):
+    """Step parity of a documented network on its first ``steps`` real training batches."""
+    from .parity import check_steps
+
+    net = get(name)
+    recipe = recipe or net.recipe
+    ds = ds or prepare(net, recipe, raw or mnist.load_mnist(), dtype, seed)
+    scratch, ref = make_sides(net, recipe, dtype, seed)
+    return check_steps(scratch, ref, first_batches(ds, recipe, seed, steps), net=name, dtype=dtype,
+                       allowed_zero=net.allowed_zero, on_step=on_step)

@@ -1,0 +1,288 @@
+"""The one parity helper: compare named tensors, trace a run step by step, and
+fail with a message that says where and by how much.
+
+A value ``a`` (scratch) passes against ``b`` (reference) when every element has
+``|a - b| <= atol + rtol * |b|``: the semantics of ``torch.testing.assert_close``,
+with one (atol, rtol) pair per dtype. The *margin* of a comparison is the
+largest ``|a - b| / (atol + rtol * |b|)`` over its elements: <= 1 passes, and a
+failing margin says how many times over tolerance the worst element is.
+
+A gradient comparison is *degenerate* when both sides are zero to within
+``atol`` everywhere: it would pass whatever the backward computed, so it counts
+as a failure unless the network declares that gradient zero by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .sides import quantity
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|a - b| <= atol + rtol * |b|`` elementwise."""
+
+    atol: float
+    rtol: float
+
+
+# Set from the measured noise floor: see TOLERANCES.md (``nnparity noise-floor``
+# remeasures it). float64: scratch and torch differ only by summation order
+# (~1e-16 relative per op). float32: rounding (~6e-8 relative per op) amplified
+# by long dot products and 50 steps of training.
+TOLERANCES = {
+    "float64": Tolerance(atol=1e-10, rtol=1e-9),
+    "float32": Tolerance(atol=1e-4, rtol=1e-3),
+}
+
+GRADIENT_QUANTITIES = ("parameter gradient", "upstream gradient", "input gradient")
+
+
+def tolerance_for(dtype) -> Tolerance:
+    name = np.dtype(dtype).name
+    if name not in TOLERANCES:
+        raise ValueError(f"no parity tolerance for dtype {name!r}; use float32 or float64")
+    return TOLERANCES[name]
+
+
+@dataclass
+class Comparison:
+    """One tensor compared at one step."""
+
+    name: str
+    quantity: str
+    shape: tuple
+    max_abs: float                 # max |a - b|
+    max_rel: float                 # max |a - b| / |b| over elements with b != 0
+    index: tuple                   # the worst element (largest margin)
+    scratch: float                 # scratch value there
+    reference: float               # reference value there
+    margin: float                  # max |a - b| / (atol + rtol |b|); <= 1 passes
+    tol: Tolerance
+    step: int | None = None
+    degenerate: bool = False       # both sides ~0 (a vacuous gradient comparison)
+    problem: str | None = None     # shape/dtype/NaN mismatch, found before values
+    allowed_zero: bool = False     # declared zero by construction
+
+    @property
+    def passed(self) -> bool:
+        return self.problem is None and self.margin <= 1 and (not self.degenerate or self.allowed_zero)
+
+    def describe(self, net: str | None = None, dtype: str | None = None) -> str:
+        where = " ".join(s for s in (net, dtype) if s)
+        where = f"{where} " if where else ""
+        step = f"step {self.step}: " if self.step is not None else ""
+        head = f"{where}{step}{self.name} ({self.quantity})"
+        if self.problem:
+            return f"{head}: {self.problem}"
+        idx = ", ".join(map(str, self.index))
+        text = (f"{head}: max abs {self.max_abs:.3g} at ({idx}) "
+                f"(scratch {self.scratch:.10g}, reference {self.reference:.10g}), "
+                f"rel {_rel(self.scratch, self.reference):.3g} there, max rel {self.max_rel:.3g}; "
+                f"tolerance atol {self.tol.atol:g} + rtol {self.tol.rtol:g}: margin {self.margin:.3g}")
+        if self.degenerate and not self.allowed_zero:
+            text += (f"; DEGENERATE: both sides are zero to within atol "
+                     f"(max |scratch| {abs(self.scratch):.3g}) so the comparison proves nothing: "
+                     "use inputs and upstream gradients that make this gradient non-zero")
+        return text
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / abs(b) if b != 0 else (0.0 if a == 0 else math.inf)
+
+
+def compare(name: str, scratch, reference, tol: Tolerance, *, step: int | None = None,
+            allowed_zero: bool = False) -> Comparison:
+    """Compare one scratch array with its reference: shape and dtype first, then values."""
+    a, b = np.asarray(scratch), np.asarray(reference)
+    q = quantity(name)
+    problem = None
+    if a.shape != b.shape:
+        problem = f"shape mismatch: scratch {a.shape}, reference {b.shape}"
+    elif a.dtype != b.dtype:
+        problem = f"dtype mismatch: scratch {a.dtype}, reference {b.dtype}"
+    if problem:
+        return Comparison(name, q, a.shape, math.inf, math.inf, (), math.nan, math.nan, math.inf,
+                          tol, step, problem=problem)
+    if a.size == 0:
+        return Comparison(name, q, a.shape, 0.0, 0.0, (), 0.0, 0.0, 0.0, tol, step)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf; handled just below
+        diff = np.abs(a64 - b64)
+    bad_a, bad_b = ~np.isfinite(a64), ~np.isfinite(b64)
+    if bad_a.any() or bad_b.any():
+        # Non-finite values match only where both sides have the same inf, or both NaN.
+        same = (bad_a & bad_b) & ((a64 == b64) | (np.isnan(a64) & np.isnan(b64)))
+        mismatch = (bad_a | bad_b) & ~same
+        diff = np.where(same, 0.0, diff)
+        if mismatch.any():
+            flat = int(np.flatnonzero(mismatch)[0])
+            idx = np.unravel_index(flat, a.shape) if a.ndim else ()
+            return Comparison(name, q, a.shape, math.inf, math.inf, tuple(int(i) for i in idx),
+                              float(a64.flat[flat]), float(b64.flat[flat]), math.inf, tol, step,
+                              problem=f"non-finite value at ({', '.join(map(str, idx))}): "
+                                      f"scratch {a64.flat[flat]}, reference {b64.flat[flat]}")
+    ratio = diff / (tol.atol + tol.rtol * np.abs(b64))
+    flat = int(np.argmax(ratio))
+    idx = tuple(int(i) for i in np.unravel_index(flat, a.shape)) if a.ndim else ()
+    nz = b64 != 0
+    max_rel = float((diff[nz] / np.abs(b64[nz])).max()) if nz.any() else (0.0 if not diff.any() else math.inf)
+    degenerate = q in GRADIENT_QUANTITIES and max(np.abs(a64).max(), np.abs(b64).max()) <= tol.atol
+    return Comparison(name, q, a.shape, float(diff.max()), max_rel, idx, float(a64.flat[flat]),
+                      float(b64.flat[flat]), float(ratio.flat[flat]), tol, step,
+                      degenerate=bool(degenerate), allowed_zero=allowed_zero)
+
+
+class ParityError(AssertionError):
+    """Scratch and reference disagree; the message names where and by how much."""
+
+
+def assert_close(name: str, scratch, reference, dtype=None, tol: Tolerance | None = None, *,
+                 net: str | None = None, step: int | None = None) -> Comparison:
+    """``compare`` and raise ``ParityError`` with the full description on failure."""
+    dtype = dtype or np.asarray(reference).dtype
+    c = compare(name, scratch, reference, tol or tolerance_for(dtype), step=step)
+    if not c.passed:
+        raise ParityError(c.describe(net, np.dtype(dtype).name))
+    return c
+
+
+@dataclass
+class Trace:
+    """Every comparison of a parity run: ``steps[i]`` holds step ``i + 1``'s."""
+
+    net: str
+    dtype: str
+    tol: Tolerance
+    steps: list = field(default_factory=list)
+
+    @property
+    def comparisons(self):
+        return [c for step in self.steps for c in step]
+
+    @property
+    def failures(self):
+        return [c for c in self.comparisons if not c.passed]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def first_failure(self) -> Comparison | None:
+        """The first tensor to diverge, in computation order (step, then within the step)."""
+        fails = self.failures
+        return fails[0] if fails else None
+
+    def message(self) -> str:
+        first = self.first_failure
+        if first is None:
+            return f"{self.net} {self.dtype}: {len(self.steps)} steps, all {len(self.comparisons)} comparisons pass"
+        n = len(self.failures)
+        return (f"{first.describe(self.net, self.dtype)}\n"
+                f"first divergence of {n} failing comparison{'s' * (n != 1)} over {len(self.steps)} steps"
+                f" ({len({c.name for c in self.failures})} tensors)")
+
+    def raise_if_failed(self) -> "Trace":
+        if not self.ok:
+            raise ParityError(self.message())
+        return self
+
+    def worst_margin(self) -> float:
+        return max((c.margin for c in self.comparisons if c.problem is None), default=0.0)
+
+    def summary(self) -> list[OrderedDict]:
+        """Per step, the worst margin and max relative error of each kind of quantity."""
+        rows = []
+        for i, step in enumerate(self.steps, 1):
+            row = OrderedDict(step=i)
+            for c in step:
+                cur = row.get(c.quantity)
+                if cur is None or c.margin > cur["margin"]:
+                    row[c.quantity] = {"margin": c.margin, "max_rel": c.max_rel, "name": c.name}
+            rows.append(row)
+        return rows
+
+    def table(self, every: int = 1) -> str:
+        """A compact text table: per step, the worst margin per quantity."""
+        qs = list(OrderedDict.fromkeys(c.quantity for c in self.comparisons))
+        short = {q: q.replace("parameter ", "param ").replace("forward activation", "activation")
+                 .replace("upstream gradient", "upstream grad") for q in qs}
+        lines = ["step  " + "  ".join(f"{short[q]:>14}" for q in qs) + "   (worst margin; <= 1 passes)"]
+        for row in self.summary():
+            if row["step"] % every and row["step"] != len(self.steps) and row["step"] != 1:
+                continue
+            cells = [f"{row[q]['margin']:14.3g}" if q in row else f"{'-':>14}" for q in qs]
+            flag = "" if all(c.passed for c in self.steps[row["step"] - 1]) else "  FAIL"
+            lines.append(f"{row['step']:>4}  " + "  ".join(cells) + flag)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        first = self.first_failure
+        return {
+            "net": self.net, "dtype": self.dtype, "tolerance": asdict(self.tol),
+            "steps": len(self.steps), "ok": self.ok, "worst_margin": self.worst_margin(),
+            "first_divergence": _comparison_dict(first) if first else None,
+            "per_step": [{c.name: _comparison_dict(c) for c in step} for step in self.steps],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, default=_json_default)
+
+
+def _comparison_dict(c: Comparison) -> dict:
+    d = asdict(c)
+    d.pop("tol")
+    d["passed"] = c.passed
+    d["index"] = list(c.index)
+    d["shape"] = list(c.shape)
+    return d
+
+
+def _json_default(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    raise TypeError(type(o))
+
+
+def compare_records(scratch_rec: "OrderedDict", torch_rec: "OrderedDict", tol: Tolerance, step: int,
+                    allowed_zero=()) -> list[Comparison]:
+    """Compare two step records name by name, in the scratch record's (computation) order."""
+    missing = [k for k in scratch_rec if k not in torch_rec] + [k for k in torch_rec if k not in scratch_rec]
+    out = []
+    for k in scratch_rec:
+        if k in torch_rec:
+            out.append(compare(k, scratch_rec[k], torch_rec[k], tol, step=step,
+                               allowed_zero=k.split("/", 1)[-1] in allowed_zero))
+    for k in missing:
+        side = "reference" if k in scratch_rec else "scratch"
+        out.append(Comparison(k, quantity(k), (), math.inf, math.inf, (), math.nan, math.nan, math.inf,
+                              tol, step, problem=f"recorded by one side only: the {side} side has no {k!r}"))
+    return out
+
+
+def check_steps(scratch_side, torch_side, batches, *, net: str, dtype, tol: Tolerance | None = None,
+                allowed_zero=(), on_step=None) -> Trace:
+    """Train both sides on the same ``(x, y)`` batches, comparing every recorded tensor
+    after every step. Both sides must start from identical weights.
+
+    Returns the full ``Trace`` (it keeps going after a failure, so the growth of an
+    error is visible); call ``raise_if_failed()`` to turn a failure into an error.
+    """
+    dtype = np.dtype(dtype).name
+    trace = Trace(net, dtype, tol or tolerance_for(dtype))
+    for i, (x, y) in enumerate(batches, 1):
+        s = scratch_side.step(x, y, record=True)
+        t = torch_side.step(x, y, record=True, draws=scratch_side.draws())
+        trace.steps.append(compare_records(s.record, t.record, trace.tol, i, allowed_zero))
+        if on_step:
+            on_step(i, trace)
+        if any(c.problem and c.problem.startswith("non-finite") for c in trace.steps[-1]):
+            break
+    return trace

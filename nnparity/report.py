@@ -1,0 +1,170 @@
+"""Side-by-side reports: ``metrics.json``, ``report.md`` and PNG plots, written atomically.
+
+``metrics.json`` is the record (every figure in ``report.md`` is read from it);
+``report.md`` is for people. Both carry a ``status``: ``complete``,
+``incomplete`` (interrupted: everything up to the last finished epoch) or
+``diverged`` (stopped at a non-finite value, which is named).
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from . import io
+
+SIDES = ("scratch", "torch")
+COLORS = {"scratch": "tab:blue", "torch": "tab:orange"}
+STYLES = {"scratch": "-", "torch": "--"}
+
+
+def environment() -> dict:
+    import numpy
+    import torch
+
+    return {"python": platform.python_version(), "numpy": numpy.__version__, "torch": torch.__version__,
+            "machine": platform.machine(), "threads": torch.get_num_threads()}
+
+
+def _fmt(v, spec=".4f"):
+    return "-" if v is None else format(v, spec)
+
+
+def per_epoch_plots(history: list, title: str) -> dict:
+    """Loss, error % and test accuracy per epoch (both sides overlaid), and the
+    weight difference between the sides. Returns {file name: figure}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    figs = {}
+
+    def panel(name, key, ylabel, log=False, transform=lambda v: v):
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for side in SIDES:
+            ax.plot(epochs, [transform(r[side][key]) for r in history], STYLES[side],
+                    color=COLORS[side], label=side, marker="o" if len(epochs) < 25 else None, ms=3)
+        ax.set(xlabel="epoch", ylabel=ylabel, title=f"{title}: {ylabel}")
+        if log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        figs[name] = fig
+
+    panel("loss.png", "train_loss", "training loss (per sample)", log=True)
+    panel("error.png", "train_error", "training error %")
+    panel("accuracy.png", "test_accuracy", "test accuracy %")
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(epochs, [max(r["max_abs_weight_diff"], 1e-300) for r in history], color="tab:red",
+            marker="o" if len(epochs) < 25 else None, ms=3, label="max |scratch - torch|")
+    ax.plot(epochs, [max(r["max_rel_weight_diff"], 1e-300) for r in history], color="tab:purple",
+            ls="--", label="max relative difference")
+    ax.set(xlabel="epoch", ylabel="difference", title=f"{title}: weight difference between sides")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    figs["drift.png"] = fig
+    return figs
+
+
+def epoch_table(history: list) -> str:
+    head = ("| epoch | scratch loss | torch loss | scratch train err % | torch train err % "
+            "| scratch test acc % | torch test acc % | scratch s | torch s | max abs weight diff |")
+    lines = [head, "|" + "---|" * 10]
+    for r in history:
+        s, t = r["scratch"], r["torch"]
+        lines.append(f"| {r['epoch']} | {s['train_loss']:.6f} | {t['train_loss']:.6f} "
+                     f"| {s['train_error']:.3f} | {t['train_error']:.3f} "
+                     f"| {s['test_accuracy']:.2f} | {t['test_accuracy']:.2f} "
+                     f"| {s['seconds']:.2f} | {t['seconds']:.2f} | {r['max_abs_weight_diff']:.2e} |")
+    return "\n".join(lines)
+
+
+def headline(history: list) -> dict:
+    """Final and best figures per side (the numbers the README quotes)."""
+    if not history:
+        return {}
+    last = history[-1]
+    out = {}
+    for side in SIDES:
+        best = max(history, key=lambda r: r[side]["test_accuracy"])
+        out[side] = {
+            "final_train_loss": last[side]["train_loss"],
+            "final_train_error": last[side]["train_error"],
+            "final_test_accuracy": last[side]["test_accuracy"],
+            "best_test_accuracy": best[side]["test_accuracy"],
+            "best_epoch": best["epoch"],
+            "seconds": sum(r[side]["seconds"] for r in history),
+        }
+    out["final_test_accuracy_gap_pp"] = abs(out["scratch"]["final_test_accuracy"] - out["torch"]["final_test_accuracy"])
+    out["max_abs_weight_diff"] = max(r["max_abs_weight_diff"] for r in history)
+    return out
+
+
+def render_markdown(meta: dict, history: list, figures, extra: str = "") -> str:
+    recipe = meta["recipe"]
+    h = headline(history)
+    status = meta["status"]
+    lines = [f"# {meta['net']}: scratch (NumPy) vs PyTorch, side by side", ""]
+    lines.append(f"Produced by `{meta['command']}` (seed {meta['seed']}, {meta['dtype']}).  ")
+    lines.append(f"Status: **{status}**" + (f" - {meta['status_detail']}" if meta.get("status_detail") else "")
+                 + f"; {len(history)} of {meta['epochs_planned']} epochs.")
+    lines += ["", f"Source document: `{recipe['source']}`.", "", "## Recipe", "",
+              "| field | value |", "|---|---|"]
+    for k, v in recipe.items():
+        if k != "choices":
+            lines.append(f"| {k} | {v} |")
+    lines += ["", "Choices made where the document is silent:", ""]
+    lines += [f"- {c}" for c in recipe["choices"]]
+    p = meta.get("parity")
+    if p:
+        lines += ["", "## Step parity before training", "",
+                  f"{p['steps']} training steps in {p['dtype']} on the run's first batches, comparing "
+                  "every activation, upstream gradient, parameter gradient and updated parameter: "
+                  f"**{'pass' if p['ok'] else 'FAIL'}**, worst margin {p['worst_margin']:.3g} "
+                  f"(tolerance atol {p['tolerance']['atol']:g}, rtol {p['tolerance']['rtol']:g}; "
+                  "margin = worst |a-b| / (atol + rtol |b|), <= 1 passes)."]
+    if h:
+        s, t = h["scratch"], h["torch"]
+        lines += ["", "## Result", "", "| | scratch (NumPy) | PyTorch |", "|---|---|---|",
+                  f"| final training loss | {s['final_train_loss']:.6f} | {t['final_train_loss']:.6f} |",
+                  f"| final training error % | {s['final_train_error']:.3f} | {t['final_train_error']:.3f} |",
+                  f"| final test accuracy % | {s['final_test_accuracy']:.2f} | {t['final_test_accuracy']:.2f} |",
+                  f"| best test accuracy % (epoch) | {s['best_test_accuracy']:.2f} ({s['best_epoch']}) "
+                  f"| {t['best_test_accuracy']:.2f} ({t['best_epoch']}) |",
+                  f"| training time, s | {s['seconds']:.1f} | {t['seconds']:.1f} |",
+                  "", f"Final test accuracies differ by {h['final_test_accuracy_gap_pp']:.2f} percentage points; "
+                  f"the largest weight difference between the sides over the run was {h['max_abs_weight_diff']:.2e}."]
+    if extra:
+        lines += ["", extra]
+    if history:
+        lines += ["", "## Per epoch", "", epoch_table(history)]
+    if figures:
+        lines += ["", "## Plots", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    env = meta.get("environment", {})
+    lines += ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
+    return "\n".join(lines)
+
+
+def write_report(out_dir, meta: dict, history: list, *, figures: dict | None = None, extra: str = "",
+                 extra_metrics: dict | None = None) -> Path:
+    """Write metrics.json, the plots and report.md into ``out_dir``, each atomically."""
+    out_dir = io.ensure_writable_dir(out_dir)
+    metrics = {**meta, "headline": headline(history), "epochs": history, **(extra_metrics or {})}
+    io.write_json(out_dir / "metrics.json", metrics)
+    figures = figures if figures is not None else (per_epoch_plots(history, meta["net"]) if history else {})
+    for name, fig in figures.items():
+        io.write_figure(out_dir / name, fig)
+    _close(figures)
+    io.write_text(out_dir / "report.md", render_markdown(meta, history, list(figures), extra))
+    return out_dir
+
+
+def _close(figures):
+    import matplotlib.pyplot as plt
+
+    for fig in figures.values():
+        plt.close(fig)

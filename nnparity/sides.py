@@ -1,0 +1,221 @@
+"""The two sides of a parity run: a scratch model and its PyTorch mirror, each with
+its loss and optimizer, driven through the same calls.
+
+``step(x, y, record=True)`` returns the named intermediates of one training step
+in computation order, under the same names on both sides::
+
+    out/<layer>      forward activation (the output of a top-level layer)
+    loss             the loss
+    dout/<layer>     upstream gradient: dL/d(out/<layer>)
+    grad/<param>     parameter gradient (before the update)
+    param/<param>    parameter after the optimizer step
+    state/<param>.momentum_buffer   optimizer state
+    buffer/<name>    buffers (BatchNorm's running statistics)
+
+``step(x, y)`` without ``record`` is the fast path used for training.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+QUANTITIES = OrderedDict(
+    out="forward activation",
+    loss="loss",
+    dout="upstream gradient",
+    din="input gradient",
+    grad="parameter gradient",
+    param="updated parameter",
+    state="optimizer state",
+    buffer="buffer",
+)
+
+
+def quantity(key: str) -> str:
+    """What a record key holds, in words: ``grad/U.weight`` -> ``parameter gradient``."""
+    prefix = key.split("/", 1)[0]
+    if prefix == "buffer" and any(s in key for s in ("running_", "num_batches_tracked")):
+        return "BatchNorm buffer"
+    return QUANTITIES.get(prefix, prefix)
+
+
+@dataclass
+class StepResult:
+    loss: float          # the loss as reduced by the recipe
+    n: int               # samples in the batch
+    correct: int         # argmax(logits) == label
+    record: "OrderedDict[str, np.ndarray] | None" = None
+
+
+def canonical_order(layer_names, param_names, state_names, buffer_names) -> list[str]:
+    """Record keys in the order a training step computes them."""
+    keys = [f"out/{n}" for n in layer_names] + ["loss"]
+    for layer in reversed(list(layer_names)):
+        keys.append(f"dout/{layer}")
+        keys += [f"grad/{p}" for p in param_names if p.startswith(layer + ".")]
+    keys += [f"param/{p}" for p in param_names]
+    keys += [f"state/{s}" for s in state_names]
+    keys += [f"buffer/{b}" for b in buffer_names]
+    return keys
+
+
+def summed(batch_loss: float, reduction: str, n: int) -> float:
+    """The batch's loss summed over its samples, whatever the reduction."""
+    return batch_loss * n if reduction == "mean" else batch_loss
+
+
+class ScratchSide:
+    """A scratch model + loss + optimizer (NumPy)."""
+
+    name = "scratch"
+
+    def __init__(self, model, loss_fn, optimizer):
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.seconds = 0.0
+
+    def step(self, x: np.ndarray, y: np.ndarray, record: bool = False, draws=None) -> StepResult:
+        """One training step; ``draws`` is accepted for symmetry and ignored (this side draws)."""
+        t0 = time.perf_counter()
+        m = self.model
+        m.train()
+        m.record = record
+        m.zero_grad()
+        logits = m.forward(x)
+        loss = self.loss_fn.forward(logits, y)
+        m.backward(self.loss_fn.backward())
+        rec = None
+        if record:
+            grads = OrderedDict((k, p.grad.copy()) for k, p in m.named_parameters())
+        self.optimizer.step()
+        self.seconds += time.perf_counter() - t0
+        if record:
+            rec = self._record(logits, loss, grads)
+            m.record = False
+        correct = int((logits.argmax(axis=1) == y).sum())
+        return StepResult(float(loss), len(y), correct, rec)
+
+    def _record(self, logits, loss, grads):
+        m = self.model
+        values = {f"out/{k}": v for k, v in m.outputs.items()}
+        values["loss"] = np.asarray(loss)
+        values.update((f"dout/{k}", v) for k, v in m.upstream.items())
+        values.update((f"grad/{k}", g) for k, g in grads.items())
+        values.update((f"param/{k}", p.data) for k, p in m.named_parameters())
+        values.update((f"state/{k}", v) for k, v in self.optimizer.state_dict().items())
+        values.update((f"buffer/{k}", b) for k, b in m.named_buffers())
+        keys = canonical_order(list(m._modules), list(grads), list(self.optimizer.state_dict()),
+                               [k for k, _ in m.named_buffers()])
+        return OrderedDict((k, np.array(values[k], copy=True)) for k in keys if k in values)
+
+    def draws(self) -> dict:
+        """The random draws of the last forward pass (dropout masks), by layer name."""
+        return {name: mod.mask for name, mod in self.model.named_modules()
+                if getattr(mod, "draws_mask", False) and getattr(mod, "mask", None) is not None}
+
+    def evaluate(self, x, y, batch_size: int = 1000) -> tuple[float, float]:
+        """(mean per-sample loss, accuracy %) in eval mode."""
+        m = self.model
+        m.eval()
+        total, correct = 0.0, 0
+        for s in range(0, len(y), batch_size):
+            logits = m.forward(x[s:s + batch_size])
+            total += summed(float(self.loss_fn.forward(logits, y[s:s + batch_size])),
+                            self.loss_fn.reduction, len(logits))
+            correct += int((logits.argmax(axis=1) == y[s:s + batch_size]).sum())
+        m.train()
+        return total / len(y), 100.0 * correct / len(y)
+
+    def state(self) -> "OrderedDict[str, np.ndarray]":
+        """Live parameter, optimizer-state and buffer arrays, by record key."""
+        out = OrderedDict((f"param/{k}", p.data) for k, p in self.model.named_parameters())
+        out.update((f"state/{k}.momentum_buffer", v) for k, v in self.optimizer.buffers.items())
+        out.update((f"buffer/{k}", b) for k, b in self.model.named_buffers())
+        return out
+
+
+class TorchSide:
+    """A torch model + loss + optimizer, recorded under the scratch side's names."""
+
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer):
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.seconds = 0.0
+
+    def _feed_draws(self, draws):
+        for name, mask in (draws or {}).items():
+            self.model.get_submodule(name).mask = torch.from_numpy(mask)
+
+    def step(self, x: np.ndarray, y: np.ndarray, record: bool = False, draws=None) -> StepResult:
+        t0 = time.perf_counter()
+        m = self.model
+        m.train()
+        self._feed_draws(draws)
+        outs, douts, hooks = OrderedDict(), OrderedDict(), []
+        if record:
+            def keep(name):
+                def hook(_mod, _inp, out):
+                    outs[name] = out.detach().clone()
+                    if out.requires_grad:
+                        out.register_hook(lambda g: douts.__setitem__(name, g.detach().clone()))
+                return hook
+            hooks = [mod.register_forward_hook(keep(n)) for n, mod in m.named_children()]
+        try:
+            xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+            self.optimizer.zero_grad(set_to_none=True)
+            logits = m(xt)
+            loss = self.loss_fn(logits, yt)
+            loss.backward()
+            grads = (OrderedDict((k, p.grad.detach().clone()) for k, p in m.named_parameters())
+                     if record else None)
+            self.optimizer.step()
+        finally:
+            for h in hooks:
+                h.remove()
+        self.seconds += time.perf_counter() - t0
+        rec = self._record(outs, loss, douts, grads) if record else None
+        correct = int((logits.detach().argmax(dim=1) == yt).sum())
+        return StepResult(loss.item(), len(y), correct, rec)
+
+    def _record(self, outs, loss, douts, grads):
+        values = {f"out/{k}": v for k, v in outs.items()}
+        values["loss"] = loss.detach()
+        values.update((f"dout/{k}", v) for k, v in douts.items())
+        values.update((f"grad/{k}", g) for k, g in grads.items())
+        state = self.state()
+        values.update(state)
+        keys = canonical_order([n for n, _ in self.model.named_children()], list(grads),
+                               [k[len("state/"):] for k in state if k.startswith("state/")],
+                               [k[len("buffer/"):] for k in state if k.startswith("buffer/")])
+        return OrderedDict((k, np.array(_np(values[k]), copy=True)) for k in keys if k in values)
+
+    def evaluate(self, x, y, batch_size: int = 1000) -> tuple[float, float]:
+        m = self.model
+        m.eval()
+        total, correct = 0.0, 0
+        with torch.no_grad():
+            for s in range(0, len(y), batch_size):
+                xt, yt = torch.from_numpy(x[s:s + batch_size]), torch.from_numpy(y[s:s + batch_size])
+                logits = m(xt)
+                total += summed(float(self.loss_fn(logits, yt)), self.loss_fn.reduction, len(yt))
+                correct += int((logits.argmax(dim=1) == yt).sum())
+        m.train()
+        return total / len(y), 100.0 * correct / len(y)
+
+    def state(self) -> "OrderedDict[str, np.ndarray]":
+        out = OrderedDict((f"param/{k}", p.detach().numpy()) for k, p in self.model.named_parameters())
+        for k, p in self.model.named_parameters():
+            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                out[f"state/{k}.momentum_buffer"] = buf.numpy()
+        out.update((f"buffer/{k}", b.numpy()) for k, b in self.model.named_buffers())
+        return out
+
+
+def _np(v):
+    return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)

@@ -1,0 +1,126 @@
+"""Train both sides side by side: same initial weights, same batches, same order.
+
+The two sides alternate batch by batch (scratch step, then torch step on the
+same batch), each timed on its own, so a full run is also a fair speed
+comparison and dropout masks can be handed from one side to the other.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scratch.recipe import Recipe
+
+from .networks import Dataset, Network, make_sides, training_batches
+from .sides import summed
+
+
+class Diverged(RuntimeError):
+    """A loss, gradient or parameter became NaN or infinite."""
+
+    def __init__(self, message: str, epoch: int, step: int):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
+def _first_nonfinite(side, result) -> str:
+    for key, arr in [("loss", result.loss), *side.state().items()]:
+        a = np.asarray(arr)
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            bad = int(np.flatnonzero(~np.isfinite(a))[0]) if a.ndim else 0
+            idx = tuple(int(i) for i in np.unravel_index(bad, a.shape)) if a.ndim else ()
+            return f"{key} = {a.flat[bad]} at {idx}"
+    return "loss"
+
+
+def weight_difference(scratch_state, torch_state) -> tuple[float, float, str]:
+    """(max |a - b|, max over tensors of max|a - b| / max|b|, worst tensor) over all
+    parameters, optimizer state and buffers."""
+    worst_abs, worst_rel, worst_name = 0.0, 0.0, ""
+    for k, a in scratch_state.items():
+        a = np.asarray(a, dtype=np.float64)
+        b = np.asarray(torch_state[k], dtype=np.float64)
+        d = float(np.abs(a - b).max()) if a.size else 0.0
+        scale = float(np.abs(b).max()) if b.size else 0.0
+        rel = d / scale if scale else (0.0 if d == 0 else math.inf)
+        if d > worst_abs:
+            worst_abs = d
+        if rel > worst_rel or not worst_name:
+            worst_rel, worst_name = rel, k
+    return worst_abs, worst_rel, worst_name
+
+
+@dataclass
+class Training:
+    """Both sides of one network, trained epoch by epoch on a shared dataset."""
+
+    net: Network
+    recipe: Recipe
+    ds: Dataset
+    dtype: str
+    seed: int
+    per_batch: bool = False
+    history: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.scratch, self.ref = make_sides(self.net, self.recipe, self.dtype, self.seed)
+        self.step_count = 0
+
+    @property
+    def sides(self):
+        return (self.scratch, self.ref)
+
+    def evaluate(self) -> dict:
+        out = {}
+        for side in self.sides:
+            loss, acc = side.evaluate(self.ds.x_test, self.ds.y_test)
+            out[side.name] = {"test_loss": loss, "test_accuracy": acc}
+        return out
+
+    def run_epoch(self, epoch: int, progress: bool | None = None) -> dict:
+        """Train one epoch on both sides; return its metrics (accuracy and error in %)."""
+        from tqdm.auto import tqdm
+
+        n_batches = math.ceil(len(self.ds.y_train) / self.recipe.batch_size)
+        totals = {s.name: {"loss": 0.0, "correct": 0, "n": 0} for s in self.sides}
+        secs0 = {s.name: s.seconds for s in self.sides}
+        curves = {s.name: [] for s in self.sides} if self.per_batch else None
+        bar = tqdm(training_batches(self.ds, self.recipe, self.seed, epoch), total=n_batches,
+                   desc=f"{self.net.name} epoch {epoch}/{self.recipe.epochs}", leave=False,
+                   disable=None if progress is None else not progress, unit="batch")
+        for x, y in bar:
+            self.step_count += 1
+            # scratch first: it draws the dropout masks that the torch side reuses
+            results = [(self.scratch, self.scratch.step(x, y))]
+            results.append((self.ref, self.ref.step(x, y, draws=self.scratch.draws())))
+            for side, r in results:
+                if not math.isfinite(r.loss):
+                    raise Diverged(f"{self.net.name} {side.name} side diverged at epoch {epoch}, "
+                                   f"step {self.step_count}: {_first_nonfinite(side, r)}",
+                                   epoch, self.step_count)
+                t = totals[side.name]
+                t["loss"] += summed(r.loss, side.loss_fn.reduction, r.n)
+                t["correct"] += r.correct
+                t["n"] += r.n
+                if curves is not None:
+                    curves[side.name].append((r.loss, 100.0 * r.correct / r.n))
+        bar.close()
+        test = self.evaluate()
+        diff_abs, diff_rel, diff_name = weight_difference(self.scratch.state(), self.ref.state())
+        row = {"epoch": epoch}
+        for side in self.sides:
+            t = totals[side.name]
+            row[side.name] = {
+                "train_loss": t["loss"] / t["n"],
+                "train_error": 100.0 * (1 - t["correct"] / t["n"]),
+                **test[side.name],
+                "seconds": side.seconds - secs0[side.name],
+            }
+        row.update(max_abs_weight_diff=diff_abs, max_rel_weight_diff=diff_rel, worst_tensor=diff_name)
+        if curves is not None:
+            row["per_batch"] = curves
+        self.history.append(row)
+        return row

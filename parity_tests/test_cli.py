@@ -1,0 +1,75 @@
+"""The nnparity command: a short real run writes a complete side-by-side report;
+bad arguments exit 2 with one clear line and write nothing."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nnparity.cli import main
+
+QUICK = ["--epochs", "2", "--train-size", "600", "--test-size", "300", "--parity-steps", "3", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reports")
+    assert main(["run", "mlp1000", "--out", str(out), *QUICK]) == 0
+    return out / "mlp1000"
+
+
+def test_run_writes_report_metrics_and_plots(quick_run):
+    names = sorted(p.name for p in quick_run.iterdir())
+    assert names == ["accuracy.png", "drift.png", "error.png", "loss.png", "metrics.json", "report.md"]
+    assert not [n for n in names if n.startswith(".")]  # no temporary files left
+
+
+def test_metrics_schema(quick_run):
+    m = json.loads((quick_run / "metrics.json").read_text())
+    assert m["net"] == "mlp1000" and m["status"] == "complete" and m["recipe"]["lr"] == 0.001
+    assert m["parity"]["ok"] and m["parity"]["steps"] == 3
+    assert [e["epoch"] for e in m["epochs"]] == [1, 2]
+    for e in m["epochs"]:
+        for side in ("scratch", "torch"):
+            assert set(e[side]) >= {"train_loss", "train_error", "test_accuracy", "seconds"}
+            assert 0 <= e[side]["train_error"] <= 100 and 0 <= e[side]["test_accuracy"] <= 100
+        assert e["max_abs_weight_diff"] < 1e-12  # float64, 12 steps: the sides agree to rounding
+    assert m["epochs"][1]["scratch"]["train_loss"] < m["epochs"][0]["scratch"]["train_loss"]
+
+
+def test_report_shows_both_sides(quick_run):
+    text = (quick_run / "report.md").read_text()
+    assert "| final test accuracy % |" in text and "## Per epoch" in text and "![loss](loss.png)" in text
+    assert "Produced by `nnparity run mlp1000 --out" in text or "Produced by `nnparity run mlp1000" in text
+
+
+def test_list():
+    assert main(["list"]) == 0
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "nnparity.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["run", "mlp9"], "unknown network 'mlp9'; known networks: mlp1000"),
+    (["run", "mlp1000", "--epochs", "0"], "must be a positive integer, got 0"),
+    (["run", "mlp1000", "--epochs", "two"], "expected a positive integer, got 'two'"),
+    (["run", "mlp1000", "--dtype", "float16"], "invalid choice: 'float16'"),
+    (["bench", "nope"], "unknown network 'nope'"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, expected, tmp_path):
+    proc = cli(*args, "--out", str(tmp_path / "r")) if args[0] == "run" else cli(*args)
+    assert proc.returncode == 2
+    assert expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_missing_data_dir_is_one_clear_line(tmp_path):
+    proc = cli("parity", "mlp1000", "--steps", "1", "--data-dir", str(tmp_path / "nothing"),
+               env={"NNPARITY_NO_DOWNLOAD": "1"})
+    assert proc.returncode == 2
+    assert "MNIST not found in" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

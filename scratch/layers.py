@@ -1,0 +1,104 @@
+"""Fully connected building blocks: Linear, ReLU, Sigmoid, Flatten.
+
+Each layer's ``forward`` caches what ``backward`` needs; ``backward(dy)`` takes
+dL/d(output) and returns dL/d(input), accumulating parameter gradients into
+``Parameter.grad``. Layouts and names follow ``torch.nn``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .module import Module, Parameter
+
+
+class Linear(Module):
+    """Affine map ``y = x W^T + b`` (mirrors ``torch.nn.Linear``).
+
+    Args:
+        in_features: size of each input sample.
+        out_features: size of each output sample.
+        bias: whether to learn an additive bias.
+        dtype: parameter dtype.
+
+    Shape:
+        input (N, in_features) -> output (N, out_features).
+        weight (out_features, in_features), bias (out_features,): PyTorch's layout.
+
+    Parameters start at zero: initialisation is a separate step (``scratch.init``).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float64):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(np.zeros((out_features, in_features), dtype=dtype))
+        self.bias = Parameter(np.zeros(out_features, dtype=dtype)) if bias else None
+        self.needs_input_grad = True
+
+    def forward(self, x):
+        self.x = x
+        y = x @ self.weight.data.T  # (N, in) @ (in, out) -> (N, out)
+        if self.bias is not None:
+            y += self.bias.data
+        return y
+
+    def backward(self, dy):
+        # y = x W^T + b  =>  dW = dy^T x,  db = sum_n dy,  dx = dy W
+        self.weight.grad += dy.T @ self.x
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=0)
+        return dy @ self.weight.data if self.needs_input_grad else None
+
+    def flops_per_sample(self) -> int:
+        """Training FLOPs per sample: forward, dW and (unless skipped) dx, 2 per multiply-add."""
+        return 2 * self.in_features * self.out_features * (3 if self.needs_input_grad else 2)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class ReLU(Module):
+    """``y = max(x, 0)`` elementwise (mirrors ``torch.nn.ReLU``).
+
+    The derivative at exactly 0 is taken as 0, as PyTorch does.
+
+    Shape: any; output has the input's shape.
+    """
+
+    def forward(self, x):
+        self.mask = x > 0
+        return np.where(self.mask, x, x.dtype.type(0))
+
+    def backward(self, dy):
+        # y = max(x, 0)  =>  dx = dy * [x > 0]
+        return dy * self.mask
+
+
+class Sigmoid(Module):
+    """``y = 1 / (1 + exp(-x))`` elementwise (mirrors ``torch.nn.Sigmoid``).
+
+    Shape: any; output has the input's shape.
+    """
+
+    def forward(self, x):
+        with np.errstate(over="ignore"):  # exp(-x) = inf for x << 0 gives y = 0, as it should
+            self.y = 1 / (1 + np.exp(-x))
+        return self.y
+
+    def backward(self, dy):
+        # y = s(x)  =>  dy/dx = s(x) (1 - s(x)) = y (1 - y): taken at the output, not at x
+        return dy * self.y * (1 - self.y)
+
+
+class Flatten(Module):
+    """Flatten every dimension after the first (mirrors ``torch.nn.Flatten()``).
+
+    Shape: (N, *) -> (N, prod(*)).
+    """
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        return x.reshape(x.shape[0], -1)  # (N, C, H, W) -> (N, C*H*W)
+
+    def backward(self, dy):
+        return dy.reshape(self.in_shape)

@@ -1,0 +1,1 @@
+"""One module per documented network: its recipe, its layers, its initialisation."""

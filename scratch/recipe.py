@@ -1,0 +1,55 @@
+"""The training recipe of a documented network, as data.
+
+One frozen dataclass per network, defined once in that network's module and
+read by both sides, the CLI and the reports. ``dataclasses.replace`` makes a
+variant (``--epochs 2``) without touching the documented values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a documented network is trained.
+
+    Attributes:
+        net: the network's short name (``mlp1000``).
+        source: the source document(s) in ``shared/seeds``.
+        lr: learning rate.
+        batch_size: samples per optimizer step (the last batch of an epoch may be smaller).
+        epochs: documented number of epochs.
+        loss: loss function (``cross_entropy``, ``mse``, ``nll``).
+        reduction: how per-sample losses are combined: ``sum`` or ``mean``.
+        init: the parameter initialisation, in words.
+        momentum: SGD momentum (0 = plain SGD).
+        train_size: train on a seeded random subset of this many images (None = all 60,000).
+        test_size: evaluate on a seeded random subset of this many test images (None = all 10,000).
+        dtype: the dtype of the documented full run (parity runs use both).
+        choices: every choice made where the source document is silent, one sentence each.
+    """
+
+    net: str
+    source: str
+    lr: float
+    batch_size: int
+    epochs: int
+    loss: str
+    reduction: str
+    init: str
+    momentum: float = 0.0
+    train_size: int | None = None
+    test_size: int | None = None
+    dtype: str = "float64"
+    choices: tuple[str, ...] = field(default=())
+
+    def replace(self, **changes) -> "Recipe":
+        """A copy with some fields changed; ``None`` values are ignored (handy for CLI flags)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["choices"] = list(self.choices)
+        return d
