@@ -35,10 +35,8 @@ def _check_names(scratch_keys, torch_keys):
 
 
 def _scratch_state(model):
-    """Live arrays of a scratch model: parameters then buffers, in state_dict order."""
-    state = {k: p.data for k, p in model.named_parameters()}
-    state.update(model.named_buffers())
-    return state
+    """Live arrays of a scratch model, in torch's state_dict order (module by module)."""
+    return dict(model.named_state())
 
 
 def copy_to_torch(scratch_model, torch_model: torch.nn.Module) -> None:
@@ -54,7 +52,7 @@ def copy_to_torch(scratch_model, torch_model: torch.nn.Module) -> None:
                               f"torch has shape {tuple(t.shape)} dtype {t.dtype}")
     with torch.no_grad():
         for k, a in src.items():
-            dst[k].copy_(torch.from_numpy(np.ascontiguousarray(a)))
+            dst[k].copy_(torch.from_numpy(np.array(a, order="C")))  # not ascontiguousarray: it makes 0-d arrays 1-d
 
 
 def copy_to_scratch(torch_model: torch.nn.Module, scratch_model) -> None:

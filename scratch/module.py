@@ -108,11 +108,19 @@ class Module:
                 yield (f"{mod_name}.{name}" if mod_name else name), b
 
     # --- state -----------------------------------------------------------------------
+    def named_state(self):
+        """``(name, live array)`` of every parameter and buffer in ``torch.nn.Module.state_dict()``
+        order: module by module, each module's parameters, then its buffers."""
+        for mod_name, mod in self.named_modules():
+            prefix = f"{mod_name}." if mod_name else ""
+            for name, p in mod._parameters.items():
+                yield prefix + name, p.data
+            for name, b in mod._buffers.items():
+                yield prefix + name, b
+
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Copies of every parameter and buffer, keyed like ``torch.nn.Module.state_dict()``."""
-        out = OrderedDict((k, p.data.copy()) for k, p in self.named_parameters())
-        out.update((k, np.array(b, copy=True)) for k, b in self.named_buffers())
-        return out
+        """Copies of every parameter and buffer, keyed and ordered like ``torch.nn.Module.state_dict()``."""
+        return OrderedDict((k, np.array(a, copy=True)) for k, a in self.named_state())
 
     def load_state_dict(self, state: dict) -> None:
         """Copy arrays into the parameters and buffers, in place.
@@ -121,8 +129,7 @@ class Module:
         naming the first key whose shape or dtype differs. Nothing is written unless
         every key matches.
         """
-        own = OrderedDict((k, p.data) for k, p in self.named_parameters())
-        own.update(self.named_buffers())
+        own = OrderedDict(self.named_state())
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
         if missing or unexpected:
