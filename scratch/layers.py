@@ -62,12 +62,21 @@ class ReLU(Module):
 
     The derivative at exactly 0 is taken as 0, as PyTorch does.
 
+    Parity contract (``draws_mask = True``, as for dropout): ``mask`` (``x > 0``) is handed
+    to the reference module at the same path. ``torch.nn.ReLU`` ignores it;
+    ``reference.layers.AlignedReLU`` uses it during step parity for the inputs that are
+    within the parity tolerance of 0, where the two sides' rounding decides the kink.
+
     Shape: any; output has the input's shape.
     """
 
+    draws_mask = True
+
     def forward(self, x):
         self.mask = x > 0
-        return np.where(self.mask, x, x.dtype.type(0))
+        # np.maximum, not np.where(mask, x, 0): branch-free (several times faster on a random
+        # mask), and NaN stays NaN as in torch
+        return np.maximum(x, x.dtype.type(0))
 
     def backward(self, dy):
         # y = max(x, 0)  =>  dx = dy * [x > 0]

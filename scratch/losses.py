@@ -64,3 +64,61 @@ class CrossEntropyLoss(Module):
         if self.reduction == "mean":
             dz /= len(self.target)
         return dz
+
+
+class LogSoftmax(Module):
+    """``y = z - log sum_j exp(z_j)`` along the class axis (mirrors ``torch.nn.LogSoftmax(dim=1)``).
+
+    Computed stably (the maximum is subtracted first). Pair it with ``NLLLoss``: the two
+    together are cross-entropy, kept apart here as the ``cnn18k`` document has them.
+
+    Shape: input (N, C) -> output (N, C).
+    """
+
+    def forward(self, z):
+        if np.ndim(z) != 2:
+            raise ValueError(f"LogSoftmax: expected (N, C) scores, got shape {np.shape(z)}")
+        self.y = log_softmax(z)
+        return self.y
+
+    def backward(self, dy):
+        # y_i = z_i - logsumexp(z)  =>  dz_i = dy_i - softmax(z)_i sum_j dy_j,  softmax(z) = exp(y)
+        return dy - np.exp(self.y) * dy.sum(axis=1, keepdims=True)
+
+    def flops_per_sample(self) -> int:
+        """About 4 per class forward (max, subtract, exp, log-sum) and 4 backward (exp, sum, mul, sub)."""
+        return 8 * self.y.shape[1]
+
+
+class NLLLoss(Module):
+    """Negative log-likelihood of the labelled class (mirrors ``torch.nn.NLLLoss``).
+
+    ``L_n = -logp[n, y_n]``, reduced by ``mean`` (divided by N) or ``sum``; the input is
+    meant to be log-probabilities (``LogSoftmax``'s output), but any scores are accepted,
+    as in torch.
+
+    Args:
+        reduction: ``"sum"`` or ``"mean"``.
+
+    Shape:
+        input (N, C); target: integer labels in [0, C), shape (N,); output: scalar.
+    """
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        self.reduction = _check_reduction(reduction)
+
+    def forward(self, logp, target):
+        _check_labels(logp, target)
+        if len(target) and (target.min() < 0 or target.max() >= logp.shape[1]):
+            bad = target[(target < 0) | (target >= logp.shape[1])][0]
+            raise ValueError(f"NLLLoss: label {bad} is out of range for {logp.shape[1]} classes")
+        self.shape, self.dtype, self.target = logp.shape, logp.dtype, target
+        loss = -logp[np.arange(len(target)), target].sum()
+        return np.asarray(loss / len(target) if self.reduction == "mean" else loss, dtype=logp.dtype)
+
+    def backward(self):
+        # L = -(1/N) sum_n logp[n, y_n]  =>  dL/dlogp[n, j] = -1/N if j == y_n else 0   (-1 for sum)
+        d = np.zeros(self.shape, dtype=self.dtype)
+        d[np.arange(len(self.target)), self.target] = -1 / len(self.target) if self.reduction == "mean" else -1
+        return d
