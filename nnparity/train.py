@@ -80,10 +80,18 @@ class Training:
             out[side.name] = {"test_loss": loss, "test_accuracy": acc}
         return out
 
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of both sides' optimizers (the recipe's ``lr_schedule``)."""
+        self.scratch.optimizer.lr = lr
+        for group in self.ref.optimizer.param_groups:
+            group["lr"] = lr
+
     def run_epoch(self, epoch: int, progress: bool | None = None) -> dict:
         """Train one epoch on both sides; return its metrics (accuracy and error in %)."""
         from tqdm.auto import tqdm
 
+        lr = self.recipe.lr_at(epoch)
+        self.set_lr(lr)
         n_batches = math.ceil(len(self.ds.y_train) / self.recipe.batch_size)
         totals = {s.name: {"loss": 0.0, "correct": 0, "n": 0} for s in self.sides}
         secs0 = {s.name: s.seconds for s in self.sides}
@@ -110,7 +118,7 @@ class Training:
         bar.close()
         test = self.evaluate()
         diff_abs, diff_rel, diff_name = weight_difference(self.scratch.state(), self.ref.state())
-        row = {"epoch": epoch}
+        row = {"epoch": epoch, "lr": lr}
         for side in self.sides:
             t = totals[side.name]
             row[side.name] = {

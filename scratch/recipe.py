@@ -25,6 +25,9 @@ class Recipe:
         reduction: how per-sample losses are combined: ``sum`` or ``mean``.
         init: the parameter initialisation, in words.
         momentum: SGD momentum (0 = plain SGD).
+        lr_schedule: a step schedule, ``((epoch, lr), ...)`` with ascending epochs: from
+            that epoch on the learning rate is that ``lr``; before the first entry it is
+            ``lr`` above. Empty (the default) = constant ``lr``. Both sides honour it.
         train_size: train on a seeded random subset of this many images (None = all 60,000).
         test_size: evaluate on a seeded random subset of this many test images (None = all 10,000).
         dtype: the dtype of the documented full run (parity runs use both).
@@ -40,10 +43,26 @@ class Recipe:
     reduction: str
     init: str
     momentum: float = 0.0
+    lr_schedule: tuple[tuple[int, float], ...] = ()
     train_size: int | None = None
     test_size: int | None = None
     dtype: str = "float64"
     choices: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        epochs = [e for e, _ in self.lr_schedule]
+        if any(not isinstance(e, int) or e < 1 for e in epochs) or epochs != sorted(set(epochs)):
+            raise ValueError(f"lr_schedule epochs must be ascending integers >= 1, got {self.lr_schedule!r}")
+        if any(not lr > 0 for _, lr in self.lr_schedule):
+            raise ValueError(f"lr_schedule learning rates must be > 0, got {self.lr_schedule!r}")
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of ``epoch`` (1-based) under ``lr_schedule``."""
+        lr = self.lr
+        for first_epoch, value in self.lr_schedule:
+            if epoch >= first_epoch:
+                lr = value
+        return lr
 
     def replace(self, **changes) -> "Recipe":
         """A copy with some fields changed; ``None`` values are ignored (handy for CLI flags)."""
@@ -52,4 +71,5 @@ class Recipe:
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["choices"] = list(self.choices)
+        d["lr_schedule"] = [list(p) for p in self.lr_schedule]
         return d
