@@ -1,0 +1,201 @@
+"""cnn18k: 18,800 parameters named as in torch; 20 real MNIST training steps in float64 and
+in float32 with dropout active, comparing after every step the loss, every activation and
+gradient, every updated parameter, the momentum buffers and BatchNorm's running statistics;
+then eval-mode log-probabilities on held-out images. And proof that the check sees the
+classic CNN traps (biased running variance, a mask not handed over, a wrong argmax)."""
+
+import numpy as np
+import pytest
+import torch
+
+from nnparity import networks
+from nnparity.networks import get, make_sides
+from nnparity.parity import check_steps, compare, tolerance_for
+from nnparity.sides import ScratchSide
+from nnparity.train import Training
+from reference import cnn18k as ref_cnn18k
+from scratch.nets import cnn18k
+from scratch.norm import BatchNorm2d
+from scratch.pool import MaxPool2d
+
+NET = get("cnn18k")
+STEPS = 20
+# The first 20 batches of 64 need 1,280 training images: a seeded subset keeps the tests fast
+# (real MNIST batches all the same; the documented run uses all 60,000).
+RECIPE = cnn18k.RECIPE.replace(train_size=STEPS * 64, test_size=500)
+
+EXPECTED_SHAPES = {
+    "conv1.weight": (10, 1, 3, 3), "conv1.bias": (10,), "bn1.weight": (10,), "bn1.bias": (10,),
+    "conv2.weight": (20, 10, 3, 3), "conv2.bias": (20,), "bn2.weight": (20,), "bn2.bias": (20,),
+    "conv3.weight": (30, 20, 3, 3), "conv3.bias": (30,), "bn3.weight": (30,), "bn3.bias": (30,),
+    "conv4.weight": (40, 30, 3, 3), "conv4.bias": (40,), "bn4.weight": (40,), "bn4.bias": (40,),
+    "fc.weight": (10, 40), "fc.bias": (10,),
+}
+
+
+@pytest.fixture(scope="module")
+def data(mnist):
+    return {dt: networks.prepare(NET, RECIPE, mnist, dt, seed=0) for dt in ("float64", "float32")}
+
+
+def test_recipe_is_the_documented_one():
+    r = cnn18k.RECIPE
+    assert (r.lr, r.epochs, r.loss, r.reduction) == (0.01, 20, "nll", "mean")
+    assert (r.batch_size, r.momentum, r.dtype, r.lr_schedule) == (64, 0.9, "float32", ((11, 0.001),))
+    assert [r.lr_at(e) for e in (1, 10, 11, 20)] == [0.01, 0.01, 0.001, 0.001]
+    assert NET.flat is False
+
+
+def test_exactly_18800_trainable_parameters_named_as_in_torch():
+    scratch, ref = make_sides(NET, cnn18k.RECIPE, "float32", seed=0)
+    s = {k: p.shape for k, p in scratch.model.named_parameters()}
+    t = {k: tuple(p.shape) for k, p in ref.model.named_parameters() if p.requires_grad}
+    assert s == t == EXPECTED_SHAPES
+    assert scratch.model.num_parameters() == 18_800
+    assert sum(p.numel() for p in ref.model.parameters() if p.requires_grad) == 18_800
+    # buffers too, in torch's state_dict order, num_batches_tracked as int64 scalars
+    s_state, t_state = scratch.model.state_dict(), ref.model.state_dict()
+    assert list(s_state) == list(t_state)
+    assert s_state["bn3.num_batches_tracked"].dtype == np.int64 and s_state["bn3.num_batches_tracked"].shape == ()
+
+
+def test_layer_order_and_feature_map_sizes():
+    model = cnn18k.build(dtype=np.float64)
+    model.record = True
+    model.forward(np.zeros((2, 1, 28, 28)))
+    sizes = {k: v.shape[1:] for k, v in model.outputs.items()}
+    assert list(sizes)[:5] == ["conv1", "bn1", "relu1", "drop1", "conv2"]
+    assert sizes["conv1"] == (10, 26, 26) and sizes["conv2"] == (20, 24, 24) and sizes["pool2"] == (20, 12, 12)
+    assert sizes["conv3"] == (30, 10, 10) and sizes["pool3"] == (30, 5, 5) and sizes["conv4"] == (40, 3, 3)
+    assert sizes["gap"] == (40, 1, 1) and sizes["flatten"] == (40,) and sizes["log_softmax"] == (10,)
+    assert [n for n in model.outputs if n.startswith("pool")] == ["pool2", "pool3"]
+    assert [n for n in model.outputs if n.startswith("drop")] == ["drop1", "drop2", "drop3", "drop4"]
+    ref = ref_cnn18k.build()
+    assert [n for n, _ in ref.named_children()] == list(model.outputs)
+
+
+def test_init_is_torchs_default():
+    state = cnn18k.build(rng=np.random.default_rng(0), dtype=np.float64).state_dict()
+    for b, fan_in in ((1, 9), (2, 90), (3, 180), (4, 270)):
+        w, bias = state[f"conv{b}.weight"], state[f"conv{b}.bias"]
+        bound = 1 / np.sqrt(fan_in)
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound and np.abs(bias).max() <= bound
+        np.testing.assert_array_equal(state[f"bn{b}.weight"], 1)
+        np.testing.assert_array_equal(state[f"bn{b}.bias"], 0)
+    assert np.abs(state["fc.weight"]).max() <= 1 / np.sqrt(40)
+
+
+def _run(data, dtype, steps=STEPS, sides=None):
+    scratch, ref = sides or make_sides(NET, RECIPE, dtype, seed=0)
+    masks = []
+
+    def keep_masks(i, trace):
+        masks.append({k: v.copy() for k, v in scratch.draws().items() if k.startswith("drop")})
+
+    trace = check_steps(scratch, ref, networks.first_batches(data[dtype], RECIPE, 0, steps), net="cnn18k",
+                        dtype=dtype, allowed_zero=NET.allowed_zero, on_step=keep_masks)
+    return trace, scratch, ref, masks
+
+
+@pytest.mark.slow
+def test_step_parity_20_steps_then_eval(data, dtype):
+    trace, scratch, ref, masks = _run(data, dtype)
+    assert trace.ok, trace.message()
+    assert len(trace.steps) == STEPS
+    names = {c.name for c in trace.steps[-1]}
+    params = list(EXPECTED_SHAPES)
+    must = {"loss", "out/log_softmax", "out/drop1", "out/pool3", "dout/conv1", "dout/bn2"}
+    must |= {f"grad/{p}" for p in params} | {f"param/{p}" for p in params}
+    must |= {f"state/{p}.momentum_buffer" for p in params}
+    must |= {f"buffer/bn{b}.{s}" for b in range(1, 5) for s in ("running_mean", "running_var", "num_batches_tracked")}
+    assert must <= names, sorted(must - names)
+    # dropout was active: every step dropped elements in every block, and the masks changed
+    assert len(masks) == STEPS and all(set(m) == {"drop1", "drop2", "drop3", "drop4"} for m in masks)
+    assert all((~m["drop1"]).sum() > 0 and (~m["drop2"]).sum() > 0 for m in masks)
+    assert (masks[0]["drop1"] != masks[1]["drop1"]).any()
+    # conv biases before BatchNorm: zero gradient by construction (and declared); nothing else is
+    for c in trace.steps[0]:
+        if c.name.startswith("grad/"):
+            assert c.degenerate == (c.name.split("/")[1] in NET.allowed_zero), c.name
+    nbt = [c for c in trace.steps[-1] if c.name == "buffer/bn2.num_batches_tracked"][0]
+    assert nbt.scratch == nbt.reference == STEPS
+
+    # eval mode on held-out images: running statistics, no dropout
+    x, y = data[dtype].x_test[:256], data[dtype].y_test[:256]
+    scratch.model.eval()
+    ref.model.eval()
+    with torch.no_grad():
+        expected = ref.model(torch.from_numpy(x)).numpy()
+    c = compare("out/log_softmax", scratch.model.forward(x), expected, tolerance_for(dtype))
+    assert c.passed, c.describe("cnn18k", dtype)
+    # the running statistics (not the batch's) were used: a batch-statistics forward differs
+    scratch.model.train()
+    assert np.abs(scratch.model.forward(x) - expected).max() > 100 * c.max_abs
+
+
+def test_biased_running_variance_is_caught(data):
+    """The classic BatchNorm slip: running_var updated with the biased batch variance."""
+    scratch, ref = make_sides(NET, RECIPE, "float64", seed=0)
+    for _, mod in scratch.model.named_modules():
+        if isinstance(mod, BatchNorm2d):
+            def biased(x, _mod=mod, _fwd=mod.forward):
+                y = _fwd(x)
+                m = x.shape[0] * x.shape[2] * x.shape[3]
+                var = (_mod.xc ** 2).mean(axis=(0, 2, 3))
+                _mod.running_var[...] -= _mod.momentum * var / (m - 1)  # unbiased -> biased
+                return y
+            mod.forward = biased
+    trace, *_ = _run(data, "float64", steps=2, sides=(scratch, ref))
+    first = trace.first_failure
+    assert (first.step, first.name) == (1, "buffer/bn1.running_var")
+
+
+def test_dropout_mask_not_handed_over_is_caught(data, monkeypatch):
+    """If the reference does not get the scratch side's masks, parity fails at the first dropout."""
+    real = ScratchSide.draws
+    monkeypatch.setattr(ScratchSide, "draws",
+                        lambda self: {k: (~v if k == "drop1" else v) for k, v in real(self).items()})
+    first = _run(data, "float64", steps=1)[0].first_failure
+    assert (first.step, first.name) == (1, "out/drop1")
+
+
+def test_tie_alignment_does_not_hide_a_wrong_argmax(data, monkeypatch):
+    """The reference adopts the scratch choice only among ties: a pool routing its gradient to a
+    non-maximal element is still caught at the first upstream gradient it reaches."""
+    real = MaxPool2d.backward
+
+    def to_the_wrong_element(self, dy):
+        self.argmax = (self.argmax + 1) % 4  # the next element of the window, a non-maximum
+        return real(self, dy)
+
+    monkeypatch.setattr(MaxPool2d, "backward", to_the_wrong_element)
+    first = _run(data, "float64", steps=1)[0].first_failure
+    assert (first.step, first.name, first.quantity) == (1, "dout/drop3", "upstream gradient")
+
+
+def test_step_parity_without_tie_alignment_fails_in_float64(data, monkeypatch):
+    """Why the reference aligns ties: MNIST's blank borders give pool windows equal values that
+    the two libraries round apart by an ulp; left alone, the gradients go to different elements."""
+    from nnparity import parity
+
+    monkeypatch.setattr(parity, "_tie_modules", lambda torch_side: [])  # the reference keeps torch's own choices
+    trace = _run(data, "float64", steps=3)[0]
+    assert not trace.ok
+    assert {c.quantity for c in trace.failures} == {"upstream gradient"}
+
+
+def test_lr_schedule_is_honoured_by_both_sides(mnist):
+    recipe = cnn18k.RECIPE.replace(train_size=128, test_size=100, epochs=2, lr_schedule=((2, 0.004),))
+    ds = networks.prepare(NET, recipe, mnist, "float32", seed=0)
+    training = Training(NET, recipe, ds, "float32", seed=0)
+    rows = [training.run_epoch(e, progress=False) for e in (1, 2)]
+    assert [r["lr"] for r in rows] == [0.01, 0.004]
+    assert training.scratch.optimizer.lr == 0.004
+    assert [g["lr"] for g in training.ref.optimizer.param_groups] == [0.004]
+
+
+def test_lr_schedule_is_validated():
+    with pytest.raises(ValueError, match="ascending"):
+        cnn18k.RECIPE.replace(lr_schedule=((5, 0.001), (3, 0.01)))
+    with pytest.raises(ValueError, match="must be > 0"):
+        cnn18k.RECIPE.replace(lr_schedule=((5, 0.0),))
