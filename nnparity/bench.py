@@ -42,22 +42,28 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_network(name: str, raw, dtype: str = "float32", repeats: int = 3, seed: int = 0) -> dict:
+def bench_network(name: str, raw, dtype: str = "float32", repeats: int = 3, seed: int = 0, recipe=None) -> dict:
+    """Seconds per epoch of each side (``recipe`` defaults to the network's: full MNIST)."""
     net = get(name)
-    recipe = net.recipe
+    recipe = recipe or net.recipe
     ds = prepare(net, recipe, raw, dtype, seed)
     scratch, ref = make_sides(net, recipe, dtype, seed)
     # warm-up: a few steps each (allocations, thread pools)
     for x, y in first_batches(ds, recipe, seed, 3):
         scratch.step(x, y)
         ref.step(x, y, draws=scratch.draws())
+    # Timed epochs run one side at a time, so the torch side cannot take the scratch side's
+    # dropout masks: each side draws its own, as a standalone run of each library would.
+    for m in ref.model.modules():
+        if hasattr(m, "draw_own_mask"):
+            m.draw_own_mask = True
     times = {"scratch": [], "torch": []}
     for r in range(repeats):
         order = (scratch, ref) if r % 2 == 0 else (ref, scratch)
         for side in order:
             t0 = time.perf_counter()
             for x, y in training_batches(ds, recipe, seed, r + 1):
-                side.step(x, y, draws=scratch.draws() if side is ref else None)
+                side.step(x, y)
             times[side.name].append(time.perf_counter() - t0)
     s, t = statistics.median(times["scratch"]), statistics.median(times["torch"])
     flops = train_flops_per_sample(scratch.model, ds.x_train[:1]) * len(ds.y_train)

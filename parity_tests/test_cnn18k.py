@@ -199,3 +199,14 @@ def test_lr_schedule_is_validated():
         cnn18k.RECIPE.replace(lr_schedule=((5, 0.001), (3, 0.01)))
     with pytest.raises(ValueError, match="must be > 0"):
         cnn18k.RECIPE.replace(lr_schedule=((5, 0.0),))
+
+
+def test_bench_times_each_side_drawing_its_own_masks(mnist):
+    """Timed epochs run one side at a time: the torch side draws its own dropout masks
+    (it used to be handed the scratch side's last, wrongly shaped, masks)."""
+    from nnparity.bench import bench_network
+
+    recipe = cnn18k.RECIPE.replace(train_size=100, test_size=100)  # 64 + a last batch of 36
+    r = bench_network("cnn18k", mnist, repeats=2, recipe=recipe)
+    assert r["samples"] == 100 and len(r["scratch_all"]) == len(r["torch_all"]) == 2
+    assert r["gflop_per_epoch"] > 0 and r["scratch_s"] > 0 and r["torch_s"] > 0

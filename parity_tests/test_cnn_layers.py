@@ -416,3 +416,11 @@ def test_every_new_layer_counts_its_flops():
     ls = LogSoftmax()
     ls.forward(np.zeros((2, 10)))
     assert ls.flops_per_sample() == 80
+
+
+def test_masked_dropout_can_draw_its_own_mask_for_benchmarks():
+    md = MaskedDropout(0.5)
+    md.draw_own_mask = True
+    torch.manual_seed(0)
+    y = md(torch.ones(100, 100))
+    assert set(torch.unique(y).tolist()) == {0.0, 2.0}

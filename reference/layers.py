@@ -18,7 +18,9 @@ class MaskedDropout(nn.Module):
     ``noise = mask.to(dtype); noise.div_(1 - p); y = x * noise``, zeros for ``p = 1``,
     the identity in ``eval()``; autograd differentiates it (``dx = dy * noise``).
     A mask is used for one training forward pass only, then cleared, so a stale mask
-    can never be applied to the next batch by mistake.
+    can never be applied to the next batch by mistake: a training pass without one is
+    an error, unless ``draw_own_mask`` is set, when it is plain ``F.dropout`` drawing
+    from torch's generator (``nnparity bench`` times each side drawing its own masks).
 
     Args:
         p: probability of zeroing an element.
@@ -32,12 +34,15 @@ class MaskedDropout(nn.Module):
             raise ValueError(f"MaskedDropout: p must be in [0, 1], got {p}")
         self.p = float(p)
         self.mask: torch.Tensor | None = None
+        self.draw_own_mask = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             self.mask = None
             return x
         mask, self.mask = self.mask, None
+        if mask is None and self.draw_own_mask:
+            return nn.functional.dropout(x, self.p, training=True)
         if mask is None:
             raise RuntimeError("MaskedDropout in training mode needs .mask set before each forward pass "
                                "(the scratch Dropout's mask, handed over by the parity harness)")
