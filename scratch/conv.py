@@ -94,8 +94,8 @@ class Conv2d(Module):
         ho, wo = self.output_size(h, w)
         if ho < 1 or wo < 1:
             raise ValueError(f"Conv2d: input {h}x{w} (padding {ph},{pw}) is smaller than the kernel {kh}x{kw}")
-        if ph or pw:
-            x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+        if ph or pw:  # pad channels-last, so the padded copy keeps channel vectors contiguous
+            x = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0))).transpose(0, 3, 1, 2)
         # (N, C, Hp, Wp) -> windows (N, C, Hp-kH+1, Wp-kW+1, kH, kW), a strided view; keep every stride-th
         win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :ho, :wo]
         # (N, C, H', W', kH, kW) -> (N, H', W', kH, kW, C) -> (N*H'*W', kH*kW*C): the one copy

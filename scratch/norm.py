@@ -80,6 +80,7 @@ class BatchNorm2d(Module):
         else:
             xc = x - _per_channel(self.running_mean)
             var = self.running_var
+        self.batch_stats = self.training  # which statistics backward differentiates through
         self.xc = xc  # x - mu: backward forms xhat = xc * inv_std from it
         self.inv_std = 1 / np.sqrt(var + self.eps)  # (C,)
         y = xc * _per_channel(self.inv_std * self.weight.data)  # gamma * xhat
@@ -95,7 +96,7 @@ class BatchNorm2d(Module):
         self.weight.grad += (dot * self.inv_std).astype(dy.dtype)
         self.bias.grad += dbeta.astype(dy.dtype)
         scale = _per_channel(self.weight.data * self.inv_std)  # gamma / sigma
-        if not self.training:
+        if not self.batch_stats:
             return dy * scale
         m = dy.shape[0] * dy.shape[2] * dy.shape[3]
         # torch's form: dx = (dy - (x - mu) * k - mean(dy)) * gamma / sigma,  k = sum(dy (x - mu)) / (m sigma^2)
