@@ -10,7 +10,7 @@ import torch
 
 from nnparity.layercheck import check_layer, check_loss
 from nnparity.parity import ParityError, assert_close
-from reference.layers import AlignedMaxPool2d, MaskedDropout
+from reference.layers import AlignedMaxPool2d, AlignedReLU, MaskedDropout
 from scratch import init
 from scratch.conv import Conv2d
 from scratch.dropout import Dropout
@@ -283,6 +283,22 @@ def test_aligned_maxpool_adopts_only_ties():
     assert pool.adopted == 1
     np.testing.assert_array_equal(x.grad.numpy()[0, 0], [[10, 0, 0, 20], [0, 0, 0, 0]])
     np.testing.assert_array_equal(y.detach().numpy(), [[[[1.0, 3.0]]]])
+
+
+def test_aligned_relu_adopts_only_inputs_at_zero():
+    x = torch.tensor([-1e-12, 1e-12, -0.5, 0.5, 0.0], dtype=torch.float64, requires_grad=True)
+    relu = AlignedReLU()
+    relu.tie_tol = (1e-10, 1e-9)
+    relu.mask = torch.tensor([True, False, True, False, True])  # the scratch decisions, two of them wrong
+    y = relu(x)
+    y.backward(torch.ones(5, dtype=torch.float64))
+    assert relu.adopted == 3  # the three inputs within 1e-10 of 0 follow the scratch side
+    np.testing.assert_array_equal(x.grad.numpy(), [1, 0, 0, 1, 1])
+    relu.mask = torch.tensor([True, False, True, False, True])
+    relu.tie_tol = None  # outside step parity: exactly nn.ReLU
+    x.grad = None
+    relu(x).backward(torch.ones(5, dtype=torch.float64))
+    np.testing.assert_array_equal(x.grad.numpy(), [0, 1, 0, 1, 0])
 
 
 # --- Dropout -----------------------------------------------------------------------------
