@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .sides import quantity
+from .threads import blas_threads
 
 
 @dataclass(frozen=True)
@@ -300,14 +301,15 @@ def check_steps(scratch_side, torch_side, batches, *, net: str, dtype, tol: Tole
     for m in tie_modules:  # ties at the parity tolerance follow the scratch side's choice (max pooling)
         m.tie_tol = (trace.tol.atol, trace.tol.rtol)
     try:
-        for i, (x, y) in enumerate(batches, 1):
-            s = scratch_side.step(x, y, record=True)
-            t = torch_side.step(x, y, record=True, draws=scratch_side.draws())
-            trace.steps.append(compare_records(s.record, t.record, trace.tol, i, allowed_zero))
-            if on_step:
-                on_step(i, trace)
-            if any(c.problem and c.problem.startswith("non-finite") for c in trace.steps[-1]):
-                break
+        with blas_threads(1):  # alternating NumPy and torch steps: see nnparity/threads.py
+            for i, (x, y) in enumerate(batches, 1):
+                s = scratch_side.step(x, y, record=True)
+                t = torch_side.step(x, y, record=True, draws=scratch_side.draws())
+                trace.steps.append(compare_records(s.record, t.record, trace.tol, i, allowed_zero))
+                if on_step:
+                    on_step(i, trace)
+                if any(c.problem and c.problem.startswith("non-finite") for c in trace.steps[-1]):
+                    break
     finally:
         for m in tie_modules:
             m.tie_tol = None

@@ -16,6 +16,7 @@ from scratch.recipe import Recipe
 
 from .networks import Dataset, Network, make_sides, training_batches
 from .sides import summed
+from .threads import blas_threads
 
 
 class Diverged(RuntimeError):
@@ -99,22 +100,23 @@ class Training:
         bar = tqdm(training_batches(self.ds, self.recipe, self.seed, epoch), total=n_batches,
                    desc=f"{self.net.name} epoch {epoch}/{self.recipe.epochs}", leave=False,
                    disable=None if progress is None else not progress, unit="batch")
-        for x, y in bar:
-            self.step_count += 1
-            # scratch first: it draws the dropout masks that the torch side reuses
-            results = [(self.scratch, self.scratch.step(x, y))]
-            results.append((self.ref, self.ref.step(x, y, draws=self.scratch.draws())))
-            for side, r in results:
-                if not math.isfinite(r.loss):
-                    raise Diverged(f"{self.net.name} {side.name} side diverged at epoch {epoch}, "
-                                   f"step {self.step_count}: {_first_nonfinite(side, r)}",
-                                   epoch, self.step_count)
-                t = totals[side.name]
-                t["loss"] += summed(r.loss, side.loss_fn.reduction, r.n)
-                t["correct"] += r.correct
-                t["n"] += r.n
-                if curves is not None:
-                    curves[side.name].append((r.loss, 100.0 * r.correct / r.n))
+        with blas_threads(1):  # alternating NumPy and torch steps: see nnparity/threads.py
+            for x, y in bar:
+                self.step_count += 1
+                # scratch first: it draws the dropout masks that the torch side reuses
+                results = [(self.scratch, self.scratch.step(x, y))]
+                results.append((self.ref, self.ref.step(x, y, draws=self.scratch.draws())))
+                for side, r in results:
+                    if not math.isfinite(r.loss):
+                        raise Diverged(f"{self.net.name} {side.name} side diverged at epoch {epoch}, "
+                                       f"step {self.step_count}: {_first_nonfinite(side, r)}",
+                                       epoch, self.step_count)
+                    t = totals[side.name]
+                    t["loss"] += summed(r.loss, side.loss_fn.reduction, r.n)
+                    t["correct"] += r.correct
+                    t["n"] += r.n
+                    if curves is not None:
+                        curves[side.name].append((r.loss, 100.0 * r.correct / r.n))
         bar.close()
         test = self.evaluate()
         diff_abs, diff_rel, diff_name = weight_difference(self.scratch.state(), self.ref.state())

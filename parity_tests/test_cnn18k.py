@@ -20,7 +20,7 @@ from scratch.pool import MaxPool2d
 
 NET = get("cnn18k")
 STEPS = 20
-# The first 20 batches need 20 * 32 training images: a seeded subset keeps the tests fast
+# The first 20 batches need 20 * 16 training images: a seeded subset keeps the tests fast
 # (real MNIST batches all the same; the documented run uses all 60,000).
 RECIPE = cnn18k.RECIPE.replace(train_size=STEPS * cnn18k.RECIPE.batch_size, test_size=500)
 
@@ -41,7 +41,7 @@ def data(mnist):
 def test_recipe_is_the_documented_one():
     r = cnn18k.RECIPE
     assert (r.lr, r.epochs, r.loss, r.reduction) == (0.01, 20, "nll", "mean")
-    assert (r.batch_size, r.momentum, r.dtype, r.lr_schedule) == (32, 0.9, "float32", ((11, 0.001),))
+    assert (r.batch_size, r.momentum, r.dtype, r.lr_schedule) == (16, 0.9, "float32", ((11, 0.001),))
     assert [r.lr_at(e) for e in (1, 10, 11, 20)] == [0.01, 0.01, 0.001, 0.001]
     assert NET.flat is False
 
@@ -206,7 +206,7 @@ def test_bench_times_each_side_drawing_its_own_masks(mnist):
     (it used to be handed the scratch side's last, wrongly shaped, masks)."""
     from nnparity.bench import bench_network
 
-    recipe = cnn18k.RECIPE.replace(train_size=100, test_size=100)  # 3 batches of 32 + a last batch of 4
+    recipe = cnn18k.RECIPE.replace(train_size=100, test_size=100)  # 6 batches of 16 + a last batch of 4
     r = bench_network("cnn18k", mnist, repeats=2, recipe=recipe)
     assert r["samples"] == 100 and len(r["scratch_all"]) == len(r["torch_all"]) == 2
     assert r["gflop_per_epoch"] > 0 and r["scratch_s"] > 0 and r["torch_s"] > 0
