@@ -100,7 +100,13 @@ def headline(history: list) -> dict:
             "seconds": sum(r[side]["seconds"] for r in history),
         }
     out["final_test_accuracy_gap_pp"] = abs(out["scratch"]["final_test_accuracy"] - out["torch"]["final_test_accuracy"])
+    out["best_test_accuracy_gap_pp"] = abs(out["scratch"]["best_test_accuracy"] - out["torch"]["best_test_accuracy"])
     out["max_abs_weight_diff"] = max(r["max_abs_weight_diff"] for r in history)
+    if all("max_abs_param_diff" in r for r in history):  # parameters alone (not optimizer state, buffers)
+        worst = max(history, key=lambda r: r["max_abs_param_diff"])
+        worst_rel = max(history, key=lambda r: r["max_rel_param_diff"])
+        out.update(max_abs_param_diff=worst["max_abs_param_diff"], worst_param_epoch=worst["epoch"],
+                   max_rel_param_diff=worst_rel["max_rel_param_diff"], worst_param=worst_rel["worst_param"])
     return out
 
 
@@ -136,8 +142,13 @@ def render_markdown(meta: dict, history: list, figures, extra: str = "") -> str:
                   f"| best test accuracy % (epoch) | {s['best_test_accuracy']:.2f} ({s['best_epoch']}) "
                   f"| {t['best_test_accuracy']:.2f} ({t['best_epoch']}) |",
                   f"| training time, s | {s['seconds']:.1f} | {t['seconds']:.1f} |",
-                  "", f"Final test accuracies differ by {h['final_test_accuracy_gap_pp']:.2f} percentage points; "
-                  f"the largest weight difference between the sides over the run was {h['max_abs_weight_diff']:.2e}."]
+                  "", f"Final test accuracies differ by {h['final_test_accuracy_gap_pp']:.2f} percentage points "
+                  f"(best: {h['best_test_accuracy_gap_pp']:.2f}); "
+                  f"the largest weight difference between the sides over the run was {h['max_abs_weight_diff']:.2e}"
+                  + (f" (parameters, optimizer state and buffers); parameters alone: {h['max_abs_param_diff']:.2e} "
+                     f"(epoch {h['worst_param_epoch']}), and relative to a tensor's largest value at most "
+                     f"{h['max_rel_param_diff']:.2g} (`{h['worst_param']}`)." if "max_abs_param_diff" in h
+                     else ".")]
     if extra:
         lines += ["", extra]
     if history:

@@ -119,7 +119,10 @@ class Training:
                         curves[side.name].append((r.loss, 100.0 * r.correct / r.n))
         bar.close()
         test = self.evaluate()
-        diff_abs, diff_rel, diff_name = weight_difference(self.scratch.state(), self.ref.state())
+        s_state, t_state = self.scratch.state(), self.ref.state()
+        diff_abs, diff_rel, diff_name = weight_difference(s_state, t_state)
+        p_abs, p_rel, p_name = weight_difference({k: v for k, v in s_state.items() if k.startswith("param/")},
+                                                 t_state)
         row = {"epoch": epoch, "lr": lr}
         for side in self.sides:
             t = totals[side.name]
@@ -129,7 +132,8 @@ class Training:
                 **test[side.name],
                 "seconds": side.seconds - secs0[side.name],
             }
-        row.update(max_abs_weight_diff=diff_abs, max_rel_weight_diff=diff_rel, worst_tensor=diff_name)
+        row.update(max_abs_weight_diff=diff_abs, max_rel_weight_diff=diff_rel, worst_tensor=diff_name,
+                   max_abs_param_diff=p_abs, max_rel_param_diff=p_rel, worst_param=p_name)
         if curves is not None:
             row["per_batch"] = curves
         self.history.append(row)

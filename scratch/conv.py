@@ -87,6 +87,18 @@ class Conv2d(Module):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
+    def _im2col(self, x):
+        """(N, C, H, W) -> column matrix (N*H'*W', kH*kW*C): one row per output pixel."""
+        n, c = x.shape[:2]
+        _, _, ho, wo = self.out_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        if ph or pw:  # pad channels-last, so the padded copy keeps channel vectors contiguous
+            x = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0))).transpose(0, 3, 1, 2)
+        # (N, C, Hp, Wp) -> windows (N, C, Hp-kH+1, Wp-kW+1, kH, kW), a strided view; keep every stride-th
+        win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :ho, :wo]
+        # (N, C, H', W', kH, kW) -> (N, H', W', kH, kW, C) -> (N*H'*W', kH*kW*C): the one copy
+        return win.transpose(0, 2, 3, 4, 5, 1).reshape(n * ho * wo, kh * kw * c)
+
     def forward(self, x):
         check_images(x, "Conv2d", self.in_channels)
         n, c, h, w = x.shape
@@ -94,18 +106,16 @@ class Conv2d(Module):
         ho, wo = self.output_size(h, w)
         if ho < 1 or wo < 1:
             raise ValueError(f"Conv2d: input {h}x{w} (padding {ph},{pw}) is smaller than the kernel {kh}x{kw}")
-        if ph or pw:  # pad channels-last, so the padded copy keeps channel vectors contiguous
-            x = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0))).transpose(0, 3, 1, 2)
-        # (N, C, Hp, Wp) -> windows (N, C, Hp-kH+1, Wp-kW+1, kH, kW), a strided view; keep every stride-th
-        win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :ho, :wo]
-        # (N, C, H', W', kH, kW) -> (N, H', W', kH, kW, C) -> (N*H'*W', kH*kW*C): the one copy
-        self.cols = win.transpose(0, 2, 3, 4, 5, 1).reshape(n * ho * wo, kh * kw * c)
+        self.in_shape, self.out_shape = (n, c, h, w), (n, self.out_channels, ho, wo)
+        cols = self._im2col(x)
+        # Training keeps the column matrix for dW; evaluation keeps only the input (no copy) and
+        # rebuilds the columns if a backward pass ever comes: the columns are kH*kW times the input.
+        self.cols, self.x = (cols, None) if self.training else (None, x)
         # (C_out, C_in, kH, kW) -> (C_out, kH, kW, C_in) -> (C_out, kH*kW*C_in), matching the columns
         w2 = self.weight.data.transpose(0, 2, 3, 1).reshape(self.out_channels, -1)
-        y = self.cols @ w2.T  # (N*H'*W', K) @ (K, C_out) -> (N*H'*W', C_out)
+        y = cols @ w2.T  # (N*H'*W', K) @ (K, C_out) -> (N*H'*W', C_out)
         if self.bias is not None:
             y += self.bias.data
-        self.in_shape, self.out_shape = (n, c, h, w), (n, self.out_channels, ho, wo)
         # (N*H'*W', C_out) -> (N, H', W', C_out) -> view (N, C_out, H', W') (channels-last memory)
         return y.reshape(n, ho, wo, self.out_channels).transpose(0, 3, 1, 2)
 
@@ -116,7 +126,8 @@ class Conv2d(Module):
         _, o, ho, wo = self.out_shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         dy2 = dy.transpose(0, 2, 3, 1).reshape(n * ho * wo, o)  # (N, C_out, H', W') -> (N*H'*W', C_out)
-        dw2 = dy2.T @ self.cols  # (C_out, N*H'*W') @ (N*H'*W', K) -> (C_out, K)
+        cols = self.cols if self.cols is not None else self._im2col(self.x)
+        dw2 = dy2.T @ cols  # (C_out, N*H'*W') @ (N*H'*W', K) -> (C_out, K)
         # (C_out, kH*kW*C_in) -> (C_out, kH, kW, C_in) -> (C_out, C_in, kH, kW)
         self.weight.grad += dw2.reshape(o, kh, kw, c).transpose(0, 3, 1, 2)
         if self.bias is not None:
