@@ -47,6 +47,12 @@ def test_conv2d(dtype, cin, cout, k, stride, pad, bias, hw):
     assert [c.name for c in comps] == ["out", "din", "grad/weight"] + (["grad/bias"] if bias else [])
 
 
+def test_conv2d_in_eval_mode_rebuilds_its_columns_for_backward(dtype):
+    layer = _randomise(Conv2d(3, 4, 3, stride=2, padding=1, dtype=dtype))
+    check_layer(layer, torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), (2, 3, 7, 8), dtype=dtype, train=False)
+    assert layer.cols is None  # evaluation keeps the input, not the kH*kW times larger columns
+
+
 def test_conv2d_is_cross_correlation_not_convolution():
     """A kernel with a single 1 at the top-left picks x[i, j], not x[i+2, j+2] (no flip)."""
     layer = Conv2d(1, 1, 3, bias=False)
