@@ -14,6 +14,7 @@ import argparse
 import shlex
 import sys
 
+from .checkpoint import CheckpointError
 from .data import DataError
 from .networks import NETWORKS, UnknownNetwork
 
@@ -45,6 +46,16 @@ def non_negative_int(text: str) -> int:
     return v
 
 
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return v
+
+
 def network_name(text: str) -> str:
     if text not in NETWORKS:
         raise argparse.ArgumentTypeError(f"unknown network {text!r}; known networks: {', '.join(NETWORKS)}")
@@ -68,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="parity check, then train both sides and write a side-by-side report")
     common(r, "default: the recipe's documented-run dtype")
     r.add_argument("--epochs", type=positive_int, default=None, help="default: the recipe's")
+    r.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the recipe's)")
+    r.add_argument("--batch-size", type=positive_int, default=None, help="default: the recipe's")
     r.add_argument("--out", default="reports", help="reports go to OUT/NET/ (default reports)")
     r.add_argument("--parity-steps", type=non_negative_int, default=20,
                    help="steps of step parity before training (0 skips; default 20)")
@@ -75,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on a seeded random subset of this many images (quick tries)")
     r.add_argument("--test-size", type=positive_int, default=None,
                    help="evaluate on a seeded random subset of this many test images")
+    r.add_argument("--save-every", type=positive_int, default=None, metavar="K",
+                   help="write OUT/NET/checkpoint.npz (both sides, atomically) every K epochs")
+    r.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue from the checkpoint in DIR (a report folder or a checkpoint.npz)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     c = sub.add_parser("parity", help="step parity only, with a per-step table")
@@ -95,7 +112,7 @@ def main(argv=None) -> int:
     args.command_line = "nnparity " + " ".join(shlex.quote(a) for a in argv)
     try:
         return _dispatch(args)
-    except (DataError, UnknownNetwork, OSError) as e:
+    except (DataError, UnknownNetwork, CheckpointError, OSError) as e:
         print(f"nnparity {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 
@@ -110,10 +127,11 @@ def _dispatch(args) -> int:
     if args.cmd == "run":
         from .run import run_network
 
-        return run_network(args.net, epochs=args.epochs, seed=args.seed, dtype=args.dtype, out=args.out,
+        return run_network(args.net, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype, out=args.out,
                            data_dir=args.data_dir, parity_steps=args.parity_steps,
                            progress=False if args.no_progress else None, command=args.command_line,
-                           train_size=args.train_size, test_size=args.test_size)
+                           train_size=args.train_size, test_size=args.test_size,
+                           save_every=args.save_every, resume=args.resume)
     if args.cmd == "parity":
         from .networks import run_parity
         from .data import load_mnist

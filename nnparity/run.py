@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
+from . import checkpoint
 from . import data as mnist
 from . import io
 from .networks import get, prepare, run_parity
@@ -18,13 +20,21 @@ def log(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-def run_network(name: str, *, epochs=None, seed: int = 0, dtype=None, out="reports", data_dir=None,
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int = 0, dtype=None, out="reports", data_dir=None,
                 parity_steps: int = 20, progress=None, command: str | None = None,
-                train_size=None, test_size=None) -> int:
+                train_size=None, test_size=None, save_every: int | None = None, resume=None) -> int:
     """Run one documented network end to end; returns the process exit status."""
     net = get(name)
-    recipe = net.recipe.replace(epochs=epochs, train_size=train_size, test_size=test_size)
+    recipe = net.recipe.replace(epochs=epochs, lr=lr, batch_size=batch_size, train_size=train_size,
+                                test_size=test_size)
     dtype = dtype or recipe.dtype
+    identity = {"net": name, "dtype": dtype, "seed": seed,
+                "recipe": {k: v for k, v in recipe.as_dict().items() if k != "epochs"}}
+    resumed = checkpoint.load(resume, identity) if resume else None  # refuse a bad one before any work
     out_dir = io.ensure_writable_dir(Path(out) / name)
     command = command or f"nnparity run {name}"
 
@@ -50,9 +60,15 @@ def run_network(name: str, *, epochs=None, seed: int = 0, dtype=None, out="repor
         log(f"parity ok: worst margin {trace.worst_margin():.3g} (<= 1 passes)")
 
     training = Training(net, recipe, ds, dtype, seed)
+    start = 1
+    if resumed:
+        start = checkpoint.restore(training, *resumed)
+        meta["resumed_from"] = f"{resume} (after epoch {start - 1})"
+        log(f"resumed from {resume}: {start - 1} epochs done")
     status = EXIT_OK
+    previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
-        for epoch in range(1, recipe.epochs + 1):
+        for epoch in range(start, recipe.epochs + 1):
             row = training.run_epoch(epoch, progress)
             s, t = row["scratch"], row["torch"]
             log(f"epoch {epoch:>3}/{recipe.epochs}  loss {s['train_loss']:.5f} | {t['train_loss']:.5f}  "
@@ -61,6 +77,8 @@ def run_network(name: str, *, epochs=None, seed: int = 0, dtype=None, out="repor
                 f"time {s['seconds']:.1f}s | {t['seconds']:.1f}s  "
                 f"max |dw| {row['max_abs_weight_diff']:.1e}   (scratch | torch)")
             io.write_json(out_dir / "metrics.json", {**meta, "epochs": training.history})
+            if save_every and epoch % save_every == 0:
+                checkpoint.save(out_dir / checkpoint.FILE_NAME, training, identity)
         meta["status"] = "complete"
     except KeyboardInterrupt:
         meta["status_detail"] = f"interrupted during epoch {len(training.history) + 1}"
@@ -70,6 +88,8 @@ def run_network(name: str, *, epochs=None, seed: int = 0, dtype=None, out="repor
         meta.update(status="diverged", status_detail=str(e))
         status = EXIT_DIVERGED
         log(f"DIVERGED: {e}")
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
     write_report(out_dir, meta, training.history)
     log(f"report: {out_dir / 'report.md'}")
     return status

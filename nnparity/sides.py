@@ -137,6 +137,16 @@ class ScratchSide:
         out.update((f"buffer/{k}", b) for k, b in self.model.named_buffers())
         return out
 
+    def grads(self) -> "OrderedDict[str, np.ndarray]":
+        """The gradients of the last step, by record key."""
+        return OrderedDict((f"grad/{k}", p.grad) for k, p in self.model.named_parameters())
+
+    def load_state(self, state: dict) -> None:
+        """Inverse of ``state()``: parameters, buffers and optimizer state, by record key."""
+        model_state = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(("param/", "buffer/"))}
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict({k[len("state/"):]: v for k, v in state.items() if k.startswith("state/")})
+
 
 class TorchSide:
     """A torch model + loss + optimizer, recorded under the scratch side's names."""
@@ -215,6 +225,22 @@ class TorchSide:
                 out[f"state/{k}.momentum_buffer"] = buf.numpy()
         out.update((f"buffer/{k}", b.numpy()) for k, b in self.model.named_buffers())
         return out
+
+    def grads(self) -> "OrderedDict[str, np.ndarray]":
+        return OrderedDict((f"grad/{k}", p.grad.numpy()) for k, p in self.model.named_parameters()
+                           if p.grad is not None)
+
+    def load_state(self, state: dict) -> None:
+        """Inverse of ``state()``: parameters, buffers and optimizer state, by record key."""
+        model_state = {k.split("/", 1)[1]: torch.from_numpy(np.array(v)) for k, v in state.items()
+                       if k.startswith(("param/", "buffer/"))}
+        self.model.load_state_dict(model_state, strict=True)
+        params = dict(self.model.named_parameters())
+        self.optimizer.state.clear()
+        for k, v in state.items():
+            if k.startswith("state/") and k.endswith(".momentum_buffer"):
+                name = k[len("state/"):-len(".momentum_buffer")]
+                self.optimizer.state[params[name]]["momentum_buffer"] = torch.from_numpy(np.array(v))
 
 
 def _np(v):

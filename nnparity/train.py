@@ -26,14 +26,18 @@ class Diverged(RuntimeError):
         self.epoch, self.step = epoch, step
 
 
-def _first_nonfinite(side, result) -> str:
-    for key, arr in [("loss", result.loss), *side.state().items()]:
+def _nonfinite(side, result) -> str:
+    """Which of the side's loss, gradients and parameters are NaN or infinite, in that order."""
+    found = []
+    for key, arr in [("loss", result.loss), *side.grads().items(), *side.state().items()]:
         a = np.asarray(arr)
-        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-            bad = int(np.flatnonzero(~np.isfinite(a))[0]) if a.ndim else 0
-            idx = tuple(int(i) for i in np.unravel_index(bad, a.shape)) if a.ndim else ()
-            return f"{key} = {a.flat[bad]} at {idx}"
-    return "loss"
+        bad = ~np.isfinite(a)
+        if bad.any():
+            first = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad)[0]), a.shape))
+            where = f" ({int(bad.sum())} of {a.size} elements, first {a.flat[np.flatnonzero(bad)[0]]} at {first})" \
+                if a.ndim else f" = {float(a)}"
+            found.append(key + where)
+    return "; ".join(found) if found else "loss"
 
 
 def weight_difference(scratch_state, torch_state) -> tuple[float, float, str]:
@@ -73,6 +77,21 @@ class Training:
     def sides(self):
         return (self.scratch, self.ref)
 
+    def _step(self, x, y, epoch, totals, curves):
+        # scratch first: it draws the dropout masks that the torch side reuses
+        results = [(self.scratch, self.scratch.step(x, y))]
+        results.append((self.ref, self.ref.step(x, y, draws=self.scratch.draws())))
+        for side, r in results:
+            if not math.isfinite(r.loss):
+                raise Diverged(f"{self.net.name} {side.name} side diverged at epoch {epoch}, "
+                               f"step {self.step_count}: non-finite {_nonfinite(side, r)}", epoch, self.step_count)
+            t = totals[side.name]
+            t["loss"] += summed(r.loss, side.loss_fn.reduction, r.n)
+            t["correct"] += r.correct
+            t["n"] += r.n
+            if curves is not None:
+                curves[side.name].append((r.loss, 100.0 * r.correct / r.n))
+
     def evaluate(self) -> dict:
         out = {}
         for side in self.sides:
@@ -93,20 +112,8 @@ class Training:
                    disable=None if progress is None else not progress, unit="batch")
         for x, y in bar:
             self.step_count += 1
-            # scratch first: it draws the dropout masks that the torch side reuses
-            results = [(self.scratch, self.scratch.step(x, y))]
-            results.append((self.ref, self.ref.step(x, y, draws=self.scratch.draws())))
-            for side, r in results:
-                if not math.isfinite(r.loss):
-                    raise Diverged(f"{self.net.name} {side.name} side diverged at epoch {epoch}, "
-                                   f"step {self.step_count}: {_first_nonfinite(side, r)}",
-                                   epoch, self.step_count)
-                t = totals[side.name]
-                t["loss"] += summed(r.loss, side.loss_fn.reduction, r.n)
-                t["correct"] += r.correct
-                t["n"] += r.n
-                if curves is not None:
-                    curves[side.name].append((r.loss, 100.0 * r.correct / r.n))
+            with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected just below
+                self._step(x, y, epoch, totals, curves)
         bar.close()
         test = self.evaluate()
         diff_abs, diff_rel, diff_name = weight_difference(self.scratch.state(), self.ref.state())
