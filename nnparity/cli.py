@@ -115,6 +115,9 @@ def main(argv=None) -> int:
     except (DataError, UnknownNetwork, CheckpointError, OSError) as e:
         print(f"nnparity {args.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"nnparity {args.cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _dispatch(args) -> int:

@@ -20,8 +20,8 @@ def log(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-def _sigterm_as_interrupt(signum, frame):
-    raise KeyboardInterrupt("SIGTERM")
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int = 0, dtype=None, out="reports", data_dir=None,
@@ -66,7 +66,9 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
         meta["resumed_from"] = f"{resume} (after epoch {start - 1})"
         log(f"resumed from {resume}: {start - 1} epochs done")
     status = EXIT_OK
-    previous_sigterm = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    # Ctrl-C and kill both end the run cleanly, even where the shell started it with
+    # SIGINT ignored (a background job of a non-interactive shell, as in CI).
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for epoch in range(start, recipe.epochs + 1):
             row = training.run_epoch(epoch, progress)
@@ -80,8 +82,9 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
             if save_every and epoch % save_every == 0:
                 checkpoint.save(out_dir / checkpoint.FILE_NAME, training, identity)
         meta["status"] = "complete"
-    except KeyboardInterrupt:
-        meta["status_detail"] = f"interrupted during epoch {len(training.history) + 1}"
+    except KeyboardInterrupt as e:
+        meta["status_detail"] = (f"interrupted ({e.args[0] if e.args else 'SIGINT'}) "
+                                 f"during epoch {len(training.history) + 1}")
         status = EXIT_INTERRUPTED
         log(f"\ninterrupted: writing the report of the {len(training.history)} finished epochs")
     except Diverged as e:
@@ -89,7 +92,8 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
         status = EXIT_DIVERGED
         log(f"DIVERGED: {e}")
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     write_report(out_dir, meta, training.history)
     log(f"report: {out_dir / 'report.md'}")
     return status
