@@ -100,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="time full-MNIST epochs of both sides, alternating")
     b.add_argument("nets", nargs="*", type=network_name, metavar="NET", help="default: all networks")
-    b.add_argument("--dtype", choices=DTYPES, default="float32")
-    b.add_argument("--repeats", type=positive_int, default=3, help="epochs per side, alternating (default 3)")
+    b.add_argument("--dtype", choices=DTYPES, nargs="+", default=list(DTYPES), help="default: both")
+    b.add_argument("--repeats", type=positive_int, default=3, help="epochs per side; the median counts (default 3)")
+    b.add_argument("--out", default="reports/bench.md", help="markdown table (default reports/bench.md)")
     b.add_argument("--data-dir", default=None)
     return p
 
@@ -146,7 +147,8 @@ def _dispatch(args) -> int:
     if args.cmd == "bench":
         from .bench import bench
 
-        return bench(args.nets or list(NETWORKS), dtype=args.dtype, repeats=args.repeats, data_dir=args.data_dir)
+        return bench(args.nets or list(NETWORKS), dtypes=args.dtype, repeats=args.repeats, data_dir=args.data_dir,
+                     out=args.out, command=args.command_line)
     raise AssertionError(args.cmd)
 
 

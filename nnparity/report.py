@@ -145,7 +145,8 @@ def render_markdown(meta: dict, history: list, figures, extra: str = "") -> str:
     if figures:
         lines += ["", "## Plots", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     env = meta.get("environment", {})
-    lines += ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
+    lines += ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items())
+              + (f"; peak resident memory {meta['peak_rss_mib']} MiB" if "peak_rss_mib" in meta else ""), ""]
     return "\n".join(lines)
 
 

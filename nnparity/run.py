@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from . import checkpoint
+from .bench import peak_rss_mib
 from . import data as mnist
 from . import io
 from .networks import get, prepare, run_parity
@@ -94,6 +95,7 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    meta["peak_rss_mib"] = round(peak_rss_mib())
     write_report(out_dir, meta, training.history)
-    log(f"report: {out_dir / 'report.md'}")
+    log(f"report: {out_dir / 'report.md'} (peak memory {meta['peak_rss_mib']} MiB)")
     return status
