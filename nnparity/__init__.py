@@ -6,12 +6,15 @@ The public API for checking your own derivations (``nnparity.byod``)::
     nnparity.check_layer(mine, torch_equivalent, input_shape=(8, 16))
     nnparity.check_loss(mine, torch_loss, input_shape=(8, 10))
     nnparity.check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batches)
-    nnparity.gradcheck(mine, input_shape=(8, 16))          # finite differences only
+    nnparity.check_layer(mine, None, input_shape=(8, 16))  # no torch equivalent: finite differences
+
+``nnparity.gradcheck`` is the finite-difference module (``gradcheck_layer``,
+``gradcheck_model``, ``gradcheck_network``).
 
 Imported lazily, so ``import nnparity.data`` does not pull in torch.
 """
 
-_API = ("check_layer", "check_loss", "check_steps", "gradcheck")
+_API = ("check_layer", "check_loss", "check_steps")
 
 __all__ = list(_API)
 

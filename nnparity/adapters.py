@@ -14,8 +14,9 @@ A *layer* (or a whole *network*: the protocol is the same) is one of:
    ``named_buffers()``, ``zero_grad()``, ``astype(dtype)``, ``train(mode)``.
 2. **A plain object with dicts**: ``forward(x) -> y``; ``backward(dy) -> dx``;
    ``params``, a dict ``{name: ndarray}``; ``grads``, a dict ``{name: ndarray}``
-   that ``backward`` fills (assigning or accumulating: it is reset to zeros
-   before every backward). Optional: ``buffers`` (dict), ``train(mode)`` or a
+   that ``backward`` fills, by assigning ``grads[name] = ...`` or by accumulating
+   into entries you created (existing entries are reset to zeros, of the
+   parameter's dtype, before every backward). Optional: ``buffers`` (dict), ``train(mode)`` or a
    ``training`` attribute. ``forward``/``backward`` must read ``params[name]``
    when they run (not an alias kept from ``__init__``): the checks replace the
    arrays to change their dtype or values.
@@ -183,7 +184,9 @@ class LayerAdapter:
                 grads = {}
                 self.obj.grads = grads
             for k, p in self.params().items():
-                g = grads.get(k)
+                if k not in grads:   # left missing: a backward that never sets it gets a clear error
+                    continue
+                g = grads[k]
                 if isinstance(g, np.ndarray) and g.shape == p.shape and g.dtype == p.dtype:
                     g[...] = 0
                 else:
@@ -206,7 +209,7 @@ class LayerAdapter:
             return
         if self.kind != "module":
             return
-        modules = dict(self.obj.named_modules()) if callable(getattr(self.obj, "named_modules", None)) else {"": self.obj}
+        modules = dict(self._modules())
         for key, a in arrays.items():
             path, _, attr = key.rpartition(".")
             mod = modules[path]

@@ -401,9 +401,4 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     return trace
 
 
-def gradcheck(mine, input_shape=None, **kwargs) -> "gc.GradcheckResult":
-    """Finite differences only (float64), for a layer: ``gradcheck.gradcheck_layer``; raises on failure."""
-    return gc.gradcheck_layer(mine, input_shape, **kwargs).raise_if_failed()
-
-
-__all__ = ["check_layer", "check_loss", "check_steps", "gradcheck", "LayerReport", "Comparison"]
+__all__ = ["check_layer", "check_loss", "check_steps", "LayerReport", "Comparison"]

@@ -60,8 +60,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .adapters import (LayerAdapter, LossAdapter, RandomState, as_layer, input_grad_problem,
-                       output_problem)
+from .adapters import LossAdapter, RandomState, as_layer, input_grad_problem, output_problem
 
 # CS231n's bands: (upper bound, grade)
 GRADES = ((1e-7, "good"), (1e-4, "ok"), (1e-2, "uncomfortable"), (math.inf, "wrong"))
@@ -259,11 +258,28 @@ class GradcheckResult:
 
 # --- the core -----------------------------------------------------------------------------
 
-def sample_indices(shape, k: int, seed: int, name: str) -> list:
-    """``k`` distinct coordinates of a tensor (all of them if it has fewer), fixed by (seed, name)."""
+def sample_indices(shape, k: int, seed: int, name: str, nonzero=None) -> list:
+    """``k`` distinct coordinates of a tensor (all of them if it has fewer), fixed by (seed, name).
+
+    Half (rounded up) are uniform over the tensor. With ``nonzero`` (flat indices where the
+    analytic gradient is non-zero) the other half is uniform over those: on MNIST most of a
+    first layer's weight columns see a pixel that is 0 in the whole batch, and a purely
+    uniform sample spends itself on gradients that are exactly 0 on both sides. The uniform
+    half still catches a backward that returns 0 where the true gradient is not.
+    """
     size = int(np.prod(shape))
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    flat = np.arange(size) if size <= k else np.sort(rng.choice(size, k, replace=False))
+    if size <= k:
+        flat = list(range(size))
+    else:
+        uniform = [int(i) for i in rng.choice(size, k, replace=False)]
+        flat = uniform[:(k + 1) // 2] if nonzero is not None else uniform
+        if nonzero is not None and len(nonzero):
+            for i in np.asarray(nonzero)[rng.choice(len(nonzero), min(k, len(nonzero)), replace=False)]:
+                if len(flat) < k and int(i) not in flat:
+                    flat.append(int(i))
+        flat += [i for i in uniform if i not in flat][:k - len(flat)]
+        flat.sort()
     return [tuple(int(i) for i in np.unravel_index(f, shape)) for f in flat]
 
 
@@ -327,7 +343,8 @@ def finite_differences(objective, tensors: "OrderedDict[str, np.ndarray]", analy
     if not math.isfinite(f0):
         raise GradcheckError(f"{name}: the objective is {f0} at the unperturbed point: nothing to differentiate")
     state0 = kink_state() if kink_state else {}
-    picks = OrderedDict((k, sample_indices(arr.shape, samples, seed, k)) for k, arr in tensors.items())
+    picks = OrderedDict((k, sample_indices(arr.shape, samples, seed, k, np.flatnonzero(analytic[k])))
+                        for k, arr in tensors.items())
 
     # rounding noise of f, measured on the first sampled coordinate of a few tensors
     noise_f = MACHINE_EPS * max(abs(f0), scale)
@@ -359,7 +376,7 @@ def finite_differences(objective, tensors: "OrderedDict[str, np.ndarray]", analy
             a = float(analytic[k][idx])
             rel = symmetric_rel(a, n, floor)
             kink = tuple(OrderedDict.fromkeys(_switched(state0, sp) + _switched(state0, sm)))
-            t.probes.append(Probe(k, idx, a, n, rel, grade(rel), max(abs(a), abs(n)) < floor, kink))
+            t.probes.append(Probe(k, idx, a, n, rel, grade(rel), max(abs(a), abs(n)) <= floor, kink))
         result.tensors.append(t)
     return result
 
@@ -501,7 +518,7 @@ def gradcheck_loss(loss_fn, logits_shape=None, target=None, *, z=None, samples: 
 
 
 def gradcheck_network(net_name: str, *, samples: int = SAMPLES, eps: float = EPS, seed: int = 0,
-                      batch_size: int | None = None, burn_in: int = 0, raw=None, data_dir=None,
+                      batch_size: int | None = None, burn_in: int = 0, raw=None, data_dir=None, ds=None,
                       threshold: float = THRESHOLD) -> GradcheckResult:
     """Gradcheck a documented network on a real MNIST minibatch.
 
@@ -518,7 +535,8 @@ def gradcheck_network(net_name: str, *, samples: int = SAMPLES, eps: float = EPS
 
     net = networks.get(net_name)
     recipe = net.recipe
-    ds = networks.prepare(net, recipe, raw if raw is not None else load_mnist(data_dir), "float64", seed)
+    if ds is None:  # (``ds``: the float64 ``networks.prepare`` of this seed, to reuse across checks)
+        ds = networks.prepare(net, recipe, raw if raw is not None else load_mnist(data_dir), "float64", seed)
     model = net.scratch.build(recipe, networks.stream(seed, "init"), np.float64)
     loss_fn = net.scratch.loss(recipe)
     batches = networks.first_batches(ds, recipe, seed, burn_in + 1)

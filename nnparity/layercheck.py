@@ -1,5 +1,10 @@
 """Check one scratch layer (or loss) against its PyTorch equivalent with autograd.
 
+The layer may follow any convention of the layer protocol (``nnparity.adapters``):
+this project's scratch modules, a user's object with ``params``/``grads`` dicts, a
+parameter-free object, or a ``(forward, backward)`` pair of functions; the public
+``nnparity.check_layer`` (``nnparity.byod``) runs this for both dtypes.
+
 The upstream gradient is random and non-uniform, never the ones of ``.sum()``:
 a ones upstream gradient hides whole classes of backward bugs (a missing
 transpose of a square matrix, a gradient summed over the wrong axis, ...).
@@ -24,11 +29,6 @@ from .sides import quantity
 
 def _torch_params(module) -> "OrderedDict[str, torch.Tensor]":
     return OrderedDict(module.named_parameters()) if isinstance(module, torch.nn.Module) else OrderedDict()
-
-
-def _copy_params(layer, module):
-    """Copy the layer's parameters and buffers into the torch module, by name (names and shapes checked)."""
-    copy_to_torch(as_layer(layer), module)
 
 
 def _problem(name, text, shape=()) -> Comparison:
@@ -74,7 +74,8 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
         train: run both in training (True) or evaluation mode.
         upstream: dL/d(output); default: standard normal, non-uniform.
 
-    Returns the comparisons (``out``, ``din``, ``grad/<param>``); raises ``ParityError``
+    Returns the comparisons (``out``, ``din``, ``grad/<param>``, then ``buffer/<name>`` for
+    every buffer the layer has, after the forward); raises ``ParityError``
     naming the first failing tensor unless ``raise_on_failure`` is false. Misuse (a
     forward that mutates its input or returns NaN, a backward returning the wrong
     shape) fails as a comparison with a problem; mismatched parameter names or shapes
@@ -119,6 +120,9 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
     for pname, grad in grads.items():
         ref = tparams[pname].grad
         comps.append(compare(f"grad/{pname}", grad, ref.numpy() if ref is not None else np.zeros_like(grad), tol))
+    if isinstance(module, torch.nn.Module):  # buffers after the forward (BatchNorm's running statistics)
+        tbuf = OrderedDict(module.named_buffers())
+        comps += [compare(f"buffer/{k}", b, tbuf[k].detach().numpy(), tol) for k, b in lay.buffers().items()]
     if not np.array_equal(x, x_before, equal_nan=True):
         comps.insert(0, Comparison("input", "forward activation", x.shape, 0, 0, (), 0, 0, 0, tol,
                                    problem="forward modified its input in place (copy it before changing it: "

@@ -26,8 +26,9 @@ class NNParity:
     """What the ``nnparity`` fixture returns: the checks of ``nnparity.byod`` with the session's seed.
 
     ``layer`` = ``check_layer``, ``loss`` = ``check_loss``, ``steps`` = ``check_steps``,
-    ``gradcheck`` = finite differences only. Each raises ``AssertionError`` with the
-    suite's message on a mismatch, and returns its report otherwise.
+    ``gradcheck`` = ``check_layer(mine, None, ...)`` in float64 only (finite differences).
+    Each raises ``AssertionError`` with the suite's message on a mismatch, and returns
+    its report otherwise.
     """
 
     def __init__(self, seed: int = 0):
@@ -60,9 +61,10 @@ class NNParity:
         return self._call("check_steps", net, loss, update, torch_net, torch_loss, torch_optimizer, batches, **kwargs)
 
     def gradcheck(self, mine, input_shape=None, **kwargs):
-        """Finite differences only (float64)."""
+        """Finite differences only, float64: ``check_layer(mine, None, input_shape, dtypes=("float64",))``."""
         __tracebackhide__ = True
-        return self._call("gradcheck", mine, input_shape, **kwargs)
+        kwargs.setdefault("dtypes", ("float64",))
+        return self._call("check_layer", mine, None, input_shape, **kwargs)
 
 
 @pytest.fixture
