@@ -6,6 +6,7 @@ plugin nn-parity installs (``pytest11`` entry point); this repo also enables it 
 its root ``conftest.py``.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,3 +60,12 @@ def test_layer_norm_wrong_backward_fails_at_the_input_gradient_only(nnparity):
 def test_layer_norm_wrong_backward_fails_by_finite_differences_too(nnparity):
     with pytest.raises(AssertionError, match=r"gradcheck .*: din at .*\(wrong\)"):
         nnparity.layer(LayerNormWrongBackward(10), None, input_shape=(4, 10))
+
+
+def test_leaky_relu_kink_is_reported_not_failed(nnparity):
+    """An input within eps of 0: the finite difference straddles the kink. LeakyReLU declares
+    ``kink_attrs = ("positive",)``, so the check reports that coordinate as a kink instead of failing."""
+    x = np.array([[3e-6, -1.0, 0.5], [2.0, -0.2, 1.5]])
+    report = nnparity.gradcheck(LeakyReLU(0.1), x=x, samples=6)
+    kinks = report.results["float64"].kinks
+    assert [(p.tensor, p.index, p.kink) for p in kinks] == [("din", (0, 0), ("positive",))]

@@ -475,6 +475,10 @@ class UpdateAdapter:
 
 # --- misuse checks shared by every layer check ---------------------------------------------
 
+INPUT_MUTATED = ("the layer modified its input x in place (in forward or backward): copy it before changing it, "
+                 "the caller still needs x")
+
+
 def output_problem(name: str, y, x) -> str | None:
     """Why a forward output cannot be checked (not an array, or NaN/inf where the input is finite)."""
     if y is None or not isinstance(y, (np.ndarray, np.generic)):

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import gradcheck as gc
-from .adapters import (LayerAdapter, LossAdapter, ProtocolError, RandomState, UpdateAdapter, as_layer,
-                       copy_to_torch, input_grad_problem, output_problem)
+from .adapters import (INPUT_MUTATED, LayerAdapter, LossAdapter, ProtocolError, RandomState, UpdateAdapter,
+                       as_layer, copy_to_torch, input_grad_problem, output_problem)
 from .parity import Comparison, ParityError, compare, tolerance_for
 from .sides import StepResult, TorchSide, count_correct
 
@@ -85,7 +85,12 @@ class LayerReport:
             if failed:
                 more = (f" ({len(failed) - 1} more failing in {dt}: {', '.join(c.name for c in failed[1:])})"
                         if len(failed) > 1 else "")
-                return f"{failed[0].describe(self.name, dt)}{more}\n{self.summary()}\n{self.context}"
+                hint = ""
+                if (failed[0].problem or "").startswith("dtype mismatch"):
+                    hint = ("\nyour layer returned another dtype than its input's: a float64 array or constant "
+                            "array (np.ones, np.where(mask, 1.0, a), ...) mixed into a float32 computation "
+                            "promotes it to float64")
+                return f"{failed[0].describe(self.name, dt)}{more}{hint}\n{self.summary()}\n{self.context}"
         return f"{self.name} against {self.reference}: {self.summary()}"
 
     def raise_if_failed(self) -> "LayerReport":
@@ -131,8 +136,7 @@ def _run(lay: LayerAdapter, x, g, dtype, rs):
     if problem:
         return [("din", problem)]
     if not np.array_equal(xd, x_before, equal_nan=True):
-        return [("input", "forward modified its input in place (copy it before changing it: the caller still "
-                          "needs x)")]
+        return [("input", INPUT_MUTATED)]
     return y, dx, OrderedDict((k, np.array(v, copy=True)) for k, v in lay.grads().items())
 
 

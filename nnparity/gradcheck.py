@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .adapters import LossAdapter, RandomState, as_layer, input_grad_problem, output_problem
+from .adapters import INPUT_MUTATED, LossAdapter, RandomState, as_layer, input_grad_problem, output_problem
 
 # CS231n's bands: (upper bound, grade)
 GRADES = ((1e-7, "good"), (1e-4, "ok"), (1e-2, "uncomfortable"), (math.inf, "wrong"))
@@ -202,6 +202,10 @@ class GradcheckResult:
     def worst_rel(self) -> float:
         return max((p.rel for t in self.tensors for p in t.checked), default=0.0)
 
+    def margin(self) -> float:
+        """Worst relative error over the failing threshold: > 1 fails (the parity margin's analogue)."""
+        return self.worst_rel() / self.threshold
+
     def header(self) -> str:
         return (f"{self.name} gradcheck (float64 central differences, eps {self.eps:g}, {self.samples} coordinates "
                 f"per tensor, seed {self.seed})")
@@ -243,7 +247,7 @@ class GradcheckResult:
         return {
             "name": self.name, "ok": self.ok, "eps": self.eps, "seed": self.seed, "samples": self.samples,
             "objective": self.value, "noise": self.noise, "floor": self.floor, "threshold": self.threshold,
-            "worst_rel": self.worst_rel(), "grading": "CS231n: good < 1e-7 <= ok < 1e-4 <= uncomfortable "
+            "worst_rel": self.worst_rel(), "margin": self.margin(), "grading": "CS231n: good < 1e-7 <= ok < 1e-4 <= uncomfortable "
                                                       "< 1e-2 <= wrong",
             "notes": self.notes,
             "tensors": [{"name": t.name, "shape": list(t.shape), "ok": t.ok, "grade": t.grade,
@@ -411,12 +415,15 @@ def gradcheck_model(model, loss_fn, x, y, *, samples: int = SAMPLES, eps: float 
         lay.train(True)
         rs = RandomState(lay.generators())
         lay.zero_grad()
+        x_before = x.copy()
         out = lay.forward(x)
         problem = output_problem(lay.name, out, x)
         if problem:
             raise GradcheckError(problem)
         _, dz = loss(out, y)
         dx = lay.backward(dz.copy())
+        if not np.array_equal(x, x_before):
+            raise GradcheckError(f"{lay.name}: {INPUT_MUTATED}")
         analytic = OrderedDict((f"grad/{k}", np.array(g, dtype=np.float64)) for k, g in lay.grads().items())
         tensors = OrderedDict((f"grad/{k}", a) for k, a in lay.params().items())
         if check_input:
@@ -467,12 +474,15 @@ def gradcheck_layer(layer, input_shape=None, *, x=None, upstream=None, samples: 
         lay.train(train)
         rs = RandomState(lay.generators())
         lay.zero_grad()
+        x_before = x.copy()
         out = lay.forward(x)
         problem = output_problem(lay.name, out, x)
         if problem:
             raise GradcheckError(problem)
         g = rng.standard_normal(np.shape(out)) if upstream is None else _float64_copy(upstream)
         dx = lay.backward(g.copy())
+        if not np.array_equal(x, x_before):
+            raise GradcheckError(f"{lay.name}: {INPUT_MUTATED}")
         problem = input_grad_problem(lay.name, dx, x)
         if problem:
             raise GradcheckError(problem)

@@ -21,8 +21,8 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from .adapters import (LossAdapter, ProtocolError, as_layer, copy_to_torch, input_grad_problem, output_problem,
-                       torch_function_params)
+from .adapters import (INPUT_MUTATED, LossAdapter, ProtocolError, as_layer, copy_to_torch, input_grad_problem,
+                       output_problem, torch_function_params)
 from .parity import Comparison, ParityError, Tolerance, compare, tolerance_for
 from .sides import quantity
 
@@ -125,8 +125,7 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
         comps += [compare(f"buffer/{k}", b, tbuf[k].detach().numpy(), tol) for k, b in lay.buffers().items()]
     if not np.array_equal(x, x_before, equal_nan=True):
         comps.insert(0, Comparison("input", "forward activation", x.shape, 0, 0, (), 0, 0, 0, tol,
-                                   problem="forward modified its input in place (copy it before changing it: "
-                                           "the caller still needs x)"))
+                                   problem=INPUT_MUTATED))
     _maybe_raise(comps, name, dtype, raise_on_failure)
     return comps
 

@@ -396,8 +396,10 @@ def test_forward_that_mutates_its_input():
             np.maximum(x, 0, out=x)   # BUG: overwrites the caller's array
             return x
 
-    with pytest.raises(ParityError, match="forward modified its input in place"):
+    with pytest.raises(ParityError, match=r"input \(forward activation\): the layer modified its input x in place"):
         nnparity.check_layer(InPlaceReLU(), torch.nn.ReLU(), input_shape=(3, 4))
+    with pytest.raises(GradcheckError, match=r"InPlaceReLU: the layer modified its input x in place"):
+        nnparity.check_layer(InPlaceReLU(), None, input_shape=(3, 4))
 
 
 def test_nan_in_your_output():
@@ -417,6 +419,23 @@ def test_nan_in_your_output():
     with pytest.raises(ParityError, match=r"NoEpsLayerNorm.forward returned nan at \(1, 0\) and 3 more non-finite "
                                           r"values for a finite input"):
         nnparity.check_layer(NoEpsLayerNorm(), lambda t: torch.nn.functional.layer_norm(t, (4,)), x=x)
+
+
+def test_float32_promoted_to_float64_is_explained():
+    class PromotingLeakyReLU:
+        def forward(self, x):
+            self.x = x
+            return np.where(x > 0, x, 0.1 * x)
+
+        def backward(self, dy):
+            return dy * np.where(self.x > 0, 1.0, 0.1)   # a float64 array: promotes a float32 dy
+
+    with pytest.raises(ParityError) as e:
+        nnparity.check_layer(PromotingLeakyReLU(), torch.nn.LeakyReLU(0.1), input_shape=(3, 4))
+    msg = str(e.value)
+    assert msg.startswith("PromotingLeakyReLU float32 din (input gradient): dtype mismatch: scratch float64, "
+                          "reference float32")
+    assert "promotes it to float64" in msg and "float64: all 2 pass" in msg
 
 
 def test_torch_function_that_does_not_take_your_parameters():

@@ -46,13 +46,45 @@ def test_samples_are_seeded_distinct_and_cover_small_tensors():
 
 # --- every layer ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make, shape", [
-    (lambda: _randomized(scratch.Linear(7, 5)), (4, 7)),
-    (lambda: _randomized(scratch.Linear(6, 3, bias=False)), (5, 6)),
-    (lambda: scratch.ReLU(), (6, 9)),
-    (lambda: scratch.Sigmoid(), (5, 8)),
-    (lambda: scratch.Flatten(), (3, 2, 4, 5)),
-], ids=["linear", "linear_no_bias", "relu", "sigmoid", "flatten"])
+# One case per scratch layer: (factory, input shape). A new layer without a case fails
+# test_every_scratch_layer_has_a_case, so "every layer is gradchecked" stays true.
+LAYER_CASES = {
+    "Linear": [(lambda: _randomized(scratch.Linear(7, 5)), (4, 7)),
+               (lambda: _randomized(scratch.Linear(6, 3, bias=False)), (5, 6))],
+    "ReLU": [(lambda: scratch.ReLU(), (6, 9))],
+    "Sigmoid": [(lambda: scratch.Sigmoid(), (5, 8))],
+    "Flatten": [(lambda: scratch.Flatten(), (3, 2, 4, 5))],
+}
+LOSS_CASES = {"CrossEntropyLoss"}   # test_cross_entropy below
+
+
+def _scratch_classes():
+    import importlib
+    import inspect
+    import pkgutil
+
+    found = {}
+    for info in pkgutil.walk_packages(scratch.__path__, prefix="scratch."):
+        if info.name.startswith("scratch.nets"):
+            continue
+        mod = importlib.import_module(info.name)
+        for name, cls in inspect.getmembers(mod, inspect.isclass):
+            if issubclass(cls, Module) and cls.__module__ == mod.__name__ and cls not in (Module, Sequential):
+                found[name] = cls
+    return found
+
+
+def test_every_scratch_layer_has_a_case():
+    classes = _scratch_classes()
+    layers = {n for n in classes if not n.endswith("Loss")}
+    losses = {n for n in classes if n.endswith("Loss")}
+    assert {"Linear", "ReLU", "Sigmoid", "Flatten"} <= layers and "CrossEntropyLoss" in losses
+    assert layers <= set(LAYER_CASES), f"add a gradcheck case to LAYER_CASES for {sorted(layers - set(LAYER_CASES))}"
+    assert losses <= LOSS_CASES, f"add a gradcheck test for {sorted(losses - LOSS_CASES)}"
+
+
+@pytest.mark.parametrize("make, shape", [c for cases in LAYER_CASES.values() for c in cases],
+                         ids=[f"{k}{i}" for k, cases in LAYER_CASES.items() for i in range(len(cases))])
 def test_every_layer_passes(make, shape):
     r = gc.gradcheck_layer(make(), shape, samples=12)
     assert r.ok, r.message()
