@@ -192,8 +192,8 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
 
     Returns a ``LayerReport``; raises ``AssertionError`` (``ParityError``, or
     ``GradcheckError`` for finite differences) naming the first failing tensor.
-    Without a torch equivalent, float64 is checked by central finite differences and
-    float32 against your own float64 run.
+    Without a torch equivalent, float64 is checked by central finite differences (always,
+    whatever ``dtypes`` says) and float32 against your own float64 run.
     """
     from . import layercheck
 
@@ -202,6 +202,8 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
     if params not in PARAMS:
         raise ValueError(f"params must be one of {PARAMS}, got {params!r}")
     dtypes = _check_dtypes(dtypes)
+    if torch_equivalent is None and "float64" not in dtypes:
+        dtypes.insert(0, "float64")   # the finite-difference check itself runs in float64
     lay = as_layer(mine, name)
     ref_name = _describe_torch(torch_equivalent)
     shape = tuple(input_shape) if x is None else np.shape(x)
@@ -256,6 +258,8 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
     if input_shape is None and z is None:
         raise ValueError("give input_shape=(N, C) for random logits, or the logits themselves as z=...")
     dtypes = _check_dtypes(dtypes)
+    if torch_loss is None and "float64" not in dtypes:
+        dtypes.insert(0, "float64")   # the finite-difference check itself runs in float64
     shape = tuple(input_shape) if z is None else np.shape(z)
     adapter = LossAdapter(mine, name)
     if target is None:

@@ -31,8 +31,16 @@ largest residual of a straight-line fit is the rounding noise (never below
 ``2.2e-16 |f|``). ``floor = 1e5 * noise``: a correct coordinate then has
 ``rel <= ~1e-5``, ten times below the failing grade, and a difference smaller
 than ``10 * noise`` can never fail (nothing below it can be told from rounding).
-Coordinates with ``max(|a|, |n|) < floor`` are counted as *tiny*; a tensor
-whose every checked coordinate is tiny proves nothing and fails as degenerate.
+Coordinates with ``max(|a|, |n|) <= floor`` are counted as *tiny*; a tensor
+whose every checked coordinate is tiny proves nothing and fails as degenerate
+(unless declared zero by construction, ``Network.allowed_zero``).
+
+Sampling. Every tensor (each parameter, and the input) gets ``samples``
+coordinates fixed by the seed (all of them if it is smaller): half uniform, half
+uniform among the coordinates where the analytic gradient is non-zero (on MNIST
+a first layer's weight column is exactly 0 wherever a pixel is 0 in the whole
+batch; the uniform half still catches a backward that returns 0 where it should
+not).
 
 Kinks. "If the identity of at least one winner changes when evaluating
 f(x+h) and then f(x-h), then a kink was crossed and the numerical gradient will

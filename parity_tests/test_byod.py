@@ -227,6 +227,14 @@ def test_batchnorm_running_var_updated_with_the_biased_variance_is_caught():
         nnparity.check_layer(bug(4), torch.nn.BatchNorm1d(4), input_shape=(6, 4))
 
 
+def test_without_torch_finite_differences_run_even_if_only_float32_is_asked():
+    report = nnparity.check_layer(Sigmoid(), None, input_shape=(3, 4), dtypes=("float32",))
+    assert list(report.results) == ["float64", "float32"]
+    with pytest.raises(GradcheckError):
+        nnparity.check_layer(_with_backward(Sigmoid, _sigmoid_at_preactivation)(), None, input_shape=(3, 4),
+                             dtypes=("float32",))
+
+
 def test_fixture_gradcheck_is_finite_differences_in_float64(nnparity):
     report = nnparity.gradcheck(BatchNorm1d(5), input_shape=(7, 5))
     assert list(report.results) == ["float64"] and report.results["float64"].ok
