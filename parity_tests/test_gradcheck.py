@@ -55,7 +55,11 @@ LAYER_CASES = {
     "Sigmoid": [(lambda: scratch.Sigmoid(), (5, 8))],
     "Flatten": [(lambda: scratch.Flatten(), (3, 2, 4, 5))],
 }
-LOSS_CASES = {"CrossEntropyLoss"}   # test_cross_entropy below
+_LABELS = np.array([3, 0, 9, 9, 1, 4])
+LOSS_CASES = {   # (factory, logits shape, target)
+    "CrossEntropyLoss": [(lambda: scratch.CrossEntropyLoss("sum"), (6, 10), _LABELS),
+                         (lambda: scratch.CrossEntropyLoss("mean"), (6, 10), _LABELS)],
+}
 
 
 def _scratch_classes():
@@ -80,7 +84,7 @@ def test_every_scratch_layer_has_a_case():
     losses = {n for n in classes if n.endswith("Loss")}
     assert {"Linear", "ReLU", "Sigmoid", "Flatten"} <= layers and "CrossEntropyLoss" in losses
     assert layers <= set(LAYER_CASES), f"add a gradcheck case to LAYER_CASES for {sorted(layers - set(LAYER_CASES))}"
-    assert losses <= LOSS_CASES, f"add a gradcheck test for {sorted(losses - LOSS_CASES)}"
+    assert losses <= set(LOSS_CASES), f"add a gradcheck case to LOSS_CASES for {sorted(losses - set(LOSS_CASES))}"
 
 
 @pytest.mark.parametrize("make, shape", [c for cases in LAYER_CASES.values() for c in cases],
@@ -98,10 +102,10 @@ def test_linear_covers_every_parameter_tensor():
     assert [len(t.probes) for t in r.tensors] == [3, 3, 3]
 
 
-@pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_cross_entropy(reduction):
-    target = np.array([3, 0, 9, 9, 1, 4])
-    r = gc.gradcheck_loss(scratch.CrossEntropyLoss(reduction), (6, 10), target, samples=20)
+@pytest.mark.parametrize("make, shape, target", [c for cases in LOSS_CASES.values() for c in cases],
+                         ids=[f"{k}{i}" for k, cases in LOSS_CASES.items() for i in range(len(cases))])
+def test_every_loss_passes(make, shape, target):
+    r = gc.gradcheck_loss(make(), shape, target, samples=20)
     assert r.ok and r.worst_rel() < gc.THRESHOLD / 10, r.table()
 
 
