@@ -255,8 +255,8 @@ class GradcheckResult:
         return {
             "name": self.name, "ok": self.ok, "eps": self.eps, "seed": self.seed, "samples": self.samples,
             "objective": self.value, "noise": self.noise, "floor": self.floor, "threshold": self.threshold,
-            "worst_rel": self.worst_rel(), "margin": self.margin(), "grading": "CS231n: good < 1e-7 <= ok < 1e-4 <= uncomfortable "
-                                                      "< 1e-2 <= wrong",
+            "worst_rel": self.worst_rel(), "margin": self.margin(),
+            "grading": "CS231n: good < 1e-7 <= ok < 1e-4 <= uncomfortable < 1e-2 <= wrong",
             "notes": self.notes,
             "tensors": [{"name": t.name, "shape": list(t.shape), "ok": t.ok, "grade": t.grade,
                          "problem": t.problem, "checked": len(t.checked), "kinks": len(t.kinks),
