@@ -4,6 +4,7 @@
     nnparity run NET [options]          step parity, then both sides trained side by side, then a report
     nnparity parity NET [options]       step parity only: a per-step table, exit 1 on mismatch
     nnparity bench [NET ...]            seconds per epoch, scratch vs torch, GFLOP/s, peak memory
+    nnparity gradcheck NET [options]    finite differences vs the scratch backward (no torch); exit 1 on failure
 
 Bad arguments exit with status 2 and one line naming the problem.
 """
@@ -98,6 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     common(c, "default float64")
     c.add_argument("--steps", type=positive_int, default=50, help="training steps to compare (default 50)")
 
+    g = sub.add_parser("gradcheck", help="central finite differences (float64) against the scratch backward, "
+                                         "on every parameter tensor and the input; no torch involved")
+    g.add_argument("net", type=network_name, metavar="NET", help=f"one of: {', '.join(NETWORKS)}")
+    g.add_argument("--samples", type=positive_int, default=10, help="coordinates per tensor (default 10)")
+    g.add_argument("--eps", type=positive_float, default=1e-5, help="finite-difference step h (default 1e-5)")
+    g.add_argument("--seed", type=non_negative_int, default=0, help="seed for init, batch and sample (default 0)")
+    g.add_argument("--batch-size", type=positive_int, default=None,
+                   help="check on the first B images of the batch (default: the recipe's whole batch)")
+    g.add_argument("--burn-in", type=non_negative_int, default=0,
+                   help="SGD steps of the recipe before the check (default 0: at initialisation)")
+    g.add_argument("--json", action="store_true", help="print the full result as JSON")
+    g.add_argument("--data-dir", default=None)
+
     b = sub.add_parser("bench", help="time full-MNIST epochs of both sides, alternating")
     b.add_argument("nets", nargs="*", type=network_name, metavar="NET", help="default: all networks")
     b.add_argument("--dtype", choices=DTYPES, nargs="+", default=list(DTYPES), help="default: both")
@@ -144,6 +158,27 @@ def _dispatch(args) -> int:
         print(trace.table())
         print(trace.message())
         return 0 if trace.ok else 1
+    if args.cmd == "gradcheck":
+        from .data import load_mnist
+        from .gradcheck import GradcheckError, gradcheck_network
+
+        try:
+            result = gradcheck_network(args.net, samples=args.samples, eps=args.eps, seed=args.seed,
+                                       batch_size=args.batch_size, burn_in=args.burn_in,
+                                       raw=load_mnist(args.data_dir))
+        except GradcheckError as e:  # the check could not run (e.g. a mask that cannot be held fixed)
+            print(f"nnparity gradcheck: error: {e}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(result.to_json())
+        else:
+            print(result.header())
+            print("\n".join(result.notes))
+            print(result.table())
+            print(f"grades (CS231n): good < 1e-7 <= ok < 1e-4 <= uncomfortable < 1e-2 <= wrong; fail at >= "
+                  f"{result.threshold:g}; floor {result.floor:.3g} (1e5 x rounding noise {result.noise:.3g})")
+            print(result.message())
+        return 0 if result.ok else 1
     if args.cmd == "bench":
         from .bench import bench
 

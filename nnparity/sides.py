@@ -58,10 +58,24 @@ def canonical_order(layer_names, param_names, state_names, buffer_names) -> list
     for layer in reversed(list(layer_names)):
         keys.append(f"dout/{layer}")
         keys += [f"grad/{p}" for p in param_names if p.startswith(layer + ".")]
+    # parameters outside every recorded layer (a network's own parameters): after the backward, never dropped
+    keys += [f"grad/{p}" for p in param_names if f"grad/{p}" not in keys]
     keys += [f"param/{p}" for p in param_names]
     keys += [f"state/{s}" for s in state_names]
     keys += [f"buffer/{b}" for b in buffer_names]
     return keys
+
+
+def count_correct(logits, y) -> int:
+    """Samples whose argmax matches the label (integer labels) or the target's argmax (one-hot targets)."""
+    logits, y = np.asarray(logits), np.asarray(y)
+    if logits.ndim != 2:
+        return 0
+    if y.shape == logits.shape:
+        return int((logits.argmax(axis=1) == y.argmax(axis=1)).sum())
+    if y.shape == (len(logits),) and np.issubdtype(y.dtype, np.integer):
+        return int((logits.argmax(axis=1) == y).sum())
+    return 0
 
 
 def summed(batch_loss: float, reduction: str, n: int) -> float:
@@ -96,8 +110,7 @@ class ScratchSide:
         if record:
             rec = self._record(logits, loss, grads)
             m.record = False
-        correct = int((logits.argmax(axis=1) == y).sum())
-        return StepResult(float(loss), len(y), correct, rec)
+        return StepResult(float(loss), len(y), count_correct(logits, y), rec)
 
     def _record(self, logits, loss, grads):
         m = self.model
@@ -157,6 +170,10 @@ class TorchSide:
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.seconds = 0.0
 
+    def recorded_children(self):
+        """The modules whose outputs are recorded as ``out/<name>`` (the top-level layers)."""
+        return list(self.model.named_children())
+
     def _feed_draws(self, draws):
         for name, mask in (draws or {}).items():
             self.model.get_submodule(name).mask = torch.from_numpy(mask)
@@ -174,7 +191,7 @@ class TorchSide:
                     if out.requires_grad:
                         out.register_hook(lambda g: douts.__setitem__(name, g.detach().clone()))
                 return hook
-            hooks = [mod.register_forward_hook(keep(n)) for n, mod in m.named_children()]
+            hooks = [mod.register_forward_hook(keep(n)) for n, mod in self.recorded_children()]
         try:
             xt, yt = torch.from_numpy(x), torch.from_numpy(y)
             self.optimizer.zero_grad(set_to_none=True)
@@ -189,8 +206,7 @@ class TorchSide:
                 h.remove()
         self.seconds += time.perf_counter() - t0
         rec = self._record(outs, loss, douts, grads) if record else None
-        correct = int((logits.detach().argmax(dim=1) == yt).sum())
-        return StepResult(loss.item(), len(y), correct, rec)
+        return StepResult(loss.item(), len(y), count_correct(logits.detach().numpy(), y), rec)
 
     def _record(self, outs, loss, douts, grads):
         values = {f"out/{k}": v for k, v in outs.items()}
@@ -199,7 +215,7 @@ class TorchSide:
         values.update((f"grad/{k}", g) for k, g in grads.items())
         state = self.state()
         values.update(state)
-        keys = canonical_order([n for n, _ in self.model.named_children()], list(grads),
+        keys = canonical_order([n for n, _ in self.recorded_children()], list(grads),
                                [k[len("state/"):] for k in state if k.startswith("state/")],
                                [k[len("buffer/"):] for k in state if k.startswith("buffer/")])
         return OrderedDict((k, np.array(_np(values[k]), copy=True)) for k in keys if k in values)

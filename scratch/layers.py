@@ -65,6 +65,8 @@ class ReLU(Module):
     Shape: any; output has the input's shape.
     """
 
+    kink_attrs = ("mask",)  # which side of the kink each element is on (finite-difference checks read it)
+
     def forward(self, x):
         self.mask = x > 0
         return np.where(self.mask, x, x.dtype.type(0))
