@@ -2,7 +2,10 @@
 
     nnparity list                       the documented networks
     nnparity run NET [options]          step parity, then both sides trained side by side, then a report
-    nnparity parity NET [options]       step parity only: a per-step table, exit 1 on mismatch
+    nnparity check NET [options]        step parity only: a per-step table, the first divergence and
+                                        its culprit (own or inherited error); exit 1 on mismatch
+                                        (``nnparity parity`` is the same command under its old name)
+    nnparity selftest [NET ...]         inject canonical derivation bugs; print the kill matrix
     nnparity bench [NET ...]            seconds per epoch, scratch vs torch, GFLOP/s, peak memory
 
 Bad arguments exit with status 2 and one line naming the problem.
@@ -77,9 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate on a seeded random subset of this many test images")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    c = sub.add_parser("parity", help="step parity only, with a per-step table")
+    c = sub.add_parser("check", aliases=["parity"],
+                       help="step parity only: per-step table, first divergence, own or inherited error")
     common(c, "default float64")
     c.add_argument("--steps", type=positive_int, default=50, help="training steps to compare (default 50)")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.add_argument("--noise-floor", action="store_true",
+                   help="measure the noise floor instead: scratch vs torch in float64 and float32, and torch "
+                        "float32 vs float64, over --steps steps")
+
+    st = sub.add_parser("selftest", help="inject canonical derivation bugs and show which checks kill them")
+    st.add_argument("nets", nargs="*", type=network_name, metavar="NET", help="default: all networks")
+    st.add_argument("--steps", type=positive_int, default=2,
+                    help="parity steps per check (default 2: momentum bugs show at step 2)")
+    st.add_argument("--batch-size", type=positive_int, default=16,
+                    help="at most this many samples per batch (default 16; keeps it fast)")
+    st.add_argument("--seed", type=non_negative_int, default=0)
+    st.add_argument("--json", action="store_true", help="print the kill matrix as JSON")
+    st.add_argument("--data-dir", default=None)
 
     b = sub.add_parser("bench", help="time full-MNIST epochs of both sides, alternating")
     b.add_argument("nets", nargs="*", type=network_name, metavar="NET", help="default: all networks")
@@ -114,14 +132,26 @@ def _dispatch(args) -> int:
                            data_dir=args.data_dir, parity_steps=args.parity_steps,
                            progress=False if args.no_progress else None, command=args.command_line,
                            train_size=args.train_size, test_size=args.test_size)
-    if args.cmd == "parity":
-        from .networks import run_parity
+    if args.cmd in ("check", "parity"):
+        from . import check
         from .data import load_mnist
 
-        trace = run_parity(args.net, args.steps, args.dtype or "float64", args.seed, load_mnist(args.data_dir))
-        print(trace.table())
-        print(trace.message())
-        return 0 if trace.ok else 1
+        raw = load_mnist(args.data_dir)
+        if args.noise_floor:
+            nf = check.noise_floor(args.net, args.steps, args.seed, raw)
+            print(check.noise_floor_json(nf) if args.json else check.render_noise_floor(nf))
+            return 0 if check.noise_floor_ok(nf) else 1
+        result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw)
+        print(result.to_json() if args.json else result.render())
+        return 0 if result.ok else 1
+    if args.cmd == "selftest":
+        from . import selftest
+        from .data import load_mnist
+
+        report = selftest.run_selftest(args.nets or list(NETWORKS), steps=args.steps, batch_size=args.batch_size,
+                                       seed=args.seed, raw=load_mnist(args.data_dir))
+        print(report.to_json() if args.json else report.render())
+        return 0 if report.ok else 1
     if args.cmd == "bench":
         from .bench import bench
 
