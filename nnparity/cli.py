@@ -18,6 +18,7 @@ import shlex
 import sys
 
 from .data import DataError
+from .drift import DEFAULT_STEPS as DEFAULT_ENVELOPE_STEPS
 from .networks import NETWORKS, UnknownNetwork
 
 DTYPES = ("float32", "float64")
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--test-size", type=positive_int, default=None,
                    help="evaluate on a seeded random subset of this many test images")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--envelope-steps", type=non_negative_int, default=DEFAULT_ENVELOPE_STEPS,
+                   help="steps of the drift envelope measured before training, capped at the run's length "
+                        f"(0 skips; default {DEFAULT_ENVELOPE_STEPS})")
 
     c = sub.add_parser("check", aliases=["parity"],
                        help="step parity only: per-step table, first divergence, own or inherited error")
@@ -96,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--batch-size", type=positive_int, default=16,
                     help="at most this many samples per batch (default 16; keeps it fast)")
     st.add_argument("--seed", type=non_negative_int, default=0)
+    st.add_argument("--dtype", choices=DTYPES, default="float64",
+                    help="default float64, where the floors are set; float32 shows what its tolerance still sees")
     st.add_argument("--json", action="store_true", help="print the kill matrix as JSON")
     st.add_argument("--data-dir", default=None)
 
@@ -131,7 +137,8 @@ def _dispatch(args) -> int:
         return run_network(args.net, epochs=args.epochs, seed=args.seed, dtype=args.dtype, out=args.out,
                            data_dir=args.data_dir, parity_steps=args.parity_steps,
                            progress=False if args.no_progress else None, command=args.command_line,
-                           train_size=args.train_size, test_size=args.test_size)
+                           train_size=args.train_size, test_size=args.test_size,
+                           envelope_steps=args.envelope_steps)
     if args.cmd in ("check", "parity"):
         from . import check
         from .data import load_mnist
@@ -149,7 +156,7 @@ def _dispatch(args) -> int:
         from .data import load_mnist
 
         report = selftest.run_selftest(args.nets or list(NETWORKS), steps=args.steps, batch_size=args.batch_size,
-                                       seed=args.seed, raw=load_mnist(args.data_dir))
+                                       seed=args.seed, raw=load_mnist(args.data_dir), dtype=args.dtype)
         print(report.to_json() if args.json else report.render())
         return 0 if report.ok else 1
     if args.cmd == "bench":

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from . import data as mnist
-from . import io
+from . import drift, io
 from .networks import get, prepare, run_parity
 from .report import environment, write_report
 from .train import Diverged, Training
@@ -20,7 +20,7 @@ def log(msg: str = "") -> None:
 
 def run_network(name: str, *, epochs=None, seed: int = 0, dtype=None, out="reports", data_dir=None,
                 parity_steps: int = 20, progress=None, command: str | None = None,
-                train_size=None, test_size=None) -> int:
+                train_size=None, test_size=None, envelope_steps: int = drift.DEFAULT_STEPS) -> int:
     """Run one documented network end to end; returns the process exit status."""
     net = get(name)
     recipe = net.recipe.replace(epochs=epochs, train_size=train_size, test_size=test_size)
@@ -49,7 +49,13 @@ def run_network(name: str, *, epochs=None, seed: int = 0, dtype=None, out="repor
             return EXIT_PARITY
         log(f"parity ok: worst margin {trace.worst_margin():.3g} (<= 1 passes)")
 
-    training = Training(net, recipe, ds, dtype, seed)
+    steps_per_epoch = -(-len(ds.y_train) // recipe.batch_size)
+    envelope_steps = min(envelope_steps, recipe.epochs * steps_per_epoch)
+    envelope = None
+    if envelope_steps:
+        log(f"drift envelope: float64 scratch vs torch and float32 vs float64 torch, {envelope_steps} steps ...")
+        envelope = drift.measure_envelope(net, recipe, ds, seed, envelope_steps)
+    training = Training(net, recipe, ds, dtype, seed, drift_steps=envelope_steps)
     status = EXIT_OK
     try:
         for epoch in range(1, recipe.epochs + 1):
@@ -70,6 +76,9 @@ def run_network(name: str, *, epochs=None, seed: int = 0, dtype=None, out="repor
         meta.update(status="diverged", status_detail=str(e))
         status = EXIT_DIVERGED
         log(f"DIVERGED: {e}")
+    if envelope is not None:
+        meta["drift"] = drift.assess(envelope, training.step_drift, training.history, steps_per_epoch, dtype)
+        log(f"drift: {drift.verdict(meta['drift'])}")
     write_report(out_dir, meta, training.history)
     log(f"report: {out_dir / 'report.md'}")
     return status

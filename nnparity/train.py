@@ -64,6 +64,8 @@ class Training:
     seed: int
     per_batch: bool = False
     history: list = field(default_factory=list)
+    drift_steps: int = 0                              # record the drift after each of the first N steps
+    step_drift: list = field(default_factory=list)    # [(step, max relative weight difference)]
 
     def __post_init__(self):
         self.scratch, self.ref = make_sides(self.net, self.recipe, self.dtype, self.seed)
@@ -107,6 +109,8 @@ class Training:
                 t["n"] += r.n
                 if curves is not None:
                     curves[side.name].append((r.loss, 100.0 * r.correct / r.n))
+            if self.step_count <= self.drift_steps:
+                self.step_drift.append((self.step_count, weight_difference(self.scratch.state(), self.ref.state())[1]))
         bar.close()
         test = self.evaluate()
         diff_abs, diff_rel, diff_name = weight_difference(self.scratch.state(), self.ref.state())
