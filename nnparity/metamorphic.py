@@ -97,5 +97,14 @@ def linearity(model, x, tol: Tolerance, seed: int = 0) -> list[Comparison]:
     return [compare(k if k == "din" else f"grad/{k}", A * r1[k] + B * r2[k], r3[k], tol) for k in r3]
 
 
+def even_batch(x, y):
+    """The batch with an even number (>= 2) of samples: a single sample is repeated, an odd
+    batch loses its last sample."""
+    n = len(y)
+    if n < 2:
+        return np.concatenate([x, x]), np.concatenate([y, y])
+    return (x[:n - 1], y[:n - 1]) if n % 2 else (x, y)
+
+
 def worst(comparisons) -> float:
     return max((c.margin for c in comparisons), default=0.0)

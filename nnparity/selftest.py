@@ -33,12 +33,12 @@ from .networks import NETWORKS, first_batches, get, make_sides, prepare, run_par
 from .parity import TOLERANCES, Comparison
 
 FLOOR = 10.0          # required detection margin
-DTYPE = "float64"     # bugs are injected into float64 runs: the tightest tolerance
+DTYPE = "float64"     # the floors are proven in float64, the dtype of the tightest tolerance
 
 
 # --- unit checks: one scratch class alone against torch -------------------------------
 
-def _unit_linear() -> list:
+def _unit_linear(dtype=DTYPE) -> list:
     import torch
 
     from scratch.layers import Linear
@@ -47,17 +47,17 @@ def _unit_linear() -> list:
 
     out = []
     for n_in, n_out in ((7, 5), (6, 6)):  # a square weight too: where a missing transpose hides
-        layer = Linear(n_in, n_out, dtype=np.float64)
+        layer = Linear(n_in, n_out, dtype=np.dtype(dtype))
         rng = np.random.default_rng(n_in)
         for _, p in layer.named_parameters():
             p.data[...] = rng.standard_normal(p.shape)
-        out += check_layer(layer, torch.nn.Linear(n_in, n_out), (8, n_in), dtype=np.float64,
+        out += check_layer(layer, torch.nn.Linear(n_in, n_out), (8, n_in), dtype=dtype,
                            raise_on_failure=False, seed=n_out)
     return out
 
 
 def _unit_activation(cls_name: str):
-    def run() -> list:
+    def run(dtype=DTYPE) -> list:
         import torch
 
         import scratch.layers as layers
@@ -65,11 +65,11 @@ def _unit_activation(cls_name: str):
         from .layercheck import check_layer
 
         return check_layer(getattr(layers, cls_name)(), getattr(torch.nn, cls_name)(), (8, 9),
-                           dtype=np.float64, raise_on_failure=False)
+                           dtype=dtype, raise_on_failure=False)
     return run
 
 
-def _unit_cross_entropy() -> list:
+def _unit_cross_entropy(dtype=DTYPE) -> list:
     import torch
 
     from scratch.losses import CrossEntropyLoss
@@ -79,10 +79,10 @@ def _unit_cross_entropy() -> list:
     target = np.array([3, 0, 9, 9, 1, 4, 7, 2], dtype=np.int64)
     return [c for red in ("mean", "sum")
             for c in check_loss(CrossEntropyLoss(red), torch.nn.CrossEntropyLoss(reduction=red), (8, 10), target,
-                                dtype=np.float64, raise_on_failure=False)]
+                                dtype=dtype, raise_on_failure=False)]
 
 
-def _unit_sgd() -> list:
+def _unit_sgd(dtype=DTYPE) -> list:
     import torch
 
     from scratch.module import Parameter
@@ -90,15 +90,15 @@ def _unit_sgd() -> list:
 
     from .parity import compare, tolerance_for
 
-    tol = tolerance_for(np.float64)
+    tol = tolerance_for(dtype)
     out = []
     for momentum in (0.0, 0.9):
         rng = np.random.default_rng(5)
-        w0 = rng.standard_normal((3, 4))
+        w0 = rng.standard_normal((3, 4)).astype(dtype)
         p, pt = Parameter(w0.copy()), torch.nn.Parameter(torch.from_numpy(w0.copy()))
         opt, opt_t = SGD([("w", p)], lr=0.1, momentum=momentum), torch.optim.SGD([pt], lr=0.1, momentum=momentum)
         for step in range(1, 4):
-            g = rng.standard_normal((3, 4))
+            g = rng.standard_normal((3, 4)).astype(dtype)
             p.grad[...] = g
             pt.grad = torch.from_numpy(g.copy())
             opt.step()
@@ -110,7 +110,8 @@ def _unit_sgd() -> list:
     return out
 
 
-# Keyed by the target class's "module.Class". A new layer's bugs need its entry here.
+# Keyed by the target class's "module.Class"; each takes the dtype. A new layer's bugs need
+# its entry here.
 UNIT_CHECKS = {
     "scratch.layers.Linear": _unit_linear,
     "scratch.layers.ReLU": _unit_activation("ReLU"),
@@ -181,6 +182,7 @@ class SelfTest:
     nets: list
     steps: int
     batch_size: int
+    dtype: str = DTYPE
     checks: list = field(default_factory=list)
     bugs: list = field(default_factory=list)
     cells: dict = field(default_factory=dict)
@@ -228,7 +230,7 @@ class SelfTest:
         width = max([len(b.name) for b in self.bugs] + [12]) + 1
         cols = [f"[{i}]" for i in range(1, len(self.checks) + 1)]
         lines = [f"selftest of {', '.join(self.nets)}: {len(self.bugs)} injected bugs x {len(self.checks)} checks "
-                 f"({DTYPE}, {self.steps} parity steps, batches of at most {self.batch_size}; {self.seconds:.1f} s)",
+                 f"({self.dtype}, {self.steps} parity steps, batches of at most {self.batch_size}; {self.seconds:.1f} s)",
                  "", "checks:"]
         for col, c in zip(cols, self.checks):
             lines.append(f"  {col:>5} {c.label}{'' if self.required(c) else '  (informational)'}")
@@ -273,7 +275,7 @@ class SelfTest:
         return "x inf" if math.isinf(cell.margin) else f"x{cell.margin:.0e}".replace("e+0", "e").replace("e+", "e")
 
     def to_dict(self) -> dict:
-        return {"nets": self.nets, "steps": self.steps, "batch_size": self.batch_size, "dtype": DTYPE,
+        return {"nets": self.nets, "steps": self.steps, "batch_size": self.batch_size, "dtype": self.dtype,
                 "floor": FLOOR, "ok": self.ok, "problems": self.problems(), "seconds": self.seconds,
                 "checks": [c.to_dict() for c in self.checks],
                 "baseline": {k: v.to_dict() for k, v in self.baseline.items()},
@@ -320,14 +322,14 @@ class _StopAtFailure:
             raise _FirstFailure
 
 
-def _parity_cell(name, recipe, ds, steps, seed, bug=None) -> Cell:
+def _parity_cell(name, recipe, ds, steps, seed, dtype, bug=None) -> Cell:
     stop = _StopAtFailure()
     try:
         if bug is None:
-            trace = run_parity(name, steps, DTYPE, seed, recipe=recipe, ds=ds)
+            trace = run_parity(name, steps, dtype, seed, recipe=recipe, ds=ds)
         else:
             with bug.applied():
-                trace = run_parity(name, steps, DTYPE, seed, recipe=recipe, ds=ds, observer=stop)
+                trace = run_parity(name, steps, dtype, seed, recipe=recipe, ds=ds, observer=stop)
     except _FirstFailure:
         trace = stop.trace
     except Exception as e:  # a crash is reported, never counted as a kill
@@ -335,11 +337,11 @@ def _parity_cell(name, recipe, ds, steps, seed, bug=None) -> Cell:
     return _cell(trace.comparisons, bug is not None)
 
 
-def _metamorphic_cell(kind, net, recipe, x, y, seed, bug=None) -> Cell:
-    tol = TOLERANCES[DTYPE]
+def _metamorphic_cell(kind, net, recipe, x, y, seed, dtype, bug=None) -> Cell:
+    tol = TOLERANCES[dtype]
 
     def run() -> list[Comparison]:
-        model = net.scratch.build(recipe, stream(seed, "init"), np.dtype(DTYPE))
+        model = net.scratch.build(recipe, stream(seed, "init"), np.dtype(dtype))
         if kind == "split":
             return metamorphic.batch_split(model, net.scratch.loss(recipe), x, y, tol)
         return metamorphic.linearity(model, x, tol, seed)
@@ -356,8 +358,9 @@ def _metamorphic_cell(kind, net, recipe, x, y, seed, bug=None) -> Cell:
 
 
 def run_selftest(nets=None, *, steps: int = 2, batch_size: int = 16, seed: int = 0, raw=None,
-                 bugs=None) -> SelfTest:
-    """Run every available bug against every check of the given networks."""
+                 bugs=None, dtype: str = DTYPE) -> SelfTest:
+    """Run every available bug against every check of the given networks, in ``dtype``
+    (the floors are set for float64; float32 shows what the float32 tolerance still sees)."""
     import time
 
     from . import data as mnist
@@ -365,7 +368,8 @@ def run_selftest(nets=None, *, steps: int = 2, batch_size: int = 16, seed: int =
     t0 = time.perf_counter()
     nets = list(nets or NETWORKS)
     catalogue = list(bugs if bugs is not None else bugmod.catalogue())
-    report = SelfTest(nets, steps, batch_size, bugs=catalogue,
+    dtype = np.dtype(dtype).name
+    report = SelfTest(nets, steps, batch_size, dtype, bugs=catalogue,
                       pending=[b.name for b in bugmod.CATALOGUE if not b.available()] if bugs is None else [])
     report.cells = {b.name: {} for b in catalogue}
     raw = raw or mnist.load_mnist()
@@ -382,22 +386,22 @@ def run_selftest(nets=None, *, steps: int = 2, batch_size: int = 16, seed: int =
             continue
         if fn not in unit_baseline:
             try:
-                unit_baseline[fn] = _cell(fn(), False)
+                unit_baseline[fn] = _cell(fn(dtype), False)
             except Exception as e:
                 unit_baseline[fn] = _error(e)
             if unit_baseline[fn].status != "pass":
                 report.baseline[unit.key] = unit_baseline[fn]
         try:
             with bug.applied():
-                report.cells[bug.name][unit.key] = _cell(fn(), True)
+                report.cells[bug.name][unit.key] = _cell(fn(dtype), True)
         except Exception as e:
             report.cells[bug.name][unit.key] = _error(e)
 
     for name in nets:
         net = get(name)
         documented = _small(net.recipe, steps, batch_size)
-        ds = prepare(net, documented, raw, DTYPE, seed)
-        x, y = next(iter(first_batches(ds, documented, seed, 1)))
+        ds = prepare(net, documented, raw, dtype, seed)
+        x, y = metamorphic.even_batch(*next(iter(first_batches(ds, documented, seed, 1))))
         # the parity columns: the documented recipe, plus a variant per requirement it does not meet
         columns = [(name, f"{name} step parity, documented recipe", documented)]
         for req in (bugmod.MOMENTUM, bugmod.MEAN):
@@ -405,26 +409,26 @@ def run_selftest(nets=None, *, steps: int = 2, batch_size: int = 16, seed: int =
                 continue
             variant = req.apply(documented)
             try:
-                make_sides(net, variant, DTYPE, seed)
+                make_sides(net, variant, dtype, seed)
             except Exception:  # the network cannot take this variant
                 continue
             columns.append((f"{name}+{req.name}", f"{name} step parity, variant: {req.label}", variant))
         for key, label, recipe in columns:
             check = Check(key, "parity", label, name, recipe)
             report.checks.append(check)
-            report.baseline[key] = _parity_cell(name, recipe, ds, steps, seed)
-            scratch_side, _ = make_sides(net, recipe, DTYPE, seed)
+            report.baseline[key] = _parity_cell(name, recipe, ds, steps, seed, dtype)
+            scratch_side, _ = make_sides(net, recipe, dtype, seed)
             objects = _objects(scratch_side)
             for bug in catalogue:
-                report.cells[bug.name][key] = (_parity_cell(name, recipe, ds, steps, seed, bug)
+                report.cells[bug.name][key] = (_parity_cell(name, recipe, ds, steps, seed, dtype, bug)
                                                if _applies(bug, objects, scratch_side.model, recipe) else Cell("n/a"))
         for kind, label in (("split", "batch split: whole-batch gradients = halves' gradients combined"),
                             ("linear", "linearity: backward(a g1 + b g2) = a backward(g1) + b backward(g2)")):
             key = f"{name}:{kind}"
             check = Check(key, kind, f"{name} {label} (metamorphic, no reference)", name, documented)
             report.checks.append(check)
-            report.baseline[key] = _metamorphic_cell(kind, net, documented, x, y, seed)
-            model = net.scratch.build(documented, stream(seed, "init"), np.dtype(DTYPE))
+            report.baseline[key] = _metamorphic_cell(kind, net, documented, x, y, seed, dtype)
+            model = net.scratch.build(documented, stream(seed, "init"), np.dtype(dtype))
             objects = [m for _, m in model.named_modules()]
             if kind == "split":
                 objects.append(net.scratch.loss(documented))
@@ -433,7 +437,7 @@ def run_selftest(nets=None, *, steps: int = 2, batch_size: int = 16, seed: int =
                 if bug.requires is not None and not bug.requires.met(recipe):
                     recipe = bug.requires.apply(recipe)
                 applicable = bug.uses_target(*objects) and (bug.applies is None or bug.applies(model))
-                report.cells[bug.name][key] = (_metamorphic_cell(kind, net, recipe, x, y, seed, bug)
+                report.cells[bug.name][key] = (_metamorphic_cell(kind, net, recipe, x, y, seed, dtype, bug)
                                                if applicable else Cell("n/a"))
     report.seconds = time.perf_counter() - t0
     return report
