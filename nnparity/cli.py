@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     c.add_argument("--noise-floor", action="store_true",
                    help="measure the noise floor instead: scratch vs torch in float64 and float32, and torch "
-                        "float32 vs float64, over --steps steps")
+                        "float32 vs float64, over --steps steps (both dtypes: --dtype is not used)")
 
     st = sub.add_parser("selftest", help="inject canonical derivation bugs and show which checks kill them")
     st.add_argument("nets", nargs="*", type=network_name, metavar="NET", help="default: all networks")

@@ -119,6 +119,7 @@ class Diagnosis:
     kind: str                     # "own" or "inherited"
     stages: list
     entering: Comparison | None   # worst state difference entering the step (step > 1)
+    kink: dict | None = None      # forward activations on opposite sides of 0 (a branch taken differently)
     verdict: str = ""
 
     def first_lines(self) -> list[str]:
@@ -164,6 +165,7 @@ class Diagnosis:
                 "culprit_impl": self.culprit.impl if self.culprit else None,
                 "kind": self.kind, "verdict": self.verdict,
                 "entering_state": _comparison_dict(self.entering) if self.entering else None,
+                "kink": self.kink,
                 "stages": [s.to_dict() for s in self.stages]}
 
 
@@ -198,7 +200,8 @@ class Localizer:
             return
         if any(not c.passed for c in trace.steps[-1]):
             self.diagnosis = diagnose(i, x, y, self.scratch_side, t, self._pre_torch, trace,
-                                      snapshots=self._snapshots, allowed_zero=self.allowed_zero)
+                                      snapshots=self._snapshots, allowed_zero=self.allowed_zero,
+                                      scratch_record=s.record)
         else:
             self._pre_torch = _copy_state(self.torch_side.state())
 
@@ -348,18 +351,42 @@ def isolate(scratch_side, x, y, t, pre: dict, tol: Tolerance, step: int, *, snap
     model = scratch_side.model
     names = list(model._modules)
     fwd, bwd = _isolate_layers(model, x, t, pre, tol, step, snapshots or {}, draws or {}, allowed_zero)
-    lf, lb = _isolate_loss(scratch_side.loss_fn, f"out/{names[-1]}", y, t.record, tol, step)
+    loss = list(_isolate_loss(scratch_side.loss_fn, f"out/{names[-1]}", y, t.record, tol, step)) if names else []
     opt = _isolate_optimizer(scratch_side.optimizer, pre, t.record, tol, step)
-    return fwd + [lf, lb] + bwd[::-1] + [opt]
+    return fwd + loss + bwd[::-1] + [opt]
+
+
+def sign_flip(scratch_record, torch_record) -> dict | None:
+    """The first forward activation with elements on opposite sides of 0 on the two sides
+    (a ReLU-like kink that took different branches), if any: its name, how many elements,
+    and the one nearest to 0 on the reference side."""
+    for key, b in torch_record.items():
+        if not key.startswith("out/") or key not in scratch_record:
+            continue
+        a = np.asarray(scratch_record[key])
+        b = np.asarray(b)
+        if a.shape != b.shape:
+            continue
+        flip = np.sign(a) != np.sign(b)
+        if flip.any():
+            where = np.flatnonzero(flip)
+            i = int(where[np.argmin(np.abs(b.reshape(-1)[where]))])
+            idx = [int(v) for v in np.unravel_index(i, b.shape)]
+            return {"name": key, "count": int(flip.sum()), "index": idx,
+                    "scratch": float(a.reshape(-1)[i]), "reference": float(b.reshape(-1)[i])}
+    return None
 
 
 def diagnose(step: int, x, y, scratch_side, t, pre: dict, trace, *, snapshots=None,
-             allowed_zero=()) -> Diagnosis:
+             allowed_zero=(), scratch_record=None) -> Diagnosis:
     """The first divergence of ``trace`` (at ``step``) and its own-or-inherited verdict."""
     first = next(c for c in trace.steps[step - 1] if not c.passed)
     names = list(scratch_side.model._modules)
-    stages = isolate(scratch_side, x, y, t, pre, trace.tol, step, snapshots=snapshots,
-                     draws=scratch_side.draws(), allowed_zero=allowed_zero)
+    try:
+        stages = isolate(scratch_side, x, y, t, pre, trace.tol, step, snapshots=snapshots,
+                         draws=scratch_side.draws(), allowed_zero=allowed_zero)
+    except Exception as e:  # never lose the first divergence to a failed re-run
+        stages = [Stage("(all)", "forward", "-", note=f"stages could not be re-run alone: {_why(e)}")]
     where = producer(first.name, names)
     index = next((i for i, s in enumerate(stages) if (s.component, s.phase) == where), None)
     suspect = stages[index] if index is not None else None
@@ -370,6 +397,8 @@ def diagnose(step: int, x, y, scratch_side, t, pre: dict, trace, *, snapshots=No
 
     culprit, kind = locate(stages, index)
     d = Diagnosis(step, first, layer_of(first.name), suspect, culprit, kind, stages, entering)
+    if culprit is None and scratch_record is not None:
+        d.kink = sign_flip(scratch_record, t.record)
     d.verdict = _verdict(d)
     return d
 
@@ -405,6 +434,15 @@ def _verdict(d: Diagnosis) -> str:
                 f"{_fmt_stage(d.culprit)}: {w.name} margin {w.margin:.3g}.")
     largest = max((s for s in d.stages if s.comparisons), key=lambda s: s.margin, default=None)
     big = f" (largest own margin {largest.margin:.3g}, {largest.label})" if largest else ""
+    if d.kink is not None:
+        k = d.kink
+        n = k["count"]
+        return (f"The divergence at {f.name} is INHERITED, and it is ROUNDING AT A KINK, not a derivation error: "
+                f"{own}no stage of step {d.step} is wrong on its own{big}, but {n} element{'s' * (n != 1)} of "
+                f"{k['name']} {'lie' if n != 1 else 'lies'} on opposite sides of 0 on the two sides (e.g. [{', '.join(map(str, k['index']))}]: "
+                f"scratch {k['scratch']:.3g}, reference {k['reference']:.3g}), so a ReLU-like kink took different "
+                "branches and its gradient differs by a whole term. Rounding puts an activation that close to 0 now "
+                "and then, in float32 much more often than in float64 (TOLERANCES.md).")
     if d.step > 1 and d.entering is not None:
         return (f"The divergence at {f.name} is INHERITED: {own}no stage of step {d.step} is wrong on its own{big}. "
                 f"It came in with the state entering step {d.step}: after step {d.step - 1} the sides already "

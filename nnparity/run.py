@@ -7,7 +7,8 @@ from pathlib import Path
 
 from . import data as mnist
 from . import drift, io
-from .networks import get, prepare, run_parity
+from .check import run_check
+from .networks import get, prepare
 from .report import environment, write_report
 from .train import Diverged, Training
 
@@ -39,13 +40,18 @@ def run_network(name: str, *, epochs=None, seed: int = 0, dtype=None, out="repor
             "epochs_planned": recipe.epochs, "recipe": recipe.as_dict(), "environment": environment()}
     if parity_steps:
         log(f"step parity: {parity_steps} steps, {dtype} ...")
-        trace = run_parity(name, parity_steps, dtype, seed, recipe=recipe, ds=ds)
+        checked = run_check(name, parity_steps, dtype, seed, recipe=recipe, ds=ds)
+        trace = checked.trace
         log(trace.table(every=max(1, parity_steps // 5)))
         meta["parity"] = {k: v for k, v in trace.to_dict().items() if k != "per_step"}
         if not trace.ok:
             meta.update(status="parity-failed", status_detail=trace.message().splitlines()[0])
+            if checked.diagnosis is not None:
+                meta["parity"]["diagnosis"] = checked.diagnosis.to_dict()
+                meta["status_detail"] += f" - {checked.diagnosis.verdict}"
             write_report(out_dir, meta, [])
-            log(f"PARITY FAILED - not training.\n{trace.message()}\nreport: {out_dir / 'report.md'}")
+            why = checked.diagnosis.render() if checked.diagnosis is not None else trace.message()
+            log(f"PARITY FAILED - not training.\n{why}\nreport: {out_dir / 'report.md'}")
             return EXIT_PARITY
         log(f"parity ok: worst margin {trace.worst_margin():.3g} (<= 1 passes)")
 
