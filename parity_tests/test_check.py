@@ -43,6 +43,9 @@ def test_pass_prints_the_table_with_relative_errors_and_margins(small):
     assert [int(line.split()[0]) for line in rows] == [1, 2, 3]
     summary = r.trace.summary()[0]
     assert summary["parameter gradient"]["worst_rel"] >= summary["parameter gradient"]["max_rel"]
+    d = json.loads(r.to_json())
+    assert d["ok"] and d["steps"] == 3 and d["diagnosis"] is None and d["first_divergence"] is None
+    assert d["summary"][0]["step"] == 1 and "parameter gradient" in d["summary"][0]
 
 
 def test_own_error_bias_gradient_not_summed(small, monkeypatch):
@@ -243,13 +246,6 @@ def test_dropout_backward_slip_is_found_with_the_steps_mask(monkeypatch):
 
 
 # --- the command ----------------------------------------------------------------------
-
-def test_cli_check_json(capsys):
-    assert main(["check", "mlp1000", "--steps", "1", "--json"]) == 0
-    d = json.loads(capsys.readouterr().out)
-    assert d["ok"] and d["steps"] == 1 and d["diagnosis"] is None and d["first_divergence"] is None
-    assert d["summary"][0]["step"] == 1 and "parameter gradient" in d["summary"][0]
-
 
 def test_parity_is_the_same_command_under_its_old_name():
     from nnparity.cli import build_parser
