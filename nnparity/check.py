@@ -31,6 +31,7 @@ class CheckResult:
     trace: Trace
     diagnosis: Diagnosis | None
     seed: int = 0
+    injected: str | None = None   # the name of a selftest bug patched in (``--inject``)
 
     @property
     def ok(self) -> bool:
@@ -42,6 +43,11 @@ class CheckResult:
         lines = [f"{tr.net} {tr.dtype}, seed {self.seed}: step parity over {len(tr.steps)} steps "
                  f"(tolerance atol {tr.tol.atol:g} + rtol {tr.tol.rtol:g} |reference|)", "",
                  tr.table(every=every, metric="max_rel"), ""]
+        if self.injected:
+            from .bugs import get_bug
+
+            lines.insert(1, f"injected bug {self.injected}: {get_bug(self.injected).description} "
+                            f"[{get_bug(self.injected).target}]")
         if tr.ok:
             lines.append(f"PASS: all {len(tr.comparisons)} comparisons within tolerance; "
                          f"worst margin {tr.worst_margin():.3g} (<= 1 passes)")
@@ -58,6 +64,7 @@ class CheckResult:
     def to_dict(self) -> dict:
         d = self.trace.to_dict()
         d["seed"] = self.seed
+        d["injected"] = self.injected
         d["summary"] = self.trace.summary()
         d["diagnosis"] = self.diagnosis.to_dict() if self.diagnosis else None
         return d

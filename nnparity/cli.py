@@ -55,6 +55,15 @@ def network_name(text: str) -> str:
     return text
 
 
+def bug_name(text: str) -> str:
+    from .bugs import catalogue
+
+    names = [b.name for b in catalogue()]
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"unknown bug {text!r}; known bugs: {', '.join(names)}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nnparity", description="Reference-parity verification of from-scratch NumPy networks "
                                              "against PyTorch.")
@@ -89,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(c, "default float64")
     c.add_argument("--steps", type=positive_int, default=50, help="training steps to compare (default 50)")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.add_argument("--inject", metavar="BUG", type=bug_name, default=None,
+                   help="run with one of the selftest's canonical bugs patched in, to see how a slip is reported "
+                        "(nnparity selftest lists them)")
     c.add_argument("--noise-floor", action="store_true",
                    help="measure the noise floor instead: scratch vs torch in float64 and float32, and torch "
                         "float32 vs float64, over --steps steps (both dtypes: --dtype is not used)")
@@ -143,12 +155,23 @@ def _dispatch(args) -> int:
         from . import check
         from .data import load_mnist
 
+        if args.noise_floor and args.inject:
+            print(f"nnparity {args.cmd}: error: --inject and --noise-floor do not go together: the noise floor "
+                  "is measured on the correct code", file=sys.stderr)
+            return 2
         raw = load_mnist(args.data_dir)
         if args.noise_floor:
             nf = check.noise_floor(args.net, args.steps, args.seed, raw)
             print(check.noise_floor_json(nf) if args.json else check.render_noise_floor(nf))
             return 0 if check.noise_floor_ok(nf) else 1
-        result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw)
+        from contextlib import nullcontext
+
+        from .bugs import get_bug
+
+        bug = get_bug(args.inject) if args.inject else None
+        with bug.applied() if bug else nullcontext():
+            result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw)
+        result.injected = args.inject
         print(result.to_json() if args.json else result.render())
         return 0 if result.ok else 1
     if args.cmd == "selftest":

@@ -240,7 +240,8 @@ class Trace:
                  for q in qs}
         key, width = ("margin", 14) if metric == "margin" else ("worst_rel", 13)
         legend = ("(worst margin; <= 1 passes)" if metric == "margin" else
-                  "(worst max relative error per quantity; margin: the step's worst, <= 1 passes)")
+                  "(worst max relative error per quantity, ! = a tensor of this kind fails; "
+                  "margin: the step's worst, <= 1 passes)")
         head = "step  " + "  ".join(f"{short[q]:>{width}}" for q in qs)
         lines = [head + (f"  {'margin':>9}" if metric == "max_rel" else "") + "   " + legend]
         for row in self.summary():
@@ -248,7 +249,12 @@ class Trace:
             ok = all(c.passed for c in step)
             if row["step"] % every and row["step"] not in (1, len(self.steps)) and ok:
                 continue
-            cells = [f"{row[q][key]:{width}.3g}" if q in row else f"{'-':>{width}}" for q in qs]
+            if metric == "margin":
+                cells = [f"{row[q][key]:{width}.3g}" if q in row else f"{'-':>{width}}" for q in qs]
+            else:
+                bad = {c.quantity for c in step if not c.passed}
+                cells = [f"{row[q][key]:{width - 1}.3g}{'!' if q in bad else ' '}" if q in row else f"{'-':>{width - 1}} "
+                         for q in qs]
             if metric == "max_rel":
                 cells.append(f"{max((c.margin for c in step), default=0.0):9.3g}")
             lines.append(f"{row['step']:>4}  " + "  ".join(cells) + ("" if ok else "  FAIL"))

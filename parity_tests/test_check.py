@@ -256,12 +256,19 @@ def test_parity_is_the_same_command_under_its_old_name():
     assert a.cmd == "parity" and b.cmd == "check"
 
 
-def test_cli_check_exits_1_and_names_the_culprit(capsys, monkeypatch):
-    monkeypatch.setattr(ReLU, "backward", lambda self, dy: dy)
-    assert main(["check", "mlp1000", "--steps", "1", "--json"]) == 1
+def test_cli_check_inject_exits_1_and_names_the_culprit(capsys):
+    original = ReLU.backward
+    assert main(["check", "mlp1000", "--steps", "1", "--json", "--inject", "relu-straight-through"]) == 1
     d = json.loads(capsys.readouterr().out)
+    assert d["injected"] == "relu-straight-through"
     assert d["diagnosis"]["culprit"] == "relu backward" and d["diagnosis"]["kind"] == "own"
     assert d["diagnosis"]["first_divergence"]["name"] == "dout/U"
+    assert ReLU.backward is original  # the patch did not outlive the check
+
+
+def test_cli_inject_and_noise_floor_do_not_go_together(capsys):
+    assert main(["check", "mlp1000", "--noise-floor", "--inject", "relu-straight-through"]) == 2
+    assert "do not go together" in capsys.readouterr().err
 
 
 def test_run_stops_before_training_and_its_report_names_the_culprit(tmp_path, monkeypatch):
