@@ -12,9 +12,11 @@ scratch function for the duration of one check, and run against
   (informational: they need no reference, and they miss most bugs, which is
   the point of having a reference).
 
-A cell's *detection margin* is the worst comparison's error over its tolerance
-(``margin`` in ``nnparity.parity``): the factor by which the tolerance could be
-loosened before the check stopped seeing the bug. The floors: every available bug
+A cell's *detection margin* is the margin (``nnparity.parity``: error over
+tolerance) of the failing comparison the check reports, its first divergence:
+roughly the factor by which the tolerance could be loosened before the check
+stopped reporting the bug there. (``worst``, the largest margin of the check,
+is kept too.) The floors: every available bug
 is killed by every applicable unit and parity check with margin >= 10, every
 bug has at least one such check, and every check passes on the correct code.
 """
@@ -147,14 +149,14 @@ class Cell:
     """What one check made of one bug (or of the correct code)."""
 
     status: str                # killed, missed, pass, fail (correct code failing), n/a, error
-    margin: float = 0.0        # worst comparison's margin (detection margin)
+    margin: float = 0.0        # detection margin: the first failing comparison's (else the worst)
     first: str = ""            # the first failing comparison: "step 1 grad/V.bias"
-    first_margin: float = 0.0
+    worst: float = 0.0         # the largest margin of the check
     detail: str = ""
 
     def to_dict(self) -> dict:
         return {"status": self.status, "margin": _num(self.margin), "first": self.first,
-                "first_margin": _num(self.first_margin), "detail": self.detail}
+                "worst": _num(self.worst), "detail": self.detail}
 
 
 def _num(v):
@@ -165,10 +167,10 @@ def _cell(comparisons, bug_applied: bool) -> Cell:
     failing = [c for c in comparisons if not c.passed]
     worst = max((c.margin for c in comparisons), default=0.0)
     if not failing:
-        return Cell("missed" if bug_applied else "pass", worst)
+        return Cell("missed" if bug_applied else "pass", worst, worst=worst)
     f = failing[0]
     where = f"step {f.step} {f.name}" if f.step is not None else f.name
-    return Cell("killed" if bug_applied else "fail", worst, where, f.margin, f.problem or "")
+    return Cell("killed" if bug_applied else "fail", f.margin, where, worst, f.problem or "")
 
 
 def _error(e: Exception) -> Cell:
@@ -234,7 +236,8 @@ class SelfTest:
                  "", "checks:"]
         for col, c in zip(cols, self.checks):
             lines.append(f"  {col:>5} {c.label}{'' if self.required(c) else '  (informational)'}")
-        lines += ["", "kill matrix: detection margin = worst error / tolerance (x = killed; "
+        lines += ["", "kill matrix: detection margin = error / tolerance of the failing comparison the check reports "
+                      "(x = killed; "
                       "'miss' = applicable but not seen; '.' = passes, as it should, on the correct code; "
                       "'-' = not applicable)", ""]
         lines.append(f"{'bug':<{width}}" + "".join(f"{col:>10}" for col in cols))
