@@ -439,7 +439,8 @@ def _verdict(d: Diagnosis) -> str:
         n = k["count"]
         return (f"The divergence at {f.name} is INHERITED, and it is ROUNDING AT A KINK, not a derivation error: "
                 f"{own}no stage of step {d.step} is wrong on its own{big}, but {n} element{'s' * (n != 1)} of "
-                f"{k['name']} {'lie' if n != 1 else 'lies'} on opposite sides of 0 on the two sides (e.g. [{', '.join(map(str, k['index']))}]: "
+                f"{k['name']} {'lie' if n != 1 else 'lies'} on opposite sides of 0 on the two sides "
+                f"(e.g. [{', '.join(map(str, k['index']))}]: "
                 f"scratch {k['scratch']:.3g}, reference {k['reference']:.3g}), so a ReLU-like kink took different "
                 "branches and its gradient differs by a whole term. Rounding puts an activation that close to 0 now "
                 "and then, in float32 much more often than in float64 (TOLERANCES.md).")

@@ -253,8 +253,8 @@ class Trace:
                 cells = [f"{row[q][key]:{width}.3g}" if q in row else f"{'-':>{width}}" for q in qs]
             else:
                 bad = {c.quantity for c in step if not c.passed}
-                cells = [f"{row[q][key]:{width - 1}.3g}{'!' if q in bad else ' '}" if q in row else f"{'-':>{width - 1}} "
-                         for q in qs]
+                cells = [f"{row[q][key]:{width - 1}.3g}{'!' if q in bad else ' '}" if q in row
+                         else f"{'-':>{width - 1}} " for q in qs]
             if metric == "max_rel":
                 cells.append(f"{max((c.margin for c in step), default=0.0):9.3g}")
             lines.append(f"{row['step']:>4}  " + "  ".join(cells) + ("" if ok else "  FAIL"))

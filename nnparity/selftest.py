@@ -209,7 +209,8 @@ class SelfTest:
             for c in required:
                 cell = row[c.key]
                 if cell.status != "killed":
-                    out.append(f"{bug.name}: {cell.status} by {c.key} (margin {cell.margin:.3g}) {cell.detail}".rstrip())
+                    out.append(f"{bug.name}: {cell.status} by {c.key} (margin {cell.margin:.3g}) "
+                               f"{cell.detail}".rstrip())
                 elif not cell.margin >= FLOOR:
                     out.append(f"{bug.name}: killed by {c.key} with margin {cell.margin:.3g} < {FLOOR:g}")
         return out
@@ -232,7 +233,8 @@ class SelfTest:
         width = max([len(b.name) for b in self.bugs] + [12]) + 1
         cols = [f"[{i}]" for i in range(1, len(self.checks) + 1)]
         lines = [f"selftest of {', '.join(self.nets)}: {len(self.bugs)} injected bugs x {len(self.checks)} checks "
-                 f"({self.dtype}, {self.steps} parity steps, batches of at most {self.batch_size}; {self.seconds:.1f} s)",
+                 f"({self.dtype}, {self.steps} parity steps, batches of at most {self.batch_size}; "
+                 f"{self.seconds:.1f} s)",
                  "", "checks:"]
         for col, c in zip(cols, self.checks):
             lines.append(f"  {col:>5} {c.label}{'' if self.required(c) else '  (informational)'}")
@@ -241,7 +243,8 @@ class SelfTest:
                       "'miss' = applicable but not seen; '.' = passes, as it should, on the correct code; "
                       "'-' = not applicable)", ""]
         lines.append(f"{'bug':<{width}}" + "".join(f"{col:>10}" for col in cols))
-        lines.append(f"{'(correct code)':<{width}}" + "".join(f"{self._fmt(self.baseline[c.key]):>10}" for c in self.checks))
+        lines.append(f"{'(correct code)':<{width}}"
+                     + "".join(f"{self._fmt(self.baseline[c.key]):>10}" for c in self.checks))
         for bug in self.bugs:
             row = self.cells[bug.name]
             lines.append(f"{bug.name:<{width}}" + "".join(f"{self._fmt(row[c.key]):>10}" for c in self.checks))
