@@ -44,7 +44,8 @@ def save(path, training, identity: dict) -> Path:
             arrays[f"{side.name}/{key}"] = np.array(value, copy=True)
     rng = {name: gen.bit_generator.state for name, gen in _generators(training.scratch.model)}
     meta = {"format": FORMAT, "identity": identity, "epoch": len(training.history),
-            "step_count": training.step_count, "history": training.history, "rng": rng}
+            "step_count": training.step_count, "history": training.history, "rng": rng,
+            "step_drift": training.step_drift}
     arrays["meta"] = np.array(json.dumps(meta))
     buf = _io.BytesIO()
     np.savez(buf, **arrays)
@@ -86,5 +87,6 @@ def restore(training, meta: dict, arrays: dict) -> int:
     for name, state in meta["rng"].items():
         gens[name].bit_generator.state = state
     training.history = meta["history"]
+    training.step_drift = [tuple(d) for d in meta["step_drift"]]
     training.step_count = meta["step_count"]
     return meta["epoch"] + 1

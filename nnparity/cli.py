@@ -2,7 +2,10 @@
 
     nnparity list                       the documented networks
     nnparity run NET [options]          step parity, then both sides trained side by side, then a report
-    nnparity parity NET [options]       step parity only: a per-step table, exit 1 on mismatch
+    nnparity check NET [options]        step parity only: a per-step table, the first divergence and
+                                        its culprit (own or inherited error); exit 1 on mismatch
+                                        (``nnparity parity`` is the same command under its old name)
+    nnparity selftest [NET ...]         inject canonical derivation bugs; print the kill matrix
     nnparity bench [NET ...]            seconds per epoch, scratch vs torch, GFLOP/s, peak memory
     nnparity gradcheck NET [options]    finite differences vs the scratch backward (no torch); exit 1 on failure
 
@@ -17,6 +20,7 @@ import sys
 
 from .checkpoint import CheckpointError
 from .data import DataError
+from .drift import DEFAULT_STEPS as DEFAULT_ENVELOPE_STEPS
 from .networks import NETWORKS, UnknownNetwork
 
 DTYPES = ("float32", "float64")
@@ -63,6 +67,15 @@ def network_name(text: str) -> str:
     return text
 
 
+def bug_name(text: str) -> str:
+    from .bugs import catalogue
+
+    names = [b.name for b in catalogue()]
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"unknown bug {text!r}; known bugs: {', '.join(names)}")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nnparity", description="Reference-parity verification of from-scratch NumPy networks "
                                              "against PyTorch.")
@@ -94,10 +107,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", default=None, metavar="DIR",
                    help="continue from the checkpoint in DIR (a report folder or a checkpoint.npz)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--envelope-steps", type=non_negative_int, default=DEFAULT_ENVELOPE_STEPS,
+                   help="steps of the drift envelope measured before training, capped at the run's length "
+                        f"(0 skips; default {DEFAULT_ENVELOPE_STEPS})")
 
-    c = sub.add_parser("parity", help="step parity only, with a per-step table")
+    c = sub.add_parser("check", aliases=["parity"],
+                       help="step parity only: per-step table, first divergence, own or inherited error")
     common(c, "default float64")
     c.add_argument("--steps", type=positive_int, default=50, help="training steps to compare (default 50)")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.add_argument("--inject", metavar="BUG", type=bug_name, default=None,
+                   help="run with one of the selftest's canonical bugs patched in, to see how a slip is reported "
+                        "(nnparity selftest lists them)")
+    c.add_argument("--noise-floor", action="store_true",
+                   help="measure the noise floor instead: scratch vs torch in float64 and float32, and torch "
+                        "float32 vs float64, over --steps steps (both dtypes: --dtype is not used)")
+
+    st = sub.add_parser("selftest", help="inject canonical derivation bugs and show which checks kill them")
+    st.add_argument("nets", nargs="*", type=network_name, metavar="NET", help="default: all networks")
+    st.add_argument("--steps", type=positive_int, default=2,
+                    help="parity steps per check (default 2: momentum bugs show at step 2)")
+    st.add_argument("--batch-size", type=positive_int, default=16,
+                    help="at most this many samples per batch (default 16; keeps it fast)")
+    st.add_argument("--seed", type=non_negative_int, default=0)
+    st.add_argument("--dtype", choices=DTYPES, default="float64",
+                    help="default float64, where the floors are set; float32 shows what its tolerance still sees")
+    st.add_argument("--json", action="store_true", help="print the kill matrix as JSON")
+    st.add_argument("--data-dir", default=None)
 
     g = sub.add_parser("gradcheck", help="central finite differences (float64) against the scratch backward, "
                                          "on every parameter tensor and the input; no torch involved")
@@ -149,15 +185,39 @@ def _dispatch(args) -> int:
                            data_dir=args.data_dir, parity_steps=args.parity_steps,
                            progress=False if args.no_progress else None, command=args.command_line,
                            train_size=args.train_size, test_size=args.test_size,
-                           save_every=args.save_every, resume=args.resume)
-    if args.cmd == "parity":
-        from .networks import run_parity
+                           save_every=args.save_every, resume=args.resume,
+                           envelope_steps=args.envelope_steps)
+    if args.cmd in ("check", "parity"):
+        from . import check
         from .data import load_mnist
 
-        trace = run_parity(args.net, args.steps, args.dtype or "float64", args.seed, load_mnist(args.data_dir))
-        print(trace.table())
-        print(trace.message())
-        return 0 if trace.ok else 1
+        if args.noise_floor and args.inject:
+            print(f"nnparity {args.cmd}: error: --inject and --noise-floor do not go together: the noise floor "
+                  "is measured on the correct code", file=sys.stderr)
+            return 2
+        raw = load_mnist(args.data_dir)
+        if args.noise_floor:
+            nf = check.noise_floor(args.net, args.steps, args.seed, raw)
+            print(check.noise_floor_json(nf) if args.json else check.render_noise_floor(nf))
+            return 0 if check.noise_floor_ok(nf) else 1
+        from contextlib import nullcontext
+
+        from .bugs import get_bug
+
+        bug = get_bug(args.inject) if args.inject else None
+        with bug.applied() if bug else nullcontext():
+            result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw)
+        result.injected = args.inject
+        print(result.to_json() if args.json else result.render())
+        return 0 if result.ok else 1
+    if args.cmd == "selftest":
+        from . import selftest
+        from .data import load_mnist
+
+        report = selftest.run_selftest(args.nets or list(NETWORKS), steps=args.steps, batch_size=args.batch_size,
+                                       seed=args.seed, raw=load_mnist(args.data_dir), dtype=args.dtype)
+        print(report.to_json() if args.json else report.render())
+        return 0 if report.ok else 1
     if args.cmd == "gradcheck":
         from .data import load_mnist
         from .gradcheck import GradcheckError, gradcheck_network

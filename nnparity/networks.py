@@ -130,8 +130,9 @@ def first_batches(ds: Dataset, recipe: Recipe, seed: int, steps: int):
 
 
 def run_parity(name: str, steps: int = 50, dtype="float64", seed: int = 0, raw: mnist.MNIST | None = None,
-               recipe: Recipe | None = None, ds: Dataset | None = None, on_step=None):
-    """Step parity of a documented network on its first ``steps`` real training batches."""
+               recipe: Recipe | None = None, ds: Dataset | None = None, on_step=None, observer=None):
+    """Step parity of a documented network on its first ``steps`` real training batches
+    (``observer``: see ``parity.check_steps``)."""
     from .parity import check_steps
 
     net = get(name)
@@ -139,4 +140,4 @@ def run_parity(name: str, steps: int = 50, dtype="float64", seed: int = 0, raw: 
     ds = ds or prepare(net, recipe, raw or mnist.load_mnist(), dtype, seed)
     scratch, ref = make_sides(net, recipe, dtype, seed)
     return check_steps(scratch, ref, first_batches(ds, recipe, seed, steps), net=name, dtype=dtype,
-                       allowed_zero=net.allowed_zero, on_step=on_step)
+                       allowed_zero=net.allowed_zero, on_step=on_step, observer=observer)

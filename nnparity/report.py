@@ -138,6 +138,10 @@ def render_markdown(meta: dict, history: list, figures, extra: str = "") -> str:
                   f"| training time, s | {s['seconds']:.1f} | {t['seconds']:.1f} |",
                   "", f"Final test accuracies differ by {h['final_test_accuracy_gap_pp']:.2f} percentage points; "
                   f"the largest weight difference between the sides over the run was {h['max_abs_weight_diff']:.2e}."]
+    if meta.get("drift"):
+        from .drift import markdown
+
+        lines += ["", markdown(meta["drift"])]
     if extra:
         lines += ["", extra]
     if history:
@@ -157,6 +161,11 @@ def write_report(out_dir, meta: dict, history: list, *, figures: dict | None = N
     metrics = {**meta, "headline": headline(history), "epochs": history, **(extra_metrics or {})}
     io.write_json(out_dir / "metrics.json", metrics)
     figures = figures if figures is not None else (per_epoch_plots(history, meta["net"]) if history else {})
+    if meta.get("drift") and "drift.png" in figures:  # drift with its rounding envelope
+        from .drift import figure
+
+        _close({"drift.png": figures["drift.png"]})
+        figures["drift.png"] = figure(meta["drift"], meta["net"])
     for name, fig in figures.items():
         io.write_figure(out_dir / name, fig)
     _close(figures)

@@ -9,8 +9,9 @@ from pathlib import Path
 from . import checkpoint
 from .bench import peak_rss_mib
 from . import data as mnist
-from . import io
-from .networks import get, prepare, run_parity
+from . import drift, io
+from .check import run_check
+from .networks import get, prepare
 from .report import environment, write_report
 from .train import Diverged, Training
 
@@ -27,7 +28,8 @@ def _interrupt(signum, frame):
 
 def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int = 0, dtype=None, out="reports", data_dir=None,
                 parity_steps: int = 20, progress=None, command: str | None = None,
-                train_size=None, test_size=None, save_every: int | None = None, resume=None) -> int:
+                train_size=None, test_size=None, save_every: int | None = None, resume=None,
+                envelope_steps: int = drift.DEFAULT_STEPS) -> int:
     """Run one documented network end to end; returns the process exit status."""
     net = get(name)
     recipe = net.recipe.replace(epochs=epochs, lr=lr, batch_size=batch_size, train_size=train_size,
@@ -50,17 +52,28 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
             "epochs_planned": recipe.epochs, "recipe": recipe.as_dict(), "environment": environment()}
     if parity_steps:
         log(f"step parity: {parity_steps} steps, {dtype} ...")
-        trace = run_parity(name, parity_steps, dtype, seed, recipe=recipe, ds=ds)
+        checked = run_check(name, parity_steps, dtype, seed, recipe=recipe, ds=ds)
+        trace = checked.trace
         log(trace.table(every=max(1, parity_steps // 5)))
         meta["parity"] = {k: v for k, v in trace.to_dict().items() if k != "per_step"}
         if not trace.ok:
             meta.update(status="parity-failed", status_detail=trace.message().splitlines()[0])
+            if checked.diagnosis is not None:
+                meta["parity"]["diagnosis"] = checked.diagnosis.to_dict()
+                meta["status_detail"] += f" - {checked.diagnosis.verdict}"
             write_report(out_dir, meta, [])
-            log(f"PARITY FAILED - not training.\n{trace.message()}\nreport: {out_dir / 'report.md'}")
+            why = checked.diagnosis.render() if checked.diagnosis is not None else trace.message()
+            log(f"PARITY FAILED - not training.\n{why}\nreport: {out_dir / 'report.md'}")
             return EXIT_PARITY
         log(f"parity ok: worst margin {trace.worst_margin():.3g} (<= 1 passes)")
 
-    training = Training(net, recipe, ds, dtype, seed)
+    steps_per_epoch = -(-len(ds.y_train) // recipe.batch_size)
+    envelope_steps = min(envelope_steps, recipe.epochs * steps_per_epoch)
+    envelope = None
+    if envelope_steps:
+        log(f"drift envelope: float64 scratch vs torch and float32 vs float64 torch, {envelope_steps} steps ...")
+        envelope = drift.measure_envelope(net, recipe, ds, seed, envelope_steps)
+    training = Training(net, recipe, ds, dtype, seed, drift_steps=envelope_steps)
     start = 1
     if resumed:
         start = checkpoint.restore(training, *resumed)
@@ -95,6 +108,9 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if envelope is not None:
+        meta["drift"] = drift.assess(envelope, training.step_drift, training.history, steps_per_epoch, dtype)
+        log(f"drift: {drift.verdict(meta['drift'])}")
     meta["peak_rss_mib"] = round(peak_rss_mib())
     write_report(out_dir, meta, training.history)
     log(f"report: {out_dir / 'report.md'} (peak memory {meta['peak_rss_mib']} MiB)")

@@ -12,7 +12,10 @@ in computation order, under the same names on both sides::
     state/<param>.momentum_buffer   optimizer state
     buffer/<name>    buffers (BatchNorm's running statistics)
 
-``step(x, y)`` without ``record`` is the fast path used for training.
+``step(x, y)`` without ``record`` is the fast path used for training. With
+``record``, the torch side's ``StepResult.inputs`` also holds each top-level
+layer's input (not compared; ``nnparity.localize`` feeds it to a scratch layer
+alone to tell the layer's own error from an inherited one).
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class StepResult:
     n: int               # samples in the batch
     correct: int         # argmax(logits) == label
     record: "OrderedDict[str, np.ndarray] | None" = None
+    # torch side, with ``record``: each top-level layer's input, by layer name (not part of
+    # the compared record; a Sequential layer's input is the previous layer's output)
+    inputs: "OrderedDict[str, np.ndarray] | None" = None
 
 
 def canonical_order(layer_names, param_names, state_names, buffer_names) -> list[str]:
@@ -183,10 +189,12 @@ class TorchSide:
         m = self.model
         m.train()
         self._feed_draws(draws)
-        outs, douts, hooks = OrderedDict(), OrderedDict(), []
+        outs, douts, ins, hooks = OrderedDict(), OrderedDict(), OrderedDict(), []
         if record:
             def keep(name):
-                def hook(_mod, _inp, out):
+                def hook(_mod, inp, out):
+                    if inp and isinstance(inp[0], torch.Tensor):
+                        ins[name] = inp[0].detach().clone()
                     outs[name] = out.detach().clone()
                     if out.requires_grad:
                         out.register_hook(lambda g: douts.__setitem__(name, g.detach().clone()))
@@ -206,7 +214,8 @@ class TorchSide:
                 h.remove()
         self.seconds += time.perf_counter() - t0
         rec = self._record(outs, loss, douts, grads) if record else None
-        return StepResult(loss.item(), len(y), count_correct(logits.detach().numpy(), y), rec)
+        inputs = OrderedDict((k, v.numpy()) for k, v in ins.items()) if record else None
+        return StepResult(loss.item(), len(y), count_correct(logits.detach().numpy(), y), rec, inputs)
 
     def _record(self, outs, loss, douts, grads):
         values = {f"out/{k}": v for k, v in outs.items()}

@@ -68,6 +68,8 @@ class Training:
     seed: int
     per_batch: bool = False
     history: list = field(default_factory=list)
+    drift_steps: int = 0                              # record the drift after each of the first N steps
+    step_drift: list = field(default_factory=list)    # [(step, max relative weight difference)]
 
     def __post_init__(self):
         self.scratch, self.ref = make_sides(self.net, self.recipe, self.dtype, self.seed)
@@ -114,6 +116,8 @@ class Training:
             self.step_count += 1
             with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected just below
                 self._step(x, y, epoch, totals, curves)
+            if self.step_count <= self.drift_steps:
+                self.step_drift.append((self.step_count, weight_difference(self.scratch.state(), self.ref.state())[1]))
         bar.close()
         test = self.evaluate()
         diff_abs, diff_rel, diff_name = weight_difference(self.scratch.state(), self.ref.state())

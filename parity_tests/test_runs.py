@@ -28,7 +28,7 @@ def without_timing(obj):
     """A metrics document with its timing fields (seconds, command, paths) removed."""
     if isinstance(obj, dict):
         return {k: without_timing(v) for k, v in obj.items()
-                if k not in ("seconds", "command", "resumed_from", "epochs_planned", "peak_rss_mib")}
+                if not k.endswith("seconds") and k not in ("command", "resumed_from", "epochs_planned", "peak_rss_mib")}
     if isinstance(obj, list):
         return [without_timing(v) for v in obj]
     return obj
