@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import data as mnist
 from . import io
-from .networks import get, prepare, run_parity
+from .networks import apply_threads, get, prepare, run_parity
 from .report import environment, write_report
 from .train import Diverged, Training
 
@@ -23,6 +23,7 @@ def run_network(name: str, *, epochs=None, seed: int = 0, dtype=None, out="repor
                 train_size=None, test_size=None) -> int:
     """Run one documented network end to end; returns the process exit status."""
     net = get(name)
+    apply_threads(net)
     recipe = net.recipe.replace(epochs=epochs, train_size=train_size, test_size=test_size)
     dtype = dtype or recipe.dtype
     out_dir = io.ensure_writable_dir(Path(out) / name)
