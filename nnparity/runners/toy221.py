@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -228,13 +229,36 @@ def render(meta: dict, runs: list) -> str:
               "|---|---|---|---|"]
     lines += [f"| dE/d{k} | {g['scratch'][k]:.17g} | {g['torch'][k]:.17g} | {g['scratch'][k] - g['torch'][k]:.3g} |"
               for k in g["scratch"]]
-    last = runs[0]["scratch"][-1]
-    lines += ["", f"Weights after {n} steps at lr {runs[0]['lr']:g} (scratch): "
-              + ", ".join(f"{k} = {last[k]:.17g}" for k in _names_from(last)) + "."]
+    names = _names_from(runs[0]["scratch"][-1])
+    lines += ["", f"## Weights after {n} steps (scratch; torch agrees to the difference above)", "",
+              "| lr | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {run['lr']:g} | " + " | ".join(f"{run['scratch'][-1][k]:.12g}" for k in names) + " |"
+              for run in runs]
+    lines += ["", "Other published versions of this net: `nnparity run toy221 --biases 0.35,0.6 --freeze-biases "
+              "--lr 0.5` is Matt Mazur's \"A Step by Step Backpropagation Example\" (E_total 0.298371109 at "
+              "step 0; after one step w5 = 0.35891648, w1 = 0.149780716, reproduced by the test suite)."]
     lines += ["", "## Plots", ""] + [f"![{Path(f).stem}]({f})" for f in meta["figures"]]
     env = meta.get("environment", {})
     lines += ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     return "\n".join(lines)
+
+
+def dumps(metrics: dict) -> str:
+    """JSON with one line per step record (the file stays small and readable); floats
+    are written with ``repr``, i.e. exactly."""
+    rows = {}
+
+    def compact(records):
+        key = f"@@records{len(rows)}@@"
+        rows[key] = "[\n  " + ",\n  ".join(json.dumps(io._finite(r)) for r in records) + "\n ]"
+        return key
+
+    m = {**metrics, "runs": [{**r, "scratch": compact(r["scratch"]), "torch": compact(r["torch"])}
+                             for r in metrics["runs"]]}
+    text = json.dumps(io._finite(m), indent=1)
+    for key, value in rows.items():
+        text = text.replace(f'"{key}"', value)
+    return text + "\n"
 
 
 def _names_from(record: dict) -> list:
@@ -292,8 +316,8 @@ def run(args) -> int:
         meta["status_detail"] = failed[0]["parity_message"].splitlines()[0]
     figs = _plots(runs)
     meta["figures"] = list(figs)
-    io.write_json(out_dir / "metrics.json", {**meta, "runs": [{k: v for k, v in r.items() if k != "parity_message"}
-                                                             for r in runs]})
+    io.write_text(out_dir / "metrics.json", dumps({**meta, "runs": [{k: v for k, v in r.items()
+                                                                      if k != "parity_message"} for r in runs]}))
     for name, fig in figs.items():
         io.write_figure(out_dir / name, fig)
     import matplotlib.pyplot as plt

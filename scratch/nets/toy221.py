@@ -33,7 +33,7 @@ so the ``state_dict`` keys are the document's names.
 Choices where the document is silent (also in ``RECIPE.choices``):
 
 * **181 steps = 181 updates**: records are kept for steps 0..181, step k holding
-  the weights after k updates and the E_total, outputs and gradients at them
+  the weights after k updates and the E_total and outputs at them
   (the document's 181 rows are steps 0..180).
 * **float64** for the documented run: the exercise's values are compared to
   the 12th decimal.
@@ -98,7 +98,7 @@ RECIPE = ToyRecipe(
     dtype="float64",
     choices=(
         "181 steps = 181 updates; records for steps 0..181, step k = the weights after k updates with "
-        "E_total, outputs and gradients at them (the document's 181 rows are steps 0..180).",
+        "E_total and the outputs at them (the document's 181 rows are steps 0..180).",
         "Optional biases b1 (shared by h1, h2) and b2 (shared by o1, o2), as in Matt Mazur's example; "
         "frozen biases are constants (buffers), trainable ones parameters.",
         "Gradients of all weights are taken at the same (old) weights, then all are updated at once.",
