@@ -181,7 +181,8 @@ def _dispatch(args) -> int:
     if args.cmd == "bench":
         from .bench import bench
 
-        return bench(args.nets or [n for n, net in NETWORKS.items() if net.mnist], dtype=args.dtype, repeats=args.repeats, data_dir=args.data_dir)
+        nets = args.nets or [n for n, net in NETWORKS.items() if net.mnist]
+        return bench(nets, dtype=args.dtype, repeats=args.repeats, data_dir=args.data_dir)
     raise AssertionError(args.cmd)
 
 

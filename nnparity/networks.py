@@ -96,12 +96,19 @@ def stream(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, mnist._stream_id(name)])
 
 
-def apply_threads(net: Network) -> None:
-    """Set torch's intra-op threads to the network's ``torch_threads`` (if it has one)."""
-    if net.torch_threads:
-        import torch
+_default_threads: list = []  # torch's thread count before the first apply_threads
 
-        torch.set_num_threads(net.torch_threads)
+
+def apply_threads(net: Network) -> None:
+    """Set torch's intra-op threads to the network's ``torch_threads``, or back to torch's
+    default for a network without one (so the setting never leaks from one network to the next)."""
+    import torch
+
+    if not _default_threads:
+        _default_threads.append(torch.get_num_threads())
+    wanted = net.torch_threads or _default_threads[0]
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
 
 def make_sides(net: Network, recipe: Recipe, dtype, seed: int) -> tuple[ScratchSide, TorchSide]:

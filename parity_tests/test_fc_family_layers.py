@@ -112,7 +112,8 @@ def _draw(fn, shape, seed=0):
 
 @pytest.mark.parametrize("fn,torch_fn,std", [
     (init.kaiming_normal, lambda w: torch.nn.init.kaiming_normal_(w, nonlinearity="relu"), lambda i, o: np.sqrt(2 / i)),
-    (init.kaiming_uniform, lambda w: torch.nn.init.kaiming_uniform_(w, nonlinearity="relu"), lambda i, o: np.sqrt(2 / i)),
+    (init.kaiming_uniform, lambda w: torch.nn.init.kaiming_uniform_(w, nonlinearity="relu"),
+     lambda i, o: np.sqrt(2 / i)),
     (init.xavier_normal, torch.nn.init.xavier_normal_, lambda i, o: np.sqrt(2 / (i + o))),
     (init.xavier_uniform, torch.nn.init.xavier_uniform_, lambda i, o: np.sqrt(2 / (i + o))),
 ])

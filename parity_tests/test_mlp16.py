@@ -65,3 +65,16 @@ def test_parity_sees_a_sigmoid_derivative_taken_at_the_input(mnist, monkeypatch)
     first = run_parity("mlp16", steps=2, dtype="float64", raw=mnist).first_failure
     assert (first.step, first.name) == (1, "dout/fc3")
     assert "the input gradient of layer 'sigmoid' (Sigmoid)" in first.describe()
+
+
+def test_torch_threads_follow_the_network_and_do_not_leak():
+    import torch
+
+    from nnparity.networks import apply_threads
+
+    apply_threads(get("mlp1000"))
+    default = torch.get_num_threads()
+    apply_threads(get("mlp16"))
+    assert torch.get_num_threads() == 1  # too small to parallelise
+    apply_threads(get("mlp1000"))
+    assert torch.get_num_threads() == default

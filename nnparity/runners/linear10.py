@@ -49,6 +49,7 @@ from .. import io
 from ..networks import apply_threads, get, prepare, run_parity
 from ..report import COLORS, STYLES, environment
 from ..train import Diverged, Training
+from . import compact_json
 
 NET = "linear10"
 VARIANTS = l10.VARIANTS
@@ -119,6 +120,7 @@ def train_one(recipe, raw, dtype: str, seed: int, *, parity_steps: int, keep_bat
             log(f"parity ok ({variant}, seed {seed}, {parity_steps} steps, {dtype}): worst margin "
                 f"{trace.worst_margin():.3g} (<= 1 passes)")
     training = Training(net, recipe, ds, dtype, seed, per_batch=keep_batches)
+    res["dead_units_at_init"] = len(_dead(training.scratch, ds))  # both sides start from the same weights
     batches = {f"{side}/{what}": [] for side in SIDES for what in ("train", "val")} if keep_batches else None
     try:
         for epoch in range(1, recipe.epochs + 1):
@@ -177,6 +179,17 @@ def summarize(runs: list) -> dict:
                 v = [r["final"][side][key] for r in done]
                 stats[key] = {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
             out[variant][side] = stats
+    for variant, v in out.items():
+        init = [r["dead_units_at_init"] for r in runs if r["variant"] == variant and r.get("final")
+                and "dead_units_at_init" in r]
+        if init:
+            v["dead_units_at_init"] = {"mean": float(np.mean(init)), "min": float(np.min(init)),
+                                       "max": float(np.max(init))}
+        at20 = [r["epochs"][19]["scratch"]["test_accuracy"] for r in runs
+                if r["variant"] == variant and r.get("final") and len(r["epochs"]) >= 20]
+        if at20 and len(at20) == len(v["seeds"]):
+            v["val_accuracy_epoch20"] = {"mean": float(np.mean(at20)), "min": float(np.min(at20)),
+                                         "max": float(np.max(at20))}
     if "as-documented" in out:
         s = out["as-documented"]["scratch"]
         out["as-documented"]["vs_document_pp"] = {
@@ -221,27 +234,37 @@ def plot_variants(runs: list) -> dict:
             label = None if r["variant"] in seen else f"{r['variant']} (scratch, each seed)"
             seen.add(r["variant"])
             ax.plot(ep, y, color=VARIANT_COLORS[r["variant"]], lw=1, alpha=0.8, label=label)
+            if r["variant"] == "correct":
+                ax.annotate(f"seed {r['seed']}", (ep[-1], y[-1]), fontsize=7, xytext=(2, 0),
+                            textcoords="offset points", va="center")
         ax.axhline(doc, color="k", ls=":", lw=1, label=f"document: {doc}%")
         ax.set(xlabel="epoch", title=f"linear10: {title}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     axes[0].set_ylabel("accuracy %")
+    fig.tight_layout()
     figs["accuracy_variants.png"] = fig
 
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    seen = set()
-    for r in runs:
-        if r["epochs"]:
-            label = None if r["variant"] in seen else f"{r['variant']} (scratch, each seed)"
-            seen.add(r["variant"])
-            jitter = 0.06 * (r["seed"] % 5 - 2)  # keep coinciding seeds visible
-            ax.plot([e["epoch"] for e in r["epochs"]], [e["scratch"]["dead_units"] + jitter for e in r["epochs"]],
-                    color=VARIANT_COLORS[r["variant"]], lw=1, alpha=0.8, label=label)
-    ax.set(xlabel="epoch", ylabel="dead output units (of 10)",
-           title="linear10: output units never positive on any training image")
-    ax.set_ylim(bottom=-0.3)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    from matplotlib.ticker import MaxNLocator
+
+    top = max([e["scratch"]["dead_units"] for r in runs for e in r["epochs"]] +
+              [r.get("dead_units_at_init", 0) for r in runs] + [1])
+    for ax, variant in zip(axes, VARIANTS):
+        mine = [r for r in runs if r["variant"] == variant and r["epochs"]]
+        for i, r in enumerate(mine):
+            offset = 0.08 * (i - (len(mine) - 1) / 2)  # seeds with equal counts stay visible
+            ax.step([0] + [e["epoch"] for e in r["epochs"]],
+                    [r["dead_units_at_init"] + offset] + [e["scratch"]["dead_units"] + offset for e in r["epochs"]],
+                    where="post", lw=1.2, label=f"seed {r['seed']}: {r['epochs'][-1]['scratch']['dead_units']} dead")
+        ax.set(xlabel="epoch (0: the initial weights)", title=f"{variant} (scratch)", ylim=(-0.5, top + 0.5))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if mine:
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel("dead output units (of 10)")
+    fig.suptitle("linear10: output units never positive on any training image", fontsize=11)
+    fig.tight_layout()
     figs["dead_units.png"] = fig
     return figs
 
@@ -281,6 +304,7 @@ def plot_first_seed(runs: list, batches: dict) -> dict:
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
+        fig.tight_layout()
         figs[f"epoch_{metric}.png"] = fig
 
     for metric, ylabel in metrics:
@@ -384,17 +408,18 @@ def render(meta: dict, runs: list, summary: dict, figures: list) -> str:
                   "pre-activations pass their gradient straight through where autograd passes 0."]
     L += ["", "## Per seed (final epoch)", "",
           "| variant | seed | parity | train acc % scratch / torch | val acc % scratch / torch "
-          "| dead units scratch / torch | max abs weight diff | scratch s | torch s | status |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "| dead units at init | dead units scratch / torch | max abs weight diff | scratch s | torch s | status |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         f = r.get("final") or {}
         if not f:
-            L.append(f"| {r['variant']} | {r['seed']} | {_parity_word(r)} | - | - | - | - | - | - | {r['status']} |")
+            L.append(f"| {r['variant']} | {r['seed']} | {_parity_word(r)} | - | - | - | - | - | - | - "
+                     f"| {r['status']} |")
             continue
         s, t = f["scratch"], f["torch"]
         L.append(f"| {r['variant']} | {r['seed']} | {_parity_word(r)} "
                  f"| {s['train_accuracy']:.2f} / {t['train_accuracy']:.2f} "
-                 f"| {s['val_accuracy']:.2f} / {t['val_accuracy']:.2f} "
+                 f"| {s['val_accuracy']:.2f} / {t['val_accuracy']:.2f} | {r.get('dead_units_at_init', '-')} "
                  f"| {s['dead_units']} {r['dead_unit_indices']['scratch']} / {t['dead_units']} "
                  f"{r['dead_unit_indices']['torch']} | {max(e['max_abs_weight_diff'] for e in r['epochs']):.2e} "
                  f"| {s['seconds']:.1f} | {t['seconds']:.1f} | {r['status']} |")
@@ -423,7 +448,9 @@ def render(meta: dict, runs: list, summary: dict, figures: list) -> str:
                      f"| {s['test_accuracy']:.2f} / {t['test_accuracy']:.2f} "
                      f"| {s['dead_units']} / {t['dead_units']} | {e['max_abs_weight_diff']:.2e} |")
     if figures:
-        L += ["", "## Plots", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
+        L += ["", "## Plots", "", "`batch_*.png` and `epoch_*.png` show the first seed, both sides overlaid; the "
+              "per-batch values behind them are in `per_batch.npz` (written by the run, not committed: float32 "
+              "losses and accuracies, a few MB).", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     env = meta.get("environment", {})
     L += ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
     return "\n".join(L)
@@ -435,17 +462,28 @@ def story(summary: dict) -> list:
         return []
     c, d = summary["correct"]["scratch"], summary["as-documented"]["scratch"]
     n = len(summary["correct"]["seeds"])
-    return ["", "**Correct vs as-documented.** "
-            f"With the derivative autograd computes, {_mmm(c['dead_units'], '.1f')} of the 10 output units end "
-            "up dead (mean, min - max over "
-            f"{n} seeds): never positive on any training image, so the ReLU passes them no gradient and they never "
-            f"recover; accuracy ends at {_mmm(c['train_accuracy'])}% training and {_mmm(c['val_accuracy'])}% "
-            "validation. With the document's slip the gradient passes straight through the ReLU, so a unit pushed "
-            f"negative keeps learning and comes back: {_mmm(d['dead_units'], '.1f')} dead units, "
-            f"{_mmm(d['train_accuracy'])}% training and {_mmm(d['val_accuracy'])}% validation, against the "
-            f"document's {DOCUMENT['train_accuracy']}% / {DOCUMENT['val_accuracy']}%. The document's headline "
-            "figures come from its derivation slip; step parity flags the slip at step 1, at the ReLU's input "
-            "gradient."]
+    init = ""
+    if "dead_units_at_init" in summary["correct"]:
+        i = summary["correct"]["dead_units_at_init"]
+        init = (f" The unit-norm initialisation already leaves {_mmm(i, '.1f')} units negative on every "
+                "training image, and the correct derivative can never bring them back.")
+    flat = ""
+    if "val_accuracy_epoch20" in summary["as-documented"]:
+        flat = (f" As the document observes, validation accuracy flattens after about 20 epochs: "
+                f"{summary['as-documented']['val_accuracy_epoch20']['mean']:.2f}% at epoch 20, "
+                f"{d['val_accuracy']['mean']:.2f}% at the end (as-documented, mean over the seeds).")
+    return ["", "**Correct vs as-documented.** The network puts a ReLU between the linear layer and the softmax. "
+            "With the derivative autograd computes, the ReLU blocks the gradient wherever a pre-activation is "
+            "negative: an image whose true-class output is negative cannot pull it up, and an output unit that is "
+            "negative on every training image (*dead*) never learns again (its output stays 0). "
+            f"Over {n} seeds, {_mmm(c['dead_units'], '.1f')} of the 10 output units end up dead (mean, min - max) "
+            f"and accuracy ends at {_mmm(c['train_accuracy'])}% training and {_mmm(c['val_accuracy'])}% "
+            "validation, depending on the initialisation." + init + " With the document's slip the gradient passes straight "
+            "through the ReLU, so negative outputs keep learning: "
+            f"{_mmm(d['dead_units'], '.1f')} dead units, {_mmm(d['train_accuracy'])}% training and "
+            f"{_mmm(d['val_accuracy'])}% validation, against the document's {DOCUMENT['train_accuracy']}% / "
+            f"{DOCUMENT['val_accuracy']}%. The document's headline figures come from its derivation slip; step "
+            "parity flags the slip at step 1, at the ReLU's input gradient." + flat]
 
 
 def _parity_word(r) -> str:
@@ -485,7 +523,7 @@ def write(out_dir: Path, meta: dict, runs: list, *, final: bool) -> None:
             buf = _io.BytesIO()
             np.savez_compressed(buf, **arrays)
             io.write_bytes(out_dir / "per_batch.npz", buf.getvalue())
-    io.write_json(out_dir / "metrics.json", {**meta, "summary": summary, "runs": clean})
+    io.write_text(out_dir / "metrics.json", compact_json({**meta, "summary": summary, "runs": clean}) + "\n")
     if final:
         for name, fig in figs.items():
             io.write_figure(out_dir / name, fig)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from ..networks import apply_threads, get, make_sides
 from ..parity import Tolerance, Trace, check_steps, compare_records, tolerance_for
 from ..report import COLORS, STYLES, environment
 from ..sides import gradient_notes
-from . import UsageError
+from . import UsageError, compact_json
 
 NET = "toy221"
 # The issue's floor: in float64 the two sides agree to 1e-12 absolute on every number.
@@ -243,24 +242,6 @@ def render(meta: dict, runs: list) -> str:
     return "\n".join(lines)
 
 
-def dumps(metrics: dict) -> str:
-    """JSON with one line per step record (the file stays small and readable); floats
-    are written with ``repr``, i.e. exactly."""
-    rows = {}
-
-    def compact(records):
-        key = f"@@records{len(rows)}@@"
-        rows[key] = "[\n  " + ",\n  ".join(json.dumps(io._finite(r)) for r in records) + "\n ]"
-        return key
-
-    m = {**metrics, "runs": [{**r, "scratch": compact(r["scratch"]), "torch": compact(r["torch"])}
-                             for r in metrics["runs"]]}
-    text = json.dumps(io._finite(m), indent=1)
-    for key, value in rows.items():
-        text = text.replace(f'"{key}"', value)
-    return text + "\n"
-
-
 def _names_from(record: dict) -> list:
     return [k for k in record if k[0] in "wb" and k[1:].isdigit()]
 
@@ -316,8 +297,8 @@ def run(args) -> int:
         meta["status_detail"] = failed[0]["parity_message"].splitlines()[0]
     figs = _plots(runs)
     meta["figures"] = list(figs)
-    io.write_text(out_dir / "metrics.json", dumps({**meta, "runs": [{k: v for k, v in r.items()
-                                                                      if k != "parity_message"} for r in runs]}))
+    io.write_text(out_dir / "metrics.json", compact_json({**meta, "runs": [
+        {k: v for k, v in r.items() if k != "parity_message"} for r in runs]}) + "\n")
     for name, fig in figs.items():
         io.write_figure(out_dir / name, fig)
     import matplotlib.pyplot as plt

@@ -189,20 +189,24 @@ class Toy221(Module):
         # dE/dw8 = (out_o2 - t2) * out_o2 (1 - out_o2) * out_h2
         dE_dw8 = dE_dout_o2 * out_o2 * (1 - out_o2) * out_h2
 
-        # Hidden layer: out_h1 reaches E through o1 (weight w5) and o2 (weight w7),
-        # out_h2 through o1 (w6) and o2 (w8); then dout_h/dh = out_h (1 - out_h), dh1/dw1 = i1 ...
-        # dE/dout_h1 = (out_o1 - t1) out_o1 (1 - out_o1) w5 + (out_o2 - t2) out_o2 (1 - out_o2) w7
+        # Hidden layer: dE/dw = dE/dout_h * dout_h/dh * dh/dw, with dout_h/dh = out_h (1 - out_h), dh1/dw1 = i1 ...
+        # and out_h1 reaches E through o1 (weight w5) and o2 (weight w7), out_h2 through o1 (w6) and o2 (w8):
+        # dE/dw1 = [(out_o1 - t1) out_o1 (1 - out_o1) w5 + (out_o2 - t2) out_o2 (1 - out_o2) w7] out_h1 (1 - out_h1) i1
+        dE_dw1 = ((dE_dout_o1 * out_o1 * (1 - out_o1) * w5 + dE_dout_o2 * out_o2 * (1 - out_o2) * w7)
+                  * out_h1 * (1 - out_h1) * i1)
+        # dE/dw2 = [(out_o1 - t1) out_o1 (1 - out_o1) w5 + (out_o2 - t2) out_o2 (1 - out_o2) w7] out_h1 (1 - out_h1) i2
+        dE_dw2 = ((dE_dout_o1 * out_o1 * (1 - out_o1) * w5 + dE_dout_o2 * out_o2 * (1 - out_o2) * w7)
+                  * out_h1 * (1 - out_h1) * i2)
+        # dE/dw3 = [(out_o1 - t1) out_o1 (1 - out_o1) w6 + (out_o2 - t2) out_o2 (1 - out_o2) w8] out_h2 (1 - out_h2) i1
+        dE_dw3 = ((dE_dout_o1 * out_o1 * (1 - out_o1) * w6 + dE_dout_o2 * out_o2 * (1 - out_o2) * w8)
+                  * out_h2 * (1 - out_h2) * i1)
+        # dE/dw4 = [(out_o1 - t1) out_o1 (1 - out_o1) w6 + (out_o2 - t2) out_o2 (1 - out_o2) w8] out_h2 (1 - out_h2) i2
+        dE_dw4 = ((dE_dout_o1 * out_o1 * (1 - out_o1) * w6 + dE_dout_o2 * out_o2 * (1 - out_o2) * w8)
+                  * out_h2 * (1 - out_h2) * i2)
+
+        # the gradients arriving at the hidden outputs (the brackets above), for the biases and the record
         dE_dout_h1 = dE_dout_o1 * out_o1 * (1 - out_o1) * w5 + dE_dout_o2 * out_o2 * (1 - out_o2) * w7
-        # dE/dout_h2 = (out_o1 - t1) out_o1 (1 - out_o1) w6 + (out_o2 - t2) out_o2 (1 - out_o2) w8
         dE_dout_h2 = dE_dout_o1 * out_o1 * (1 - out_o1) * w6 + dE_dout_o2 * out_o2 * (1 - out_o2) * w8
-        # dE/dw1 = [(out_o1 - t1) out_o1 (1 - out_o1) w5 + (out_o2 - t2) out_o2 (1 - out_o2) w7] * out_h1 (1 - out_h1) * i1
-        dE_dw1 = dE_dout_h1 * out_h1 * (1 - out_h1) * i1
-        # dE/dw2 = [same bracket as w1] * out_h1 (1 - out_h1) * i2
-        dE_dw2 = dE_dout_h1 * out_h1 * (1 - out_h1) * i2
-        # dE/dw3 = [(out_o1 - t1) out_o1 (1 - out_o1) w6 + (out_o2 - t2) out_o2 (1 - out_o2) w8] * out_h2 (1 - out_h2) * i1
-        dE_dw3 = dE_dout_h2 * out_h2 * (1 - out_h2) * i1
-        # dE/dw4 = [same bracket as w3] * out_h2 (1 - out_h2) * i2
-        dE_dw4 = dE_dout_h2 * out_h2 * (1 - out_h2) * i2
 
         for name, g in zip(WEIGHTS, (dE_dw1, dE_dw2, dE_dw3, dE_dw4, dE_dw5, dE_dw6, dE_dw7, dE_dw8)):
             getattr(self, name).grad += g.sum()  # summed over the samples (one in the document)
