@@ -82,8 +82,7 @@ class ToyRecipe(Recipe):
     def summary(self) -> str:
         bias = ("no biases" if self.biases is None else
                 f"biases b1, b2 = {self.biases[0]}, {self.biases[1]} ({'frozen' if self.freeze_biases else 'trained'})")
-        return (f"lr {', '.join(map(str, self.lrs))}; {self.epochs} full-batch steps; "
-                f"E_total = 1/2 sum (t - out)^2; {bias}; run in {self.dtype}")
+        return f"lr {', '.join(map(str, self.lrs))}; {self.epochs} full-batch steps; {bias}; run in {self.dtype}"
 
 
 RECIPE = ToyRecipe(
