@@ -385,9 +385,9 @@ def copy_to_torch(layer: LayerAdapter, module) -> None:
     tparams = OrderedDict(module.named_parameters())
     with torch.no_grad():
         for k, a in layer.params().items():
-            tparams[k].copy_(torch.from_numpy(np.ascontiguousarray(a)))
+            tparams[k].copy_(torch.from_numpy(np.array(a, order="C")))
         for k, a in mbuf.items():
-            tbuf[k].copy_(torch.from_numpy(np.ascontiguousarray(a)).to(tbuf[k].dtype))
+            tbuf[k].copy_(torch.from_numpy(np.array(a, order="C")).to(tbuf[k].dtype))
 
 
 def torch_function_params(fn, names) -> None:

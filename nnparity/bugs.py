@@ -38,6 +38,9 @@ class Requirement:
 
 MOMENTUM = Requirement("momentum", lambda r: r.momentum > 0, (("momentum", 0.9),), "momentum 0.9")
 MEAN = Requirement("mean", lambda r: r.reduction == "mean", (("reduction", "mean"),), "mean loss")
+# lr * lr = lr at lr 1 (mlp16's recipe): "lr applied twice" is then invisible, not missed
+LR_NOT_ONE = Requirement("lr", lambda r: r.lr != 1.0, (("lr", 0.5),), "lr 0.5")
+REQUIREMENTS = (MOMENTUM, MEAN, LR_NOT_ONE)
 
 
 @dataclass(frozen=True)
@@ -94,13 +97,30 @@ class Bug:
         return cls is not None and any(isinstance(o, cls) for o in objects)
 
     @contextlib.contextmanager
-    def applied(self):
-        """Swap the buggy function in; the original is restored on exit, whatever happens."""
+    def counted(self):
+        """Count the calls of the (correct) target: yields a list that grows by one per call.
+        A target a network never calls (toy221 writes its sigmoid backward out by hand)
+        makes the bug unreachable there, whatever classes the model holds."""
+        calls = []
+
+        def counting(original):
+            def wrapper(*args, **kwargs):
+                calls.append(1)
+                return original(*args, **kwargs)
+            return wrapper
+
+        with self.applied(counting):
+            yield calls
+
+    @contextlib.contextmanager
+    def applied(self, patch=None):
+        """Swap the buggy function (or ``patch(original)``) in; the original is restored on
+        exit, whatever happens."""
         owner, attr = self.resolve()
         missing = object()
         own = owner.__dict__.get(attr, missing)
         original = getattr(owner, attr)
-        setattr(owner, attr, self.patch(original))
+        setattr(owner, attr, (patch or self.patch)(original))
         try:
             yield self
         finally:
@@ -271,7 +291,7 @@ CATALOGUE = (
         "momentum * buf + g", "scratch.optim.SGD.step", _sgd_momentum_order, requires=MOMENTUM,
         issue_item="momentum buffer update in the wrong order"),
     Bug("sgd-lr-twice", "the learning rate applied twice: p -= lr * (lr * g)", "scratch.optim.SGD.step",
-        _sgd_lr_twice, issue_item="lr applied twice"),
+        _sgd_lr_twice, requires=LR_NOT_ONE, issue_item="lr applied twice"),
     Bug("sgd-wrong-sign", "the update adds the gradient: p += lr * g (gradient ascent)", "scratch.optim.SGD.step",
         _sgd_ascent, issue_item="wrong sign"),
 )

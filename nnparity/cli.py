@@ -2,6 +2,7 @@
 
     nnparity list                       the documented networks
     nnparity run NET [options]          step parity, then both sides trained side by side, then a report
+                                        (linear10 and toy221 add options of their own: nnparity run --help)
     nnparity check NET [options]        step parity only: a per-step table, the first divergence and
                                         its culprit (own or inherited error); exit 1 on mismatch
                                         (``nnparity parity`` is the same command under its old name)
@@ -93,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="parity check, then train both sides and write a side-by-side report")
     common(r, "default: the recipe's documented-run dtype")
     r.add_argument("--epochs", type=positive_int, default=None, help="default: the recipe's")
-    r.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the recipe's)")
+    r.add_argument("--lr", type=positive_float, nargs="+", metavar="LR", default=None,
+                   help="learning rate (default: the recipe's); toy221 takes several, one run each")
     r.add_argument("--batch-size", type=positive_int, default=None, help="default: the recipe's")
     r.add_argument("--out", default="reports", help="reports go to OUT/NET/ (default reports)")
     r.add_argument("--parity-steps", type=non_negative_int, default=20,
@@ -110,11 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--envelope-steps", type=non_negative_int, default=DEFAULT_ENVELOPE_STEPS,
                    help="steps of the drift envelope measured before training, capped at the run's length "
                         f"(0 skips; default {DEFAULT_ENVELOPE_STEPS})")
+    # options of networks with their own runner, each in a group of its own
+    p.net_options = {}
+    for net in NETWORKS.values():
+        if net.runner:
+            before = len(r._actions)
+            net.runner_module.add_arguments(r.add_argument_group(f"{net.name} only"))
+            p.net_options[net.name] = [a for a in r._actions[before:]]
+    p.run_parser = r
 
     c = sub.add_parser("check", aliases=["parity"],
                        help="step parity only: per-step table, first divergence, own or inherited error")
     common(c, "default float64")
     c.add_argument("--steps", type=positive_int, default=50, help="training steps to compare (default 50)")
+    variants = sorted({v for net in NETWORKS.values() for v in net.variants})
+    c.add_argument("--variant", choices=variants, default=None,
+                   help="the reading of the document to check, for a network that has several "
+                        "(linear10: correct, as-documented; default: the first)")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
     c.add_argument("--inject", metavar="BUG", type=bug_name, default=None,
                    help="run with one of the selftest's canonical bugs patched in, to see how a slip is reported "
@@ -159,8 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.command_line = "nnparity " + " ".join(shlex.quote(a) for a in argv)
+    problem = _option_problem(parser, args)
+    if problem:
+        (parser.run_parser if args.cmd == "run" else parser).error(problem)
     try:
         return _dispatch(args)
     except (DataError, UnknownNetwork, CheckpointError, OSError) as e:
@@ -171,17 +189,55 @@ def main(argv=None) -> int:
         return 130
 
 
+def _flag(action) -> str:
+    return action.option_strings[-1] if action.option_strings else action.dest
+
+
+def _option_problem(parser, args) -> str | None:
+    """A network-specific option used with another network, a generic option that does
+    not apply to the network, or a bad combination: one line naming it, else None."""
+    from .runners import UsageError
+
+    net = NETWORKS.get(getattr(args, "net", None))
+    if args.cmd in ("check", "parity") and args.variant and net and args.variant not in net.variants:
+        return (f"{net.name} has no variant {args.variant!r}" +
+                (f"; its variants: {', '.join(net.variants)}" if net.variants else "; it has a single reading"))
+    if args.cmd == "bench":
+        other = [n for n in args.nets if not NETWORKS[n].mnist]
+        if other:
+            return f"{other[0]} does not train on MNIST and has nothing to benchmark; bench the MNIST networks"
+    if args.cmd != "run":
+        return None
+    for owner, actions in parser.net_options.items():
+        for a in actions:
+            if owner != net.name and getattr(args, a.dest) != a.default:
+                return f"{_flag(a)} is an option of {owner} only, not of {net.name}"
+    runner = net.runner_module
+    if args.lr and len(args.lr) > 1 and not getattr(runner, "SEVERAL_LRS", False):
+        return f"--lr takes one learning rate for {net.name}, got {len(args.lr)}"
+    for dest, why in getattr(runner, "UNSUPPORTED", {}).items():
+        if getattr(args, dest) != parser.run_parser.get_default(dest):
+            flag = next(_flag(a) for a in parser.run_parser._actions if a.dest == dest)
+            return f"{flag} does not apply to {net.name}: {why}"
+    if runner is not None and hasattr(runner, "check_arguments"):
+        try:
+            runner.check_arguments(args)
+        except UsageError as e:
+            return str(e)
+    return None
+
+
 def _dispatch(args) -> int:
     if args.cmd == "list":
         for net in NETWORKS.values():
-            r = net.recipe
-            print(f"{net.name:10s} {net.summary}\n{'':10s} lr {r.lr}, batch {r.batch_size}, {r.epochs} epochs, "
-                  f"{r.loss} ({r.reduction}), documented run in {r.dtype}")
+            print(f"{net.name:10s} {net.summary}\n{'':10s} {net.recipe.summary()}")
         return 0
+    if args.cmd == "run" and NETWORKS[args.net].runner:
+        return NETWORKS[args.net].runner_module.run(args)
     if args.cmd == "run":
         from .run import run_network
 
-        return run_network(args.net, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype, out=args.out,
+        return run_network(args.net, epochs=args.epochs, lr=args.lr[0] if args.lr else None, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype, out=args.out,
                            data_dir=args.data_dir, parity_steps=args.parity_steps,
                            progress=False if args.no_progress else None, command=args.command_line,
                            train_size=args.train_size, test_size=args.test_size,
@@ -195,7 +251,13 @@ def _dispatch(args) -> int:
             print(f"nnparity {args.cmd}: error: --inject and --noise-floor do not go together: the noise floor "
                   "is measured on the correct code", file=sys.stderr)
             return 2
-        raw = load_mnist(args.data_dir)
+        net = NETWORKS[args.net]
+        if args.noise_floor and not net.mnist:
+            print(f"nnparity {args.cmd}: error: --noise-floor measures MNIST networks; {args.net} is not one",
+                  file=sys.stderr)
+            return 2
+        raw = load_mnist(args.data_dir) if net.mnist else None
+        recipe = net.recipe.replace(variant=args.variant)
         if args.noise_floor:
             nf = check.noise_floor(args.net, args.steps, args.seed, raw)
             print(check.noise_floor_json(nf) if args.json else check.render_noise_floor(nf))
@@ -206,7 +268,7 @@ def _dispatch(args) -> int:
 
         bug = get_bug(args.inject) if args.inject else None
         with bug.applied() if bug else nullcontext():
-            result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw)
+            result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw, recipe=recipe)
         result.injected = args.inject
         print(result.to_json() if args.json else result.render())
         return 0 if result.ok else 1
@@ -242,7 +304,7 @@ def _dispatch(args) -> int:
     if args.cmd == "bench":
         from .bench import bench
 
-        return bench(args.nets or list(NETWORKS), dtypes=args.dtype, repeats=args.repeats, data_dir=args.data_dir,
+        return bench(args.nets or [n for n, net in NETWORKS.items() if net.mnist], dtypes=args.dtype, repeats=args.repeats, data_dir=args.data_dir,
                      out=args.out, command=args.command_line)
     raise AssertionError(args.cmd)
 

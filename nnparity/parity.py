@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .sides import quantity
+from .sides import gradient_notes, quantity
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class Comparison:
     degenerate: bool = False       # both sides ~0 (a vacuous gradient comparison)
     problem: str | None = None     # shape/dtype/NaN mismatch, found before values
     allowed_zero: bool = False     # declared zero by construction
+    note: str | None = None        # what the tensor is, in words (dout/fc: "the input gradient of relu")
 
     @property
     def passed(self) -> bool:
@@ -78,7 +79,7 @@ class Comparison:
         where = " ".join(s for s in (net, dtype) if s)
         where = f"{where} " if where else ""
         step = f"step {self.step}: " if self.step is not None else ""
-        head = f"{where}{step}{self.name} ({self.quantity})"
+        head = f"{where}{step}{self.name} ({self.quantity}{'; ' + self.note if self.note else ''})"
         if self.problem:
             return f"{head}: {self.problem}"
         idx = ", ".join(map(str, self.index))
@@ -289,14 +290,17 @@ def _json_default(o):
 
 
 def compare_records(scratch_rec: "OrderedDict", torch_rec: "OrderedDict", tol: Tolerance, step: int,
-                    allowed_zero=()) -> list[Comparison]:
-    """Compare two step records name by name, in the scratch record's (computation) order."""
+                    allowed_zero=(), notes=None) -> list[Comparison]:
+    """Compare two step records name by name, in the scratch record's (computation) order;
+    ``notes`` ({name: words}) label tensors in failure messages."""
     missing = [k for k in scratch_rec if k not in torch_rec] + [k for k in torch_rec if k not in scratch_rec]
     out = []
     for k in scratch_rec:
         if k in torch_rec:
             out.append(compare(k, scratch_rec[k], torch_rec[k], tol, step=step,
                                allowed_zero=k.split("/", 1)[-1] in allowed_zero))
+    for c in out:
+        c.note = (notes or {}).get(c.name)
     for k in missing:
         side = "reference" if k in scratch_rec else "scratch"
         out.append(Comparison(k, quantity(k), (), math.inf, math.inf, (), math.nan, math.nan, math.inf,
@@ -318,12 +322,13 @@ def check_steps(scratch_side, torch_side, batches, *, net: str, dtype, tol: Tole
     """
     dtype = np.dtype(dtype).name
     trace = Trace(net, dtype, tol or tolerance_for(dtype))
+    notes = gradient_notes(getattr(scratch_side, "model", None))
     for i, (x, y) in enumerate(batches, 1):
         if observer:
             observer.before_step(i, x, y, scratch_side, torch_side)
         s = scratch_side.step(x, y, record=True)
         t = torch_side.step(x, y, record=True, draws=scratch_side.draws())
-        trace.steps.append(compare_records(s.record, t.record, trace.tol, i, allowed_zero))
+        trace.steps.append(compare_records(s.record, t.record, trace.tol, i, allowed_zero, notes))
         if observer:
             observer.after_step(i, x, y, s, t, trace)
         if on_step:

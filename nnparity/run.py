@@ -11,7 +11,7 @@ from .bench import peak_rss_mib
 from . import data as mnist
 from . import drift, io
 from .check import run_check
-from .networks import get, prepare
+from .networks import apply_threads, get, prepare
 from .report import environment, write_report
 from .train import Diverged, Training
 
@@ -32,6 +32,7 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
                 envelope_steps: int = drift.DEFAULT_STEPS) -> int:
     """Run one documented network end to end; returns the process exit status."""
     net = get(name)
+    apply_threads(net)
     recipe = net.recipe.replace(epochs=epochs, lr=lr, batch_size=batch_size, train_size=train_size,
                                 test_size=test_size)
     dtype = dtype or recipe.dtype

@@ -47,6 +47,14 @@ def quantity(key: str) -> str:
     return QUANTITIES.get(prefix, prefix)
 
 
+def gradient_notes(model) -> dict:
+    """``dout/<layer>`` is also the input gradient of the next layer: say so, so that a
+    failure at ``dout/fc`` reads "the input gradient of layer 'relu' (ReLU)"."""
+    layers = list(getattr(model, "_modules", {}).items())
+    return {f"dout/{a}": f"dL/d(out/{a}) = the input gradient of layer {b!r} ({type(layer).__name__})"
+            for (a, _), (b, layer) in zip(layers, layers[1:])}
+
+
 @dataclass
 class StepResult:
     loss: float          # the loss as reduced by the recipe
@@ -60,8 +68,9 @@ class StepResult:
 
 def canonical_order(layer_names, param_names, state_names, buffer_names) -> list[str]:
     """Record keys in the order a training step computes them."""
+    layer_names = list(layer_names)
     keys = [f"out/{n}" for n in layer_names] + ["loss"]
-    for layer in reversed(list(layer_names)):
+    for layer in reversed(layer_names):
         keys.append(f"dout/{layer}")
         keys += [f"grad/{p}" for p in param_names if p.startswith(layer + ".")]
     # parameters outside every recorded layer (a network's own parameters): after the backward, never dropped

@@ -12,6 +12,7 @@ import scratch
 from nnparity import gradcheck as gc
 from nnparity.cli import main
 from scratch.layers import Linear
+from scratch.losses import HalfSquaredError, MSELoss, OneHotMSELoss
 from scratch.module import Module, Parameter, Sequential
 
 
@@ -56,9 +57,13 @@ LAYER_CASES = {
     "Flatten": [(lambda: scratch.Flatten(), (3, 2, 4, 5))],
 }
 _LABELS = np.array([3, 0, 9, 9, 1, 4])
+_TARGETS = np.random.default_rng(7).uniform(0, 1, (6, 10))
 LOSS_CASES = {   # (factory, logits shape, target)
     "CrossEntropyLoss": [(lambda: scratch.CrossEntropyLoss("sum"), (6, 10), _LABELS),
                          (lambda: scratch.CrossEntropyLoss("mean"), (6, 10), _LABELS)],
+    "MSELoss": [(lambda: MSELoss("sum"), (6, 10), _TARGETS), (lambda: MSELoss("mean"), (6, 10), _TARGETS)],
+    "OneHotMSELoss": [(lambda: OneHotMSELoss(10, "mean"), (6, 10), _LABELS)],
+    "HalfSquaredError": [(lambda: HalfSquaredError(), (6, 10), _TARGETS)],
 }
 
 
@@ -80,8 +85,8 @@ def _scratch_classes():
 
 def test_every_scratch_layer_has_a_case():
     classes = _scratch_classes()
-    layers = {n for n in classes if not n.endswith("Loss")}
-    losses = {n for n in classes if n.endswith("Loss")}
+    losses = {n for n in classes if n.endswith("Loss") or n in LOSS_CASES}
+    layers = set(classes) - losses
     assert {"Linear", "ReLU", "Sigmoid", "Flatten"} <= layers and "CrossEntropyLoss" in losses
     assert layers <= set(LAYER_CASES), f"add a gradcheck case to LAYER_CASES for {sorted(layers - set(LAYER_CASES))}"
     assert losses <= set(LOSS_CASES), f"add a gradcheck case to LOSS_CASES for {sorted(losses - set(LOSS_CASES))}"
