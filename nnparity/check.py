@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import data as mnist
+from . import io
 from .localize import Diagnosis, Localizer
 from .networks import first_batches, get, make_sides, prepare, run_parity
 from .parity import TOLERANCES, Trace, _json_default, compare, tolerance_for
@@ -70,17 +71,7 @@ class CheckResult:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(_finite(self.to_dict()), indent=1, default=_json_default)
-
-
-def _finite(o):
-    if isinstance(o, float) and not math.isfinite(o):
-        return str(o)
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
+        return json.dumps(io.finite(self.to_dict()), indent=1, default=_json_default)
 
 
 def run_check(name: str, steps: int = 50, dtype="float64", seed: int = 0, raw=None, *, recipe=None,
@@ -184,5 +175,5 @@ def noise_floor_ok(nf: dict) -> bool:
 
 
 def noise_floor_json(nf: dict) -> str:
-    return json.dumps(_finite(nf), indent=1, default=_json_default)
+    return json.dumps(io.finite(nf), indent=1, default=_json_default)
 

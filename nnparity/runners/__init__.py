@@ -21,9 +21,9 @@ def compact_json(obj, level: int = 0) -> str:
     ``nnparity.io.write_json`` does."""
     import json
 
-    from ..io import _finite
+    from ..io import finite
 
-    obj = _finite(obj) if level == 0 else obj
+    obj = finite(obj) if level == 0 else obj
     pad, inner = " " * level, " " * (level + 1)
     if isinstance(obj, dict) and obj:
         items = [f"{inner}{json.dumps(str(k))}: {compact_json(v, level + 1)}" for k, v in obj.items()]

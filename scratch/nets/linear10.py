@@ -58,8 +58,8 @@ import numpy as np
 
 from .. import init
 from ..layers import Linear, ReLU
-from ..losses import CrossEntropyLoss, _check_labels, _check_reduction
-from ..module import Module, Sequential
+from ..losses import CrossEntropyLoss, _check_labels
+from ..module import Sequential
 from ..recipe import Recipe
 
 VARIANTS = ("correct", "as-documented")
@@ -121,7 +121,7 @@ class DocumentedReLU(ReLU):
         return mask * dy     # = dy: the gradient passes straight through
 
 
-class DocumentedSoftmaxCrossEntropy(Module):
+class DocumentedSoftmaxCrossEntropy(CrossEntropyLoss):
     """The document's ``SoftmaxCrossEntropy_t``: softmax *without* subtracting the
     maximum, then the mean cross-entropy.
 
@@ -133,10 +133,6 @@ class DocumentedSoftmaxCrossEntropy(Module):
     Shape: input logits (N, C); target integer labels (N,); output scalar.
     """
 
-    def __init__(self, reduction: str = "mean"):
-        super().__init__()
-        self.reduction = _check_reduction(reduction)
-
     def forward(self, logits, target):
         _check_labels(logits, target)
         e = np.exp(logits)
@@ -145,13 +141,7 @@ class DocumentedSoftmaxCrossEntropy(Module):
         loss = -np.log(self.p[np.arange(len(target)), target]).sum()
         return np.asarray(loss / len(target) if self.reduction == "mean" else loss, dtype=logits.dtype)
 
-    def backward(self):
-        # L = -sum_n log p_n[y_n]  =>  dL/dz = p - onehot(y)   (/ N for mean)
-        dz = self.p.copy()
-        dz[np.arange(len(self.target)), self.target] -= 1
-        if self.reduction == "mean":
-            dz /= len(self.target)
-        return dz
+    # backward: CrossEntropyLoss's, p - onehot(y) (/ N for mean): the document's Y_Pred - Targets
 
 
 def _check_variant(recipe: Recipe) -> str:
