@@ -118,9 +118,10 @@ def verdict(d: dict) -> str:
     k = d["envelope_steps"]
     if d["leaves"]:
         v = d["leaves"]
+        check = d.get("check_command", "nnparity check NET")  # a runner may name its network and options
         return (f"drift LEAVES the rounding envelope at step {v['step']} (epoch {v['epoch']}): "
                 f"{v['drift']:.3g} > band {v['band']:.3g}. That is more difference than rounding explains: "
-                f"run `nnparity check NET --steps {v['step']} --dtype {d['dtype']}` to localise it.")
+                f"run `{check} --steps {v['step']} --dtype {d['dtype']}` to localise it.")
     if d["impl_leaves"]:
         v = d["impl_leaves"]
         return (f"drift stays inside the {d['dtype']} envelope, but the float64 scratch-vs-torch difference "
@@ -131,11 +132,11 @@ def verdict(d: dict) -> str:
     return f"drift stays inside the rounding envelope over the {k} steps it covers{tail}."
 
 
-def markdown(d: dict) -> str:
-    """The report's drift section."""
+def markdown(d: dict, heading: str | None = "## Drift between the sides") -> str:
+    """The report's drift section (``heading=None``: its body only)."""
     k, spe = d["envelope_steps"], d["steps_per_epoch"]
     last = d["epoch_drift"][-1] if d["epoch_drift"] else None
-    lines = ["## Drift between the sides", "",
+    lines = ([heading, ""] if heading else []) + [
              "Drift = the largest relative weight difference between the two sides, max over tensors of "
              "max|scratch - torch| / max|torch| (parameters, optimizer state, buffers), after each of the first "
              f"{k} steps and after every epoch ({spe} steps per epoch). It is judged against a rounding envelope "
@@ -162,9 +163,15 @@ def figure(d: dict, title: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    draw(ax, d, f"{title}: drift between the sides")
+    return fig
+
+
+def draw(ax, d: dict, title: str, drift_label: str = "drift") -> None:
+    """``figure``'s plot on a given matplotlib axes (for reports with several panels)."""
     floor = 1e-18
     clip = (lambda vs: [max(v, floor) for v in vs])
-    fig, ax = plt.subplots(figsize=(6.4, 4))
     k = d["envelope_steps"]
     steps = list(range(1, k + 1))
     if k:
@@ -175,10 +182,10 @@ def figure(d: dict, title: str):
                 label="envelope: float32 vs float64 torch")
     if d["step_drift"]:
         ax.plot([s for s, _ in d["step_drift"]], clip([v for _, v in d["step_drift"]]), color="tab:red", lw=1.2,
-                label="drift, per step")
+                label=f"{drift_label}, per step")
     if d["epoch_drift"]:
         ax.plot([s for s, _, _ in d["epoch_drift"]], clip([v for _, _, v in d["epoch_drift"]]), "o-",
-                color="tab:purple", ms=3, lw=1, label="drift, per epoch")
+                color="tab:purple", ms=3, lw=1, label=f"{drift_label}, per epoch")
     if d["leaves"]:
         ax.axvline(d["leaves"]["step"], color="tab:red", ls="--", lw=1)
         ax.annotate(f"leaves at step {d['leaves']['step']}", (d["leaves"]["step"], d["leaves"]["drift"]),
@@ -186,7 +193,6 @@ def figure(d: dict, title: str):
     if k:
         ax.axvline(k, color="tab:green", ls="-", lw=0.8, alpha=0.6)
     ax.set(xscale="log", yscale="log", xlabel="training step", ylabel="max relative weight difference",
-           title=f"{title}: drift between the sides")
+           title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return fig

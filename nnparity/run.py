@@ -26,6 +26,26 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+def catch_interrupts():
+    """From now on SIGINT (Ctrl-C) and SIGTERM (kill) both raise ``KeyboardInterrupt``
+    carrying the signal's name, even where the shell started the process with SIGINT
+    ignored (a background job of a non-interactive shell, as in CI), so that a run can
+    catch it and write its files marked incomplete. Returns the function that puts the
+    previous handlers back (call it in a ``finally``)."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore():
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
+def interrupt_name(e: KeyboardInterrupt) -> str:
+    """The signal behind a ``KeyboardInterrupt`` (a plain Ctrl-C carries no name: SIGINT)."""
+    return e.args[0] if e.args else "SIGINT"
+
+
 def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int = 0, dtype=None, out="reports", data_dir=None,
                 parity_steps: int = 20, progress=None, command: str | None = None,
                 train_size=None, test_size=None, save_every: int | None = None, resume=None,
@@ -81,9 +101,7 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
         meta["resumed_from"] = f"{resume} (after epoch {start - 1})"
         log(f"resumed from {resume}: {start - 1} epochs done")
     status = EXIT_OK
-    # Ctrl-C and kill both end the run cleanly, even where the shell started it with
-    # SIGINT ignored (a background job of a non-interactive shell, as in CI).
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    restore_signals = catch_interrupts()  # Ctrl-C and kill both end the run cleanly
     try:
         for epoch in range(start, recipe.epochs + 1):
             row = training.run_epoch(epoch, progress)
@@ -98,8 +116,7 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
                 checkpoint.save(out_dir / checkpoint.FILE_NAME, training, identity)
         meta["status"] = "complete"
     except KeyboardInterrupt as e:
-        meta["status_detail"] = (f"interrupted ({e.args[0] if e.args else 'SIGINT'}) "
-                                 f"during epoch {len(training.history) + 1}")
+        meta["status_detail"] = f"interrupted ({interrupt_name(e)}) during epoch {len(training.history) + 1}"
         status = EXIT_INTERRUPTED
         log(f"\ninterrupted: writing the report of the {len(training.history)} finished epochs")
     except Diverged as e:
@@ -107,8 +124,7 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
         status = EXIT_DIVERGED
         log(f"DIVERGED: {e}")
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        restore_signals()
     if envelope is not None:
         meta["drift"] = drift.assess(envelope, training.step_drift, training.history, steps_per_epoch, dtype)
         log(f"drift: {drift.verdict(meta['drift'])}")

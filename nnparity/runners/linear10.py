@@ -19,14 +19,38 @@ initialisation and batch order) it trains
 
 ``--variant correct`` or ``--variant as-documented`` trains one variant only.
 
+A failing parity check (the as-documented variant's expected one, or an
+unexpected one of the correct variant) is diagnosed by ``nnparity.check``: the
+first divergence, and whether it is the diverging layer's own error or one it
+inherited (for the as-documented variant: ``DocumentedReLU.backward``, own).
+
+**Drift** (``nnparity.drift``): before a seed's runs, its rounding envelope is
+measured once over the first ``--envelope-steps`` batches (default 200, capped
+at the run's length, 0 skips), with the correct variant: float64 scratch vs
+torch, and float32 vs float64 torch. It costs about 0.1 s per seed (200 steps;
+an epoch of the documented run is 938 steps), so every seed gets its own. Each
+run (both variants) records the drift between its sides after each of those
+steps and after every epoch, judged against that envelope by ``drift.assess``.
+Both variants share the seed's envelope: their torch sides are the same
+computation from the same weights and batches, so the rounding band is the
+same. The as-documented scratch side is a different derivative by design: its
+drift leaves the envelope at step 1, and the report says that this is expected.
+
+Ctrl-C or SIGTERM at any point after loading (parity, envelope, training,
+between runs) ends the run with complete files marked ``incomplete`` (exit
+130), keeping every finished epoch (``nnparity.run.catch_interrupts``).
+
 Written to ``OUT/linear10/``: ``metrics.json`` (every run, every epoch: training
 and validation loss / accuracy / error and dead output units per side,
-parity results), ``report.md`` (per-variant mean / min / max over the seeds,
-per-seed table, the document's figures, the parity messages), and plots:
-accuracy of every seed per variant, dead units per epoch, and for the first
+parity results with their diagnosis, drift against the envelope, peak memory),
+``report.md`` (per-variant mean / min / max over the seeds, per-seed table, the
+document's figures, the parity messages and diagnosis, the drift section), and
+plots: accuracy of every seed per variant, dead units per epoch, for the first
 seed the per-epoch and per-batch loss, accuracy and error curves of training
 and validation, both sides overlaid (``per_batch.npz`` holds those per-batch
-values: float32 losses, uint8 correct counts).
+values: float32 losses and accuracies), ``drift.png`` (the first seed's drift
+against its envelope, one panel per variant) and ``weight_difference.png``
+(the largest weight difference per epoch of every run).
 
 A *dead* output unit is one whose pre-activation ``fc(x)`` is never positive on
 any of the 30,000 training images (counted on each side after every epoch):
@@ -45,8 +69,10 @@ import numpy as np
 from scratch.nets import linear10 as l10
 
 from .. import data as mnist
-from .. import io
-from ..networks import apply_threads, get, prepare, run_parity
+from .. import drift, io
+from ..bench import peak_rss_mib
+from ..check import run_check
+from ..networks import apply_threads, get, prepare
 from ..report import COLORS, STYLES, environment
 from ..train import Diverged, Training
 from . import compact_json
@@ -88,41 +114,33 @@ def _dead(side, ds) -> list:
 
 
 def train_one(recipe, raw, dtype: str, seed: int, *, parity_steps: int, keep_batches: bool, progress,
-              on_epoch=None) -> dict:
-    """One variant, one seed: parity, then both sides trained for ``recipe.epochs``."""
+              on_epoch=None, ds=None, envelope: dict | None = None) -> dict:
+    """One variant, one seed: parity, then both sides trained for ``recipe.epochs``.
+
+    ``ds``: the seed's prepared data (else prepared here). ``envelope``: the seed's
+    drift envelope (``drift.measure_envelope``); with it the drift of the envelope's
+    first steps and of every epoch is recorded and assessed into ``res["drift"]``.
+    A ``KeyboardInterrupt`` (see ``run.catch_interrupts``) ends the run early with
+    everything finished so far, ``res["interrupted"]`` set to the signal's name.
+    """
+    from ..run import interrupt_name
+
     net = get(NET)
     variant = recipe.variant
-    ds = prepare(net, recipe, raw, dtype, seed)
+    ds = ds if ds is not None else prepare(net, recipe, raw, dtype, seed)
     res = {"variant": variant, "seed": seed, "status": "incomplete", "train_size": len(ds.y_train),
            "val_size": len(ds.y_test), "epochs": []}
-    if parity_steps:
-        trace = run_parity(NET, parity_steps, dtype, seed, recipe=recipe, ds=ds)
-        res["parity"] = {k: v for k, v in trace.to_dict().items() if k != "per_step"}
-        res["parity_message"] = trace.message()
-        first = trace.first_failure
-        if first is not None:
-            res["parity_first_failure"] = {"step": first.step, "name": first.name, "quantity": first.quantity,
-                                           "note": first.note}
-        if variant == "correct" and not trace.ok:
-            res["status"] = "parity-failed"
-            log(f"PARITY FAILED ({variant}, seed {seed}) - not training.\n{trace.message()}")
-            return res
-        if variant == "as-documented":
-            if trace.ok:
-                res["status"] = "parity-missed-slip"
-                log(f"ERROR: the as-documented variant PASSED {parity_steps} steps of parity: the check missed "
-                    "the document's ReLU slip")
-                return res
-            log("=" * 100 + f"\nPARITY FAILED, AS EXPECTED, for the as-documented variant (seed {seed}): its ReLU "
-                "backward passes the gradient straight through.\n" + trace.message() +
-                "\nTraining anyway, to show what the slip does.\n" + "=" * 100)
-        else:
-            log(f"parity ok ({variant}, seed {seed}, {parity_steps} steps, {dtype}): worst margin "
-                f"{trace.worst_margin():.3g} (<= 1 passes)")
-    training = Training(net, recipe, ds, dtype, seed, per_batch=keep_batches)
-    res["dead_units_at_init"] = len(_dead(training.scratch, ds))  # both sides start from the same weights
-    batches = {f"{side}/{what}": [] for side in SIDES for what in ("train", "val")} if keep_batches else None
+    training = None
     try:
+        if parity_steps and not _parity(res, recipe, ds, dtype, seed, parity_steps):
+            return res
+        steps_per_epoch = math.ceil(len(ds.y_train) / recipe.batch_size)
+        training = Training(net, recipe, ds, dtype, seed, per_batch=keep_batches,
+                            drift_steps=envelope["steps"] if envelope else 0)
+        res["dead_units_at_init"] = len(_dead(training.scratch, ds))  # both sides start from the same weights
+        batches = {f"{side}/{what}": [] for side in SIDES for what in ("train", "val")} if keep_batches else None
+        if batches is not None:
+            res["_batches"] = batches
         for epoch in range(1, recipe.epochs + 1):
             row = training.run_epoch(epoch, progress)
             curves = row.pop("per_batch", None)
@@ -144,14 +162,70 @@ def train_one(recipe, raw, dtype: str, seed: int, *, parity_steps: int, keep_bat
     except Diverged as e:
         res.update(status="diverged", status_detail=str(e))
         log(f"DIVERGED: {e}")
-    except KeyboardInterrupt:
-        res.update(status="incomplete", status_detail=f"interrupted during epoch {len(res['epochs']) + 1}")
-        res["interrupted"] = True
+    except KeyboardInterrupt as e:
+        where = f"during epoch {len(res['epochs']) + 1}" if training else "during the parity check"
+        res.update(status="incomplete", status_detail=f"interrupted ({interrupt_name(e)}) {where}",
+                   interrupted=interrupt_name(e))
+    if training is None:
+        return res
     res["dead_unit_indices"] = {side.name: _dead(side, ds) for side in training.sides}
     res["final"] = _final(res["epochs"])
-    if batches is not None:
-        res["_batches"] = batches
+    if envelope:
+        res["drift"] = assess_drift(envelope, training, variant, seed, dtype, steps_per_epoch)
+        log(f"{variant:>13} seed {seed} drift: {drift.verdict(res['drift'])}"
+            + (" (expected: the document's ReLU backward is a different derivative)"
+               if variant == "as-documented" else ""))
     return res
+
+
+def _parity(res: dict, recipe, ds, dtype: str, seed: int, steps: int) -> bool:
+    """Step parity before training, with the own/inherited diagnosis of a failure
+    (``nnparity.check``) into ``res``; False if the run must stop here."""
+    variant = recipe.variant
+    checked = run_check(NET, steps, dtype, seed, recipe=recipe, ds=ds)
+    trace, diagnosis = checked.trace, checked.diagnosis
+    res["parity"] = {k: v for k, v in trace.to_dict().items() if k != "per_step"}
+    res["parity_message"] = trace.message()
+    first = trace.first_failure
+    if first is not None:
+        res["parity_first_failure"] = {"step": first.step, "name": first.name, "quantity": first.quantity,
+                                       "note": first.note}
+    if diagnosis is not None:
+        res["parity"]["diagnosis"] = diagnosis.to_dict()
+    why = diagnosis.render() if diagnosis is not None else trace.message()
+    if variant == "correct" and not trace.ok:
+        res.update(status="parity-failed", status_detail=trace.message().splitlines()[0]
+                   + (f" - {diagnosis.verdict}" if diagnosis is not None else ""))
+        log(f"PARITY FAILED ({variant}, seed {seed}) - not training.\n{why}")
+        return False
+    if variant == "as-documented":
+        if trace.ok:
+            res["status"] = "parity-missed-slip"
+            log(f"ERROR: the as-documented variant PASSED {steps} steps of parity: the check missed "
+                "the document's ReLU slip")
+            return False
+        log("=" * 100 + f"\nPARITY FAILED, AS EXPECTED, for the as-documented variant (seed {seed}): its ReLU "
+            "backward passes the gradient straight through.\n" + why +
+            "\nTraining anyway, to show what the slip does.\n" + "=" * 100)
+    else:
+        log(f"parity ok ({variant}, seed {seed}, {steps} steps, {dtype}): worst margin "
+            f"{trace.worst_margin():.3g} (<= 1 passes)")
+    return True
+
+
+def envelope_for(net, recipe, ds, seed: int, steps: int) -> dict:
+    """The seed's drift envelope, shared by both variants: it is measured with the
+    *correct* variant (float64 correct scratch vs torch, float32 vs float64 torch). The
+    torch side, and so the rounding band, is the same in both variants: the as-documented
+    scratch side is judged against the same band."""
+    return drift.measure_envelope(net, recipe.replace(variant="correct"), ds, seed, steps)
+
+
+def assess_drift(envelope: dict, training, variant: str, seed: int, dtype: str, steps_per_epoch: int) -> dict:
+    """``drift.assess`` of one run, naming the check command that localises an exit."""
+    d = drift.assess(envelope, training.step_drift, training.history, steps_per_epoch, dtype)
+    d["check_command"] = f"nnparity check {NET} --variant {variant} --seed {seed}"
+    return d
 
 
 def _final(epochs: list) -> dict:
@@ -190,6 +264,14 @@ def summarize(runs: list) -> dict:
         if at20 and len(at20) == len(v["seeds"]):
             v["val_accuracy_epoch20"] = {"mean": float(np.mean(at20)), "min": float(np.min(at20)),
                                          "max": float(np.max(at20))}
+    for variant, v in out.items():
+        assessed = [r for r in runs if r["variant"] == variant and r.get("drift")]
+        if assessed:
+            v["drift"] = {"seeds": [r["seed"] for r in assessed],
+                          "leaves_at_step": [r["drift"]["leaves"]["step"] if r["drift"]["leaves"] else None
+                                             for r in assessed],
+                          "impl_leaves_at_step": [r["drift"]["impl_leaves"]["step"] if r["drift"]["impl_leaves"]
+                                                  else None for r in assessed]}
     if "as-documented" in out:
         s = out["as-documented"]["scratch"]
         out["as-documented"]["vs_document_pp"] = {
@@ -338,7 +420,30 @@ def plot_first_seed(runs: list, batches: dict) -> dict:
 
 
 def plot_drift(runs: list) -> dict:
+    """``drift.png``: the first seed's drift against its rounding envelope, one panel per
+    variant (``drift.draw``); ``weight_difference.png``: the largest absolute weight
+    difference per epoch of every run."""
     plt = _plt()
+    figs = {}
+    first = {}
+    for r in runs:
+        if r.get("drift"):
+            first.setdefault(r["variant"], r)
+    if first:
+        fig, axes = plt.subplots(1, len(first), figsize=(6.4 * len(first), 4.4), squeeze=False)
+        for ax, variant in zip(axes[0], (v for v in VARIANTS if v in first)):
+            r = first[variant]
+            if variant == "as-documented":
+                drift.draw(ax, r["drift"], f"as-documented, seed {r['seed']}: the document's ReLU backward vs "
+                           "autograd\n(a different derivative by design: expected to leave the envelope at once)",
+                           drift_label="document's backward vs autograd")
+            else:
+                drift.draw(ax, r["drift"], f"correct, seed {r['seed']}: scratch vs torch")
+        fig.suptitle("linear10: drift between the sides against the rounding envelope (the correct variant's, "
+                     "same seed)", fontsize=10)
+        fig.tight_layout()
+        figs["drift.png"] = fig
+
     fig, ax = plt.subplots(figsize=(6, 3.6))
     seen = set()
     for r in runs:
@@ -348,10 +453,12 @@ def plot_drift(runs: list) -> dict:
             ax.plot([e["epoch"] for e in r["epochs"]], [max(e["max_abs_weight_diff"], 1e-300) for e in r["epochs"]],
                     color=VARIANT_COLORS[r["variant"]], lw=1, label=label)
     ax.set(xlabel="epoch", ylabel="max |scratch - torch| over weights", yscale="log",
-           title="linear10: weight difference between the sides")
+           title="linear10: weight difference between the sides, every seed")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return {"drift.png": fig}
+    if seen:
+        ax.legend(fontsize=8)
+    figs["weight_difference.png" if first else "drift.png"] = fig
+    return figs
 
 
 # --- report -------------------------------------------------------------------------------------------
@@ -406,6 +513,15 @@ def render(meta: dict, runs: list, summary: dict, figures: list) -> str:
                   "  The forward pass and the loss agree; the first tensor to differ is the gradient arriving at "
                   "`fc`'s output, i.e. the ReLU's input gradient: the document's mask is all ones, so negative "
                   "pre-activations pass their gradient straight through where autograd passes 0."]
+            if "diagnosis" in p:
+                L += [""] + ["  " + line for line in diagnosis_lines(p["diagnosis"])]
+        bad = [r for r in rs if variant == "correct" and not r["parity"]["ok"]]
+        for r in bad:
+            L += ["", f"  seed {r['seed']}:", "", "  ```", "  " + r["parity_message"].replace("\n", "\n  "),
+                  "  ```"]
+            if "diagnosis" in r["parity"]:
+                L += [""] + ["  " + line for line in diagnosis_lines(r["parity"]["diagnosis"])]
+    L += drift_section(runs, summary)
     L += ["", "## Per seed (final epoch)", "",
           "| variant | seed | parity | train acc % scratch / torch | val acc % scratch / torch "
           "| dead units at init | dead units scratch / torch | max abs weight diff | scratch s | torch s | status |",
@@ -452,8 +568,77 @@ def render(meta: dict, runs: list, summary: dict, figures: list) -> str:
               "per-batch values behind them are in `per_batch.npz` (written by the run, not committed: float32 "
               "losses and accuracies, a few MB).", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     env = meta.get("environment", {})
-    L += ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
+    L += ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items())
+          + (f"; peak resident memory {meta['peak_rss_mib']} MiB" if "peak_rss_mib" in meta else ""), ""]
     return "\n".join(L)
+
+
+def diagnosis_lines(d: dict) -> list:
+    """Own or inherited (``nnparity.check``'s diagnosis, from its record): every stage of
+    the failing step re-run alone on the reference side's numbers, and the verdict."""
+    L = [f"Own or inherited: every stage of step {d['step']} re-run alone on the reference side's inputs, "
+         "upstream gradients and pre-step weights (`nnparity check`):", "",
+         "| stage | scratch code | own margin | verdict |", "|---|---|---|---|"]
+    for st in d["stages"]:
+        label = f"{st['component']} {st['phase']}"
+        tags = [t for t, on in (("suspect", label == d["suspect"]), ("CULPRIT", label == d["culprit"])) if on]
+        word = "OFF" if st["off"] else ("not re-run" if st["note"] and not st["comparisons"] else "ok")
+        L.append(f"| {label} | `{st['impl']}` | {st['margin']:.3g} | {word}"
+                 + (f" ({', '.join(tags)})" if tags else "") + " |")
+    return L + ["", f"**Verdict:** {d['verdict']}"]
+
+
+def drift_section(runs: list, summary: dict) -> list:
+    """Drift between the sides against the rounding envelope, every run (``nnparity.drift``)."""
+    assessed = [r for r in runs if r.get("drift")]
+    if not assessed:
+        return []
+    lead = next((r for r in assessed if r["variant"] == "correct"), assessed[0])
+    k = lead["drift"]["envelope_steps"]
+    L = ["", "## Drift between the sides", "",
+         f"Each seed's rounding envelope is measured once, before its runs, from its initial weights on its first "
+         f"{k} batches, with the **correct** variant; both variants of the seed are judged against it (their torch "
+         "sides are the same computation, so is the rounding band). "
+         f"For the {lead['variant']} variant, seed {lead['seed']}:", "",
+         drift.markdown(lead["drift"], heading=None), "",
+         "| variant | seed | drift at the last enveloped step | band there | largest drift / band (step) "
+         "| leaves the envelope | envelope: float64 (correct) scratch vs torch leaves its band "
+         "| drift at the last epoch "
+         "| envelope s |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in assessed:
+        d = r["drift"]
+        cells = ["-", "-", "-"]
+        if d["step_drift"]:
+            step, value = d["step_drift"][-1]
+            cells[:2] = [f"{value:.3g} (step {step})", f"{d['band'][step - 1]:.3g}"]
+        if d["worst_ratio"]:
+            cells[2] = f"{d['worst_ratio']['ratio']:.3g} ({d['worst_ratio']['step']})"
+        leaves = f"**step {d['leaves']['step']}**" if d["leaves"] else "no"
+        impl = f"step {d['impl_leaves']['step']}" if d["impl_leaves"] else "no"
+        last = d["epoch_drift"][-1] if d["epoch_drift"] else None
+        last = f"{last[2]:.3g} (epoch {last[1]})" if last else "-"
+        L.append(f"| {r['variant']} | {r['seed']} | {' | '.join(cells)} | {leaves} | {impl} | {last} "
+                 f"| {d['envelope_seconds']:.2f} |")
+    for variant in VARIANTS:
+        v = summary.get(variant, {}).get("drift")
+        if not v:
+            continue
+        n, left = len(v["seeds"]), [s for s in v["leaves_at_step"] if s is not None]
+        if variant == "correct":
+            L += ["", f"**Correct variant:** drift stays inside the rounding envelope for {n - len(left)} of {n} "
+                      "seeds" + (f"; it leaves it at step{'s' * (len(left) > 1)} {', '.join(map(str, left))} for "
+                                 f"the others: more difference than rounding explains, see the verdicts above."
+                                 if left else ": the two implementations differ by rounding only.")]
+        else:
+            L += ["", "**As-documented variant (a different derivative by design, not rounding):** its scratch "
+                      "side uses the document's straight-through ReLU backward, its torch side autograd's, so its "
+                      "drift measures the slip itself. It is expected to leave the rounding envelope at once: it "
+                      f"leaves it in {len(left)} of {n} seeds"
+                      + (f", at step{'s' * (len(left) > 1)} {', '.join(map(str, left))}" if left else "")
+                      + ". This is the parity failure above seen in the weights, growing over the run (right panel "
+                      "of `drift.png`): `nnparity check linear10 --variant as-documented --steps 1` names the "
+                      "ReLU's backward as the culprit."]
+    return L
 
 
 def story(summary: dict) -> list:
@@ -540,7 +725,7 @@ UNSUPPORTED = {
 
 
 def run(args) -> int:
-    from ..run import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARITY
+    from ..run import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARITY, catch_interrupts, interrupt_name
 
     net = get(NET)
     apply_threads(net)
@@ -562,36 +747,61 @@ def run(args) -> int:
             "document": DOCUMENT, "recipe": {**base.as_dict(), "variant": ", ".join(variants)},
             "environment": environment()}
     runs, status = [], EXIT_OK
-    for seed in seeds:
-        for variant in variants:
-            recipe = base.replace(variant=variant)
-            res = train_one(recipe, raw, dtype, seed, parity_steps=args.parity_steps, keep_batches=seed == seeds[0],
-                            progress=progress,
-                            on_epoch=lambda r: (write(out_dir, meta, runs + [r], final=False)
-                                                if len(r["epochs"]) % 10 == 0 else None))
-            runs.append(res)
-            write(out_dir, meta, runs, final=False)
-            if res["status"] in ("parity-failed", "parity-missed-slip"):
-                meta.update(status=res["status"], status_detail=res.get("parity_message", "").splitlines()[0]
-                            if res["status"] == "parity-failed" else
-                            "the as-documented variant passed parity: the check missed the slip")
-                write(out_dir, meta, runs, final=True)
-                log(f"report: {out_dir / 'report.md'}")
-                return EXIT_PARITY
-            if res.get("interrupted"):
-                meta["status_detail"] = f"interrupted: {variant}, seed {seed}, {res['status_detail']}"
-                write(out_dir, meta, runs, final=True)
-                log(f"\ninterrupted: report of the finished epochs: {out_dir / 'report.md'}")
-                return EXIT_INTERRUPTED
-            if res["status"] == "diverged":
-                status = EXIT_DIVERGED
+    where = "at the start"
+    restore_signals = catch_interrupts()  # Ctrl-C and kill both end the run cleanly, with its files
+    try:
+        for seed in seeds:
+            where = f"while preparing seed {seed}"
+            ds = prepare(net, base, raw, dtype, seed)  # the same for both variants
+            envelope = None
+            steps = min(args.envelope_steps, base.epochs * math.ceil(len(ds.y_train) / base.batch_size))
+            if steps:
+                where = f"while measuring the drift envelope of seed {seed}"
+                envelope = envelope_for(net, base, ds, seed, steps)
+                log(f"drift envelope (seed {seed}): float64 scratch vs torch and float32 vs float64 torch, "
+                    f"{steps} steps, {envelope['seconds']:.2f} s")
+            for variant in variants:
+                recipe = base.replace(variant=variant)
+                where = f"during {variant}, seed {seed}"
+                res = train_one(recipe, raw, dtype, seed, parity_steps=args.parity_steps,
+                                keep_batches=seed == seeds[0], progress=progress, ds=ds, envelope=envelope,
+                                on_epoch=lambda r: (write(out_dir, meta, runs + [r], final=False)
+                                                    if len(r["epochs"]) % 10 == 0 else None))
+                runs.append(res)
+                where = f"after {variant}, seed {seed}"
+                if res["status"] in ("parity-failed", "parity-missed-slip"):
+                    meta.update(status=res["status"], status_detail=res["status_detail"]
+                                if res["status"] == "parity-failed" else
+                                "the as-documented variant passed parity: the check missed the slip")
+                    _finish(out_dir, meta, runs)
+                    return EXIT_PARITY
+                if res.get("interrupted"):
+                    raise KeyboardInterrupt(res["interrupted"])
+                write(out_dir, meta, runs, final=False)
+                if res["status"] == "diverged":
+                    status = EXIT_DIVERGED
+    except KeyboardInterrupt as e:
+        last = runs[-1] if runs and runs[-1].get("interrupted") else None
+        meta["status_detail"] = (f"interrupted: {last['variant']}, seed {last['seed']}, {last['status_detail']}"
+                                 if last else f"interrupted ({interrupt_name(e)}) {where}")
+        _finish(out_dir, meta, runs)
+        log(f"\ninterrupted: report of the finished epochs: {out_dir / 'report.md'}")
+        return EXIT_INTERRUPTED
+    finally:
+        restore_signals()
     meta["status"] = "complete" if status == EXIT_OK else "diverged"
-    write(out_dir, meta, runs, final=True)
+    _finish(out_dir, meta, runs)
     summary = summarize(runs)
     for variant in variants:
         if variant in summary:
             s = summary[variant]["scratch"]
             log(f"{variant:>13}: train acc {_mmm(s['train_accuracy'])}  val acc {_mmm(s['val_accuracy'])}  "
                 f"dead units {_mmm(s['dead_units'], '.1f')}  (scratch; mean (min - max) over {len(seeds)} seeds)")
-    log(f"report: {out_dir / 'report.md'}")
+    log(f"report: {out_dir / 'report.md'} (peak memory {meta['peak_rss_mib']} MiB)")
     return status
+
+
+def _finish(out_dir: Path, meta: dict, runs: list) -> None:
+    """The final files: metrics.json, the plots and report.md, with the peak memory."""
+    meta["peak_rss_mib"] = round(peak_rss_mib())
+    write(out_dir, meta, runs, final=True)
