@@ -1,0 +1,27 @@
+"""nn-parity: reference-parity verification of from-scratch NumPy networks against PyTorch.
+
+The public API for checking your own derivations (``nnparity.byod``)::
+
+    import nnparity
+    nnparity.check_layer(mine, torch_equivalent, input_shape=(8, 16))
+    nnparity.check_loss(mine, torch_loss, input_shape=(8, 10))
+    nnparity.check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batches)
+    nnparity.check_layer(mine, None, input_shape=(8, 16))  # no torch equivalent: finite differences
+
+``nnparity.gradcheck`` is the finite-difference module (``gradcheck_layer``,
+``gradcheck_model``, ``gradcheck_network``).
+
+Imported lazily, so ``import nnparity.data`` does not pull in torch.
+"""
+
+_API = ("check_layer", "check_loss", "check_steps")
+
+__all__ = list(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        from . import byod
+
+        return getattr(byod, name)
+    raise AttributeError(f"module 'nnparity' has no attribute {name!r}")

@@ -1,19 +1,28 @@
 """``nnparity bench``: seconds per full training epoch, scratch vs torch, measured in
-the same process and alternating (S T, then T S, ...) so that both sides see the
-same machine state; achieved GFLOP/s against this machine's measured GEMM peak;
-peak resident memory.
+the same process, the sides alternating batch by batch as in ``nnparity run`` so
+that both see the same machine state; achieved GFLOP/s against this machine's measured GEMM peak;
+peak resident memory. Each (network, dtype) runs in a fresh child process, so its
+peak memory is its own. Results go to the terminal and to ``reports/bench.md``.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+import platform
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 
-from . import data as mnist
-from .networks import first_batches, get, make_sides, prepare, training_batches
+from . import io
+from .networks import NETWORKS, first_batches, get, prepare
+
+# Floors of scratch / torch seconds per float32 epoch (the hardening issue).
+RATIO_FLOORS = {"mlp1000": 1.15, "cnn18k": 2.0}
+DEFAULT_RATIO_FLOOR = 1.3
 
 
 def gemm_peak(dtype, n: int = 1536, repeats: int = 5) -> float:
@@ -32,8 +41,8 @@ def _timed(fn) -> float:
 
 
 def train_flops_per_sample(model, x_one) -> float:
-    """Multiply-adds x 2 of one training step per sample, from the layers' own counts
-    (``flops_per_sample()``, defined after a forward pass)."""
+    """FLOPs of one training step per sample (2 per multiply-add), from the layers' own
+    counts (``flops_per_sample()``, known after a forward pass)."""
     model.forward(x_one)
     return float(sum(m.flops_per_sample() for _, m in model.named_modules() if hasattr(m, "flops_per_sample")))
 
@@ -42,46 +51,93 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_network(name: str, raw, dtype: str = "float32", repeats: int = 3, seed: int = 0, recipe=None) -> dict:
-    """Seconds per epoch of each side (``recipe`` defaults to the network's: full MNIST)."""
+def bench_network(name: str, dtype: str = "float32", repeats: int = 3, seed: int = 0, data_dir=None,
+                  recipe=None) -> dict:
+    """Time ``repeats`` full training epochs of both sides (``recipe`` defaults to the
+    network's: full MNIST).
+
+    The sides alternate batch by batch exactly as in ``nnparity run`` (scratch step,
+    then torch step on the same batch, dropout masks handed across), and each side's
+    steps are timed on their own; evaluation is not timed.
+    """
+    from . import data as mnist
+    from .train import Training
+
     net = get(name)
     recipe = recipe or net.recipe
-    ds = prepare(net, recipe, raw, dtype, seed)
-    scratch, ref = make_sides(net, recipe, dtype, seed)
-    # warm-up: a few steps each (allocations, thread pools)
-    for x, y in first_batches(ds, recipe, seed, 3):
+    ds = prepare(net, recipe, mnist.load_mnist(data_dir), dtype, seed)
+    training = Training(net, recipe, ds, dtype, seed)
+    scratch, ref = training.sides
+    for x, y in first_batches(ds, recipe, seed, 3):  # warm-up: allocations, thread pools
         scratch.step(x, y)
         ref.step(x, y, draws=scratch.draws())
-    # Timed epochs run one side at a time, so the torch side cannot take the scratch side's
-    # dropout masks: each side draws its own, as a standalone run of each library would.
-    for m in ref.model.modules():
-        if hasattr(m, "draw_own_mask"):
-            m.draw_own_mask = True
-    times = {"scratch": [], "torch": []}
-    for r in range(repeats):
-        order = (scratch, ref) if r % 2 == 0 else (ref, scratch)
-        for side in order:
-            t0 = time.perf_counter()
-            for x, y in training_batches(ds, recipe, seed, r + 1):
-                side.step(x, y)
-            times[side.name].append(time.perf_counter() - t0)
+    rows = [training.run_epoch(epoch, progress=False) for epoch in range(1, repeats + 1)]
+    times = {side: [r[side]["seconds"] for r in rows] for side in ("scratch", "torch")}
     s, t = statistics.median(times["scratch"]), statistics.median(times["torch"])
     flops = train_flops_per_sample(scratch.model, ds.x_train[:1]) * len(ds.y_train)
     return {"net": name, "dtype": dtype, "batch_size": recipe.batch_size, "samples": len(ds.y_train),
             "scratch_s": s, "torch_s": t, "ratio": s / t, "scratch_all": times["scratch"],
             "torch_all": times["torch"], "gflop_per_epoch": flops / 1e9,
-            "scratch_gflops": flops / s / 1e9, "torch_gflops": flops / t / 1e9}
+            "scratch_gflops": flops / s / 1e9, "torch_gflops": flops / t / 1e9,
+            "peak_rss_mib": peak_rss_mib()}
 
 
-def bench(names, dtype="float32", repeats=3, data_dir=None) -> int:
-    raw = mnist.load_mnist(data_dir)
-    peak = gemm_peak(dtype)
-    print(f"GEMM peak ({dtype}, NumPy): {peak:.0f} GFLOP/s")
-    print(f"{'net':10s} {'scratch s/epoch':>16s} {'torch s/epoch':>14s} {'ratio':>6s} "
-          f"{'scratch GFLOP/s':>16s} {'torch GFLOP/s':>14s} {'% of peak':>10s}")
-    for name in names:
-        r = bench_network(name, raw, dtype, repeats)
-        print(f"{name:10s} {r['scratch_s']:16.2f} {r['torch_s']:14.2f} {r['ratio']:6.2f} "
-              f"{r['scratch_gflops']:16.1f} {r['torch_gflops']:14.1f} {100 * r['scratch_gflops'] / peak:9.0f}%")
-    print(f"peak resident memory: {peak_rss_mib():.0f} MiB")
-    return 0
+def _child(args):
+    return bench_network(*args)
+
+
+def bench(names, dtypes=("float32", "float64"), repeats=3, data_dir=None, out="reports/bench.md",
+          command="nnparity bench") -> int:
+    names = [n for n in names if getattr(get(n), "mnist", True)]
+    peaks = {d: gemm_peak(d) for d in dtypes}
+    print("GEMM peak (NumPy, n=1536): " + ", ".join(f"{d} {p:.0f} GFLOP/s" for d, p in peaks.items()))
+    header = (f"{'net':10s} {'dtype':8s} {'batch':>5s} {'scratch s/ep':>12s} {'torch s/ep':>10s} {'ratio':>6s} "
+              f"{'floor':>6s} {'scratch GF/s':>12s} {'torch GF/s':>10s} {'% peak':>7s} {'peak MiB':>9s}")
+    print(header)
+    rows = []
+    ctx = multiprocessing.get_context("spawn")
+    for dtype in dtypes:
+        for name in names:
+            # a fresh process: its peak memory is this network's alone
+            with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+                r = pool.submit(_child, (name, dtype, repeats, 0, data_dir)).result()
+            floor = RATIO_FLOORS.get(name, DEFAULT_RATIO_FLOOR) if dtype == "float32" else None
+            r["floor"] = floor
+            r["ok"] = None if floor is None else r["ratio"] <= floor
+            r["pct_peak"] = 100 * r["scratch_gflops"] / peaks[dtype]
+            rows.append(r)
+            print(f"{name:10s} {dtype:8s} {r['batch_size']:5d} {r['scratch_s']:12.2f} {r['torch_s']:10.2f} "
+                  f"{r['ratio']:6.2f} {'-' if floor is None else f'{floor:.2f}':>6s} {r['scratch_gflops']:12.1f} "
+                  f"{r['torch_gflops']:10.1f} {r['pct_peak']:6.0f}% {r['peak_rss_mib']:9.0f}", flush=True)
+    if out:
+        _write_markdown(Path(out), rows, peaks, repeats, command)
+        print(f"written: {out}")
+    return 0 if all(r["ok"] in (None, True) for r in rows) else 1
+
+
+def _write_markdown(path: Path, rows, peaks, repeats, command):
+    import torch
+
+    lines = ["# Benchmarks: scratch (NumPy) vs PyTorch, seconds per full training epoch", "",
+             f"Produced by `{command}` on {platform.machine()} with {torch.get_num_threads()} threads "
+             f"(numpy {np.__version__}, torch {torch.__version__}). Each figure is the median of {repeats} "
+             "full training epochs per side; the sides alternate batch by batch in one process (as in "
+             "`nnparity run`) and each side's steps are timed on their own; each network ran in a fresh "
+             "process, so its peak memory is its own.", "",
+             "GEMM peak measured here (NumPy, 1536x1536 matmul): "
+             + ", ".join(f"{d} {p:.0f} GFLOP/s" for d, p in peaks.items()) + ".", "",
+             "| net | dtype | batch | scratch s/epoch | torch s/epoch | ratio | floor | scratch GFLOP/s "
+             "| torch GFLOP/s | scratch % of GEMM peak | peak memory MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        floor = "-" if r["floor"] is None else f"<= {r['floor']:.2f} {'ok' if r['ok'] else 'MISSED'}"
+        lines.append(f"| {r['net']} | {r['dtype']} | {r['batch_size']} | {r['scratch_s']:.2f} | {r['torch_s']:.2f} "
+                     f"| {r['ratio']:.2f} | {floor} | {r['scratch_gflops']:.1f} | {r['torch_gflops']:.1f} "
+                     f"| {r['pct_peak']:.0f}% | {r['peak_rss_mib']:.0f} |")
+    lines += ["", "GFLOP/s counts the training step's multiply-adds (x2) from the layers' own shapes "
+                  "(`flops_per_sample()`), the same count for both sides.", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    io.write_text(path, "\n".join(lines))
+
+
+__all__ = ["bench", "bench_network", "gemm_peak", "NETWORKS"]

@@ -2,8 +2,13 @@
 
     nnparity list                       the documented networks
     nnparity run NET [options]          step parity, then both sides trained side by side, then a report
-    nnparity parity NET [options]       step parity only: a per-step table, exit 1 on mismatch
+                                        (linear10 and toy221 add options of their own: nnparity run --help)
+    nnparity check NET [options]        step parity only: a per-step table, the first divergence and
+                                        its culprit (own or inherited error); exit 1 on mismatch
+                                        (``nnparity parity`` is the same command under its old name)
+    nnparity selftest [NET ...]         inject canonical derivation bugs; print the kill matrix
     nnparity bench [NET ...]            seconds per epoch, scratch vs torch, GFLOP/s, peak memory
+    nnparity gradcheck NET [options]    finite differences vs the scratch backward (no torch); exit 1 on failure
 
 Bad arguments exit with status 2 and one line naming the problem.
 """
@@ -14,7 +19,9 @@ import argparse
 import shlex
 import sys
 
+from .checkpoint import CheckpointError
 from .data import DataError
+from .drift import DEFAULT_STEPS as DEFAULT_ENVELOPE_STEPS
 from .networks import NETWORKS, UnknownNetwork
 
 DTYPES = ("float32", "float64")
@@ -45,9 +52,28 @@ def non_negative_int(text: str) -> int:
     return v
 
 
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return v
+
+
 def network_name(text: str) -> str:
     if text not in NETWORKS:
         raise argparse.ArgumentTypeError(f"unknown network {text!r}; known networks: {', '.join(NETWORKS)}")
+    return text
+
+
+def bug_name(text: str) -> str:
+    from .bugs import catalogue
+
+    names = [b.name for b in catalogue()]
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"unknown bug {text!r}; known bugs: {', '.join(names)}")
     return text
 
 
@@ -68,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="parity check, then train both sides and write a side-by-side report")
     common(r, "default: the recipe's documented-run dtype")
     r.add_argument("--epochs", type=positive_int, default=None, help="default: the recipe's")
+    r.add_argument("--lr", type=positive_float, nargs="+", metavar="LR", default=None,
+                   help="learning rate (default: the recipe's); toy221 takes several, one run each")
+    r.add_argument("--batch-size", type=positive_int, default=None, help="default: the recipe's")
     r.add_argument("--out", default="reports", help="reports go to OUT/NET/ (default reports)")
     r.add_argument("--parity-steps", type=non_negative_int, default=20,
                    help="steps of step parity before training (0 skips; default 20)")
@@ -75,57 +104,208 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on a seeded random subset of this many images (quick tries)")
     r.add_argument("--test-size", type=positive_int, default=None,
                    help="evaluate on a seeded random subset of this many test images")
+    r.add_argument("--save-every", type=positive_int, default=None, metavar="K",
+                   help="write OUT/NET/checkpoint.npz (both sides, atomically) every K epochs")
+    r.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue from the checkpoint in DIR (a report folder or a checkpoint.npz)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--envelope-steps", type=non_negative_int, default=DEFAULT_ENVELOPE_STEPS,
+                   help="steps of the drift envelope measured before training, capped at the run's length "
+                        f"(0 skips; default {DEFAULT_ENVELOPE_STEPS})")
+    # options of networks with their own runner, each in a group of its own
+    p.net_options = {}
+    for net in NETWORKS.values():
+        if net.runner:
+            before = len(r._actions)
+            net.runner_module.add_arguments(r.add_argument_group(f"{net.name} only"))
+            p.net_options[net.name] = [a for a in r._actions[before:]]
+    p.run_parser = r
 
-    c = sub.add_parser("parity", help="step parity only, with a per-step table")
+    c = sub.add_parser("check", aliases=["parity"],
+                       help="step parity only: per-step table, first divergence, own or inherited error")
     common(c, "default float64")
     c.add_argument("--steps", type=positive_int, default=50, help="training steps to compare (default 50)")
+    variants = sorted({v for net in NETWORKS.values() for v in net.variants})
+    c.add_argument("--variant", choices=variants, default=None,
+                   help="the reading of the document to check, for a network that has several "
+                        "(linear10: correct, as-documented; default: the first)")
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+    c.add_argument("--inject", metavar="BUG", type=bug_name, default=None,
+                   help="run with one of the selftest's canonical bugs patched in, to see how a slip is reported "
+                        "(nnparity selftest lists them)")
+    c.add_argument("--noise-floor", action="store_true",
+                   help="measure the noise floor instead: scratch vs torch in float64 and float32, and torch "
+                        "float32 vs float64, over --steps steps (both dtypes: --dtype is not used)")
+
+    st = sub.add_parser("selftest", help="inject canonical derivation bugs and show which checks kill them")
+    st.add_argument("nets", nargs="*", type=network_name, metavar="NET", help="default: all networks")
+    st.add_argument("--steps", type=positive_int, default=2,
+                    help="parity steps per check (default 2: momentum bugs show at step 2)")
+    st.add_argument("--batch-size", type=positive_int, default=16,
+                    help="at most this many samples per batch (default 16; keeps it fast)")
+    st.add_argument("--seed", type=non_negative_int, default=0)
+    st.add_argument("--dtype", choices=DTYPES, default="float64",
+                    help="default float64, where the floors are set; float32 shows what its tolerance still sees")
+    st.add_argument("--json", action="store_true", help="print the kill matrix as JSON")
+    st.add_argument("--data-dir", default=None)
+
+    g = sub.add_parser("gradcheck", help="central finite differences (float64) against the scratch backward, "
+                                         "on every parameter tensor and the input; no torch involved")
+    g.add_argument("net", type=network_name, metavar="NET", help=f"one of: {', '.join(NETWORKS)}")
+    g.add_argument("--samples", type=positive_int, default=10, help="coordinates per tensor (default 10)")
+    g.add_argument("--eps", type=positive_float, default=1e-5, help="finite-difference step h (default 1e-5)")
+    g.add_argument("--seed", type=non_negative_int, default=0, help="seed for init, batch and sample (default 0)")
+    g.add_argument("--batch-size", type=positive_int, default=None,
+                   help="check on the first B images of the batch (default: the recipe's whole batch)")
+    g.add_argument("--burn-in", type=non_negative_int, default=0,
+                   help="SGD steps of the recipe before the check (default 0: at initialisation)")
+    g.add_argument("--json", action="store_true", help="print the full result as JSON")
+    g.add_argument("--data-dir", default=None)
 
     b = sub.add_parser("bench", help="time full-MNIST epochs of both sides, alternating")
     b.add_argument("nets", nargs="*", type=network_name, metavar="NET", help="default: all networks")
-    b.add_argument("--dtype", choices=DTYPES, default="float32")
-    b.add_argument("--repeats", type=positive_int, default=3, help="epochs per side, alternating (default 3)")
+    b.add_argument("--dtype", choices=DTYPES, nargs="+", default=list(DTYPES), help="default: both")
+    b.add_argument("--repeats", type=positive_int, default=3, help="epochs per side; the median counts (default 3)")
+    b.add_argument("--out", default="reports/bench.md", help="markdown table (default reports/bench.md)")
     b.add_argument("--data-dir", default=None)
     return p
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     args.command_line = "nnparity " + " ".join(shlex.quote(a) for a in argv)
+    problem = _option_problem(parser, args)
+    if problem:
+        (parser.run_parser if args.cmd == "run" else parser).error(problem)
     try:
         return _dispatch(args)
-    except (DataError, UnknownNetwork, OSError) as e:
+    except (DataError, UnknownNetwork, CheckpointError, OSError) as e:
         print(f"nnparity {args.cmd}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"nnparity {args.cmd}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _flag(action) -> str:
+    return action.option_strings[-1] if action.option_strings else action.dest
+
+
+def _option_problem(parser, args) -> str | None:
+    """A network-specific option used with another network, a generic option that does
+    not apply to the network, or a bad combination: one line naming it, else None."""
+    from .runners import UsageError
+
+    net = NETWORKS.get(getattr(args, "net", None))
+    if args.cmd in ("check", "parity") and args.variant and net and args.variant not in net.variants:
+        return (f"{net.name} has no variant {args.variant!r}" +
+                (f"; its variants: {', '.join(net.variants)}" if net.variants else "; it has a single reading"))
+    if args.cmd == "bench":
+        other = [n for n in args.nets if not NETWORKS[n].mnist]
+        if other:
+            return f"{other[0]} does not train on MNIST and has nothing to benchmark; bench the MNIST networks"
+    if args.cmd != "run":
+        return None
+    for owner, actions in parser.net_options.items():
+        for a in actions:
+            if owner != net.name and getattr(args, a.dest) != a.default:
+                return f"{_flag(a)} is an option of {owner} only, not of {net.name}"
+    runner = net.runner_module
+    if args.lr and len(args.lr) > 1 and not getattr(runner, "SEVERAL_LRS", False):
+        return f"--lr takes one learning rate for {net.name}, got {len(args.lr)}"
+    for dest, why in getattr(runner, "UNSUPPORTED", {}).items():
+        if getattr(args, dest) != parser.run_parser.get_default(dest):
+            flag = next(_flag(a) for a in parser.run_parser._actions if a.dest == dest)
+            return f"{flag} does not apply to {net.name}: {why}"
+    if runner is not None and hasattr(runner, "check_arguments"):
+        try:
+            runner.check_arguments(args)
+        except UsageError as e:
+            return str(e)
+    return None
 
 
 def _dispatch(args) -> int:
     if args.cmd == "list":
         for net in NETWORKS.values():
-            r = net.recipe
-            print(f"{net.name:10s} {net.summary}\n{'':10s} lr {r.lr}, batch {r.batch_size}, {r.epochs} epochs, "
-                  f"{r.loss} ({r.reduction}), documented run in {r.dtype}")
+            print(f"{net.name:10s} {net.summary}\n{'':10s} {net.recipe.summary()}")
         return 0
+    if args.cmd == "run" and NETWORKS[args.net].runner:
+        return NETWORKS[args.net].runner_module.run(args)
     if args.cmd == "run":
         from .run import run_network
 
-        return run_network(args.net, epochs=args.epochs, seed=args.seed, dtype=args.dtype, out=args.out,
+        return run_network(args.net, epochs=args.epochs, lr=args.lr[0] if args.lr else None, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype, out=args.out,
                            data_dir=args.data_dir, parity_steps=args.parity_steps,
                            progress=False if args.no_progress else None, command=args.command_line,
-                           train_size=args.train_size, test_size=args.test_size)
-    if args.cmd == "parity":
-        from .networks import run_parity
+                           train_size=args.train_size, test_size=args.test_size,
+                           save_every=args.save_every, resume=args.resume,
+                           envelope_steps=args.envelope_steps)
+    if args.cmd in ("check", "parity"):
+        from . import check
         from .data import load_mnist
 
-        trace = run_parity(args.net, args.steps, args.dtype or "float64", args.seed, load_mnist(args.data_dir))
-        print(trace.table())
-        print(trace.message())
-        return 0 if trace.ok else 1
+        if args.noise_floor and args.inject:
+            print(f"nnparity {args.cmd}: error: --inject and --noise-floor do not go together: the noise floor "
+                  "is measured on the correct code", file=sys.stderr)
+            return 2
+        net = NETWORKS[args.net]
+        if args.noise_floor and not net.mnist:
+            print(f"nnparity {args.cmd}: error: --noise-floor measures MNIST networks; {args.net} is not one",
+                  file=sys.stderr)
+            return 2
+        raw = load_mnist(args.data_dir) if net.mnist else None
+        recipe = net.recipe.replace(variant=args.variant)
+        if args.noise_floor:
+            nf = check.noise_floor(args.net, args.steps, args.seed, raw)
+            print(check.noise_floor_json(nf) if args.json else check.render_noise_floor(nf))
+            return 0 if check.noise_floor_ok(nf) else 1
+        from contextlib import nullcontext
+
+        from .bugs import get_bug
+
+        bug = get_bug(args.inject) if args.inject else None
+        with bug.applied() if bug else nullcontext():
+            result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw, recipe=recipe)
+        result.injected = args.inject
+        print(result.to_json() if args.json else result.render())
+        return 0 if result.ok else 1
+    if args.cmd == "selftest":
+        from . import selftest
+        from .data import load_mnist
+
+        report = selftest.run_selftest(args.nets or list(NETWORKS), steps=args.steps, batch_size=args.batch_size,
+                                       seed=args.seed, raw=load_mnist(args.data_dir), dtype=args.dtype)
+        print(report.to_json() if args.json else report.render())
+        return 0 if report.ok else 1
+    if args.cmd == "gradcheck":
+        from .data import load_mnist
+        from .gradcheck import GradcheckError, gradcheck_network
+
+        try:
+            result = gradcheck_network(args.net, samples=args.samples, eps=args.eps, seed=args.seed,
+                                       batch_size=args.batch_size, burn_in=args.burn_in,
+                                       raw=load_mnist(args.data_dir))
+        except GradcheckError as e:  # the check could not run (e.g. a mask that cannot be held fixed)
+            print(f"nnparity gradcheck: error: {e}", file=sys.stderr)
+            return 1
+        if args.json:
+            print(result.to_json())
+        else:
+            print(result.header())
+            print("\n".join(result.notes))
+            print(result.table())
+            print(f"grades (CS231n): good < 1e-7 <= ok < 1e-4 <= uncomfortable < 1e-2 <= wrong; fail at >= "
+                  f"{result.threshold:g}; floor {result.floor:.3g} (1e5 x rounding noise {result.noise:.3g})")
+            print(result.message())
+        return 0 if result.ok else 1
     if args.cmd == "bench":
         from .bench import bench
 
-        return bench(args.nets or list(NETWORKS), dtype=args.dtype, repeats=args.repeats, data_dir=args.data_dir)
+        return bench(args.nets or [n for n, net in NETWORKS.items() if net.mnist], dtypes=args.dtype, repeats=args.repeats, data_dir=args.data_dir,
+                     out=args.out, command=args.command_line)
     raise AssertionError(args.cmd)
 
 

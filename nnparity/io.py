@@ -9,6 +9,12 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes(path, data: bytes) -> None:
     """Write to a temporary file in the same folder, flush, fsync, then rename over ``path``."""
     path = Path(path)
@@ -18,6 +24,7 @@ def write_bytes(path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -31,19 +38,19 @@ def write_text(path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
-def _finite(o):
+def finite(o):
     """JSON has no inf/nan: write them as strings so the file stays standard JSON."""
     if isinstance(o, float) and not math.isfinite(o):
         return str(o)
     if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
+        return {k: finite(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
+        return [finite(v) for v in o]
     return o
 
 
 def write_json(path, obj) -> None:
-    write_text(path, json.dumps(_finite(obj), indent=1) + "\n")
+    write_text(path, json.dumps(finite(obj), indent=1) + "\n")
 
 
 def write_figure(path, fig) -> None:

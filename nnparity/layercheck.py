@@ -1,5 +1,10 @@
 """Check one scratch layer (or loss) against its PyTorch equivalent with autograd.
 
+The layer may follow any convention of the layer protocol (``nnparity.adapters``):
+this project's scratch modules, a user's object with ``params``/``grads`` dicts, a
+parameter-free object, or a ``(forward, backward)`` pair of functions; the public
+``nnparity.check_layer`` (``nnparity.byod``) runs this for both dtypes.
+
 The upstream gradient is random and non-uniform, never the ones of ``.sum()``:
 a ones upstream gradient hides whole classes of backward bugs (a missing
 transpose of a square matrix, a gradient summed over the wrong axis, ...).
@@ -10,25 +15,44 @@ gradient that is ~0 on both sides fails as degenerate.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import numpy as np
 import torch
 
+from .adapters import (INPUT_MUTATED, LossAdapter, ProtocolError, as_layer, copy_to_torch, input_grad_problem,
+                       output_problem, torch_function_params)
 from .parity import Comparison, ParityError, Tolerance, compare, tolerance_for
+from .sides import quantity
 
 
 def _torch_params(module) -> "OrderedDict[str, torch.Tensor]":
     return OrderedDict(module.named_parameters()) if isinstance(module, torch.nn.Module) else OrderedDict()
 
 
-def _copy_params(layer, module):
-    """Copy the scratch layer's parameters and buffers into the torch module, by name."""
-    from reference import bridge
+def _problem(name, text, shape=()) -> Comparison:
+    """A comparison that cannot be made (misuse found before values): fails with ``text``."""
+    tol = Tolerance(0.0, 0.0)
+    return Comparison(name, quantity(name), tuple(shape), math.inf, math.inf, (), math.nan, math.nan, math.inf,
+                      tol, problem=text)
 
-    has_state = any(True for _ in layer.named_parameters()) or any(True for _ in layer.named_buffers())
-    if has_state or any(True for _ in module.state_dict()):
-        bridge.mirror(layer, module)
+
+def _torch_forward(module, lay, xt):
+    """Run the torch equivalent: an ``nn.Module`` (parameters already copied) or a function,
+    called as ``fn(x)`` or, when the layer has parameters, ``fn(x, **params)``."""
+    if isinstance(module, torch.nn.Module):
+        return module(xt), _torch_params(module)
+    if not callable(module):
+        raise ProtocolError(f"the torch equivalent must be a torch.nn.Module or a function, "
+                            f"got {type(module).__name__}")
+    params = lay.params()
+    if not params:
+        return module(xt), OrderedDict()
+    torch_function_params(module, list(params))
+    tparams = OrderedDict((k, torch.from_numpy(np.array(v, copy=True)).requires_grad_(True))
+                          for k, v in params.items())
+    return module(xt, **tparams), tparams
 
 
 def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, seed: int = 0,
@@ -37,8 +61,12 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
     """Forward and backward of ``layer`` (scratch) against ``module`` (torch) on one input.
 
     Args:
-        layer: scratch module with ``forward(x)`` and ``backward(dy)``.
-        module: the torch equivalent (an ``nn.Module`` or a function of a tensor).
+        layer: anything following the layer protocol (``nnparity.adapters``): a scratch
+            module, a plain object with ``params``/``grads`` dicts, a parameter-free
+            object, or a ``(forward, backward)`` pair of functions.
+        module: the torch equivalent: an ``nn.Module`` (parameters copied from the layer
+            by name) or a function ``fn(x)``, or ``fn(x, **params)`` when the layer has
+            parameters (they arrive as torch tensors under the layer's names).
         input_shape: shape of a standard-normal random input (or pass ``x``).
         x: the input itself (copied, cast to ``dtype``).
         dtype: float32 or float64.
@@ -46,63 +74,87 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
         train: run both in training (True) or evaluation mode.
         upstream: dL/d(output); default: standard normal, non-uniform.
 
-    Returns the comparisons (``out``, ``din``, ``grad/<param>``); raises ``ParityError``
-    naming the first failing tensor unless ``raise_on_failure`` is false.
+    Returns the comparisons (``out``, ``din``, ``grad/<param>``, then ``buffer/<name>`` for
+    every buffer the layer has, after the forward); raises ``ParityError``
+    naming the first failing tensor unless ``raise_on_failure`` is false. Misuse (a
+    forward that mutates its input or returns NaN, a backward returning the wrong
+    shape) fails as a comparison with a problem; mismatched parameter names or shapes
+    raise ``ParameterMismatch`` listing both sets.
     """
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal(input_shape) if x is None else np.array(x)).astype(dtype)
     tol = tol or tolerance_for(dtype)
-    name = name or type(layer).__name__
-    if hasattr(layer, "astype"):
-        layer.astype(dtype)
-    layer.train(train)
+    lay = as_layer(layer)
+    name = name or lay.name
+    lay.astype(dtype)
+    lay.train(train)
     if isinstance(module, torch.nn.Module):
         module.train(train)
-        _copy_params(layer, module)
-
+        copy_to_torch(lay, module)
+        module.zero_grad(set_to_none=True)  # a module checked before (other dtype) must not accumulate
     x_before = x.copy()
-    if hasattr(layer, "zero_grad"):
-        layer.zero_grad()
-    if hasattr(layer, "needs_input_grad"):
-        layer.needs_input_grad = True
-    y = layer.forward(x)
-    g = rng.standard_normal(np.shape(y)).astype(dtype) if upstream is None else np.asarray(upstream, dtype)
-    dx = layer.backward(g.copy())
+    lay.zero_grad()
+    undo_input = lay.input_grad_on()
+    try:
+        y = lay.forward(x)
+        problem = output_problem(name, y, x_before)
+        if problem:
+            comps = [_problem("out", problem, np.shape(y))]
+            _maybe_raise(comps, name, dtype, raise_on_failure)
+            return comps
+        g = rng.standard_normal(np.shape(y)).astype(dtype) if upstream is None else np.asarray(upstream, dtype)
+        dx = lay.backward(g.copy())
+    finally:
+        undo_input()
+    grads = lay.grads()
 
     xt = torch.from_numpy(x_before.copy()).requires_grad_(True)
-    yt = module(xt)
+    yt, tparams = _torch_forward(module, lay, xt)
     yt.backward(torch.from_numpy(g))
 
-    comps = [compare("out", y, yt.detach().numpy(), tol), compare("din", dx, xt.grad.numpy(), tol)]
-    tparams = _torch_params(module)
-    for pname, p in (layer.named_parameters() if hasattr(layer, "named_parameters") else []):
+    din_problem = input_grad_problem(name, dx, x_before)
+    comps = [compare("out", y, yt.detach().numpy(), tol),
+             _problem("din", din_problem) if din_problem else
+             compare("din", dx, xt.grad.numpy() if xt.grad is not None else np.zeros_like(x_before), tol)]
+    for pname, grad in grads.items():
         ref = tparams[pname].grad
-        comps.append(compare(f"grad/{pname}", p.grad, ref.numpy() if ref is not None else np.zeros_like(p.grad), tol))
-    if not np.array_equal(x, x_before):
+        comps.append(compare(f"grad/{pname}", grad, ref.numpy() if ref is not None else np.zeros_like(grad), tol))
+    if isinstance(module, torch.nn.Module):  # buffers after the forward (BatchNorm's running statistics)
+        tbuf = OrderedDict(module.named_buffers())
+        comps += [compare(f"buffer/{k}", b, tbuf[k].detach().numpy(), tol) for k, b in lay.buffers().items()]
+    if not np.array_equal(x, x_before, equal_nan=True):
         comps.insert(0, Comparison("input", "forward activation", x.shape, 0, 0, (), 0, 0, 0, tol,
-                                   problem="forward modified its input in place"))
+                                   problem=INPUT_MUTATED))
     _maybe_raise(comps, name, dtype, raise_on_failure)
     return comps
 
 
-def check_loss(loss, torch_loss, logits_shape, target, *, dtype=np.float64, seed: int = 0,
+def check_loss(loss, torch_loss, logits_shape, target, *, z=None, dtype=np.float64, seed: int = 0,
                tol: Tolerance | None = None, name: str | None = None,
                raise_on_failure: bool = True) -> list[Comparison]:
-    """A scratch loss (``forward(input, target)`` -> scalar, ``backward()`` -> dL/dinput)
-    against a torch loss, on random logits."""
+    """A scratch loss against a torch loss, on random logits (~ 3 N(0, 1)) or the given ``z``.
+
+    ``loss`` is an object with ``forward(input, target)`` -> scalar and ``backward()``
+    -> dL/dinput (the scratch convention) or a function ``loss(input, target) ->
+    (value, dL/dinput)``; ``target`` is passed to both sides as given (floating
+    targets are cast to ``dtype``).
+    """
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(seed)
-    z = (rng.standard_normal(logits_shape) * 3).astype(dtype)
+    z = (rng.standard_normal(logits_shape) * 3 if z is None else np.array(z)).astype(dtype)
     tol = tol or tolerance_for(dtype)
-    value = loss.forward(z.copy(), target)
-    dz = loss.backward()
+    adapter = LossAdapter(loss)
+    target = np.asarray(target)
+    if np.issubdtype(target.dtype, np.floating):
+        target = target.astype(dtype)
+    value, dz = adapter(z.copy(), target)
     zt = torch.from_numpy(z).requires_grad_(True)
-    vt = torch_loss(zt, torch.from_numpy(np.asarray(target)))
+    vt = torch_loss(zt, torch.from_numpy(target))
     vt.backward()
     comps = [compare("loss", np.asarray(value), vt.detach().numpy(), tol),
              compare("din", dz, zt.grad.numpy(), tol)]
-    _maybe_raise(comps, name or type(loss).__name__, dtype, raise_on_failure)
+    _maybe_raise(comps, name or adapter.name, dtype, raise_on_failure)
     return comps
 
 

@@ -21,8 +21,19 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .sides import quantity
+from .sides import gradient_notes, quantity
 from .threads import blas_threads
+
+
+def draws_random_mask(module) -> bool:
+    """Whether a module draws a *random* mask in training mode (dropout).
+
+    ``draws_mask = True`` means the module's ``mask`` is handed to the reference during
+    step parity; for ReLU and max pooling that mask is a decision the input makes (it
+    also names the kink: ``kink_attrs``), not a random draw, so it does not make a
+    network random.
+    """
+    return bool(getattr(module, "draws_mask", False)) and "mask" not in (getattr(module, "kink_attrs", ()) or ())
 
 
 @dataclass(frozen=True)
@@ -33,8 +44,8 @@ class Tolerance:
     rtol: float
 
 
-# Set from the measured noise floor: see TOLERANCES.md (``nnparity noise-floor``
-# remeasures it). float64: scratch and torch differ only by summation order
+# Set from the measured noise floor: see TOLERANCES.md (``nnparity check NET
+# --noise-floor`` remeasures it). float64: scratch and torch differ only by summation order
 # (~1e-16 relative per op). float32: rounding (~6e-8 relative per op) amplified
 # by long dot products and 50 steps of training.
 TOLERANCES = {
@@ -70,6 +81,7 @@ class Comparison:
     degenerate: bool = False       # both sides ~0 (a vacuous gradient comparison)
     problem: str | None = None     # shape/dtype/NaN mismatch, found before values
     allowed_zero: bool = False     # declared zero by construction
+    note: str | None = None        # what the tensor is, in words (dout/fc: "the input gradient of relu")
 
     @property
     def passed(self) -> bool:
@@ -79,7 +91,7 @@ class Comparison:
         where = " ".join(s for s in (net, dtype) if s)
         where = f"{where} " if where else ""
         step = f"step {self.step}: " if self.step is not None else ""
-        head = f"{where}{step}{self.name} ({self.quantity})"
+        head = f"{where}{step}{self.name} ({self.quantity}{'; ' + self.note if self.note else ''})"
         if self.problem:
             return f"{head}: {self.problem}"
         idx = ", ".join(map(str, self.index))
@@ -113,15 +125,19 @@ def compare(name: str, scratch, reference, tol: Tolerance, *, step: int | None =
                           tol, step, problem=problem)
     if a.size == 0:
         return Comparison(name, q, a.shape, 0.0, 0.0, (), 0.0, 0.0, 0.0, tol, step)
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    # flat float64 views (no copy for float64 input); a.shape unravels the index
+    a64, b64 = a.astype(np.float64, copy=False).reshape(-1), b.astype(np.float64, copy=False).reshape(-1)
     with np.errstate(invalid="ignore", over="ignore"):  # inf - inf; handled just below
-        diff = np.abs(a64 - b64)
-    bad_a, bad_b = ~np.isfinite(a64), ~np.isfinite(b64)
-    if bad_a.any() or bad_b.any():
+        diff = a64 - b64
+        np.abs(diff, out=diff)
+    max_abs = float(diff.max())  # NaN or inf if any element is
+    if not math.isfinite(max_abs):  # a non-finite value on either side (or an overflowing difference)
+        bad_a, bad_b = ~np.isfinite(a64), ~np.isfinite(b64)
         # Non-finite values match only where both sides have the same inf, or both NaN.
         same = (bad_a & bad_b) & ((a64 == b64) | (np.isnan(a64) & np.isnan(b64)))
         mismatch = (bad_a | bad_b) & ~same
         diff = np.where(same, 0.0, diff)
+        max_abs = float(diff.max())
         if mismatch.any():
             flat = int(np.flatnonzero(mismatch)[0])
             idx = np.unravel_index(flat, a.shape) if a.ndim else ()
@@ -129,13 +145,20 @@ def compare(name: str, scratch, reference, tol: Tolerance, *, step: int | None =
                               float(a64.flat[flat]), float(b64.flat[flat]), math.inf, tol, step,
                               problem=f"non-finite value at ({', '.join(map(str, idx))}): "
                                       f"scratch {a64.flat[flat]}, reference {b64.flat[flat]}")
-    ratio = diff / (tol.atol + tol.rtol * np.abs(b64))
+    abs_b = np.abs(b64)
+    ratio = abs_b * tol.rtol
+    ratio += tol.atol
+    np.divide(diff, ratio, out=ratio)  # |a - b| / (atol + rtol |b|)
     flat = int(np.argmax(ratio))
     idx = tuple(int(i) for i in np.unravel_index(flat, a.shape)) if a.ndim else ()
-    nz = b64 != 0
-    max_rel = float((diff[nz] / np.abs(b64[nz])).max()) if nz.any() else (0.0 if not diff.any() else math.inf)
-    degenerate = q in GRADIENT_QUANTITIES and max(np.abs(a64).max(), np.abs(b64).max()) <= tol.atol
-    return Comparison(name, q, a.shape, float(diff.max()), max_rel, idx, float(a64.flat[flat]),
+    nz = abs_b != 0
+    if nz.any():
+        rel = np.divide(diff, abs_b, out=np.zeros_like(diff), where=nz)
+        max_rel = float(rel.max())
+    else:
+        max_rel = 0.0 if not diff.any() else math.inf
+    degenerate = q in GRADIENT_QUANTITIES and max(np.abs(a64).max(), abs_b.max()) <= tol.atol
+    return Comparison(name, q, a.shape, max_abs, max_rel, idx, float(a64.flat[flat]),
                       float(b64.flat[flat]), float(ratio.flat[flat]), tol, step,
                       degenerate=bool(degenerate), allowed_zero=allowed_zero)
 
@@ -199,29 +222,55 @@ class Trace:
         return max((c.margin for c in self.comparisons if c.problem is None), default=0.0)
 
     def summary(self) -> list[OrderedDict]:
-        """Per step, the worst margin and max relative error of each kind of quantity."""
+        """Per step and kind of quantity: the worst margin (``margin``, with that tensor's
+        ``max_rel`` and ``name``) and the worst max relative error over the kind's tensors
+        (``worst_rel``, ``worst_rel_name``)."""
         rows = []
         for i, step in enumerate(self.steps, 1):
             row = OrderedDict(step=i)
             for c in step:
                 cur = row.get(c.quantity)
-                if cur is None or c.margin > cur["margin"]:
-                    row[c.quantity] = {"margin": c.margin, "max_rel": c.max_rel, "name": c.name}
+                if cur is None:
+                    cur = row[c.quantity] = {"margin": c.margin, "max_rel": c.max_rel, "name": c.name,
+                                             "worst_rel": c.max_rel, "worst_rel_name": c.name}
+                if c.margin > cur["margin"]:
+                    cur.update(margin=c.margin, max_rel=c.max_rel, name=c.name)
+                if c.max_rel > cur["worst_rel"]:
+                    cur.update(worst_rel=c.max_rel, worst_rel_name=c.name)
             rows.append(row)
         return rows
 
-    def table(self, every: int = 1) -> str:
-        """A compact text table: per step, the worst margin per quantity."""
+    def table(self, every: int = 1, metric: str = "margin") -> str:
+        """A compact text table, one row per step (every ``every``-th step, plus the first,
+        the last and every failing one): per kind of quantity its worst margin
+        (``metric="margin"``) or its worst max relative error (``metric="max_rel"``,
+        followed by the step's worst margin, which decides pass or fail)."""
+        if metric not in ("margin", "max_rel"):
+            raise ValueError(f"metric must be 'margin' or 'max_rel', got {metric!r}")
         qs = list(OrderedDict.fromkeys(c.quantity for c in self.comparisons))
         short = {q: q.replace("parameter ", "param ").replace("forward activation", "activation")
-                 .replace("upstream gradient", "upstream grad") for q in qs}
-        lines = ["step  " + "  ".join(f"{short[q]:>14}" for q in qs) + "   (worst margin; <= 1 passes)"]
+                 .replace("upstream gradient", "upstream grad").replace("BatchNorm buffer", "BN buffer")
+                 for q in qs}
+        key, width = ("margin", 14) if metric == "margin" else ("worst_rel", 13)
+        legend = ("(worst margin; <= 1 passes)" if metric == "margin" else
+                  "(worst max relative error per quantity, ! = a tensor of this kind fails; "
+                  "margin: the step's worst, <= 1 passes)")
+        head = "step  " + "  ".join(f"{short[q]:>{width}}" for q in qs)
+        lines = [head + (f"  {'margin':>9}" if metric == "max_rel" else "") + "   " + legend]
         for row in self.summary():
-            if row["step"] % every and row["step"] != len(self.steps) and row["step"] != 1:
+            step = self.steps[row["step"] - 1]
+            ok = all(c.passed for c in step)
+            if row["step"] % every and row["step"] not in (1, len(self.steps)) and ok:
                 continue
-            cells = [f"{row[q]['margin']:14.3g}" if q in row else f"{'-':>14}" for q in qs]
-            flag = "" if all(c.passed for c in self.steps[row["step"] - 1]) else "  FAIL"
-            lines.append(f"{row['step']:>4}  " + "  ".join(cells) + flag)
+            if metric == "margin":
+                cells = [f"{row[q][key]:{width}.3g}" if q in row else f"{'-':>{width}}" for q in qs]
+            else:
+                bad = {c.quantity for c in step if not c.passed}
+                cells = [f"{row[q][key]:{width - 1}.3g}{'!' if q in bad else ' '}" if q in row
+                         else f"{'-':>{width - 1}} " for q in qs]
+            if metric == "max_rel":
+                cells.append(f"{max((c.margin for c in step), default=0.0):9.3g}")
+            lines.append(f"{row['step']:>4}  " + "  ".join(cells) + ("" if ok else "  FAIL"))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -262,8 +311,9 @@ def declared_zero(key: str, allowed_zero) -> bool:
 
 
 def compare_records(scratch_rec: "OrderedDict", torch_rec: "OrderedDict", tol: Tolerance, step: int,
-                    allowed_zero=()) -> list[Comparison]:
-    """Compare two step records name by name, in the scratch record's (computation) order.
+                    allowed_zero=(), notes=None) -> list[Comparison]:
+    """Compare two step records name by name, in the scratch record's (computation) order;
+    ``notes`` ({name: words}) label tensors in failure messages.
 
     The gradient and momentum buffer of a parameter declared zero by construction
     (``allowed_zero``) hold nothing but rounding noise on both sides, and the two noises
@@ -280,6 +330,8 @@ def compare_records(scratch_rec: "OrderedDict", torch_rec: "OrderedDict", tol: T
             if c.problem is None and declared_zero(k, allowed_zero):
                 c = compare(k, scratch_rec[k], np.zeros_like(scratch_rec[k]), tol, step=step, allowed_zero=True)
             out.append(c)
+    for c in out:
+        c.note = (notes or {}).get(c.name)
     for k in missing:
         side = "reference" if k in scratch_rec else "scratch"
         out.append(Comparison(k, quantity(k), (), math.inf, math.inf, (), math.nan, math.nan, math.inf,
@@ -288,24 +340,33 @@ def compare_records(scratch_rec: "OrderedDict", torch_rec: "OrderedDict", tol: T
 
 
 def check_steps(scratch_side, torch_side, batches, *, net: str, dtype, tol: Tolerance | None = None,
-                allowed_zero=(), on_step=None) -> Trace:
+                allowed_zero=(), on_step=None, observer=None) -> Trace:
     """Train both sides on the same ``(x, y)`` batches, comparing every recorded tensor
     after every step. Both sides must start from identical weights.
 
     Returns the full ``Trace`` (it keeps going after a failure, so the growth of an
     error is visible); call ``raise_if_failed()`` to turn a failure into an error.
+
+    ``observer`` (optional) sees every step from outside: ``observer.before_step(i, x, y,
+    scratch_side, torch_side)`` and ``observer.after_step(i, x, y, s, t, trace)`` with
+    both sides' ``StepResult`` (``nnparity.localize`` uses it to find a culprit).
     """
     dtype = np.dtype(dtype).name
     trace = Trace(net, dtype, tol or tolerance_for(dtype))
+    notes = gradient_notes(getattr(scratch_side, "model", None))
     tie_modules = _tie_modules(torch_side)
     for m in tie_modules:  # ties at the parity tolerance follow the scratch side's choice (max pooling)
         m.tie_tol = (trace.tol.atol, trace.tol.rtol)
     try:
         with blas_threads(1):  # alternating NumPy and torch steps: see nnparity/threads.py
             for i, (x, y) in enumerate(batches, 1):
+                if observer:
+                    observer.before_step(i, x, y, scratch_side, torch_side)
                 s = scratch_side.step(x, y, record=True)
                 t = torch_side.step(x, y, record=True, draws=scratch_side.draws())
-                trace.steps.append(compare_records(s.record, t.record, trace.tol, i, allowed_zero))
+                trace.steps.append(compare_records(s.record, t.record, trace.tol, i, allowed_zero, notes))
+                if observer:
+                    observer.after_step(i, x, y, s, t, trace)
                 if on_step:
                     on_step(i, trace)
                 if any(c.problem and c.problem.startswith("non-finite") for c in trace.steps[-1]):

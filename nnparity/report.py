@@ -149,6 +149,10 @@ def render_markdown(meta: dict, history: list, figures, extra: str = "") -> str:
                      f"(epoch {h['worst_param_epoch']}), and relative to a tensor's largest value at most "
                      f"{h['max_rel_param_diff']:.2g} (`{h['worst_param']}`)." if "max_abs_param_diff" in h
                      else ".")]
+    if meta.get("drift"):
+        from .drift import markdown
+
+        lines += ["", markdown(meta["drift"])]
     if extra:
         lines += ["", extra]
     if history:
@@ -156,7 +160,8 @@ def render_markdown(meta: dict, history: list, figures, extra: str = "") -> str:
     if figures:
         lines += ["", "## Plots", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     env = meta.get("environment", {})
-    lines += ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items()), ""]
+    lines += ["", "## Environment", "", ", ".join(f"{k} {v}" for k, v in env.items())
+              + (f"; peak resident memory {meta['peak_rss_mib']} MiB" if "peak_rss_mib" in meta else ""), ""]
     return "\n".join(lines)
 
 
@@ -167,6 +172,11 @@ def write_report(out_dir, meta: dict, history: list, *, figures: dict | None = N
     metrics = {**meta, "headline": headline(history), "epochs": history, **(extra_metrics or {})}
     io.write_json(out_dir / "metrics.json", metrics)
     figures = figures if figures is not None else (per_epoch_plots(history, meta["net"]) if history else {})
+    if meta.get("drift") and "drift.png" in figures:  # drift with its rounding envelope
+        from .drift import figure
+
+        _close({"drift.png": figures["drift.png"]})
+        figures["drift.png"] = figure(meta["drift"], meta["net"])
     for name, fig in figures.items():
         io.write_figure(out_dir / name, fig)
     _close(figures)

@@ -12,7 +12,10 @@ in computation order, under the same names on both sides::
     state/<param>.momentum_buffer   optimizer state
     buffer/<name>    buffers (BatchNorm's running statistics)
 
-``step(x, y)`` without ``record`` is the fast path used for training.
+``step(x, y)`` without ``record`` is the fast path used for training. With
+``record``, the torch side's ``StepResult.inputs`` also holds each top-level
+layer's input (not compared; ``nnparity.localize`` feeds it to a scratch layer
+alone to tell the layer's own error from an inherited one).
 """
 
 from __future__ import annotations
@@ -44,24 +47,50 @@ def quantity(key: str) -> str:
     return QUANTITIES.get(prefix, prefix)
 
 
+def gradient_notes(model) -> dict:
+    """``dout/<layer>`` is also the input gradient of the next layer: say so, so that a
+    failure at ``dout/fc`` reads "the input gradient of layer 'relu' (ReLU)"."""
+    layers = list(getattr(model, "_modules", {}).items())
+    return {f"dout/{a}": f"dL/d(out/{a}) = the input gradient of layer {b!r} ({type(layer).__name__})"
+            for (a, _), (b, layer) in zip(layers, layers[1:])}
+
+
 @dataclass
 class StepResult:
     loss: float          # the loss as reduced by the recipe
     n: int               # samples in the batch
     correct: int         # argmax(logits) == label
     record: "OrderedDict[str, np.ndarray] | None" = None
+    # torch side, with ``record``: each top-level layer's input, by layer name (not part of
+    # the compared record; a Sequential layer's input is the previous layer's output)
+    inputs: "OrderedDict[str, np.ndarray] | None" = None
 
 
 def canonical_order(layer_names, param_names, state_names, buffer_names) -> list[str]:
     """Record keys in the order a training step computes them."""
+    layer_names = list(layer_names)
     keys = [f"out/{n}" for n in layer_names] + ["loss"]
-    for layer in reversed(list(layer_names)):
+    for layer in reversed(layer_names):
         keys.append(f"dout/{layer}")
         keys += [f"grad/{p}" for p in param_names if p.startswith(layer + ".")]
+    # parameters outside every recorded layer (a network's own parameters): after the backward, never dropped
+    keys += [f"grad/{p}" for p in param_names if f"grad/{p}" not in keys]
     keys += [f"param/{p}" for p in param_names]
     keys += [f"state/{s}" for s in state_names]
     keys += [f"buffer/{b}" for b in buffer_names]
     return keys
+
+
+def count_correct(logits, y) -> int:
+    """Samples whose argmax matches the label (integer labels) or the target's argmax (one-hot targets)."""
+    logits, y = np.asarray(logits), np.asarray(y)
+    if logits.ndim != 2:
+        return 0
+    if y.shape == logits.shape:
+        return int((logits.argmax(axis=1) == y.argmax(axis=1)).sum())
+    if y.shape == (len(logits),) and np.issubdtype(y.dtype, np.integer):
+        return int((logits.argmax(axis=1) == y).sum())
+    return 0
 
 
 def summed(batch_loss: float, reduction: str, n: int) -> float:
@@ -96,8 +125,7 @@ class ScratchSide:
         if record:
             rec = self._record(logits, loss, grads)
             m.record = False
-        correct = int((logits.argmax(axis=1) == y).sum())
-        return StepResult(float(loss), len(y), correct, rec)
+        return StepResult(float(loss), len(y), count_correct(logits, y), rec)
 
     def _record(self, logits, loss, grads):
         m = self.model
@@ -137,6 +165,16 @@ class ScratchSide:
         out.update((f"buffer/{k}", b) for k, b in self.model.named_buffers())
         return out
 
+    def grads(self) -> "OrderedDict[str, np.ndarray]":
+        """The gradients of the last step, by record key."""
+        return OrderedDict((f"grad/{k}", p.grad) for k, p in self.model.named_parameters())
+
+    def load_state(self, state: dict) -> None:
+        """Inverse of ``state()``: parameters, buffers and optimizer state, by record key."""
+        model_state = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(("param/", "buffer/"))}
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict({k[len("state/"):]: v for k, v in state.items() if k.startswith("state/")})
+
 
 class TorchSide:
     """A torch model + loss + optimizer, recorded under the scratch side's names."""
@@ -147,6 +185,10 @@ class TorchSide:
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.seconds = 0.0
 
+    def recorded_children(self):
+        """The modules whose outputs are recorded as ``out/<name>`` (the top-level layers)."""
+        return list(self.model.named_children())
+
     def _feed_draws(self, draws):
         for name, mask in (draws or {}).items():
             self.model.get_submodule(name).mask = torch.from_numpy(mask)
@@ -156,15 +198,17 @@ class TorchSide:
         m = self.model
         m.train()
         self._feed_draws(draws)
-        outs, douts, hooks = OrderedDict(), OrderedDict(), []
+        outs, douts, ins, hooks = OrderedDict(), OrderedDict(), OrderedDict(), []
         if record:
             def keep(name):
-                def hook(_mod, _inp, out):
+                def hook(_mod, inp, out):
+                    if inp and isinstance(inp[0], torch.Tensor):
+                        ins[name] = inp[0].detach().clone()
                     outs[name] = out.detach().clone()
                     if out.requires_grad:
                         out.register_hook(lambda g: douts.__setitem__(name, g.detach().clone()))
                 return hook
-            hooks = [mod.register_forward_hook(keep(n)) for n, mod in m.named_children()]
+            hooks = [mod.register_forward_hook(keep(n)) for n, mod in self.recorded_children()]
         try:
             xt, yt = torch.from_numpy(x), torch.from_numpy(y)
             self.optimizer.zero_grad(set_to_none=True)
@@ -179,8 +223,8 @@ class TorchSide:
                 h.remove()
         self.seconds += time.perf_counter() - t0
         rec = self._record(outs, loss, douts, grads) if record else None
-        correct = int((logits.detach().argmax(dim=1) == yt).sum())
-        return StepResult(loss.item(), len(y), correct, rec)
+        inputs = OrderedDict((k, v.numpy()) for k, v in ins.items()) if record else None
+        return StepResult(loss.item(), len(y), count_correct(logits.detach().numpy(), y), rec, inputs)
 
     def _record(self, outs, loss, douts, grads):
         values = {f"out/{k}": v for k, v in outs.items()}
@@ -189,7 +233,7 @@ class TorchSide:
         values.update((f"grad/{k}", g) for k, g in grads.items())
         state = self.state()
         values.update(state)
-        keys = canonical_order([n for n, _ in self.model.named_children()], list(grads),
+        keys = canonical_order([n for n, _ in self.recorded_children()], list(grads),
                                [k[len("state/"):] for k in state if k.startswith("state/")],
                                [k[len("buffer/"):] for k in state if k.startswith("buffer/")])
         return OrderedDict((k, np.array(_np(values[k]), copy=True)) for k in keys if k in values)
@@ -215,6 +259,22 @@ class TorchSide:
                 out[f"state/{k}.momentum_buffer"] = buf.numpy()
         out.update((f"buffer/{k}", b.numpy()) for k, b in self.model.named_buffers())
         return out
+
+    def grads(self) -> "OrderedDict[str, np.ndarray]":
+        return OrderedDict((f"grad/{k}", p.grad.numpy()) for k, p in self.model.named_parameters()
+                           if p.grad is not None)
+
+    def load_state(self, state: dict) -> None:
+        """Inverse of ``state()``: parameters, buffers and optimizer state, by record key."""
+        model_state = {k.split("/", 1)[1]: torch.from_numpy(np.array(v)) for k, v in state.items()
+                       if k.startswith(("param/", "buffer/"))}
+        self.model.load_state_dict(model_state, strict=True)
+        params = dict(self.model.named_parameters())
+        self.optimizer.state.clear()
+        for k, v in state.items():
+            if k.startswith("state/") and k.endswith(".momentum_buffer"):
+                name = k[len("state/"):-len(".momentum_buffer")]
+                self.optimizer.state[params[name]]["momentum_buffer"] = torch.from_numpy(np.array(v))
 
 
 def _np(v):

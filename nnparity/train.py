@@ -27,14 +27,18 @@ class Diverged(RuntimeError):
         self.epoch, self.step = epoch, step
 
 
-def _first_nonfinite(side, result) -> str:
-    for key, arr in [("loss", result.loss), *side.state().items()]:
+def _nonfinite(side, result) -> str:
+    """Which of the side's loss, gradients and parameters are NaN or infinite, in that order."""
+    found = []
+    for key, arr in [("loss", result.loss), *side.grads().items(), *side.state().items()]:
         a = np.asarray(arr)
-        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-            bad = int(np.flatnonzero(~np.isfinite(a))[0]) if a.ndim else 0
-            idx = tuple(int(i) for i in np.unravel_index(bad, a.shape)) if a.ndim else ()
-            return f"{key} = {a.flat[bad]} at {idx}"
-    return "loss"
+        bad = ~np.isfinite(a)
+        if bad.any():
+            first = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad)[0]), a.shape))
+            where = f" ({int(bad.sum())} of {a.size} elements, first {a.flat[np.flatnonzero(bad)[0]]} at {first})" \
+                if a.ndim else f" = {float(a)}"
+            found.append(key + where)
+    return "; ".join(found) if found else "loss"
 
 
 def weight_difference(scratch_state, torch_state) -> tuple[float, float, str]:
@@ -65,6 +69,8 @@ class Training:
     seed: int
     per_batch: bool = False
     history: list = field(default_factory=list)
+    drift_steps: int = 0                              # record the drift after each of the first N steps
+    step_drift: list = field(default_factory=list)    # [(step, max relative weight difference)]
 
     def __post_init__(self):
         self.scratch, self.ref = make_sides(self.net, self.recipe, self.dtype, self.seed)
@@ -73,6 +79,21 @@ class Training:
     @property
     def sides(self):
         return (self.scratch, self.ref)
+
+    def _step(self, x, y, epoch, totals, curves):
+        # scratch first: it draws the dropout masks that the torch side reuses
+        results = [(self.scratch, self.scratch.step(x, y))]
+        results.append((self.ref, self.ref.step(x, y, draws=self.scratch.draws())))
+        for side, r in results:
+            if not math.isfinite(r.loss):
+                raise Diverged(f"{self.net.name} {side.name} side diverged at epoch {epoch}, "
+                               f"step {self.step_count}: non-finite {_nonfinite(side, r)}", epoch, self.step_count)
+            t = totals[side.name]
+            t["loss"] += summed(r.loss, side.loss_fn.reduction, r.n)
+            t["correct"] += r.correct
+            t["n"] += r.n
+            if curves is not None:
+                curves[side.name].append((r.loss, 100.0 * r.correct / r.n))
 
     def evaluate(self) -> dict:
         out = {}
@@ -103,20 +124,11 @@ class Training:
         with blas_threads(1):  # alternating NumPy and torch steps: see nnparity/threads.py
             for x, y in bar:
                 self.step_count += 1
-                # scratch first: it draws the dropout masks that the torch side reuses
-                results = [(self.scratch, self.scratch.step(x, y))]
-                results.append((self.ref, self.ref.step(x, y, draws=self.scratch.draws())))
-                for side, r in results:
-                    if not math.isfinite(r.loss):
-                        raise Diverged(f"{self.net.name} {side.name} side diverged at epoch {epoch}, "
-                                       f"step {self.step_count}: {_first_nonfinite(side, r)}",
-                                       epoch, self.step_count)
-                    t = totals[side.name]
-                    t["loss"] += summed(r.loss, side.loss_fn.reduction, r.n)
-                    t["correct"] += r.correct
-                    t["n"] += r.n
-                    if curves is not None:
-                        curves[side.name].append((r.loss, 100.0 * r.correct / r.n))
+                with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected just below
+                    self._step(x, y, epoch, totals, curves)
+                if self.step_count <= self.drift_steps:
+                    self.step_drift.append((self.step_count,
+                                            weight_difference(self.scratch.state(), self.ref.state())[1]))
         bar.close()
         test = self.evaluate()
         s_state, t_state = self.scratch.state(), self.ref.state()

@@ -201,12 +201,12 @@ def test_lr_schedule_is_validated():
         cnn18k.RECIPE.replace(lr_schedule=((5, 0.0),))
 
 
-def test_bench_times_each_side_drawing_its_own_masks(mnist):
-    """Timed epochs run one side at a time: the torch side draws its own dropout masks
-    (it used to be handed the scratch side's last, wrongly shaped, masks)."""
+def test_bench_runs_cnn18k_with_dropout_masks_handed_across():
+    """Timed epochs alternate the sides batch by batch, handing each batch's dropout masks
+    to the torch side, including the short last batch."""
     from nnparity.bench import bench_network
 
     recipe = cnn18k.RECIPE.replace(train_size=100, test_size=100)  # 6 batches of 16 + a last batch of 4
-    r = bench_network("cnn18k", mnist, repeats=2, recipe=recipe)
+    r = bench_network("cnn18k", repeats=2, recipe=recipe)
     assert r["samples"] == 100 and len(r["scratch_all"]) == len(r["torch_all"]) == 2
     assert r["gflop_per_epoch"] > 0 and r["scratch_s"] > 0 and r["torch_s"] > 0

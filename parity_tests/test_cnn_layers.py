@@ -137,7 +137,8 @@ def test_batchnorm_training(dtype):
     layer, module = _bn_pair(dtype)
     x = np.random.default_rng(2).standard_normal((4, 5, 6, 7)) * 3 + 1.5  # mean and scale far from 0, 1
     comps = check_layer(layer, module, x=x, dtype=dtype, train=True)
-    assert [c.name for c in comps] == ["out", "din", "grad/weight", "grad/bias"]
+    assert [c.name for c in comps] == ["out", "din", "grad/weight", "grad/bias", "buffer/running_mean",
+                                       "buffer/running_var", "buffer/num_batches_tracked"]
     _assert_buffers_match(layer, module)
     assert int(layer.num_batches_tracked) == 8
 

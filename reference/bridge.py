@@ -52,7 +52,7 @@ def copy_to_torch(scratch_model, torch_model: torch.nn.Module) -> None:
                               f"torch has shape {tuple(t.shape)} dtype {t.dtype}")
     with torch.no_grad():
         for k, a in src.items():
-            dst[k].copy_(torch.from_numpy(np.array(a, order="C")))  # not ascontiguousarray: it makes 0-d arrays 1-d
+            dst[k].copy_(torch.from_numpy(np.ascontiguousarray(a).reshape(a.shape)))  # keeps 0-d 0-d
 
 
 def copy_to_scratch(torch_model: torch.nn.Module, scratch_model) -> None:

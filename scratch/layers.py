@@ -71,6 +71,7 @@ class ReLU(Module):
     """
 
     draws_mask = True
+    kink_attrs = ("mask",)  # which side of the kink each element is on (finite-difference checks read it)
 
     def forward(self, x):
         self.mask = x > 0

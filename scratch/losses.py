@@ -66,6 +66,98 @@ class CrossEntropyLoss(Module):
         return dz
 
 
+def _check_same_shape(y, target):
+    if np.shape(y) != np.shape(target):
+        raise ValueError(f"expected a target of the input's shape {np.shape(y)}, got {np.shape(target)}")
+
+
+class MSELoss(Module):
+    """Squared error between an output and a real-valued target (mirrors
+    ``torch.nn.MSELoss``).
+
+    ``L = sum_k (y_k - t_k)^2`` over every element, divided by the number of
+    elements for ``mean`` (N * C for an (N, C) input: PyTorch's convention, not a
+    per-sample mean).
+
+    Args:
+        reduction: ``"sum"`` or ``"mean"`` (over all elements).
+
+    Shape:
+        input: any; target: the input's shape; output: scalar.
+    """
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        self.reduction = _check_reduction(reduction)
+
+    def _target(self, y, target):
+        target = np.asarray(target)
+        _check_same_shape(y, target)
+        return target.astype(y.dtype, copy=False)
+
+    def forward(self, y, target):
+        self.diff = y - self._target(y, target)
+        loss = np.vdot(self.diff, self.diff)  # sum of squares, one BLAS call
+        return np.asarray(loss / self.diff.size if self.reduction == "mean" else loss, dtype=y.dtype)
+
+    def backward(self):
+        # L = sum (y - t)^2  =>  dL/dy = 2 (y - t)   (/ number of elements for mean)
+        scale = 2 / self.diff.size if self.reduction == "mean" else 2
+        return self.diff * self.diff.dtype.type(scale)
+
+
+class OneHotMSELoss(MSELoss):
+    """Squared error against the one-hot encoding of integer class labels.
+
+    ``L = sum_{n,c} (y_nc - [c == label_n])^2``, reduced like ``MSELoss`` (``mean``
+    divides by N * C). The network's output is compared with the one-hot target,
+    so class labels travel through the harness like a cross-entropy's.
+
+    Args:
+        num_classes: C, the width of the one-hot encoding.
+        reduction: ``"sum"`` or ``"mean"`` (over all N * C elements).
+
+    Shape:
+        input: (N, C); target: integer labels (N,); output: scalar.
+    """
+
+    def __init__(self, num_classes: int, reduction: str = "mean"):
+        super().__init__(reduction)
+        self.num_classes = num_classes
+
+    def _target(self, y, target):
+        target = np.asarray(target)
+        if y.ndim != 2 or y.shape[1] != self.num_classes:
+            raise ValueError(f"expected outputs of shape (N, {self.num_classes}), got {y.shape}")
+        _check_labels(y, target)
+        one_hot = np.zeros_like(y)
+        one_hot[np.arange(len(target)), target] = 1  # (N,) labels -> (N, C) one-hot
+        return one_hot
+
+
+class HalfSquaredError(Module):
+    """The hand-worked examples' total error ``E = 1/2 sum_k (t_k - y_k)^2``,
+    summed over every output and sample (the 1/2 cancels the square's 2).
+
+    Equals ``0.5 * torch.nn.MSELoss(reduction="sum")``.
+
+    Shape:
+        input: any; target: the input's shape; output: scalar.
+    """
+
+    reduction = "sum"
+
+    def forward(self, y, target):
+        target = np.asarray(target)
+        _check_same_shape(y, target)
+        self.diff = y - target.astype(y.dtype, copy=False)
+        return np.asarray(0.5 * np.vdot(self.diff, self.diff), dtype=y.dtype)
+
+    def backward(self):
+        # E = 1/2 sum (t - y)^2  =>  dE/dy = -(t - y) = y - t
+        return self.diff.copy()
+
+
 class LogSoftmax(Module):
     """``y = z - log sum_j exp(z_j)`` along the class axis (mirrors ``torch.nn.LogSoftmax(dim=1)``).
 

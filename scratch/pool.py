@@ -48,6 +48,7 @@ class MaxPool2d(Module):
     """
 
     draws_mask = True
+    kink_attrs = ("mask",)  # the chosen element per window: a finite-difference step that moves it is a kink
 
     def __init__(self, kernel_size: int = 2, stride: int | None = None):
         super().__init__()

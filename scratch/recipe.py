@@ -31,6 +31,9 @@ class Recipe:
         train_size: train on a seeded random subset of this many images (None = all 60,000).
         test_size: evaluate on a seeded random subset of this many test images (None = all 10,000).
         dtype: the dtype of the documented full run (parity runs use both).
+        variant: which reading of the document the scratch side implements, for a
+            network that has more than one (``linear10``: ``correct`` or
+            ``as-documented``); None for a network with a single reading.
         choices: every choice made where the source document is silent, one sentence each.
     """
 
@@ -47,6 +50,7 @@ class Recipe:
     train_size: int | None = None
     test_size: int | None = None
     dtype: str = "float64"
+    variant: str | None = None
     choices: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
@@ -67,6 +71,11 @@ class Recipe:
     def replace(self, **changes) -> "Recipe":
         """A copy with some fields changed; ``None`` values are ignored (handy for CLI flags)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def summary(self) -> str:
+        """One line for ``nnparity list``."""
+        return (f"lr {self.lr}, batch {self.batch_size}, {self.epochs} epochs, {self.loss} ({self.reduction}), "
+                f"documented run in {self.dtype}")
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -1,0 +1,71 @@
+"""The two learner-style layers checked with nn-parity's pytest fixture: the correct
+backward passes; the wrong one fails with a message naming the wrong gradient.
+
+Run with ``python -m pytest examples``. The ``nnparity`` fixture comes from the
+plugin nn-parity installs (``pytest11`` entry point); this repo also enables it in
+its root ``conftest.py``.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from layer_norm import LayerNorm, LayerNormWrongBackward
+from leaky_relu import LeakyReLU, LeakyReLUWrongBackward
+
+
+def test_leaky_relu(nnparity):
+    nnparity.layer(LeakyReLU(0.1), torch.nn.LeakyReLU(0.1), input_shape=(4, 10))
+
+
+def test_leaky_relu_by_finite_differences(nnparity):
+    nnparity.layer(LeakyReLU(0.1), None, input_shape=(4, 10))
+
+
+def test_leaky_relu_wrong_backward_fails_at_the_input_gradient(nnparity):
+    with pytest.raises(AssertionError) as e:
+        nnparity.layer(LeakyReLUWrongBackward(0.1), torch.nn.LeakyReLU(0.1), input_shape=(4, 10))
+    msg = str(e.value)
+    # the first wrong element: x <= 0 there, so ours is 0 and torch's is 0.1 * dy
+    assert msg.startswith("LeakyReLUWrongBackward float64 din (input gradient): max abs"), msg
+    assert "(scratch 0, reference 0.18" in msg and "margin" in msg
+
+
+def test_leaky_relu_wrong_backward_fails_by_finite_differences_too(nnparity):
+    with pytest.raises(AssertionError, match=r"din at \(\d+, \d+\): analytic 0, numeric .* \(wrong\)"):
+        nnparity.layer(LeakyReLUWrongBackward(0.1), None, input_shape=(4, 10))
+
+
+def test_layer_norm(nnparity):
+    nnparity.layer(LayerNorm(10), torch.nn.LayerNorm(10), input_shape=(4, 10))
+
+
+def test_layer_norm_over_a_sequence(nnparity):
+    nnparity.layer(LayerNorm(6), torch.nn.LayerNorm(6), input_shape=(3, 5, 6))
+
+
+def test_layer_norm_by_finite_differences(nnparity):
+    nnparity.layer(LayerNorm(10), None, input_shape=(4, 10))
+
+
+def test_layer_norm_wrong_backward_fails_at_the_input_gradient_only(nnparity):
+    with pytest.raises(AssertionError) as e:
+        nnparity.layer(LayerNormWrongBackward(10), torch.nn.LayerNorm(10), input_shape=(4, 10))
+    msg = str(e.value)
+    assert msg.startswith("LayerNormWrongBackward float64 din (input gradient): max abs"), msg
+    # the parameter gradients are right, and the summary line says so
+    assert "float64: 1 of 4 failing (din)" in msg
+
+
+def test_layer_norm_wrong_backward_fails_by_finite_differences_too(nnparity):
+    with pytest.raises(AssertionError, match=r"gradcheck .*: din at .*\(wrong\)"):
+        nnparity.layer(LayerNormWrongBackward(10), None, input_shape=(4, 10))
+
+
+def test_leaky_relu_kink_is_reported_not_failed(nnparity):
+    """An input within eps of 0: the finite difference straddles the kink. LeakyReLU declares
+    ``kink_attrs = ("positive",)``, so the check reports that coordinate as a kink instead of failing."""
+    x = np.array([[3e-6, -1.0, 0.5], [2.0, -0.2, 1.5]])
+    report = nnparity.gradcheck(LeakyReLU(0.1), x=x, samples=6)
+    kinks = report.results["float64"].kinks
+    assert [(p.tensor, p.index, p.kink) for p in kinks] == [("din", (0, 0), ("positive",))]

@@ -1,0 +1,508 @@
+"""One view of a user's layer, network, loss or update rule, whatever its convention.
+
+The checks (``layercheck``, ``gradcheck``, ``byod``) talk to a ``LayerAdapter``,
+so the same harness runs this project's scratch modules and a learner's own code.
+
+The layer protocol
+------------------
+A *layer* (or a whole *network*: the protocol is the same) is one of:
+
+1. **A scratch Module** (this project's convention, or any object that quacks
+   like one): ``forward(x) -> y``; ``backward(dy) -> dx``, which *accumulates*
+   parameter gradients into ``p.grad``; ``named_parameters()`` yielding
+   ``(name, p)`` with ``p.data`` and ``p.grad`` arrays. Optional:
+   ``named_buffers()``, ``zero_grad()``, ``astype(dtype)``, ``train(mode)``.
+2. **A plain object with dicts**: ``forward(x) -> y``; ``backward(dy) -> dx``;
+   ``params``, a dict ``{name: ndarray}``; ``grads``, a dict ``{name: ndarray}``
+   that ``backward`` fills, by assigning ``grads[name] = ...`` or by accumulating
+   into entries you created (existing entries are reset to zeros, of the
+   parameter's dtype, before every backward). Optional: ``buffers`` (dict), ``train(mode)`` or a
+   ``training`` attribute. ``forward``/``backward`` must read ``params[name]``
+   when they run (not an alias kept from ``__init__``): the checks replace the
+   arrays to change their dtype or values.
+3. **A plain object without parameters**: ``forward(x)``, ``backward(dy) -> dx``.
+4. **A pair of functions** ``(forward, backward)``: ``forward(x) -> y``,
+   ``backward(x, dy) -> dx``.
+
+Parameter names are the torch equivalent's ``named_parameters()`` names
+(``weight``, ``bias``, ``fc1.weight``...), PyTorch layouts included.
+
+Optional, any convention: ``kink_attrs``, a tuple naming the attributes that
+``forward`` sets and that decide which piece of a piecewise function is active
+(``ReLU.kink_attrs = ("mask",)``; a max-pool's argmax). Finite-difference checks
+report a coordinate whose perturbation changes one of them as a *kink*, not a
+failure.
+
+Losses: an object with ``forward(input, target) -> scalar`` and
+``backward() -> dL/dinput`` (the scratch convention), or a function
+``loss(input, target) -> (value, dL/dinput)``.
+
+Update rules: an object with ``step()`` (e.g. ``scratch.SGD`` over the
+network's parameters; its ``state_dict()``, if any, is compared with the torch
+optimizer's state), or a function ``update(params, grads)`` that changes the
+``params`` arrays in place or returns the new ``params`` dict.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+
+import numpy as np
+
+
+class ProtocolError(TypeError):
+    """A user object does not follow the layer / loss / update protocol (see module doc)."""
+
+
+class ParameterMismatch(ValueError):
+    """The two sides do not have the same parameter names or shapes."""
+
+
+def _short(obj) -> str:
+    return getattr(obj, "__name__", None) or type(obj).__name__
+
+
+class LayerAdapter:
+    """A uniform view of a layer or network following any convention of the layer protocol.
+
+    Args:
+        obj: the user's layer or network (see the module docstring), or a
+            ``(forward, backward)`` pair of functions.
+        name: how messages name it (default: its class or function name).
+    """
+
+    def __init__(self, obj, name: str | None = None):
+        if isinstance(obj, LayerAdapter):
+            obj = obj.obj
+        self.obj = obj
+        if isinstance(obj, (tuple, list)):
+            if len(obj) != 2 or not all(callable(f) for f in obj):
+                raise ProtocolError("a layer given as functions must be a pair (forward, backward) with "
+                                    "forward(x) -> y and backward(x, dy) -> dx")
+            self.kind = "functions"
+            self._x = None
+            self.name = name or _short(obj[0])
+            return
+        missing = [m for m in ("forward", "backward") if not callable(getattr(obj, m, None))]
+        if missing:
+            raise ProtocolError(
+                f"{_short(obj)} has no {' and no '.join(missing)} method: a layer needs forward(x) -> y and "
+                "backward(dy) -> dx (or pass a pair of functions (forward, backward) with backward(x, dy))")
+        if callable(getattr(obj, "named_parameters", None)):
+            self.kind = "module"
+        elif hasattr(obj, "params"):
+            if not isinstance(obj.params, dict):
+                raise ProtocolError(f"{_short(obj)}.params must be a dict {{name: ndarray}}, "
+                                    f"got {type(obj.params).__name__}")
+            self.kind = "dict"
+        else:
+            self.kind = "plain"
+        self.name = name or _short(obj)
+
+    # --- computation -------------------------------------------------------------
+    def forward(self, x):
+        if self.kind == "functions":
+            self._x = x
+            return self.obj[0](x)
+        return self.obj.forward(x)
+
+    def backward(self, dy):
+        if self.kind == "functions":
+            return self.obj[1](self._x, dy)
+        return self.obj.backward(dy)
+
+    def train(self, mode: bool = True) -> None:
+        if self.kind == "functions":
+            return
+        if callable(getattr(self.obj, "train", None)):
+            self.obj.train(mode)
+        elif hasattr(self.obj, "training"):
+            self.obj.training = mode
+
+    @property
+    def training(self):
+        return getattr(self.obj, "training", None)
+
+    # --- parameters --------------------------------------------------------------
+    def _module_params(self):
+        return OrderedDict(self.obj.named_parameters())
+
+    def params(self) -> "OrderedDict[str, np.ndarray]":
+        """The live parameter arrays, by name."""
+        if self.kind == "module":
+            return OrderedDict((k, p.data) for k, p in self._module_params().items())
+        if self.kind == "dict":
+            return OrderedDict((k, np.asarray(v)) for k, v in self.obj.params.items())
+        return OrderedDict()
+
+    def set_params(self, arrays: dict) -> None:
+        """Replace parameter arrays (values and dtype); gradients are reset to zeros."""
+        if self.kind == "module":
+            ps = self._module_params()
+            for k, a in arrays.items():
+                ps[k].data = a
+                ps[k].grad = np.zeros_like(a)
+        elif self.kind == "dict":
+            for k, a in arrays.items():
+                self.obj.params[k] = a
+
+    def grads(self) -> "OrderedDict[str, np.ndarray]":
+        """dL/d(param) after ``backward``, by name; a missing or misshapen gradient is a ``ProtocolError``."""
+        params = self.params()
+        if self.kind == "module":
+            out = OrderedDict((k, p.grad) for k, p in self._module_params().items())
+        elif self.kind == "dict":
+            grads = getattr(self.obj, "grads", None)
+            if not isinstance(grads, dict):
+                raise ProtocolError(f"{self.name} has a params dict but no grads dict: backward must store "
+                                    f"dL/d(param) in self.grads[name] for every name in params {list(params)}")
+            absent = [k for k in params if k not in grads]
+            if absent:
+                raise ProtocolError(f"{self.name}.backward stored no gradient for {absent} in self.grads "
+                                    f"(it has {list(grads)}; params has {list(params)})")
+            out = OrderedDict((k, np.asarray(grads[k])) for k in params)
+        else:
+            return OrderedDict()
+        for k, g in out.items():
+            if g is None or np.shape(g) != params[k].shape:
+                raise ProtocolError(f"{self.name}: the gradient of parameter {k!r} has shape "
+                                    f"{None if g is None else np.shape(g)}, the parameter has shape "
+                                    f"{params[k].shape}: dL/d{k} must have its parameter's shape")
+        return out
+
+    def zero_grad(self) -> None:
+        if self.kind == "module":
+            if callable(getattr(self.obj, "zero_grad", None)):
+                self.obj.zero_grad()
+            else:
+                for _, p in self._module_params().items():
+                    p.grad = np.zeros_like(p.data)
+        elif self.kind == "dict":
+            grads = getattr(self.obj, "grads", None)
+            if not isinstance(grads, dict):
+                grads = {}
+                self.obj.grads = grads
+            for k, p in self.params().items():
+                if k not in grads:   # left missing: a backward that never sets it gets a clear error
+                    continue
+                g = grads[k]
+                if isinstance(g, np.ndarray) and g.shape == p.shape and g.dtype == p.dtype:
+                    g[...] = 0
+                else:
+                    grads[k] = np.zeros_like(p)
+
+    # --- buffers -----------------------------------------------------------------
+    def buffers(self) -> "OrderedDict[str, np.ndarray]":
+        if self.kind == "module" and callable(getattr(self.obj, "named_buffers", None)):
+            return OrderedDict((k, np.asarray(b)) for k, b in self.obj.named_buffers())
+        if self.kind == "dict" and isinstance(getattr(self.obj, "buffers", None), dict):
+            return OrderedDict((k, np.asarray(b)) for k, b in self.obj.buffers.items())
+        return OrderedDict()
+
+    def set_buffers(self, arrays: dict) -> None:
+        """Replace buffer arrays (values and dtype)."""
+        if not arrays:
+            return
+        if self.kind == "dict":
+            self.obj.buffers.update(arrays)
+            return
+        if self.kind != "module":
+            return
+        modules = dict(self._modules())
+        for key, a in arrays.items():
+            path, _, attr = key.rpartition(".")
+            mod = modules[path]
+            if callable(getattr(mod, "_set_buffer", None)):
+                mod._set_buffer(attr, a)
+            else:
+                setattr(mod, attr, a)
+
+    # --- state -------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """Everything ``restore`` needs to put the parameters and buffers back as they were."""
+        snap = {"params": self.params(), "buffers": OrderedDict((k, np.array(v, copy=True))
+                                                                for k, v in self.buffers().items())}
+        if self.kind == "module":
+            snap["grads"] = OrderedDict((k, p.grad) for k, p in self._module_params().items())
+        elif self.kind == "dict" and isinstance(getattr(self.obj, "grads", None), dict):
+            snap["grads"] = dict(self.obj.grads)
+        return snap
+
+    def restore(self, snap: dict) -> None:
+        """Put back the original parameter (and gradient) array objects and the buffer values."""
+        if self.kind == "module":
+            for k, p in self._module_params().items():
+                p.data = snap["params"][k]
+                p.grad = snap["grads"][k]
+        elif self.kind == "dict":
+            self.obj.params.update(snap["params"])
+            if "grads" in snap:
+                self.obj.grads = snap["grads"]
+        self.set_buffers(snap["buffers"])
+
+    def astype(self, dtype) -> None:
+        """Convert every parameter and floating buffer to ``dtype``."""
+        dtype = np.dtype(dtype)
+        if self.kind == "module" and callable(getattr(self.obj, "astype", None)):
+            self.obj.astype(dtype)
+            return
+        self.set_params({k: v.astype(dtype) for k, v in self.params().items()})
+        self.set_buffers({k: v.astype(dtype) for k, v in self.buffers().items()
+                          if np.issubdtype(v.dtype, np.floating)})
+
+    def dtypes(self) -> set:
+        return {a.dtype for a in list(self.params().values()) + list(self.buffers().values())
+                if np.issubdtype(a.dtype, np.floating)}
+
+    def input_grad_on(self):
+        """Make ``backward`` return dL/d(input) (scratch layers may skip it); returns an undo function."""
+        obj = self.obj
+        if self.kind == "module" and callable(getattr(obj, "set_input_grad", None)):
+            first = next(iter(obj._modules.values()), None) if hasattr(obj, "_modules") else None
+            before = getattr(first, "needs_input_grad", None)
+            obj.set_input_grad(True)
+            return (lambda: obj.set_input_grad(before)) if before is not None else (lambda: None)
+        if getattr(obj, "needs_input_grad", None) is not None:
+            before = obj.needs_input_grad
+            obj.needs_input_grad = True
+            return lambda: setattr(obj, "needs_input_grad", before)
+        return lambda: None
+
+    # --- discrete decisions --------------------------------------------------------
+    def _modules(self):
+        if self.kind == "module" and callable(getattr(self.obj, "named_modules", None)):
+            return list(self.obj.named_modules())
+        return [("", self.obj)] if self.kind != "functions" else []
+
+    def kink_state(self) -> dict:
+        """Copies of every declared kink attribute after the last forward (see ``kink_attrs``)."""
+        state = {}
+        for path, mod in self._modules():
+            for attr in getattr(mod, "kink_attrs", ()) or ():
+                v = getattr(mod, attr, None)
+                if v is not None:
+                    state[f"{path}.{attr}" if path else attr] = np.array(v, copy=True)
+        return state
+
+    def draws(self) -> dict:
+        """Random draws of the last forward (dropout masks, ``draws_mask = True``), by module path."""
+        return {path: np.array(mod.mask, copy=True) for path, mod in self._modules()
+                if getattr(mod, "draws_mask", False) and getattr(mod, "mask", None) is not None}
+
+    def generators(self) -> list:
+        """Every NumPy random generator held by a module (so a check can replay the same draws)."""
+        gens, seen = [], set()
+        for _, mod in self._modules():
+            for v in vars(mod).values() if hasattr(mod, "__dict__") else ():
+                if isinstance(v, (np.random.Generator, np.random.RandomState)) and id(v) not in seen:
+                    seen.add(id(v))
+                    gens.append(v)
+        return gens
+
+
+def as_layer(obj, name: str | None = None) -> LayerAdapter:
+    return obj if isinstance(obj, LayerAdapter) and name is None else LayerAdapter(obj, name)
+
+
+class RandomState:
+    """Save and replay the state of every generator a model draws from (and NumPy's global one)."""
+
+    def __init__(self, generators):
+        self.generators = list(generators)
+        self.states = [_get_state(g) for g in self.generators]
+        self.global_state = np.random.get_state()
+
+    def replay(self) -> None:
+        for g, s in zip(self.generators, self.states):
+            _set_state(g, s)
+        np.random.set_state(self.global_state)
+
+
+def _get_state(g):
+    return g.bit_generator.state if isinstance(g, np.random.Generator) else g.get_state()
+
+
+def _set_state(g, s):
+    if isinstance(g, np.random.Generator):
+        g.bit_generator.state = s
+    else:
+        g.set_state(s)
+
+
+# --- the torch side ------------------------------------------------------------------
+
+def check_same_parameters(layer: LayerAdapter, torch_params: dict, what: str = "the torch equivalent") -> None:
+    """Raise ``ParameterMismatch`` listing both sets when names or shapes differ."""
+    mine = OrderedDict((k, tuple(v.shape)) for k, v in layer.params().items())
+    theirs = OrderedDict((k, tuple(v.shape)) for k, v in torch_params.items())
+    if set(mine) != set(theirs):
+        only_m = [k for k in mine if k not in theirs]
+        only_t = [k for k in theirs if k not in mine]
+        raise ParameterMismatch(
+            f"parameter names differ between {layer.name} and {what}:\n"
+            f"  yours: {list(mine)}\n  torch: {list(theirs)}\n"
+            f"  only yours: {only_m}; only torch: {only_t}\n"
+            "Name your parameters like the torch module's named_parameters() (weight, bias, fc1.weight, ...), "
+            "or pass a function fn(x, **params) as the torch equivalent.")
+    bad = [k for k in mine if mine[k] != theirs[k]]
+    if bad:
+        raise ParameterMismatch(
+            f"parameter shapes differ between {layer.name} and {what}: "
+            + "; ".join(f"{k}: yours {mine[k]}, torch {theirs[k]}" for k in bad)
+            + f"\n  yours: {dict(mine)}\n  torch: {dict(theirs)}\n"
+            "Use PyTorch's layouts (Linear weight is (out_features, in_features)), "
+            "or pass a function fn(x, **params) as the torch equivalent.")
+
+
+def copy_to_torch(layer: LayerAdapter, module) -> None:
+    """Cast ``module`` to the layer's dtype and copy every parameter (and every buffer the layer has) by name.
+
+    Parameter names and shapes must match exactly (``ParameterMismatch`` lists both
+    sets). Buffers the torch module has and the layer lacks are left alone (they do
+    not enter a training-mode forward).
+    """
+    import torch
+
+    from reference.bridge import torch_dtype
+
+    check_same_parameters(layer, OrderedDict(module.named_parameters()))
+    dtypes = layer.dtypes()
+    if len(dtypes) > 1:
+        raise ParameterMismatch(f"{layer.name} mixes floating dtypes {sorted(map(str, dtypes))}; "
+                                "use one dtype for every parameter")
+    if dtypes:
+        module.to(torch_dtype(dtypes.pop()))
+    tbuf = OrderedDict(module.named_buffers())
+    mbuf = layer.buffers()
+    unknown = [k for k in mbuf if k not in tbuf]
+    bad = [k for k in mbuf if k in tbuf and tuple(tbuf[k].shape) != mbuf[k].shape]
+    if unknown or bad:
+        raise ParameterMismatch(
+            f"buffers differ between {layer.name} and the torch equivalent: only yours {unknown}, "
+            f"shapes differ {[(k, mbuf[k].shape, tuple(tbuf[k].shape)) for k in bad]}\n"
+            f"  yours: {list(mbuf)}\n  torch: {list(tbuf)}")
+    tparams = OrderedDict(module.named_parameters())
+    with torch.no_grad():
+        for k, a in layer.params().items():
+            tparams[k].copy_(torch.from_numpy(np.array(a, order="C")))
+        for k, a in mbuf.items():
+            tbuf[k].copy_(torch.from_numpy(np.array(a, order="C")).to(tbuf[k].dtype))
+
+
+def torch_function_params(fn, names) -> None:
+    """Check that a torch-equivalent function accepts the layer's parameters as keywords."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    ps = sig.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in ps):
+        return
+    accepted = {p.name for p in ps if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                 inspect.Parameter.KEYWORD_ONLY)}
+    missing = [n for n in names if n not in accepted]
+    if missing:
+        raise ParameterMismatch(
+            f"the torch equivalent {_short(fn)}{sig} does not accept the parameter(s) {missing}: your layer "
+            f"has parameters {list(names)}, so a function equivalent is called as "
+            f"fn(x, {', '.join(f'{n}=...' for n in names)}) with torch tensors")
+
+
+# --- losses and update rules ------------------------------------------------------------
+
+class LossAdapter:
+    """``value, dinput = adapter(input, target)`` for either loss convention."""
+
+    def __init__(self, loss, name: str | None = None):
+        self.obj = loss
+        if callable(getattr(loss, "forward", None)) and callable(getattr(loss, "backward", None)):
+            self.kind = "module"
+        elif callable(loss):
+            self.kind = "function"
+        else:
+            raise ProtocolError(f"{_short(loss)} is not a loss: pass an object with forward(input, target) and "
+                                "backward(), or a function loss(input, target) -> (value, dL/dinput)")
+        self.name = name or _short(loss)
+        self.reduction = getattr(loss, "reduction", None)
+
+    def __call__(self, z, target):
+        if self.kind == "module":
+            value = self.obj.forward(z, target)
+            dz = self.obj.backward()
+        else:
+            out = self.obj(z, target)
+            if not (isinstance(out, tuple) and len(out) == 2):
+                raise ProtocolError(f"the loss function {self.name} must return (value, dL/dinput), "
+                                    f"got {type(out).__name__}")
+            value, dz = out
+        if dz is None or np.shape(dz) != np.shape(z):
+            raise ProtocolError(f"{self.name}: dL/dinput has shape {None if dz is None else np.shape(dz)}, "
+                                f"the input has shape {np.shape(z)}: the gradient must have the input's shape")
+        return np.asarray(value), np.asarray(dz)
+
+
+class UpdateAdapter:
+    """Apply one update of a user's rule to a network's parameters."""
+
+    def __init__(self, update, net: LayerAdapter):
+        self.obj, self.net = update, net
+        if callable(getattr(update, "step", None)):
+            self.kind = "optimizer"
+        elif callable(update):
+            self.kind = "function"
+        else:
+            raise ProtocolError(f"{_short(update)} is not an update rule: pass an object with step() "
+                                "(e.g. scratch.SGD) or a function update(params, grads)")
+
+    def step(self, grads) -> None:
+        if self.kind == "optimizer":
+            self.obj.step()
+            return
+        params = self.net.params()
+        new = self.obj(params, grads)
+        if new is not None:
+            if not isinstance(new, dict) or set(new) != set(params):
+                raise ProtocolError(f"the update function returned {type(new).__name__}"
+                                    f"{' with keys ' + str(list(new)) if isinstance(new, dict) else ''}; "
+                                    f"return None (update in place) or a dict with keys {list(params)}")
+            self.net.set_params({k: np.asarray(v) for k, v in new.items()})
+
+    def state(self) -> "OrderedDict[str, np.ndarray]":
+        sd = getattr(self.obj, "state_dict", None)
+        return OrderedDict(sd()) if self.kind == "optimizer" and callable(sd) else OrderedDict()
+
+
+# --- misuse checks shared by every layer check ---------------------------------------------
+
+INPUT_MUTATED = ("the layer modified its input x in place (in forward or backward): copy it before changing it, "
+                 "the caller still needs x")
+
+
+def output_problem(name: str, y, x) -> str | None:
+    """Why a forward output cannot be checked (not an array, or NaN/inf where the input is finite)."""
+    if y is None or not isinstance(y, (np.ndarray, np.generic)):
+        return (f"{name}.forward returned {type(y).__name__}, not a NumPy array: forward(x) must return "
+                "the output array")
+    bad = ~np.isfinite(y)
+    if bad.any() and np.isfinite(x).all():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0]) if y.ndim else ()
+        n = int(bad.sum())
+        return (f"{name}.forward returned {y.flat[int(np.flatnonzero(bad)[0])]} at ({', '.join(map(str, idx))})"
+                f"{f' and {n - 1} more non-finite values' if n > 1 else ''} for a finite input: look for "
+                "exp overflow, log(0), 0/0 or a division by a variance without eps")
+    return None
+
+
+def input_grad_problem(name: str, dx, x) -> str | None:
+    """Why a backward's return value is not dL/dx for input ``x``."""
+    if dx is None:
+        return (f"{name}.backward returned None: it must return dL/dx, the gradient with respect to its "
+                f"input (shape {x.shape})")
+    if not isinstance(dx, (np.ndarray, np.generic)):
+        return f"{name}.backward returned {type(dx).__name__}, not a NumPy array: it must return dL/dx"
+    if dx.shape != x.shape:
+        return (f"{name}.backward returned an array of shape {dx.shape} for an input of shape {x.shape}: "
+                "it must return dL/dx, one value per input element (check a missing transpose or a sum "
+                "over the wrong axis)")
+    return None

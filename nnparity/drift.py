@@ -1,0 +1,198 @@
+"""Whole-run drift between the two sides, judged against a rounding envelope.
+
+**Drift** is the largest relative weight difference between the sides, over
+every parameter, optimizer-state and buffer tensor, ``max |a - b| / max |b|``
+per tensor (``train.weight_difference``), recorded after each of the run's
+first K steps and after every epoch.
+
+**The envelope** is measured before training, from the run's initial weights on
+its first K batches, with three trajectories:
+
+* ``impl64``: float64 scratch vs float64 torch. In float64 rounding is ~1e-16,
+  so this curve is the difference between the two *implementations*;
+* ``chaos32``: float32 torch vs float64 torch. The same implementation, so
+  this curve is what float32 *rounding alone* does to a training run.
+
+The rounding band of a run in dtype D at step s is
+
+    band_D(s) = 2 * (eps_D / eps_float32) * max_{u <= s} chaos32(u)
+
+float32's rounding chaos, scaled to D's unit roundoff (rounding errors propagate
+linearly while they are small), doubled because the two sides round
+independently (|a - b| <= |a - exact| + |b - exact|), and kept monotone (a
+difference that has appeared does not count as having gone away). Drift above
+the band is more difference than rounding explains: an implementation
+difference, even when every step passed parity. Beyond the K steps the
+envelope is not measured: rounding differences grow chaotically over training,
+and per-epoch drift there is shown for information only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from .networks import first_batches, make_sides
+from .train import weight_difference
+
+DEFAULT_STEPS = 200
+EPS = {"float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(np.float64).eps)}
+
+
+def band(chaos32, dtype) -> list[float]:
+    """The rounding band of ``dtype`` at every step of the envelope."""
+    scale = 2 * EPS[np.dtype(dtype).name] / EPS["float32"]
+    return [scale * v for v in np.maximum.accumulate(np.asarray(chaos32, dtype=np.float64))]
+
+
+def _cast_draws(draws, dtype):
+    return {k: v.astype(dtype) if np.issubdtype(np.asarray(v).dtype, np.floating) else v
+            for k, v in (draws or {}).items()}
+
+
+def measure_envelope(net, recipe, ds, seed: int, steps: int) -> dict:
+    """The two envelope curves over the run's first ``steps`` batches (see the module doc).
+
+    The batches are the run's own (``ds`` in the run's dtype), cast to each trajectory's
+    dtype, so all three see the same pixels up to float32 rounding.
+    """
+    t0 = time.perf_counter()
+    s64, t64 = make_sides(net, recipe, "float64", seed)
+    _, t32 = make_sides(net, recipe, "float32", seed)
+    impl, chaos = [], []
+    for x, y in first_batches(ds, recipe, seed, steps):
+        x64 = np.asarray(x, dtype=np.float64)
+        s64.step(x64, y)
+        draws = s64.draws()
+        t64.step(x64, y, draws=draws)
+        t32.step(x64.astype(np.float32), y, draws=_cast_draws(draws, np.float32))
+        impl.append(weight_difference(s64.state(), t64.state())[1])
+        chaos.append(weight_difference(t32.state(), t64.state())[1])
+    return {"steps": len(impl), "impl64": impl, "chaos32": chaos, "band64": band(chaos, "float64"),
+            "seconds": time.perf_counter() - t0}
+
+
+def _first_exit(points, bands):
+    """First (step, value, band) with value above the band, among steps the band covers."""
+    for step, value in points:
+        if step <= len(bands) and value > bands[step - 1]:
+            return step, value, bands[step - 1]
+    return None
+
+
+def assess(envelope: dict, step_drift, history, steps_per_epoch: int, dtype: str) -> dict:
+    """The run's drift against the envelope: where (if anywhere) it leaves the band."""
+    dtype = np.dtype(dtype).name
+    bands = band(envelope["chaos32"], dtype)
+    k = envelope["steps"]
+    epochs = [(r["epoch"] * steps_per_epoch, r["epoch"], r["max_rel_weight_diff"]) for r in history]
+    points = [(s, float(d)) for s, d in step_drift] + [(s, d) for s, _, d in epochs if s <= k]
+    points.sort()
+    exit_ = _first_exit(points, bands)
+    impl_exit = _first_exit(list(enumerate(envelope["impl64"], 1)), envelope["band64"])
+    ratios = [(d / bands[s - 1] if bands[s - 1] > 0 else (math.inf if d > 0 else 0.0), s)
+              for s, d in points if s <= k]
+    worst = max(ratios, default=None)
+    out = {
+        "dtype": dtype, "envelope_steps": k, "steps_per_epoch": steps_per_epoch,
+        "envelope_seconds": envelope["seconds"],
+        "impl64": envelope["impl64"], "chaos32": envelope["chaos32"], "band": bands,
+        "step_drift": [[int(s), float(d)] for s, d in step_drift],
+        "epoch_drift": [[int(s), int(e), float(d)] for s, e, d in epochs],
+        "worst_ratio": None if worst is None else {"ratio": worst[0], "step": worst[1]},
+        "leaves": None, "impl_leaves": None,
+    }
+    if exit_:
+        s, d, b = exit_
+        out["leaves"] = {"step": s, "epoch": math.ceil(s / steps_per_epoch), "drift": d, "band": b}
+    if impl_exit:
+        s, d, b = impl_exit
+        out["impl_leaves"] = {"step": s, "impl64": d, "band64": b}
+    return out
+
+
+def verdict(d: dict) -> str:
+    """One sentence: inside the envelope, or where drift leaves it."""
+    k = d["envelope_steps"]
+    if d["leaves"]:
+        v = d["leaves"]
+        check = d.get("check_command", "nnparity check NET")  # a runner may name its network and options
+        return (f"drift LEAVES the rounding envelope at step {v['step']} (epoch {v['epoch']}): "
+                f"{v['drift']:.3g} > band {v['band']:.3g}. That is more difference than rounding explains: "
+                f"run `{check} --steps {v['step']} --dtype {d['dtype']}` to localise it.")
+    if d["impl_leaves"]:
+        v = d["impl_leaves"]
+        return (f"drift stays inside the {d['dtype']} envelope, but the float64 scratch-vs-torch difference "
+                f"leaves the float64 band at step {v['step']} ({v['impl64']:.3g} > {v['band64']:.3g}): an "
+                "implementation difference below the parity tolerance.")
+    w = d["worst_ratio"]
+    tail = f" (largest drift / band {w['ratio']:.2g}, at step {w['step']})" if w else ""
+    return f"drift stays inside the rounding envelope over the {k} steps it covers{tail}."
+
+
+def markdown(d: dict, heading: str | None = "## Drift between the sides") -> str:
+    """The report's drift section (``heading=None``: its body only)."""
+    k, spe = d["envelope_steps"], d["steps_per_epoch"]
+    last = d["epoch_drift"][-1] if d["epoch_drift"] else None
+    lines = ([heading, ""] if heading else []) + [
+             "Drift = the largest relative weight difference between the two sides, max over tensors of "
+             "max|scratch - torch| / max|torch| (parameters, optimizer state, buffers), after each of the first "
+             f"{k} steps and after every epoch ({spe} steps per epoch). It is judged against a rounding envelope "
+             f"measured before training over the same first {k} steps, from the same initial weights on the "
+             f"same batches ({d['envelope_seconds']:.1f} s):", "",
+             f"- float64 scratch vs float64 torch (implementations, rounding negligible): "
+             f"{d['impl64'][-1]:.3g} at step {k};",
+             f"- float32 torch vs float64 torch (float32 rounding alone, one implementation): "
+             f"{d['chaos32'][-1]:.3g} at step {k};",
+             f"- the band of this {d['dtype']} run: 2 x (eps_{d['dtype']} / eps_float32) x the running maximum of "
+             f"the float32 curve: {d['band'][-1]:.3g} at step {k}.",
+             "", f"**Verdict:** {verdict(d)} The plot `drift.png` shows the drift with the envelope."]
+    if last and last[0] > k:
+        lines += ["", f"Beyond step {k} the envelope is not measured; per-epoch drift there is shown for "
+                      f"information (it reached {last[2]:.3g} at epoch {last[1]}): over a long run rounding "
+                      "differences grow chaotically and no longer separate an implementation error from rounding."]
+    return "\n".join(lines)
+
+
+def figure(d: dict, title: str):
+    """Drift per step and per epoch, with the envelope curves and the band (log-log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    draw(ax, d, f"{title}: drift between the sides")
+    return fig
+
+
+def draw(ax, d: dict, title: str, drift_label: str = "drift") -> None:
+    """``figure``'s plot on a given matplotlib axes (for reports with several panels)."""
+    floor = 1e-18
+    clip = (lambda vs: [max(v, floor) for v in vs])
+    k = d["envelope_steps"]
+    steps = list(range(1, k + 1))
+    if k:
+        ax.fill_between(steps, floor, clip(d["band"]), color="tab:green", alpha=0.15,
+                        label=f"rounding band ({d['dtype']})")
+        ax.plot(steps, clip(d["impl64"]), color="tab:gray", ls="--", lw=1, label="envelope: float64 scratch vs torch")
+        ax.plot(steps, clip(d["chaos32"]), color="tab:olive", ls=":", lw=1.2,
+                label="envelope: float32 vs float64 torch")
+    if d["step_drift"]:
+        ax.plot([s for s, _ in d["step_drift"]], clip([v for _, v in d["step_drift"]]), color="tab:red", lw=1.2,
+                label=f"{drift_label}, per step")
+    if d["epoch_drift"]:
+        ax.plot([s for s, _, _ in d["epoch_drift"]], clip([v for _, _, v in d["epoch_drift"]]), "o-",
+                color="tab:purple", ms=3, lw=1, label=f"{drift_label}, per epoch")
+    if d["leaves"]:
+        ax.axvline(d["leaves"]["step"], color="tab:red", ls="--", lw=1)
+        ax.annotate(f"leaves at step {d['leaves']['step']}", (d["leaves"]["step"], d["leaves"]["drift"]),
+                    textcoords="offset points", xytext=(5, 5), fontsize=8, color="tab:red")
+    if k:
+        ax.axvline(k, color="tab:green", ls="-", lw=0.8, alpha=0.6)
+    ax.set(xscale="log", yscale="log", xlabel="training step", ylabel="max relative weight difference",
+           title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")

@@ -1,0 +1,75 @@
+"""The drift envelope: float64 scratch vs torch and float32 vs float64 torch over the run's
+first steps; drift above the rounding band is named; every run's report shows it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from nnparity import drift, networks
+from nnparity.run import run_network
+from scratch.optim import SGD
+
+
+@pytest.fixture(scope="module")
+def small(mnist):
+    net = networks.get("mlp1000")
+    recipe = net.recipe.replace(train_size=400, test_size=100)
+    return net, recipe, networks.prepare(net, recipe, mnist, "float64", 0)
+
+
+def test_band_is_twice_the_running_max_scaled_to_the_dtype():
+    assert drift.band([1e-7, 5e-8, 2e-7], "float32") == pytest.approx([2e-7, 2e-7, 4e-7])
+    ratio = np.finfo(np.float64).eps / np.finfo(np.float32).eps
+    assert drift.band([1e-7], "float64") == pytest.approx([2e-7 * ratio])
+
+
+def test_correct_code_stays_inside_the_envelope(small):
+    net, recipe, ds = small
+    env = drift.measure_envelope(net, recipe, ds, 0, 4)
+    assert env["steps"] == 4
+    assert all(0 <= i <= b for i, b in zip(env["impl64"], env["band64"])), (env["impl64"], env["band64"])
+    assert min(env["chaos32"]) > 1e3 * max(env["impl64"])  # float32 rounding dwarfs the float64 difference
+    d = drift.assess(env, list(enumerate(env["impl64"], 1)), [], 4, "float64")
+    assert d["leaves"] is None and d["impl_leaves"] is None
+    assert "stays inside" in drift.verdict(d)
+
+
+def test_an_error_below_the_parity_tolerance_leaves_the_envelope(small, monkeypatch):
+    """The update off by 1e-11 relative: parity passes (margin ~1e-3), the envelope does not."""
+    original = SGD.step
+
+    def step(self):
+        for p in self.params.values():
+            p.grad *= 1 + 1e-11
+        original(self)
+
+    monkeypatch.setattr(SGD, "step", step)
+    net, recipe, ds = small
+    assert networks.run_parity("mlp1000", 2, "float64", 0, recipe=recipe, ds=ds).ok
+    env = drift.measure_envelope(net, recipe, ds, 0, 2)
+    d = drift.assess(env, list(enumerate(env["impl64"], 1)), [], 4, "float64")
+    assert d["leaves"]["step"] == 1 and d["impl_leaves"]["step"] == 1
+    assert "LEAVES the rounding envelope at step 1 (epoch 1)" in drift.verdict(d)
+
+
+def test_per_epoch_points_inside_the_window_are_judged_too():
+    env = {"steps": 4, "impl64": [1e-16] * 4, "chaos32": [1e-7] * 4, "band64": drift.band([1e-7] * 4, "float64"),
+           "seconds": 0.0}
+    history = [{"epoch": 1, "max_rel_weight_diff": 1e-16}, {"epoch": 2, "max_rel_weight_diff": 1e-9}]
+    d = drift.assess(env, [], history, 2, "float64")
+    assert d["leaves"] == {"step": 4, "epoch": 2, "drift": 1e-9, "band": pytest.approx(d["band"][3])}
+
+
+def test_run_report_shows_the_drift_with_its_envelope(tmp_path):
+    status = run_network("mlp1000", epochs=1, train_size=200, test_size=100, parity_steps=1, progress=False,
+                         out=tmp_path)
+    assert status == 0
+    out = tmp_path / "mlp1000"
+    m = json.loads((out / "metrics.json").read_text())
+    d = m["drift"]
+    assert d["envelope_steps"] == 2 and len(d["step_drift"]) == 2 and len(d["band"]) == 2
+    assert d["leaves"] is None and d["epoch_drift"][0][:2] == [2, 1]
+    text = (out / "report.md").read_text()
+    assert "## Drift between the sides" in text and "stays inside the rounding envelope" in text
+    assert (out / "drift.png").stat().st_size > 0

@@ -1,0 +1,80 @@
+"""mlp16: recipe, names, initialisation, step parity over 50 real MNIST steps in float64
+and float32, and a wrong sigmoid derivative found where it is."""
+
+import numpy as np
+import pytest
+
+from nnparity.networks import get, make_sides, run_parity
+from scratch.layers import Sigmoid
+from scratch.nets import mlp16
+
+
+def test_recipe():
+    r = mlp16.RECIPE
+    assert (r.net, r.epochs, r.loss, r.reduction, r.momentum) == ("mlp16", 100, "mse", "mean", 0.0)
+    assert r.lr > 0 and r.batch_size > 0 and r.choices
+    assert any("Learning rate" in c for c in r.choices)  # the undocumented choice is written down
+
+
+def test_names_and_shapes_match_torch_state_dict():
+    scratch, ref = make_sides(get("mlp16"), mlp16.RECIPE, "float64", seed=0)
+    s = {k: v.shape for k, v in scratch.model.state_dict().items()}
+    t = {k: tuple(v.shape) for k, v in ref.model.state_dict().items()}
+    assert s == t == {"fc1.weight": (16, 784), "fc1.bias": (16,), "fc2.weight": (16, 16), "fc2.bias": (16,),
+                      "fc3.weight": (10, 16), "fc3.bias": (10,)}
+
+
+@pytest.mark.parametrize("distribution", ["normal", "uniform"])
+def test_init_he_for_relu_layers_glorot_for_sigmoid_layer_zero_biases(distribution):
+    # many draws of the small layers so the std estimates are tight
+    ws = {k: [] for k in ("fc1", "fc2", "fc3")}
+    for seed in range(40):
+        state = mlp16.build(rng=np.random.default_rng(seed), distribution=distribution).state_dict()
+        for k in ws:
+            ws[k].append(state[f"{k}.weight"])
+            assert not state[f"{k}.bias"].any()
+    expected = {"fc1": np.sqrt(2 / 784), "fc2": np.sqrt(2 / 16), "fc3": np.sqrt(2 / (16 + 10))}
+    for k, std in expected.items():
+        assert np.std(ws[k]) == pytest.approx(std, rel=0.03), k
+
+
+def test_unknown_distribution_is_refused():
+    with pytest.raises(ValueError, match="distribution must be one of"):
+        mlp16.build(distribution="orthogonal")
+
+
+@pytest.mark.slow
+def test_step_parity_50_steps(mnist, dtype):
+    trace = run_parity("mlp16", steps=50, dtype=dtype, raw=mnist)
+    assert len(trace.steps) == 50
+    names = {c.name for c in trace.steps[-1]}
+    assert {"out/sigmoid", "loss", "dout/sigmoid", "dout/fc1", "grad/fc1.weight", "grad/fc3.bias",
+            "param/fc2.weight"} <= names
+    assert trace.ok, trace.message()
+
+
+def test_parity_sees_a_sigmoid_derivative_taken_at_the_input(mnist, monkeypatch):
+    """s'(x) computed as s(x)(1 - s(x)) with x in place of s(x): a classic slip."""
+    def forward(self, x):
+        self.x = x
+        self.y = 1 / (1 + np.exp(-x))
+        return self.y
+
+    monkeypatch.setattr(Sigmoid, "forward", forward)
+    monkeypatch.setattr(Sigmoid, "backward", lambda self, dy: dy * self.x * (1 - self.x))
+    first = run_parity("mlp16", steps=2, dtype="float64", raw=mnist).first_failure
+    assert (first.step, first.name) == (1, "dout/fc3")
+    assert "the input gradient of layer 'sigmoid' (Sigmoid)" in first.describe()
+
+
+def test_torch_threads_follow_the_network_and_do_not_leak():
+    import torch
+
+    from nnparity.networks import apply_threads
+
+    apply_threads(get("mlp1000"))
+    default = torch.get_num_threads()
+    apply_threads(get("mlp16"))
+    assert torch.get_num_threads() == 1  # too small to parallelise
+    apply_threads(get("mlp1000"))
+    assert torch.get_num_threads() == default

@@ -1,0 +1,94 @@
+"""``nnparity selftest``: every catalogued derivation bug is killed by every applicable unit
+and parity check with a detection margin of at least 10, the correct code passes every
+check, and no patch outlives its check."""
+
+import json
+
+import pytest
+
+from nnparity import bugs, selftest
+from nnparity.cli import main
+from nnparity.networks import NETWORKS
+
+# the functions as they are before any selftest runs (module import time)
+ORIGINALS = {b.name: getattr(*b.resolve()) for b in bugs.catalogue()}
+
+
+@pytest.fixture(scope="module")
+def report(mnist):
+    return selftest.run_selftest(list(NETWORKS), raw=mnist)
+
+
+def test_floors_every_bug_killed_with_margin_10_and_correct_code_passes(report):
+    assert report.ok, "\n".join(report.problems())
+    assert report.bugs and len(report.bugs) == len(bugs.catalogue())
+    for bug in report.bugs:
+        required = [c for c in report.checks if report.required(c) and report.cells[bug.name][c.key].status != "n/a"]
+        assert required, f"{bug.name}: no check applies"
+        for c in required:
+            cell = report.cells[bug.name][c.key]
+            assert cell.status == "killed" and cell.margin >= selftest.FLOOR, (bug.name, c.key, cell)
+    for key, cell in report.baseline.items():
+        assert cell.status == "pass", (key, cell)
+
+
+def test_every_network_runs_every_applicable_bug(report):
+    for name in NETWORKS:
+        documented = next(c for c in report.checks if c.kind == "parity" and c.key == name)
+        killed = [b.name for b in report.bugs if report.cells[b.name][documented.key].status == "killed"]
+        assert killed, f"no bug applies to {name}'s documented recipe"
+
+
+def test_variants_reach_the_bugs_the_documented_recipe_cannot(report):
+    # mlp1000 is documented with plain SGD and a summed loss: momentum and 1/N bugs need variants
+    cells = report.cells
+    assert cells["sgd-momentum-order"]["mlp1000"].status == "n/a"
+    assert cells["sgd-momentum-order"]["mlp1000+momentum"].status == "killed"
+    assert cells["ce-missing-1/N"]["mlp1000"].status == "n/a"
+    assert cells["ce-missing-1/N"]["mlp1000+mean"].status == "killed"
+    # no network on main uses a sigmoid yet: its unit check still kills the slip
+    assert cells["sigmoid-at-preactivation"]["unit"].status == "killed"
+
+
+def test_batch_split_kills_a_missing_1_over_n(report):
+    assert report.cells["ce-missing-1/N"]["mlp1000:split"].status == "killed"
+    assert report.cells["linear-db-averaged"]["mlp1000:split"].status == "killed"
+
+
+def test_patches_are_undone(report):
+    assert {b.name: getattr(*b.resolve()) for b in bugs.catalogue()} == ORIGINALS
+
+
+def test_applied_restores_after_an_exception():
+    bug = bugs.get_bug("relu-straight-through")
+    owner, attr = bug.resolve()
+    before = owner.__dict__[attr]
+    with pytest.raises(RuntimeError):
+        with bug.applied():
+            assert owner.__dict__[attr] is not before
+            raise RuntimeError("check crashed")
+    assert owner.__dict__[attr] is before
+
+
+def test_catalogue_is_data():
+    names = [b.name for b in bugs.CATALOGUE]
+    assert len(names) == len(set(names)) and len(bugs.catalogue()) >= 11
+    for b in bugs.catalogue():
+        assert b.description and b.issue_item and b.target_class is not None
+        assert selftest.unit_check_for(b) is not None, f"{b.name}: its class has no unit check"
+    with pytest.raises(KeyError, match="unknown bug"):
+        bugs.get_bug("nope")
+
+
+def test_render_and_json(report):
+    text = report.render()
+    assert "(correct code)" in text and "PASS" in text
+    assert all(b.name in text for b in report.bugs)
+    d = json.loads(report.to_json())
+    assert d["ok"] and d["floor"] == 10 and {c["kind"] for c in d["checks"]} == {"unit", "parity", "split", "linear"}
+
+
+def test_cli_rejects_an_unknown_network():
+    with pytest.raises(SystemExit) as e:
+        main(["selftest", "nope"])
+    assert e.value.code == 2
