@@ -106,7 +106,8 @@ def test_divergence_stops_at_once_and_writes_a_diverged_report(tmp_path):
 
 def test_sigint_leaves_complete_files_marked_incomplete(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "nnparity.cli", "run", "mlp1000", "--out", str(tmp_path),
-                             "--epochs", "50", "--parity-steps", "0", "--dtype", "float32", *SMALL],
+                             "--epochs", "50", "--parity-steps", "0", "--envelope-steps", "0", "--dtype", "float32",
+                             *SMALL],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # wait for the first finished epoch
         if line.startswith("epoch   1/"):
