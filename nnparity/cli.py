@@ -237,7 +237,8 @@ def _dispatch(args) -> int:
     if args.cmd == "run":
         from .run import run_network
 
-        return run_network(args.net, epochs=args.epochs, lr=args.lr[0] if args.lr else None, batch_size=args.batch_size, seed=args.seed, dtype=args.dtype, out=args.out,
+        return run_network(args.net, epochs=args.epochs, lr=args.lr[0] if args.lr else None,
+                           batch_size=args.batch_size, seed=args.seed, dtype=args.dtype, out=args.out,
                            data_dir=args.data_dir, parity_steps=args.parity_steps,
                            progress=False if args.no_progress else None, command=args.command_line,
                            train_size=args.train_size, test_size=args.test_size,
@@ -304,7 +305,8 @@ def _dispatch(args) -> int:
     if args.cmd == "bench":
         from .bench import bench
 
-        return bench(args.nets or [n for n, net in NETWORKS.items() if net.mnist], dtypes=args.dtype, repeats=args.repeats, data_dir=args.data_dir,
+        return bench(args.nets or [n for n, net in NETWORKS.items() if net.mnist], dtypes=args.dtype,
+                     repeats=args.repeats, data_dir=args.data_dir,
                      out=args.out, command=args.command_line)
     raise AssertionError(args.cmd)
 

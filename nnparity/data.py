@@ -4,9 +4,9 @@ Lookup order for the four files: ``--data-dir``, then ``$NNPARITY_DATA_DIR``,
 then the copy shipped in the repository (``data/mnist``). When the folder in
 use holds none of them and the machine is online,
 ``torchvision.datasets.MNIST(..., download=True)`` fetches them into it (into
-``~/.cache/nnparity/mnist`` when neither was given and there is no shipped copy). Every file is checked: magic number, dimensions,
-length, and the SHA-256 of its uncompressed content, so a corrupt file or
-another dataset in the same format is refused with the file named.
+``~/.cache/nnparity/mnist`` when neither was given and there is no shipped copy).
+Every file is checked: magic number, dimensions, length, and the SHA-256 of its
+uncompressed content, so a corrupt file or another dataset in the same format is refused with the file named.
 """
 
 from __future__ import annotations

@@ -171,7 +171,10 @@ def figure(d: dict, title: str):
 def draw(ax, d: dict, title: str, drift_label: str = "drift") -> None:
     """``figure``'s plot on a given matplotlib axes (for reports with several panels)."""
     floor = 1e-18
-    clip = (lambda vs: [max(v, floor) for v in vs])
+
+    def clip(vs):
+        return [max(v, floor) for v in vs]
+
     k = d["envelope_steps"]
     steps = list(range(1, k + 1))
     if k:

@@ -148,7 +148,10 @@ def prepare(net: Network, recipe: Recipe, raw: mnist.MNIST, dtype, seed: int) ->
     """Scale to [0, 1], lay out for the network, take the recipe's seeded subsets."""
     tr = mnist.subset(len(raw.train_labels), recipe.train_size, seed, "train_subset")
     te = mnist.subset(len(raw.test_labels), recipe.test_size, seed, "test_subset")
-    pick = (lambda a, i: a if i is None else a[i])
+
+    def pick(a, i):
+        return a if i is None else a[i]
+
     return Dataset(
         mnist.to_inputs(pick(raw.train_images, tr), dtype, net.flat),
         pick(raw.train_labels, tr).astype(np.int64),

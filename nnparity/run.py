@@ -46,7 +46,8 @@ def interrupt_name(e: KeyboardInterrupt) -> str:
     return e.args[0] if e.args else "SIGINT"
 
 
-def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int = 0, dtype=None, out="reports", data_dir=None,
+def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int = 0, dtype=None, out="reports",
+                data_dir=None,
                 parity_steps: int = 20, progress=None, command: str | None = None,
                 train_size=None, test_size=None, save_every: int | None = None, resume=None,
                 envelope_steps: int = drift.DEFAULT_STEPS) -> int:

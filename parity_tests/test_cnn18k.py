@@ -121,7 +121,7 @@ def test_step_parity_20_steps_then_eval(data, dtype):
     assert nbt.scratch == nbt.reference == STEPS
 
     # eval mode on held-out images: running statistics, no dropout
-    x, y = data[dtype].x_test[:256], data[dtype].y_test[:256]
+    x = data[dtype].x_test[:256]
     scratch.model.eval()
     ref.model.eval()
     with torch.no_grad():

@@ -102,7 +102,7 @@ class Conv2d(Module):
     def forward(self, x):
         check_images(x, "Conv2d", self.in_channels)
         n, c, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
         ho, wo = self.output_size(h, w)
         if ho < 1 or wo < 1:
             raise ValueError(f"Conv2d: input {h}x{w} (padding {ph},{pw}) is smaller than the kernel {kh}x{kw}")

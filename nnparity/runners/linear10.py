@@ -468,7 +468,7 @@ def _mmm(s: dict, fmt=".2f") -> str:
 
 def render(meta: dict, runs: list, summary: dict, figures: list) -> str:
     recipe = meta["recipe"]
-    L = [f"# linear10: scratch (NumPy) vs PyTorch, correct vs as-documented backward", "",
+    L = ["# linear10: scratch (NumPy) vs PyTorch, correct vs as-documented backward", "",
          f"Produced by `{meta['command']}` ({meta['dtype']}; variants: {', '.join(meta['variants'])}; "
          f"seeds {', '.join(map(str, meta['seeds']))}).  ",
          f"Status: **{meta['status']}**" + (f" - {meta['status_detail']}" if meta.get("status_detail") else "")
@@ -663,7 +663,8 @@ def story(summary: dict) -> list:
             "negative on every training image (*dead*) never learns again (its output stays 0). "
             f"Over {n} seeds, {_mmm(c['dead_units'], '.1f')} of the 10 output units end up dead (mean, min - max) "
             f"and accuracy ends at {_mmm(c['train_accuracy'])}% training and {_mmm(c['val_accuracy'])}% "
-            "validation, depending on the initialisation." + init + " With the document's slip the gradient passes straight "
+            "validation, depending on the initialisation." + init
+            + " With the document's slip the gradient passes straight "
             "through the ReLU, so negative outputs keep learning: "
             f"{_mmm(d['dead_units'], '.1f')} dead units, {_mmm(d['train_accuracy'])}% training and "
             f"{_mmm(d['val_accuracy'])}% validation, against the document's {DOCUMENT['train_accuracy']}% / "
