@@ -33,6 +33,7 @@ from . import bugs as bugmod
 from . import metamorphic
 from .networks import NETWORKS, first_batches, get, make_sides, prepare, run_parity, stream
 from .parity import TOLERANCES, Comparison
+from .threads import blas_threads
 
 FLOOR = 10.0          # required detection margin
 DTYPE = "float64"     # the floors are proven in float64, the dtype of the tightest tolerance
@@ -375,6 +376,17 @@ def run_selftest(nets=None, *, steps: int = 2, batch_size: int = 16, seed: int =
                  bugs=None, dtype: str = DTYPE) -> SelfTest:
     """Run every available bug against every check of the given networks, in ``dtype``
     (the floors are set for float64; float32 shows what the float32 tolerance still sees)."""
+    # One BLAS thread throughout, as check_steps already does for the parity steps: the
+    # scratch-only cells (metamorphic checks, reachability steps) are small products that
+    # NumPy's default BLAS threads slow down on a busy 2-core machine (measured with two other
+    # training runs going: a cnn18k linearity cell 1.5 s with the default threads, 0.04 s with
+    # one, whether or not torch had just run; `selftest cnn18k` 70 s -> 9 s). See nnparity/threads.py.
+    with blas_threads(1):
+        return _run_selftest(nets, steps=steps, batch_size=batch_size, seed=seed, raw=raw, bugs=bugs,
+                             dtype=dtype)
+
+
+def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype) -> SelfTest:
     import time
 
     from . import data as mnist
