@@ -11,6 +11,11 @@ recipe reaches the code path (``requires``: momentum, a mean-reduced loss).
 
 Adding a bug = one ``Bug(...)`` entry in ``CATALOGUE`` with its patch function.
 The target class needs a unit check in ``nnparity.selftest.UNIT_CHECKS``.
+
+A slip that needs something the correct layer never keeps (the classic max-pool
+backward ``x == max`` needs the forward's input, which ``MaxPool2d`` does not
+cache) names the extra, slip-free patch in ``also``: it is applied and undone
+together with the target's.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class Bug:
         requires: the recipe condition that makes the bug reachable, if any.
         applies: extra condition on the built scratch model (``model -> bool``).
         issue_item: which item of the issue's list it implements.
+        also: extra ``(target, patch)`` pairs applied with the main one, for what the
+            slip needs and the correct code does not keep (``keep_input``); never a second slip.
     """
 
     name: str
@@ -64,10 +71,11 @@ class Bug:
     requires: Requirement | None = None
     applies: Callable | None = None
     issue_item: str = ""
+    also: tuple = ()
 
-    def resolve(self):
-        """(owner, attribute name): the class or module holding the target."""
-        parts = self.target.split(".")
+    def resolve(self, target: str | None = None):
+        """(owner, attribute name): the class or module holding the target (or ``target``)."""
+        parts = (target or self.target).split(".")
         for cut in range(len(parts) - 1, 0, -1):
             try:
                 owner = importlib.import_module(".".join(parts[:cut]))
@@ -86,10 +94,10 @@ class Bug:
     def available(self) -> bool:
         """Whether the target exists in this checkout (conv/BN/pool/dropout land later)."""
         try:
-            owner, attr = self.resolve()
+            owners = [self.resolve(t) for t in (self.target, *(t for t, _ in self.also))]
         except (ImportError, AttributeError):
             return False
-        return hasattr(owner, attr)
+        return all(hasattr(owner, attr) for owner, attr in owners)
 
     def uses_target(self, *objects) -> bool:
         """Whether any of ``objects`` (a model's modules, its loss, its optimizer) runs the target."""
@@ -112,22 +120,35 @@ class Bug:
         with self.applied(counting):
             yield calls
 
+    def originals(self) -> dict:
+        """``{target: the function there now}`` for the target and every ``also`` target."""
+        return {t: getattr(*self.resolve(t)) for t in (self.target, *(t for t, _ in self.also))}
+
     @contextlib.contextmanager
     def applied(self, patch=None):
-        """Swap the buggy function (or ``patch(original)``) in; the original is restored on
-        exit, whatever happens."""
-        owner, attr = self.resolve()
-        missing = object()
-        own = owner.__dict__.get(attr, missing)
-        original = getattr(owner, attr)
-        setattr(owner, attr, (patch or self.patch)(original))
-        try:
+        """Swap the buggy function (or ``patch(original)``) in, with the ``also`` patches;
+        the originals are restored on exit, whatever happens."""
+        with contextlib.ExitStack() as stack:
+            for target, fn in self.also:
+                stack.enter_context(_swapped(*self.resolve(target), fn))
+            stack.enter_context(_swapped(*self.resolve(), patch or self.patch))
             yield self
-        finally:
-            if own is missing:
-                delattr(owner, attr)
-            else:
-                setattr(owner, attr, own)
+
+
+@contextlib.contextmanager
+def _swapped(owner, attr, patch):
+    """``owner.attr = patch(owner.attr)`` for the block; the class's own entry (or its absence)
+    comes back on exit."""
+    missing = object()
+    own = owner.__dict__.get(attr, missing)
+    setattr(owner, attr, patch(getattr(owner, attr)))
+    try:
+        yield
+    finally:
+        if own is missing:
+            delattr(owner, attr)
+        else:
+            setattr(owner, attr, own)
 
 
 # --- the slips ----------------------------------------------------------------------
