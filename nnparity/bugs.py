@@ -92,7 +92,7 @@ class Bug:
         return owner if isinstance(owner, type) else None
 
     def available(self) -> bool:
-        """Whether the target exists in this checkout (conv/BN/pool/dropout land later)."""
+        """Whether the target (and every ``also`` target) exists in this checkout."""
         try:
             owners = [self.resolve(t) for t in (self.target, *(t for t, _ in self.also))]
         except (ImportError, AttributeError):
