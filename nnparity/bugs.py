@@ -11,6 +11,11 @@ recipe reaches the code path (``requires``: momentum, a mean-reduced loss).
 
 Adding a bug = one ``Bug(...)`` entry in ``CATALOGUE`` with its patch function.
 The target class needs a unit check in ``nnparity.selftest.UNIT_CHECKS``.
+
+A slip that needs something the correct layer never keeps (the classic max-pool
+backward ``x == max`` needs the forward's input, which ``MaxPool2d`` does not
+cache) names the extra, slip-free patch in ``also``: it is applied and undone
+together with the target's.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class Bug:
         requires: the recipe condition that makes the bug reachable, if any.
         applies: extra condition on the built scratch model (``model -> bool``).
         issue_item: which item of the issue's list it implements.
+        also: extra ``(target, patch)`` pairs applied with the main one, for what the
+            slip needs and the correct code does not keep (``keep_input``); never a second slip.
     """
 
     name: str
@@ -64,10 +71,11 @@ class Bug:
     requires: Requirement | None = None
     applies: Callable | None = None
     issue_item: str = ""
+    also: tuple = ()
 
-    def resolve(self):
-        """(owner, attribute name): the class or module holding the target."""
-        parts = self.target.split(".")
+    def resolve(self, target: str | None = None):
+        """(owner, attribute name): the class or module holding the target (or ``target``)."""
+        parts = (target or self.target).split(".")
         for cut in range(len(parts) - 1, 0, -1):
             try:
                 owner = importlib.import_module(".".join(parts[:cut]))
@@ -84,12 +92,12 @@ class Bug:
         return owner if isinstance(owner, type) else None
 
     def available(self) -> bool:
-        """Whether the target exists in this checkout (conv/BN/pool/dropout land later)."""
+        """Whether the target (and every ``also`` target) exists in this checkout."""
         try:
-            owner, attr = self.resolve()
+            owners = [self.resolve(t) for t in (self.target, *(t for t, _ in self.also))]
         except (ImportError, AttributeError):
             return False
-        return hasattr(owner, attr)
+        return all(hasattr(owner, attr) for owner, attr in owners)
 
     def uses_target(self, *objects) -> bool:
         """Whether any of ``objects`` (a model's modules, its loss, its optimizer) runs the target."""
@@ -112,22 +120,35 @@ class Bug:
         with self.applied(counting):
             yield calls
 
+    def originals(self) -> dict:
+        """``{target: the function there now}`` for the target and every ``also`` target."""
+        return {t: getattr(*self.resolve(t)) for t in (self.target, *(t for t, _ in self.also))}
+
     @contextlib.contextmanager
     def applied(self, patch=None):
-        """Swap the buggy function (or ``patch(original)``) in; the original is restored on
-        exit, whatever happens."""
-        owner, attr = self.resolve()
-        missing = object()
-        own = owner.__dict__.get(attr, missing)
-        original = getattr(owner, attr)
-        setattr(owner, attr, (patch or self.patch)(original))
-        try:
+        """Swap the buggy function (or ``patch(original)``) in, with the ``also`` patches;
+        the originals are restored on exit, whatever happens."""
+        with contextlib.ExitStack() as stack:
+            for target, fn in self.also:
+                stack.enter_context(_swapped(*self.resolve(target), fn))
+            stack.enter_context(_swapped(*self.resolve(), patch or self.patch))
             yield self
-        finally:
-            if own is missing:
-                delattr(owner, attr)
-            else:
-                setattr(owner, attr, own)
+
+
+@contextlib.contextmanager
+def _swapped(owner, attr, patch):
+    """``owner.attr = patch(owner.attr)`` for the block; the class's own entry (or its absence)
+    comes back on exit."""
+    missing = object()
+    own = owner.__dict__.get(attr, missing)
+    setattr(owner, attr, patch(getattr(owner, attr)))
+    try:
+        yield
+    finally:
+        if own is missing:
+            delattr(owner, attr)
+        else:
+            setattr(owner, attr, own)
 
 
 # --- the slips ----------------------------------------------------------------------
@@ -258,6 +279,195 @@ def _sgd_ascent(original):
     return step
 
 
+# BatchNorm2d (scratch.norm): the forward's two variances, and the backward's mean term
+
+def _bn_forward_unbiased(original):
+    from scratch.conv import check_images
+    from scratch.norm import _AXES, _per_channel
+
+    def forward(self, x):
+        check_images(x, "BatchNorm2d", self.num_features)
+        self.in_shape = x.shape
+        if self.training:
+            m = x.shape[0] * x.shape[2] * x.shape[3]
+            if m < 2:
+                raise ValueError(f"BatchNorm2d: expected more than 1 value per channel in training, "
+                                 f"got input shape {x.shape}")
+            mu = x.mean(axis=_AXES, dtype=np.float64).astype(x.dtype)
+            xc = x - _per_channel(mu)
+            sq_sum = np.einsum("nchw,nchw->c", xc, xc, dtype=np.float64)
+            # BUG: normalised with the unbiased variance (divided by M - 1), the one torch keeps for
+            # running_var only; the batch is normalised with the biased one (divided by M)
+            var = x.var(axis=_AXES, ddof=1, dtype=np.float64).astype(x.dtype)
+            mom = self.momentum
+            self.running_mean[...] = (1 - mom) * self.running_mean + mom * mu
+            self.running_var[...] = (1 - mom) * self.running_var + mom * (sq_sum / (m - 1)).astype(x.dtype)
+            self.num_batches_tracked[...] += 1
+        else:
+            xc = x - _per_channel(self.running_mean)
+            var = self.running_var
+        self.batch_stats = self.training
+        self.xc = xc
+        self.inv_std = 1 / np.sqrt(var + self.eps)
+        y = xc * _per_channel(self.inv_std * self.weight.data)
+        y += _per_channel(self.bias.data)
+        return y
+    return forward
+
+
+def _bn_running_var_biased(original):
+    from scratch.conv import check_images
+    from scratch.norm import _AXES, _per_channel
+
+    def forward(self, x):
+        check_images(x, "BatchNorm2d", self.num_features)
+        self.in_shape = x.shape
+        if self.training:
+            m = x.shape[0] * x.shape[2] * x.shape[3]
+            if m < 2:
+                raise ValueError(f"BatchNorm2d: expected more than 1 value per channel in training, "
+                                 f"got input shape {x.shape}")
+            mu = x.mean(axis=_AXES, dtype=np.float64).astype(x.dtype)
+            xc = x - _per_channel(mu)
+            sq_sum = np.einsum("nchw,nchw->c", xc, xc, dtype=np.float64)
+            var = (sq_sum / m).astype(x.dtype)
+            mom = self.momentum
+            self.running_mean[...] = (1 - mom) * self.running_mean + mom * mu
+            # BUG: the batch's (biased) var reused for the running estimate; torch keeps the unbiased
+            # var * M / (M - 1) there
+            self.running_var[...] = (1 - mom) * self.running_var + mom * var
+            self.num_batches_tracked[...] += 1
+        else:
+            xc = x - _per_channel(self.running_mean)
+            var = self.running_var
+        self.batch_stats = self.training
+        self.xc = xc
+        self.inv_std = 1 / np.sqrt(var + self.eps)
+        y = xc * _per_channel(self.inv_std * self.weight.data)
+        y += _per_channel(self.bias.data)
+        return y
+    return forward
+
+
+def _bn_backward_no_mean_term(original):
+    from scratch.norm import _AXES, _per_channel
+
+    def backward(self, dy):
+        dbeta = dy.sum(axis=_AXES, dtype=np.float64)
+        dot = np.einsum("nchw,nchw->c", dy, self.xc, dtype=np.float64)
+        self.weight.grad += (dot * self.inv_std).astype(dy.dtype)
+        self.bias.grad += dbeta.astype(dy.dtype)
+        scale = _per_channel(self.weight.data * self.inv_std)
+        if not self.batch_stats:
+            return dy * scale
+        m = dy.shape[0] * dy.shape[2] * dy.shape[3]
+        k = (dot * self.inv_std.astype(np.float64) ** 2 / m).astype(dy.dtype)
+        dx = self.xc * _per_channel(k)
+        np.subtract(dy, dx, out=dx)
+        # BUG: dx = gamma/sigma (dy - xhat mean(dy xhat)): the - mean(dy) term, the path through the
+        # batch mean mu, is dropped (the line "dx -= mean(dy)" forgotten)
+        dx *= scale
+        return dx
+    return backward
+
+
+# Dropout (scratch.dropout)
+
+def _dropout_no_inverse_scale(original):
+    def forward(self, x):
+        self.in_shape = x.shape
+        if not self.training or self.p == 0:
+            self.mask, self.noise = None, None
+            return x
+        size = int(np.prod(x.shape))
+        bits = self.rng.bit_generator.random_raw((size + 1) // 2).view(np.uint32)[:size]
+        self.mask = (bits >= self._threshold).reshape(x.shape)
+        self.noise = self.mask.astype(x.dtype)  # BUG: y = x * mask; the survivors' 1 / (1 - p) forgotten
+        return x * self.noise  # (backward's dy * noise inherits the slip, as a learner's dy * mask would)
+    return forward
+
+
+# MaxPool2d (scratch.pool): where the window's gradient goes
+
+def _upsample(a, k):
+    """(N, C, H', W') -> (N, C, k H', k W'): every value repeated over its k x k window."""
+    return a.repeat(k, axis=2).repeat(k, axis=3)
+
+
+def _maxpool_grad_everywhere(original):
+    def backward(self, dy):
+        n, c, h, w = self.in_shape
+        k, (_, _, ho, wo) = self.kernel_size, self.out_shape
+        dx = np.zeros((n, c, h, w), dtype=dy.dtype)
+        dx[:, :, :k * ho, :k * wo] = _upsample(dy, k)  # BUG: dy copied to every element of the window, no mask
+        return dx
+    return backward
+
+
+def keep_input(original):
+    """Not a slip: the forward also keeps its input, as the learner's max-pool does (the
+    correct ``MaxPool2d`` keeps only the chosen offsets)."""
+    def forward(self, x):
+        self.x = x
+        return original(self, x)
+    return forward
+
+
+def _maxpool_grad_every_tie(original):
+    def backward(self, dy):
+        n, c, h, w = self.in_shape
+        k, (_, _, ho, wo) = self.kernel_size, self.out_shape
+        x = self.x[:, :, :k * ho, :k * wo]
+        y = x.reshape(n, c, ho, k, wo, k).max(axis=(3, 5))
+        dx = np.zeros((n, c, h, w), dtype=dy.dtype)
+        # BUG: the classic mask x == max: every element that ties the maximum gets the whole dy
+        # (torch, and the correct layer, give it to the first one only)
+        dx[:, :, :k * ho, :k * wo] = (x == _upsample(y, k)) * _upsample(dy, k)
+        return dx
+    return backward
+
+
+# Conv2d (scratch.conv): the weight gradient's layout
+
+def _conv_backward(weight_grad):
+    """Conv2d.backward with the weight gradient laid out by ``weight_grad(dw2, (o, kh, kw, c))``,
+    dw2 = dy^T cols of shape (C_out, kH*kW*C_in); everything else as in the correct layer."""
+    def backward(self, dy):
+        n, c, h, w = self.in_shape
+        _, o, ho, wo = self.out_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        dy2 = dy.transpose(0, 2, 3, 1).reshape(n * ho * wo, o)
+        cols = self.cols if self.cols is not None else self._im2col(self.x)
+        self.weight.grad += weight_grad(dy2.T @ cols, (o, kh, kw, c))
+        if self.bias is not None:
+            self.bias.grad += dy2.sum(axis=0, dtype=np.float64).astype(dy2.dtype)
+        if not self.needs_input_grad:
+            return None
+        dxp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=dy2.dtype)
+        for u in range(kh):
+            for v in range(kw):
+                block = (dy2 @ self.weight.data[:, :, u, v]).reshape(n, ho, wo, c)
+                dxp[:, u:u + sh * (ho - 1) + 1:sh, v:v + sw * (wo - 1) + 1:sw, :] += block
+        return dxp[:, ph:ph + h, pw:pw + w, :].transpose(0, 3, 1, 2)
+    return backward
+
+
+def _conv_dw_flipped(original):
+    def weight_grad(dw2, okkc):
+        dw = dw2.reshape(okkc).transpose(0, 3, 1, 2)  # (C_out, C_in, kH, kW), correct so far
+        return dw[:, :, ::-1, ::-1]  # BUG: flipped (rotated 180 degrees), as if the forward were a true convolution
+    return _conv_backward(weight_grad)
+
+
+def _conv_dw_swapped_axes(original):
+    def weight_grad(dw2, okkc):
+        o, kh, kw, c = okkc
+        # BUG: permuted to (C_in, C_out, kH, kW), the in/out channel axes swapped, then reshaped to
+        # W's (C_out, C_in, kH, kW) to make the shapes agree
+        return dw2.reshape(okkc).transpose(3, 0, 1, 2).reshape(o, c, kh, kw)
+    return _conv_backward(weight_grad)
+
+
 def _has_bias(model) -> bool:
     from scratch.layers import Linear
 
@@ -294,6 +504,31 @@ CATALOGUE = (
         _sgd_lr_twice, requires=LR_NOT_ONE, issue_item="lr applied twice"),
     Bug("sgd-wrong-sign", "the update adds the gradient: p += lr * g (gradient ascent)", "scratch.optim.SGD.step",
         _sgd_ascent, issue_item="wrong sign"),
+    Bug("bn-forward-unbiased-variance", "BatchNorm training forward normalises with the unbiased batch variance "
+        "x.var(ddof=1) instead of the biased one", "scratch.norm.BatchNorm2d.forward", _bn_forward_unbiased,
+        issue_item="BatchNorm forward using the unbiased variance"),
+    Bug("bn-backward-missing-mean-term", "BatchNorm backward without the -mean(dy) term (the gradient through the "
+        "batch mean dropped)", "scratch.norm.BatchNorm2d.backward", _bn_backward_no_mean_term,
+        issue_item="BatchNorm backward missing the mean term"),
+    Bug("bn-running-var-biased", "BatchNorm running_var updated with the biased batch variance instead of the "
+        "unbiased one", "scratch.norm.BatchNorm2d.forward", _bn_running_var_biased,
+        issue_item="running_var updated with the biased variance"),
+    Bug("dropout-no-inverse-scale", "dropout keeps x * mask without the 1/(1-p) scale of inverted dropout",
+        "scratch.dropout.Dropout.forward", _dropout_no_inverse_scale,
+        issue_item="dropout without the 1/(1-p) scale"),
+    Bug("maxpool-grad-to-every-element", "max-pool gradient copied to every element of the window, not only the "
+        "maximum", "scratch.pool.MaxPool2d.backward", _maxpool_grad_everywhere,
+        issue_item="max-pool gradient sent to every element"),
+    Bug("maxpool-grad-to-every-tied-element", "max-pool gradient sent to every element equal to the window's max "
+        "(mask x == max) instead of the first one", "scratch.pool.MaxPool2d.backward", _maxpool_grad_every_tie,
+        also=(("scratch.pool.MaxPool2d.forward", keep_input),),
+        issue_item="max-pool gradient sent to every tied element"),
+    Bug("conv-dW-flipped-kernel", "Conv2d weight gradient flipped (rotated 180 degrees), as for a true "
+        "convolution", "scratch.conv.Conv2d.backward", _conv_dw_flipped,
+        issue_item="conv weight gradient with flipped kernel"),
+    Bug("conv-dW-swapped-axes", "Conv2d weight gradient with the in/out channel axes swapped (reshaped to W's "
+        "shape)", "scratch.conv.Conv2d.backward", _conv_dw_swapped_axes,
+        issue_item="conv weight gradient with swapped axes"),
 )
 
 

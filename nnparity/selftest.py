@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from . import bugs as bugmod
 from . import metamorphic
 from .networks import NETWORKS, first_batches, get, make_sides, prepare, run_parity, stream
 from .parity import TOLERANCES, Comparison
+from .threads import blas_threads
 
 FLOOR = 10.0          # required detection margin
 DTYPE = "float64"     # the floors are proven in float64, the dtype of the tightest tolerance
@@ -112,6 +113,97 @@ def _unit_sgd(dtype=DTYPE) -> list:
     return out
 
 
+def _named(comparisons, case: str) -> list:
+    """Prefix each comparison's name with the case it belongs to (``ties: din``), so a kill
+    says which input made it."""
+    return [replace(c, name=f"{case}: {c.name}") for c in comparisons]
+
+
+def _randomised(layer, seed: int):
+    """The layer with every parameter drawn standard normal (scratch layers start at zero or one)."""
+    rng = np.random.default_rng(seed)
+    for _, p in layer.named_parameters():
+        p.data[...] = rng.standard_normal(p.shape)
+    return layer
+
+
+def _unit_conv2d(dtype=DTYPE) -> list:
+    import torch
+
+    from scratch.conv import Conv2d
+
+    from .layercheck import check_layer
+
+    out = []
+    # the net's case (3x3, stride 1, no padding, C_in != C_out) and a square one (C_in = C_out:
+    # where swapped channel axes keep W's shape) with stride and padding
+    for cin, cout, stride, pad in ((3, 5, 1, 0), (4, 4, 2, 1)):
+        layer = _randomised(Conv2d(cin, cout, 3, stride=stride, padding=pad, dtype=np.dtype(dtype)), cin)
+        out += _named(check_layer(layer, torch.nn.Conv2d(cin, cout, 3, stride=stride, padding=pad),
+                                  (2, cin, 7, 8), dtype=dtype, raise_on_failure=False, seed=cout),
+                      f"{cin}->{cout} stride {stride} padding {pad}")
+    return out
+
+
+def _unit_batchnorm(dtype=DTYPE) -> list:
+    import torch
+
+    from scratch.norm import BatchNorm2d
+
+    from .layercheck import check_layer
+
+    out = []
+    for train in (True, False):
+        layer = _randomised(BatchNorm2d(5, dtype=np.dtype(dtype)), 3)
+        rng = np.random.default_rng(4)
+        layer.running_mean[...] = rng.standard_normal(5)
+        layer.running_var[...] = rng.uniform(0.5, 2.0, 5)
+        # M = 4*3*3 = 36 values per channel: the biased and unbiased variances differ by 1/35;
+        # mean and scale far from 0 and 1
+        x = rng.standard_normal((4, 5, 3, 3)) * 3 + 1.5
+        out += _named(check_layer(layer, torch.nn.BatchNorm2d(5), x=x, dtype=dtype, train=train,
+                                  raise_on_failure=False, seed=5), "train" if train else "eval")
+    return out
+
+
+def _unit_maxpool(dtype=DTYPE) -> list:
+    import torch
+
+    from scratch.pool import MaxPool2d
+
+    from .layercheck import check_layer
+
+    rng = np.random.default_rng(6)
+    # random values (no ties; odd sizes: floor mode drops a row and a column), then values in {0, 1, 2}
+    # on purpose: most windows hold tied maxima, zeros (as after a ReLU) included
+    cases = (("random", rng.standard_normal((2, 3, 9, 11))), ("ties", rng.integers(0, 3, (2, 3, 8, 8))))
+    return [c for case, x in cases
+            for c in _named(check_layer(MaxPool2d(2), torch.nn.MaxPool2d(2), x=x, dtype=dtype,
+                                        raise_on_failure=False, seed=7), case)]
+
+
+def _unit_dropout(dtype=DTYPE) -> list:
+    import torch
+
+    from reference.layers import MaskedDropout
+    from scratch.dropout import Dropout
+
+    from .layercheck import check_layer
+
+    out = []
+    for p in (0.3, 0.01):  # the net's p too
+        layer = Dropout(p, np.random.default_rng(8))
+
+        def torch_dropout(xt, layer=layer):  # torch's dropout arithmetic on the scratch layer's mask
+            ref = MaskedDropout(layer.p)
+            ref.mask = torch.from_numpy(layer.mask)
+            return ref(xt)
+
+        out += _named(check_layer(layer, torch_dropout, (16, 6, 5, 5), dtype=dtype, train=True,
+                                  raise_on_failure=False, seed=9), f"p {p:g}")
+    return out
+
+
 # Keyed by the target class's "module.Class"; each takes the dtype. A new layer's bugs need
 # its entry here.
 UNIT_CHECKS = {
@@ -120,6 +212,10 @@ UNIT_CHECKS = {
     "scratch.layers.Sigmoid": _unit_activation("Sigmoid"),
     "scratch.losses.CrossEntropyLoss": _unit_cross_entropy,
     "scratch.optim.SGD": _unit_sgd,
+    "scratch.conv.Conv2d": _unit_conv2d,
+    "scratch.norm.BatchNorm2d": _unit_batchnorm,
+    "scratch.pool.MaxPool2d": _unit_maxpool,
+    "scratch.dropout.Dropout": _unit_dropout,
 }
 
 
@@ -375,6 +471,17 @@ def run_selftest(nets=None, *, steps: int = 2, batch_size: int = 16, seed: int =
                  bugs=None, dtype: str = DTYPE) -> SelfTest:
     """Run every available bug against every check of the given networks, in ``dtype``
     (the floors are set for float64; float32 shows what the float32 tolerance still sees)."""
+    # One BLAS thread throughout, as check_steps already does for the parity steps: the
+    # scratch-only cells (metamorphic checks, reachability steps) are small products that
+    # NumPy's default BLAS threads slow down on a busy 2-core machine (measured with two other
+    # training runs going: a cnn18k linearity cell 1.5 s with the default threads, 0.04 s with
+    # one, whether or not torch had just run; `selftest cnn18k` 70 s -> 9 s). See nnparity/threads.py.
+    with blas_threads(1):
+        return _run_selftest(nets, steps=steps, batch_size=batch_size, seed=seed, raw=raw, bugs=bugs,
+                             dtype=dtype)
+
+
+def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype) -> SelfTest:
     import time
 
     from . import data as mnist
