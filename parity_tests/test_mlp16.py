@@ -67,14 +67,22 @@ def test_parity_sees_a_sigmoid_derivative_taken_at_the_input(mnist, monkeypatch)
     assert "the input gradient of layer 'sigmoid' (Sigmoid)" in first.describe()
 
 
-def test_torch_threads_follow_the_network_and_do_not_leak():
+def test_torch_threads_follow_the_network_and_do_not_leak(monkeypatch):
     import torch
 
-    from nnparity.networks import apply_threads
+    from nnparity import networks
 
-    apply_threads(get("mlp1000"))
-    default = torch.get_num_threads()
-    apply_threads(get("mlp16"))
-    assert torch.get_num_threads() == 1  # too small to parallelise
-    apply_threads(get("mlp1000"))
-    assert torch.get_num_threads() == default
+    before = torch.get_num_threads()
+    # the test session runs torch on 1 thread (conftest.py): start from 2, as a fresh
+    # process on this machine would, so that "restored" is visible
+    monkeypatch.setattr(networks, "_default_threads", [])
+    torch.set_num_threads(2)
+    try:
+        networks.apply_threads(get("mlp1000"))
+        assert torch.get_num_threads() == 2
+        networks.apply_threads(get("mlp16"))
+        assert torch.get_num_threads() == 1  # too small to parallelise
+        networks.apply_threads(get("mlp1000"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
