@@ -131,3 +131,27 @@ def test_unusable_output_folder_is_one_clear_line(tmp_path):
     assert proc.returncode == 2 and f"cannot create output directory {blocker / 'mlp1000'}" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert blocker.read_text().startswith("a file")
+
+
+def test_cnn18k_resume_restores_batchnorm_momentum_and_dropout_state(tmp_path):
+    """cnn18k's checkpoint carries what mlp1000's has not: BatchNorm buffers, momentum
+    buffers and the dropout generators. Resumed after epoch 1, epoch 2 must be the
+    uninterrupted run's epoch 2 exactly (same masks, same running statistics)."""
+    tiny = ["--train-size", "48", "--test-size", "32", "--no-progress", "--parity-steps", "0",
+            "--envelope-steps", "0"]
+
+    def cnn(out, *extra):
+        return main(["run", "cnn18k", "--out", str(out), *tiny, *extra])
+
+    whole, first, second = tmp_path / "whole", tmp_path / "a", tmp_path / "b"
+    assert cnn(whole, "--epochs", "2") == 0
+    assert cnn(first, "--epochs", "1", "--save-every", "1") == 0
+    with np.load(first / "cnn18k" / "checkpoint.npz", allow_pickle=False) as z:
+        names = set(z.files)
+    assert {"scratch/buffer/bn1.running_var", "torch/buffer/bn1.running_var",
+            "scratch/state/conv1.weight.momentum_buffer"} <= names, sorted(names)[:20]
+    assert cnn(second, "--epochs", "2", "--resume", str(first / "cnn18k")) == 0
+    done = json.loads((whole / "cnn18k" / "metrics.json").read_text())
+    resumed = json.loads((second / "cnn18k" / "metrics.json").read_text())
+    assert resumed["status"] == "complete"
+    assert without_timing(resumed["epochs"]) == without_timing(done["epochs"])
