@@ -5,7 +5,8 @@ runs against the other library's worker threads, which keep spinning for a while
 their last call: measured on cnn18k (batch 16), alternating steps took 276 ms (scratch)
 and 387 ms (torch) instead of 8 and 6.5 ms; on mlp1000, 4.7 and 11.9 ms instead of 3.2
 and 2.2 ms. One BLAS thread during the alternation removes the contention; torch keeps
-its threads. ``nnparity bench`` times each side in blocks and keeps the defaults.
+its threads. ``nnparity bench`` alternates the same way (``Training.run_epoch``), so
+it times what ``nnparity run`` does.
 
 The OpenBLAS library NumPy loaded is found in ``/proc/self/maps`` and driven through
 its ``*_set_num_threads`` entry point (what ``threadpoolctl`` does); where there is none
