@@ -107,7 +107,7 @@ def bench(names, dtypes=("float32", "float64"), repeats=3, data_dir=None, out="r
             r["pct_peak"] = 100 * r["scratch_gflops"] / peaks[dtype]
             rows.append(r)
             print(f"{name:10s} {dtype:8s} {r['batch_size']:5d} {r['scratch_s']:12.2f} {r['torch_s']:10.2f} "
-                  f"{r['ratio']:6.2f} {'-' if floor is None else f'{floor:.2f}':>6s} {r['scratch_gflops']:12.1f} "
+                  f"{r['ratio']:6.3f} {'-' if floor is None else f'{floor:.2f}':>6s} {r['scratch_gflops']:12.1f} "
                   f"{r['torch_gflops']:10.1f} {r['pct_peak']:6.0f}% {r['peak_rss_mib']:9.0f}", flush=True)
     projections = epochs_projections(rows)
     for line in projections:
@@ -154,7 +154,7 @@ def _write_markdown(path: Path, rows, peaks, repeats, command, projections=()):
     for r in rows:
         floor = "-" if r["floor"] is None else f"<= {r['floor']:.2f} {'ok' if r['ok'] else 'MISSED'}"
         lines.append(f"| {r['net']} | {r['dtype']} | {r['batch_size']} | {r['scratch_s']:.2f} | {r['torch_s']:.2f} "
-                     f"| {r['ratio']:.2f} | {floor} | {r['scratch_gflops']:.1f} | {r['torch_gflops']:.1f} "
+                     f"| {r['ratio']:.3f} | {floor} | {r['scratch_gflops']:.1f} | {r['torch_gflops']:.1f} "
                      f"| {r['pct_peak']:.0f}% | {r['peak_rss_mib']:.0f} |")
     lines += ["", "GFLOP/s counts the training step's multiply-adds (x2) from the layers' own shapes "
                   "(`flops_per_sample()`), the same count for both sides.", ""]
