@@ -60,6 +60,7 @@ restored afterwards; ``.grad`` holds the analytic gradient of the checked batch.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import zlib
@@ -555,11 +556,16 @@ def gradcheck_network(net_name: str, *, samples: int = SAMPLES, eps: float = EPS
 
     net = networks.get(net_name)
     recipe = net.recipe
-    if ds is None:  # (``ds``: the float64 ``networks.prepare`` of this seed, to reuse across checks)
-        ds = networks.prepare(net, recipe, raw if raw is not None else load_mnist(data_dir), "float64", seed)
+    if not net.mnist:  # a network with its own data (toy221): its one training sample, every step
+        batches = itertools.repeat(net.scratch.data(recipe, np.float64))
+        what = "the network's own training sample"
+    else:
+        if ds is None:  # (``ds``: the float64 ``networks.prepare`` of this seed, to reuse across checks)
+            ds = networks.prepare(net, recipe, raw if raw is not None else load_mnist(data_dir), "float64", seed)
+        batches = networks.first_batches(ds, recipe, seed, burn_in + 1)
+        what = None
     model = net.scratch.build(recipe, networks.stream(seed, "init"), np.float64)
     loss_fn = net.scratch.loss(recipe)
-    batches = networks.first_batches(ds, recipe, seed, burn_in + 1)
     if burn_in:
         side = ScratchSide(model, loss_fn, SGD(model.named_parameters(), recipe.lr, recipe.momentum))
         for _ in range(burn_in):
@@ -569,6 +575,7 @@ def gradcheck_network(net_name: str, *, samples: int = SAMPLES, eps: float = EPS
         x, y = x[:batch_size], y[:batch_size]
     result = gradcheck_model(model, loss_fn, x, y, samples=samples, eps=eps, seed=seed, threshold=threshold,
                              name=net_name, allowed_zero=net.allowed_zero)
-    result.notes.append(f"loss ({recipe.loss}, {recipe.reduction}) of training batch {burn_in + 1} "
-                        f"({len(y)} MNIST images) after {burn_in} SGD step(s) from the seed-{seed} initialisation")
+    what = what or f"training batch {burn_in + 1} ({len(y)} MNIST images)"
+    result.notes.append(f"loss ({recipe.loss}, {recipe.reduction}) of {what} "
+                        f"after {burn_in} SGD step(s) from the seed-{seed} initialisation")
     return result

@@ -357,6 +357,22 @@ def test_mlp1000_whole_network(mlp1000_data):
     assert "(100 MNIST images)" in r.notes[0]
 
 
+@pytest.mark.parametrize("name", ["mlp16", "linear10", "toy221", "cnn18k"])
+def test_every_other_documented_network_passes(name, mnist):
+    """`nnparity gradcheck NET` for every network in the registry (mlp1000 above): every
+    parameter tensor and the input covered; toy221 on its own training sample."""
+    from nnparity import networks
+
+    assert set(networks.NETWORKS) == {"mlp1000", "mlp16", "linear10", "toy221", "cnn18k"}
+    net = networks.get(name)
+    r = gc.gradcheck_network(name, raw=mnist)  # the CLI default: 10 coordinates per tensor
+    model = net.scratch.build(net.recipe, networks.stream(0, "init"), np.float64)
+    assert [t.name for t in r.tensors] == [f"grad/{k}" for k, _ in model.named_parameters()] + ["din"]
+    assert r.ok, r.message()
+    if not net.mnist:
+        assert "own training sample" in r.notes[0]
+
+
 def test_mlp1000_bias_gradient_not_summed_over_the_batch_is_caught(mlp1000_data, monkeypatch):
     def bias_from_first_sample(self, dy):
         self.weight.grad += dy.T @ self.x
