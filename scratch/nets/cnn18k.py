@@ -52,8 +52,8 @@ Choices where the document is silent or ambiguous (also in ``RECIPE.choices``):
 * **Step schedule: lr 0.01 for epochs 1-10, then 0.001 for epochs 11-20**
   (``lr_schedule``). With a constant 0.01 the test accuracy wanders (the issue's
   PyTorch run: 99.19-99.45% from epoch 5 on; ours at batch 64: 99.13-99.36%); one
-  tenfold decay halfway lets the weights settle (at batch 16: 99.43-99.52% on both
-  sides over epochs 11-20 of the documented run).
+  tenfold decay halfway lets the weights settle (at batch 16, epochs 11-20 of the
+  documented run: 99.43-99.52% scratch, 99.47-99.58% torch).
 * **Batch size 16** (not documented). Measured before choosing, PyTorch side alone,
   float32, 20 epochs (``reports/cnn18k/recipe_search/`` has the script and every log):
   at batch 64 the best test accuracy was 99.36% with a constant lr 0.01, 99.35% with
