@@ -2,12 +2,14 @@
 the same process, the sides alternating batch by batch as in ``nnparity run`` so
 that both see the same machine state; achieved GFLOP/s against this machine's measured GEMM peak;
 peak resident memory. Each (network, dtype) runs in a fresh child process, so its
-peak memory is its own. Results go to the terminal and to ``reports/bench.md``.
+peak memory is its own. Results go to the terminal and to ``runs/bench.md`` (``--out``;
+the committed table is ``reports/bench.md``).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 import platform
 import resource
@@ -86,9 +88,24 @@ def _child(args):
     return bench_network(*args)
 
 
-def bench(names, dtypes=("float32", "float64"), repeats=3, data_dir=None, out="reports/bench.md",
+def _output_file(out) -> Path:
+    """``--out`` as a writable file path (its folder created), or ``io.OutputError``."""
+    path = io.check_path_text(out, "runs/bench.md")
+    if path.is_dir():
+        raise io.OutputError(f"--out {path} is a folder: name the markdown file, e.g. {path / 'bench.md'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise io.OutputError(f"cannot create {path.parent}: {e.strerror or e}") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise io.OutputError(f"cannot write {path}: {path.parent} is not writable")
+    return path
+
+
+def bench(names, dtypes=("float32", "float64"), repeats=3, data_dir=None, out="runs/bench.md",
           command="nnparity bench") -> int:
     names = [n for n in names if getattr(get(n), "mnist", True)]
+    path = _output_file(out)  # found unusable before any timing, not after
     peaks = {d: gemm_peak(d) for d in dtypes}
     print("GEMM peak (NumPy, n=1536): " + ", ".join(f"{d} {p:.0f} GFLOP/s" for d, p in peaks.items()))
     header = (f"{'net':10s} {'dtype':8s} {'batch':>5s} {'scratch s/ep':>12s} {'torch s/ep':>10s} {'ratio':>6s} "
@@ -159,7 +176,6 @@ def _write_markdown(path: Path, rows, peaks, repeats, command, projections=()):
     lines += ["", "GFLOP/s counts the training step's multiply-adds (x2) from the layers' own shapes "
                   "(`flops_per_sample()`), the same count for both sides.", ""]
     lines += [f"- {line}" for line in projections] + ([""] if projections else [])
-    path.parent.mkdir(parents=True, exist_ok=True)
     io.write_text(path, "\n".join(lines))
 
 

@@ -19,10 +19,8 @@ import argparse
 import shlex
 import sys
 
-from .checkpoint import CheckpointError
-from .data import DataError
-from .drift import DEFAULT_STEPS as DEFAULT_ENVELOPE_STEPS
-from .networks import NETWORKS, UnknownNetwork
+# Only the standard library at import time: the command's modules (NumPy, torch) are imported
+# inside main(), so a Ctrl-C during start-up is the one line "interrupted", exit 130.
 
 DTYPES = ("float32", "float64")
 
@@ -63,6 +61,8 @@ def positive_float(text: str) -> float:
 
 
 def network_name(text: str) -> str:
+    from .networks import NETWORKS
+
     if text not in NETWORKS:
         raise argparse.ArgumentTypeError(f"unknown network {text!r}; known networks: {', '.join(NETWORKS)}")
     return text
@@ -78,6 +78,9 @@ def bug_name(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .drift import DEFAULT_STEPS as DEFAULT_ENVELOPE_STEPS
+    from .networks import NETWORKS
+
     p = _Parser(prog="nnparity", description="Reference-parity verification of from-scratch NumPy networks "
                                              "against PyTorch.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser, metavar="COMMAND")
@@ -97,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lr", type=positive_float, nargs="+", metavar="LR", default=None,
                    help="learning rate (default: the recipe's); toy221 takes several, one run each")
     r.add_argument("--batch-size", type=positive_int, default=None, help="default: the recipe's")
-    r.add_argument("--out", default="reports", help="reports go to OUT/NET/ (default reports)")
+    r.add_argument("--out", default="runs",
+                   help="the report goes to OUT/NET/ if the run completes, else to OUT/NET.incomplete/ "
+                        "(default runs; the committed reports are made with --out reports)")
     r.add_argument("--parity-steps", type=non_negative_int, default=20,
                    help="steps of step parity before training (0 skips; default 20)")
     r.add_argument("--train-size", type=positive_int, default=None,
@@ -166,12 +171,30 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("nets", nargs="*", type=network_name, metavar="NET", help="default: all networks")
     b.add_argument("--dtype", choices=DTYPES, nargs="+", default=list(DTYPES), help="default: both")
     b.add_argument("--repeats", type=positive_int, default=3, help="epochs per side; the median counts (default 3)")
-    b.add_argument("--out", default="reports/bench.md", help="markdown table (default reports/bench.md)")
+    b.add_argument("--out", default="runs/bench.md",
+                   help="markdown table (default runs/bench.md; the committed one: --out reports/bench.md)")
     b.add_argument("--data-dir", default=None)
     return p
 
 
 def main(argv=None) -> int:
+    from .signals import catch_interrupts
+
+    restore_signals = catch_interrupts()  # SIGINT and SIGTERM: one line and exit 130, from here on
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # during start-up (imports) or argument parsing
+        print("nnparity: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        restore_signals()
+
+
+def _main(argv=None) -> int:
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .networks import UnknownNetwork
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -196,6 +219,7 @@ def _flag(action) -> str:
 def _option_problem(parser, args) -> str | None:
     """A network-specific option used with another network, a generic option that does
     not apply to the network, or a bad combination: one line naming it, else None."""
+    from .networks import NETWORKS
     from .runners import UsageError
 
     net = NETWORKS.get(getattr(args, "net", None))
@@ -228,6 +252,8 @@ def _option_problem(parser, args) -> str | None:
 
 
 def _dispatch(args) -> int:
+    from .networks import NETWORKS
+
     if args.cmd == "list":
         for net in NETWORKS.values():
             print(f"{net.name:10s} {net.summary}\n{'':10s} {net.recipe.summary()}")

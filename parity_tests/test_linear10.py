@@ -253,7 +253,7 @@ def test_unexpected_failure_of_the_correct_variant_is_diagnosed(tmp_path):
                        "--epochs", "1", "--train-size", "320", "--test-size", "160", "--parity-steps", "2",
                        "--no-progress"])
     assert status == 1
-    out = tmp_path / "linear10"
+    out = tmp_path / "linear10.incomplete"  # a failed run never takes OUT/linear10's place
     m = json.loads((out / "metrics.json").read_text())
     assert m["status"] == "parity-failed" and m["runs"][0]["status"] == "parity-failed"
     d = m["runs"][0]["parity"]["diagnosis"]
@@ -276,7 +276,7 @@ def test_sigterm_between_runs_writes_complete_files_marked_incomplete(tmp_path, 
             # without the run's handler SIGTERM would end the test session: fail instead
             assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None), \
                 "no SIGTERM handler installed during the run"
-            os.kill(os.getpid(), signal.SIGTERM)  # catch_interrupts turns it into KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)  # nnparity.signals turns it into KeyboardInterrupt
             time.sleep(5)
             raise AssertionError("SIGTERM did not interrupt the run")
         return original(*args)
@@ -289,7 +289,7 @@ def test_sigterm_between_runs_writes_complete_files_marked_incomplete(tmp_path, 
                    "--no-progress"])
     assert status == 130
     assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
-    out = tmp_path / "linear10"
+    out = tmp_path / "linear10.incomplete"
     m = json.loads((out / "metrics.json").read_text())
     assert m["status"] == "incomplete"
     assert m["status_detail"] == "interrupted (SIGTERM) while measuring the drift envelope of seed 1"
@@ -312,7 +312,7 @@ def test_sigint_during_training_leaves_complete_files_marked_incomplete(tmp_path
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    folder = tmp_path / "linear10"
+    folder = tmp_path / "linear10.incomplete"
     m = json.loads((folder / "metrics.json").read_text())
     name = signal.Signals(sig).name
     assert m["status"] == "incomplete"

@@ -20,8 +20,9 @@ def run(out, *extra):
     return main(["run", "mlp1000", "--out", str(out), "--dtype", "float32", *SMALL, *extra])
 
 
-def metrics(out):
-    return json.loads((out / "mlp1000" / "metrics.json").read_text())
+def metrics(out, folder="mlp1000"):
+    """A run's metrics.json: ``OUT/mlp1000`` if it completed, ``OUT/mlp1000.incomplete`` if not."""
+    return json.loads((out / folder / "metrics.json").read_text())
 
 
 def without_timing(obj):
@@ -98,10 +99,11 @@ def test_truncated_checkpoint_is_refused(tmp_path):
 
 def test_divergence_stops_at_once_and_writes_a_diverged_report(tmp_path):
     status = run(tmp_path, "--epochs", "3", "--parity-steps", "0", "--lr", "1e6")
-    m = metrics(tmp_path)
+    m = metrics(tmp_path, "mlp1000.incomplete")
     assert status == 3 and m["status"] == "diverged"
     assert "step" in m["status_detail"] and ("loss" in m["status_detail"] or "param/" in m["status_detail"])
-    assert "**diverged**" in (tmp_path / "mlp1000" / "report.md").read_text()
+    assert "**diverged**" in (tmp_path / "mlp1000.incomplete" / "report.md").read_text()
+    assert not (tmp_path / "mlp1000").exists()  # OUT/NET only ever holds a complete run
 
 
 def test_sigint_leaves_complete_files_marked_incomplete(tmp_path):
@@ -116,11 +118,12 @@ def test_sigint_leaves_complete_files_marked_incomplete(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    m = metrics(tmp_path)
+    m = metrics(tmp_path, "mlp1000.incomplete")
     assert m["status"] == "incomplete" and len(m["epochs"]) >= 1
-    assert "**incomplete**" in (tmp_path / "mlp1000" / "report.md").read_text()
-    leftovers = [p.name for p in (tmp_path / "mlp1000").iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
-    assert not leftovers
+    assert "**incomplete**" in (tmp_path / "mlp1000.incomplete" / "report.md").read_text()
+    leftovers = [p.name for p in (tmp_path / "mlp1000.incomplete").iterdir()
+                 if p.name.startswith(".") or p.suffix == ".tmp"]
+    assert not leftovers and sorted(p.name for p in tmp_path.iterdir()) == ["mlp1000.incomplete"]
 
 
 def test_unusable_output_folder_is_one_clear_line(tmp_path):

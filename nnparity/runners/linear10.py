@@ -38,7 +38,7 @@ drift leaves the envelope at step 1, and the report says that this is expected.
 
 Ctrl-C or SIGTERM at any point after loading (parity, envelope, training,
 between runs) ends the run with complete files marked ``incomplete`` (exit
-130), keeping every finished epoch (``nnparity.run.catch_interrupts``).
+130), keeping every finished epoch (``nnparity.signals``).
 
 Written to ``OUT/linear10/``: ``metrics.json`` (every run, every epoch: training
 and validation loss / accuracy / error and dead output units per side,
@@ -120,10 +120,10 @@ def train_one(recipe, raw, dtype: str, seed: int, *, parity_steps: int, keep_bat
     ``ds``: the seed's prepared data (else prepared here). ``envelope``: the seed's
     drift envelope (``drift.measure_envelope``); with it the drift of the envelope's
     first steps and of every epoch is recorded and assessed into ``res["drift"]``.
-    A ``KeyboardInterrupt`` (see ``run.catch_interrupts``) ends the run early with
+    A ``KeyboardInterrupt`` (see ``nnparity.signals``) ends the run early with
     everything finished so far, ``res["interrupted"]`` set to the signal's name.
     """
-    from ..run import interrupt_name
+    from ..signals import interrupt_name
 
     net = get(NET)
     variant = recipe.variant
@@ -726,7 +726,7 @@ UNSUPPORTED = {
 
 
 def run(args) -> int:
-    from ..run import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARITY, catch_interrupts, interrupt_name
+    from ..signals import handled_signals
 
     net = get(NET)
     apply_threads(net)
@@ -735,11 +735,20 @@ def run(args) -> int:
     dtype = args.dtype or base.dtype
     variants = VARIANTS if (args.variant or "both") == "both" else (args.variant,)
     seeds = [args.seed + i for i in range(args.seeds or DEFAULT_SEEDS)]
-    out_dir = io.ensure_writable_dir(Path(args.out) / NET)
+    folder = io.RunFolder(args.out, NET)
     progress = False if args.no_progress else None
 
     t0 = time.perf_counter()
     raw = mnist.load_mnist(args.data_dir)
+    with handled_signals(), folder:  # Ctrl-C and kill both end the run cleanly, with its files
+        return _run(args, net, base, dtype, variants, seeds, raw, t0, folder, progress)
+
+
+def _run(args, net, base, dtype, variants, seeds, raw, t0, folder, progress) -> int:
+    from ..run import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARITY
+    from ..signals import interrupt_name
+
+    out_dir = folder.path  # the run's work folder; put in place by _finish
     log(f"{NET}: variants {', '.join(variants)}; seeds {', '.join(map(str, seeds))}; {dtype}, {base.epochs} epochs, "
         f"batch {base.batch_size}, lr {base.lr}, {base.train_size} training / {base.test_size} validation images "
         f"from {raw.source} ({time.perf_counter() - t0:.1f} s)")
@@ -749,7 +758,6 @@ def run(args) -> int:
             "environment": environment()}
     runs, status = [], EXIT_OK
     where = "at the start"
-    restore_signals = catch_interrupts()  # Ctrl-C and kill both end the run cleanly, with its files
     try:
         for seed in seeds:
             where = f"while preparing seed {seed}"
@@ -774,7 +782,8 @@ def run(args) -> int:
                     meta.update(status=res["status"], status_detail=res["status_detail"]
                                 if res["status"] == "parity-failed" else
                                 "the as-documented variant passed parity: the check missed the slip")
-                    _finish(out_dir, meta, runs)
+                    dest = _finish(folder, meta, runs)
+                    log(f"report: {dest / 'report.md'}")
                     return EXIT_PARITY
                 if res.get("interrupted"):
                     raise KeyboardInterrupt(res["interrupted"])
@@ -785,24 +794,25 @@ def run(args) -> int:
         last = runs[-1] if runs and runs[-1].get("interrupted") else None
         meta["status_detail"] = (f"interrupted: {last['variant']}, seed {last['seed']}, {last['status_detail']}"
                                  if last else f"interrupted ({interrupt_name(e)}) {where}")
-        _finish(out_dir, meta, runs)
-        log(f"\ninterrupted: report of the finished epochs: {out_dir / 'report.md'}")
+        dest = _finish(folder, meta, runs)
+        log(f"\ninterrupted: report of the finished epochs: {dest / 'report.md'}")
         return EXIT_INTERRUPTED
-    finally:
-        restore_signals()
     meta["status"] = "complete" if status == EXIT_OK else "diverged"
-    _finish(out_dir, meta, runs)
+    dest = _finish(folder, meta, runs)
     summary = summarize(runs)
     for variant in variants:
         if variant in summary:
             s = summary[variant]["scratch"]
             log(f"{variant:>13}: train acc {_mmm(s['train_accuracy'])}  val acc {_mmm(s['val_accuracy'])}  "
                 f"dead units {_mmm(s['dead_units'], '.1f')}  (scratch; mean (min - max) over {len(seeds)} seeds)")
-    log(f"report: {out_dir / 'report.md'} (peak memory {meta['peak_rss_mib']} MiB)")
+    log(f"report: {dest / 'report.md'} (peak memory {meta['peak_rss_mib']} MiB)")
     return status
 
 
-def _finish(out_dir: Path, meta: dict, runs: list) -> None:
-    """The final files: metrics.json, the plots and report.md, with the peak memory."""
+def _finish(folder, meta: dict, runs: list) -> Path:
+    """The final files: metrics.json, the plots and report.md, with the peak memory; the
+    folder goes in place (``OUT/linear10``, or ``OUT/linear10.incomplete`` unless complete)."""
+    from ..run import finish_folder
+
     meta["peak_rss_mib"] = round(peak_rss_mib())
-    write(out_dir, meta, runs, final=True)
+    return finish_folder(folder, meta["status"] == "complete", lambda path: write(path, meta, runs, final=True))

@@ -268,39 +268,46 @@ def _plots(runs: list) -> dict:
 
 
 def run(args) -> int:
-    from ..run import EXIT_OK, EXIT_PARITY, log
+    from ..run import EXIT_OK, EXIT_PARITY, finish_folder, log
+    from ..signals import handled_signals
 
     apply_threads(get(NET))
     recipe = recipe_from(args)
     dtype = recipe.dtype
-    out_dir = io.ensure_writable_dir(Path(args.out) / NET)
+    folder = io.RunFolder(args.out, NET)
     meta = {"net": NET, "command": args.command_line, "dtype": dtype, "status": "incomplete",
             "recipe": recipe.as_dict(), "environment": environment()}
     log(f"{NET}: {recipe.summary()}")
-    runs = []
-    for lr in recipe.lrs:
-        res = train_lr(recipe, lr, dtype)
-        runs.append(res)
-        first, last = res["scratch"][0], res["scratch"][-1]
-        log(f"lr {lr:<5g} E_total step 0 {first['E_total']:.17g}  step {len(res['scratch']) - 1} "
-            f"{last['E_total']:.17g}   max |scratch - torch| {res['max_abs_diff']:.3g}  "
-            f"parity {'ok' if res['parity_ok'] else 'FAILED'} (worst margin {res['parity']['worst_margin']:.3g})")
-    failed = [r for r in runs if not r["parity_ok"]]
-    meta["status"] = "parity-failed" if failed else "complete"
+    with handled_signals(), folder:
+        runs = []
+        for lr in recipe.lrs:
+            res = train_lr(recipe, lr, dtype)
+            runs.append(res)
+            first, last = res["scratch"][0], res["scratch"][-1]
+            log(f"lr {lr:<5g} E_total step 0 {first['E_total']:.17g}  step {len(res['scratch']) - 1} "
+                f"{last['E_total']:.17g}   max |scratch - torch| {res['max_abs_diff']:.3g}  "
+                f"parity {'ok' if res['parity_ok'] else 'FAILED'} (worst margin {res['parity']['worst_margin']:.3g})")
+        failed = [r for r in runs if not r["parity_ok"]]
+        meta["status"] = "parity-failed" if failed else "complete"
+        if failed:
+            meta["status_detail"] = failed[0]["parity_message"].splitlines()[0]
+        dest = finish_folder(folder, not failed, lambda path: _write(path, meta, runs))
     if failed:
-        meta["status_detail"] = failed[0]["parity_message"].splitlines()[0]
+        log(f"PARITY FAILED at lr {failed[0]['lr']:g}:\n{failed[0]['parity_message']}")
+    log(f"report: {dest / 'report.md'}")
+    return EXIT_PARITY if failed else EXIT_OK
+
+
+def _write(out_dir: Path, meta: dict, runs: list) -> None:
+    """metrics.json, the plots and report.md into ``out_dir``, each atomically."""
+    import matplotlib.pyplot as plt
+
     figs = _plots(runs)
     meta["figures"] = list(figs)
     io.write_text(out_dir / "metrics.json", compact_json({**meta, "runs": [
         {k: v for k, v in r.items() if k != "parity_message"} for r in runs]}) + "\n")
     for name, fig in figs.items():
         io.write_figure(out_dir / name, fig)
-    import matplotlib.pyplot as plt
-
     for fig in figs.values():
         plt.close(fig)
     io.write_text(out_dir / "report.md", render(meta, runs))
-    if failed:
-        log(f"PARITY FAILED at lr {failed[0]['lr']:g}:\n{failed[0]['parity_message']}")
-    log(f"report: {out_dir / 'report.md'}")
-    return EXIT_PARITY if failed else EXIT_OK

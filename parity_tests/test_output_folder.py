@@ -1,0 +1,227 @@
+"""An output folder holds one complete run, whatever happens (``nnparity.io.RunFolder``).
+
+A run writes into a hidden work folder beside ``OUT/NET`` and swaps it in at the end; an
+interrupted, diverged or failed run leaves ``OUT/NET`` as it was and its own files, all
+consistent, in ``OUT/NET.incomplete``. The interrupt harness sends SIGINT, SIGTERM and
+SIGKILL at seeded random moments in every phase of a run (start-up, data, step parity,
+drift envelope, training, report writing) and checks, after each, that the previous
+report is byte for byte intact (or wholly replaced by a complete new one), that every
+file of a folder comes from the same run, and that nothing is left over (``.tmp``
+files, the work folder, the lock) once the next run has cleaned up after a SIGKILL.
+"""
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nnparity import io
+from nnparity.cli import build_parser, main
+
+NET = "mlp16"
+TINY = ["--train-size", "256", "--test-size", "64", "--no-progress"]
+
+
+def command(out, seed, epochs=3, *extra):
+    return [sys.executable, "-m", "nnparity.cli", "run", NET, "--out", str(out), "--seed", str(seed),
+            "--epochs", str(epochs), "--parity-steps", "3", "--envelope-steps", "20", *TINY, *extra]
+
+
+def snapshot(folder: Path) -> dict:
+    """{file name: bytes} of a folder (hidden names included)."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.is_dir() else {}
+
+
+def assert_one_run(folder: Path, seed: int, status: str) -> None:
+    """Every file of ``folder`` is from one run: metrics.json and report.md agree on the
+    seed and the status, nothing hidden or temporary is there."""
+    names = sorted(p.name for p in folder.iterdir())
+    assert not [n for n in names if n.startswith(".") or n.endswith(".tmp")], names
+    m = json.loads((folder / "metrics.json").read_text())
+    assert (m["seed"], m["status"]) == (seed, status), (m["seed"], m["status"])
+    report = (folder / "report.md").read_text()
+    assert f"**{status}**" in report and f"seed {seed}" in report.replace("`", "")
+
+
+def no_leftovers(out: Path) -> list:
+    return [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def previous(tmp_path_factory):
+    """A folder holding one complete run (seed 0), and its bytes."""
+    out = tmp_path_factory.mktemp("prev")
+    proc = subprocess.run(command(out, 0), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert_one_run(out / NET, 0, "complete")
+    return out, snapshot(out / NET)
+
+
+def fresh_copy(previous, tmp_path) -> Path:
+    out, files = previous
+    (tmp_path / NET).mkdir()
+    for name, data in files.items():
+        (tmp_path / NET / name).write_bytes(data)
+    return tmp_path
+
+
+def test_a_complete_run_replaces_the_previous_one_whole(previous, tmp_path):
+    out = fresh_copy(previous, tmp_path)
+    (out / NET / "stale.png").write_bytes(b"from an older run")  # nothing of the old folder survives
+    proc = subprocess.run(command(out, 1, 2), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert_one_run(out / NET, 1, "complete")
+    assert not (out / NET / "stale.png").exists()
+    assert not no_leftovers(out) and not (out / f"{NET}.incomplete").exists()
+
+
+# The phases of a run, each named by the line the run prints when it enters it; the signal
+# goes a seeded random time after that line. "epoch   3/3" is the last epoch's line: what
+# follows is the report being written, where signals are held until the folder is in place.
+PHASES = [None, f"{NET}: ", "step parity", "drift envelope", "epoch   1/3", "epoch   3/3"]
+rnd = random.Random(12)
+CASES = [(phase, rnd.choice(("SIGINT", "SIGTERM")), round(rnd.uniform(0.0, 0.25), 3)) for phase in PHASES]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase,sig,delay", CASES, ids=[f"{p or 'start-up'}-{s}-{d}" for p, s, d in CASES])
+def test_a_signal_at_any_moment_leaves_the_previous_report_intact(previous, tmp_path, phase, sig, delay):
+    out = fresh_copy(previous, tmp_path)
+    before = snapshot(out / NET)
+    proc = subprocess.Popen(command(out, 1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if phase is not None:
+        for line in proc.stdout:
+            if line.startswith(phase):
+                break
+    time.sleep(delay)
+    proc.send_signal(getattr(signal, sig))
+    stdout, stderr = proc.communicate(timeout=120)
+    assert "Traceback" not in stderr, stderr
+    # 130: interrupted. A process can also end *by* SIGINT (-2): CPython re-raises SIGINT at exit
+    # when it has seen a KeyboardInterrupt escape code it ran through its C API; a shell reports
+    # 130 for both. Before Python runs main() at all (the first ~50 ms) the signal's default
+    # action ends the process: nothing has been written then, which the checks below see.
+    assert proc.returncode in (0, 130, -signal.SIGINT) or (phase is None and proc.returncode < 0), \
+        (proc.returncode, stderr)
+    if proc.returncode == 0:  # the signal came while the report was written: held, the run completed
+        assert_one_run(out / NET, 1, "complete")
+    else:
+        assert snapshot(out / NET) == before  # the previous complete run, byte for byte
+        partial = out / f"{NET}.incomplete"
+        if partial.exists():  # interrupted once training had written something
+            assert_one_run(partial, 1, "incomplete")
+        assert len(stderr.strip().splitlines()) <= 1, stderr
+    assert not no_leftovers(out), no_leftovers(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ["drift envelope", "epoch   2/3", "epoch   3/3"])
+def test_after_a_sigkill_the_next_run_cleans_up(previous, tmp_path, phase):
+    out = fresh_copy(previous, tmp_path)
+    before = snapshot(out / NET)
+    proc = subprocess.Popen(command(out, 1, 3, "--save-every", "1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith(phase):
+            break
+    time.sleep(0.05)
+    proc.kill()
+    proc.communicate(timeout=60)
+    target_now = snapshot(out / NET)
+    assert target_now in (before, {}) or json.loads(target_now["metrics.json"])["status"] == "complete"
+    # the next run repairs a cut swap, removes the work folder and any .tmp, then runs
+    proc = subprocess.run(command(out, 2, 1), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert_one_run(out / NET, 2, "complete")
+    assert not no_leftovers(out)
+
+
+def test_a_run_that_is_interrupted_keeps_its_checkpoint_in_the_incomplete_folder(previous, tmp_path):
+    out = fresh_copy(previous, tmp_path)
+    proc = subprocess.Popen(command(out, 1, 50, "--save-every", "1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch   2/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    partial = out / f"{NET}.incomplete"
+    assert (partial / "checkpoint.npz").exists()
+    # resuming from it completes the run into OUT/NET
+    proc = subprocess.run(command(out, 1, 3, "--resume", str(partial)), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert_one_run(out / NET, 1, "complete")
+
+
+def test_a_second_run_into_the_same_folder_is_refused_naming_the_first(tmp_path, capsys):
+    with io.RunFolder(tmp_path, NET) as first:
+        assert first.path.is_dir()
+        status = main(["run", NET, "--out", str(tmp_path), "--epochs", "1", "--parity-steps", "0", *TINY])
+        err = capsys.readouterr().err
+    assert status == 2 and f"being written by another run (process {os.getpid()})" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not no_leftovers(tmp_path)  # the first one's work folder and lock are gone once it is done
+
+
+def test_an_empty_work_folder_leaves_no_trace(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        with io.RunFolder(tmp_path, NET):
+            raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("out,expected", [
+    ("", "--out is empty"),
+    (os.fsdecode(b"runs-\xff"), "is not valid UTF-8"),
+])
+def test_bad_output_names_are_refused_before_any_work(tmp_path, monkeypatch, capsys, out, expected):
+    monkeypatch.chdir(tmp_path)
+    import nnparity.data
+
+    monkeypatch.setattr(nnparity.data, "load_mnist", lambda *a, **k: pytest.fail("data loaded before the check"))
+    assert main(["run", NET, "--out", out, "--epochs", "1", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_in_the_way_of_a_report_file_does_not_matter(tmp_path):
+    """The old folder is replaced whole, so whatever it held cannot block the new files."""
+    (tmp_path / NET / "metrics.json").mkdir(parents=True)
+    assert main(["run", NET, "--out", str(tmp_path), "--epochs", "1", "--parity-steps", "0",
+                 "--envelope-steps", "0", *TINY]) == 0
+    assert (tmp_path / NET / "metrics.json").is_file()
+
+
+def test_disk_full_names_the_file_and_keeps_the_previous_report(previous, tmp_path, monkeypatch, capsys):
+    out = fresh_copy(previous, tmp_path)
+    before = snapshot(out / NET)
+    real = io.tempfile.mkstemp
+
+    def full(*args, prefix="", **kwargs):  # the disk fills up just when report.md is written
+        if prefix.startswith(".report.md."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(io.tempfile, "mkstemp", full)
+    assert main(["run", NET, "--out", str(out), "--epochs", "1", "--parity-steps", "0", "--envelope-steps", "0",
+                 *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "report.md: No space left on device" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert snapshot(out / NET) == before
+    assert not no_leftovers(out)
+
+
+def test_the_default_output_is_not_the_committed_reports():
+    p = build_parser()
+    assert p.parse_args(["run", NET]).out == "runs"
+    assert p.parse_args(["bench"]).out == "runs/bench.md"
