@@ -255,7 +255,7 @@ def _check_identity(path: Path, got, want: dict) -> None:
     more = f" (+{len(pairs) - 3} more)" if len(pairs) > 3 else ""
     made = ", ".join(f"{k} {_short(g)}" for k, g, _ in pairs[:3]) + more
     asks = ", ".join(f"{k} {_short(w)}" for k, _, w in pairs[:3]) + more
-    flags = [f"{FLAGS[k]} {g}" for k, g, _ in pairs if k in FLAGS and g is not None]
+    flags = [f"{FLAGS[k]} {g}" if g is not None else f"no {FLAGS[k]}" for k, g, _ in pairs if k in FLAGS]
     fix = (f"resume with {' '.join(flags)}" if len(flags) == len(pairs)
            else "the recipe differs: start a new run without --resume")
     raise CheckpointError(f"{path}: checkpoint was made with {made}; this run asks for {asks} ({fix})")

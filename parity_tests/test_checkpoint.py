@@ -208,6 +208,10 @@ CASES = [
          ("--seed", "5")),
     Case("dtype-differs", as_is, "checkpoint was made with dtype 'float64'; this run asks for dtype 'float32'",
          ("--dtype", "float32")),
+    Case("train-size-differs", as_is, "checkpoint was made with train_size 200; this run asks for train_size 100 "
+         "(resume with --train-size 200)", ("--train-size", "100")),
+    Case("made-on-all-images", mutated(lambda m: m["identity"]["recipe"].__setitem__("train_size", None)),
+         "checkpoint was made with train_size None; this run asks for train_size 200 (resume with no --train-size)"),
     Case("another-networks-checkpoint", other_network(identity_too=True),
          "checkpoint was made for 'linear10'; this run is mlp16"),
     Case("recipe-changed", mutated(lambda m: m["identity"]["recipe"].__setitem__("momentum", 0.9)),
