@@ -54,7 +54,8 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
     dtype = dtype or recipe.dtype
     identity = {"net": name, "dtype": dtype, "seed": seed,
                 "recipe": {k: v for k, v in recipe.as_dict().items() if k != "epochs"}}
-    resumed = checkpoint.load(resume, identity) if resume else None  # refuse a bad one before any work
+    resumed = (checkpoint.load(resume, identity, checkpoint.expected_state(net, recipe, dtype, seed))
+               if resume else None)  # refuse a bad one, checked whole, before any work
     folder = io.RunFolder(out, name)
     command = command or f"nnparity run {name}"
 
