@@ -4,9 +4,13 @@ Lookup order for the four files: ``--data-dir``, then ``$NNPARITY_DATA_DIR``,
 then the copy shipped in the repository (``data/mnist``). When the folder in
 use holds none of them and the machine is online,
 ``torchvision.datasets.MNIST(..., download=True)`` fetches them into it (into
-``~/.cache/nnparity/mnist`` when neither was given and there is no shipped copy).
+``~/.cache/nnparity/mnist`` when neither was given and there is no shipped copy);
+a download that fails removes every folder and file it created.
 Every file is checked: magic number, dimensions, length, and the SHA-256 of its
 uncompressed content, so a corrupt file or another dataset in the same format is refused with the file named.
+Reading streams: the header first, then never more than the size it declares, so a
+damaged header or a gzip bomb cannot make it inflate more; only regular files are
+opened (a FIFO would block forever).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import gzip
 import hashlib
 import math
 import os
+import shutil
 import stat
 import zlib
 from dataclasses import dataclass
@@ -245,9 +250,13 @@ def load_mnist(data_dir=None, *, verify: bool = True, download: bool = True) -> 
     A folder that was asked for (``data_dir``, else ``$NNPARITY_DATA_DIR``) is
     authoritative: its files are loaded, and if it holds none of them they are
     downloaded into it (when ``download`` and the machine is online). With
-    neither, the shipped copy is used, else a download into ``~/.cache``.
+    neither, the shipped copy is used, else a download into ``~/.cache``. A download
+    that fails removes every folder and file it created.
     """
     why, directory = data_source(data_dir)
+    if directory.exists() and not directory.is_dir():
+        raise DataError(f"{directory} ({why}): not a folder; pass --data-dir DIR or set ${ENV_VAR} "
+                        "to the folder holding the four MNIST files, not to a file")
     if directory.is_dir() and _has_any(directory):
         return _load_dir(directory, verify)
     target = directory if why != "shipped copy" else CACHE_DIR
@@ -261,14 +270,45 @@ def load_mnist(data_dir=None, *, verify: bool = True, download: bool = True) -> 
         _download(target)
     except Exception as e:  # no network, no torchvision, unwritable folder
         raise DataError(f"MNIST not found in {where}, and downloading it into {target} failed "
-                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {hint}") from None
+                        f"({type(e).__name__}: {_one_line(e)}); {hint} "
+                        f"(set {NO_DOWNLOAD_VAR}=1 to never try a download)") from None
     return _load_dir(target, verify)
 
 
+def _one_line(e: Exception) -> str:
+    """An exception's message on one line: torchvision's spans several (a header, then
+    one "Tried MIRROR, got:" pair per mirror); keep its first and last lines."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " ".join(lines[:1] + lines[-1:]) if len(lines) > 1 else "".join(lines)
+
+
 def _download(target: Path) -> None:
+    """Fetch the four files into ``target/MNIST/raw`` with torchvision. If that fails
+    (offline, no torchvision, unwritable folder), remove every folder and file it
+    created, so that a mistyped ``--data-dir`` leaves nothing behind."""
+    raw_dir = target / "MNIST" / "raw"
+    first_new = None  # the topmost folder of raw_dir's chain that does not exist yet
+    for folder in (raw_dir, *raw_dir.parents):
+        if folder.exists():
+            break
+        first_new = folder
+    before = None if first_new is not None else set(os.listdir(raw_dir))
+    try:
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        _torchvision_download(target)
+    except BaseException:
+        if first_new is not None:
+            shutil.rmtree(first_new, ignore_errors=True)
+        else:  # raw_dir was already there: remove only what this download put in it
+            for name in set(os.listdir(raw_dir)) - before:
+                entry = raw_dir / name
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        raise
+
+
+def _torchvision_download(target: Path) -> None:
     import torchvision  # only needed for the online fallback
 
-    target.mkdir(parents=True, exist_ok=True)
     torchvision.datasets.MNIST(str(target), train=True, download=True)
     torchvision.datasets.MNIST(str(target), train=False, download=True)
 

@@ -1,6 +1,6 @@
 """Damaged, hostile and odd data files: every one ends in the correct data or in a clean
-one-line ``DataError`` naming the file, never in another exception, an unbounded read
-or a hang.
+one-line ``DataError`` naming the file, never in another exception, an unbounded read,
+a hang, or folders left behind.
 
 The corpora are seeded samples of single-bit flips and truncations of the shipped gzip
 files: the small t10k label file, a re-compressed partial copy of the test images
@@ -12,6 +12,7 @@ import os
 import threading
 import tracemalloc
 import zlib
+from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -210,3 +211,62 @@ def test_a_character_device_is_refused(tmp_path):
         pytest.skip("no /dev/zero on this platform")
     with pytest.raises(DataError, match=r"^/dev/zero: is a character device, not a regular file"):
         read_idx("/dev/zero")
+
+
+# --- a failed download leaves nothing behind ------------------------------------------
+def tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def offline_like_torchvision(target):
+    """What torchvision's MNIST download does offline: create MNIST/raw, maybe leave a
+    partial file, then raise its multi-line RuntimeError."""
+    raw = target / "MNIST" / "raw"
+    os.makedirs(raw, exist_ok=True)
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b partial")
+    raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\n"
+                       "Tried https://ossci-datasets.s3.amazonaws.com/mnist/, got:\n"
+                       "<urlopen error [Errno -3] Temporary failure in name resolution>\n")
+
+
+def check_download_error(err, folder):
+    msg = str(err)
+    assert "\n" not in msg, msg
+    assert f"downloading it into {folder} failed (RuntimeError: Error downloading " \
+           "train-images-idx3-ubyte.gz: <urlopen error [Errno -3] Temporary failure in name resolution>)" in msg
+    assert "--data-dir" in msg and "$NNPARITY_DATA_DIR" in msg and "NNPARITY_NO_DOWNLOAD=1" in msg
+
+
+@pytest.mark.parametrize("existing", ["nothing", "the folder", "the folder and MNIST/raw"])
+def test_a_failed_download_leaves_no_folders_or_files(tmp_path, monkeypatch, existing):
+    monkeypatch.setattr(data, "_torchvision_download", offline_like_torchvision)
+    monkeypatch.delenv(data.NO_DOWNLOAD_VAR, raising=False)
+    folder = tmp_path / "typo" / "a" / "b" / "c"
+    if existing != "nothing":
+        folder.mkdir(parents=True)
+    if existing == "the folder and MNIST/raw":
+        (folder / "MNIST" / "raw").mkdir(parents=True)
+        (folder / "MNIST" / "raw" / "notes.txt").write_text("mine")
+    before = tree(tmp_path)
+    with pytest.raises(DataError) as err:
+        data.load_mnist(folder)
+    assert tree(tmp_path) == before
+    check_download_error(err.value, folder)
+
+
+def test_a_failed_download_through_torchvision_leaves_nothing(tmp_path, monkeypatch):
+    """The same through torchvision's own code, its network fetch failing as offline."""
+    import torchvision.datasets.mnist as tv_mnist
+
+    def no_network(url, download_root, filename=None, md5=None, **kw):
+        with open(os.path.join(download_root, filename or "partial"), "wb") as f:
+            f.write(b"\x1f\x8b partial")
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tv_mnist, "download_and_extract_archive", no_network)
+    monkeypatch.delenv(data.NO_DOWNLOAD_VAR, raising=False)
+    folder = tmp_path / "typo" / "a" / "b" / "c"
+    with pytest.raises(DataError) as err:
+        data.load_mnist(folder)
+    assert tree(tmp_path) == []
+    check_download_error(err.value, folder)
