@@ -172,7 +172,7 @@ def test_a_multi_member_gzip_bomb_is_refused_as_early(tmp_path, monkeypatch):
 
 def test_a_header_declaring_more_than_the_cap_is_refused_before_inflating(tmp_path, monkeypatch):
     path = tmp_path / "huge-images.gz"
-    dims = (0xFFFFFFFF, 28, 28)  # 3.4e12 bytes: a flipped high bit of the image count
+    dims = (0xFFFFFFFF, 28, 28)  # 3.4e12 bytes: the largest image count a header can hold
     head = (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
     path.write_bytes(bomb(head, BOMB_ZEROS))
     msg, taken, peak = read_counting(path, monkeypatch)
