@@ -2,6 +2,7 @@
 naming the file and the problem."""
 
 import gzip
+import re
 import shutil
 
 import numpy as np
@@ -126,6 +127,18 @@ def test_empty_folder_without_download_says_what_to_do(tmp_path):
     with pytest.raises(DataError, match=r"MNIST not found in .* \(--data-dir\); pass --data-dir DIR or set "
                                         r"\$NNPARITY_DATA_DIR"):
         load_mnist(tmp_path, download=False)
+
+
+def test_a_file_given_as_the_data_folder_is_refused_without_a_download(tmp_path, monkeypatch):
+    def must_not_download(target):
+        raise AssertionError(f"tried to download into {target}")
+
+    monkeypatch.setattr(data, "_download", must_not_download)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(b"x")
+    with pytest.raises(DataError, match=rf"^{path} \(--data-dir\): not a folder; pass --data-dir DIR"):
+        load_mnist(path)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
 def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
