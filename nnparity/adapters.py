@@ -99,8 +99,8 @@ _LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for 
 
 
 def _where(exc) -> str:
-    """``file.py:31 in forward``: the innermost frame outside NumPy, torch, the standard library
-    and nn-parity (the user's own line), else the innermost frame."""
+    """`` at file.py:31 in forward``: the innermost frame outside NumPy, torch, the standard
+    library and nn-parity (the user's own line); empty if there is none."""
     frames = traceback.extract_tb(exc.__traceback__)
     skip = _LIBRARY_DIRS + (os.path.dirname(os.path.abspath(__file__)) + os.sep,)
     try:
@@ -109,9 +109,9 @@ def _where(exc) -> str:
     except ImportError:  # pragma: no cover - the no-torch install
         pass
     mine = [f for f in frames if not os.path.abspath(f.filename).startswith(skip)]
-    f = (mine or frames or [None])[-1]
-    if f is None:
+    if not mine:   # raised by the call itself (a wrong signature): no line of yours to point at
         return ""
+    f = mine[-1]
     path = f.filename
     try:
         rel = os.path.relpath(path)
@@ -220,9 +220,10 @@ class LayerAdapter:
         if self.kind == "functions":
             return
         if callable(getattr(self.obj, "train", None)):
-            self.obj.train(mode)
+            call_user(f"{self.name}.train", self.obj.train, mode, given=f" (called as train({mode}))")
         elif hasattr(self.obj, "training"):
-            self.obj.training = mode
+            call_user(f"setting {self.name}.training", setattr, self.obj, "training", mode,
+                      given=" (the checks switch training and evaluation mode through it)")
 
     @property
     def training(self):
@@ -302,7 +303,7 @@ class LayerAdapter:
     def zero_grad(self) -> None:
         if self.kind == "module":
             if callable(getattr(self.obj, "zero_grad", None)):
-                self.obj.zero_grad()
+                call_user(f"{self.name}.zero_grad", self.obj.zero_grad, given=" (called as zero_grad())")
             else:
                 for _, p in self._module_params().items():
                     p.grad = np.zeros_like(p.data)
@@ -373,7 +374,7 @@ class LayerAdapter:
         """Convert every parameter and floating buffer to ``dtype``."""
         dtype = np.dtype(dtype)
         if self.kind == "module" and callable(getattr(self.obj, "astype", None)):
-            self.obj.astype(dtype)
+            call_user(f"{self.name}.astype", self.obj.astype, dtype, given=f" (called as astype({dtype.name}))")
             return
         self.set_params({k: v.astype(dtype) for k, v in self.params().items()})
         self.set_buffers({k: v.astype(dtype) for k, v in self.buffers().items()
@@ -627,6 +628,11 @@ class UpdateAdapter:
                 raise ProtocolError(f"the update function returned {type(new).__name__}"
                                     f"{' with keys ' + str(list(new)) if isinstance(new, dict) else ''}; "
                                     f"return None (update in place) or a dict with keys {list(params)}")
+            bad = [(k, np.shape(v), params[k].shape) for k, v in new.items() if np.shape(v) != params[k].shape]
+            if bad:
+                raise ProtocolError("the update function returned " + "; ".join(
+                    f"{k!r} of shape {got} for a parameter of shape {want}" for k, got, want in bad)
+                    + ": each new value must have its parameter's shape")
             self.net.set_params({k: np.asarray(v) for k, v in new.items()})
 
     def state(self) -> "OrderedDict[str, np.ndarray]":

@@ -39,7 +39,7 @@ import numpy as np
 
 from . import gradcheck as gc
 from .adapters import (INPUT_MUTATED, ArgumentError, LayerAdapter, LossAdapter, NNParityWarning, ProtocolError,
-                       RandomState, UpdateAdapter, as_layer, buffers_warning, call_torch, copy_to_torch,
+                       RandomState, UpdateAdapter, as_layer, buffers_warning, call_torch, call_user, copy_to_torch,
                        input_grad_problem, output_problem, reject_class, unmatched_torch_buffers,
                        upstream_problem)
 from .parity import Comparison, ParityError, compare, tolerance_for
@@ -102,7 +102,11 @@ class LayerReport:
                 more = (f" ({len(failed) - 1} more failing in {dt}: {', '.join(c.name for c in failed[1:])})"
                         if len(failed) > 1 else "")
                 hint = ""
-                if (failed[0].problem or "").startswith("dtype mismatch"):
+                problem = failed[0].problem or ""
+                if problem.startswith("dtype mismatch") and not problem.endswith(f"reference {dt}"):
+                    hint = (f"\nthe torch equivalent returned another dtype than its {dt} input's: it must compute "
+                            "in its input's dtype (no .float() / .double(), no new tensor without dtype=)")
+                elif problem.startswith("dtype mismatch"):
                     hint = ("\nyour layer returned another dtype than its input's: a float64 array or constant "
                             "array (np.ones, np.where(mask, 1.0, a), ...) mixed into a float32 computation "
                             "promotes it to float64")
@@ -127,6 +131,8 @@ def _check_dtypes(dtypes) -> list:
     names = []
     for d in dtypes:
         try:
+            if d is None:   # np.dtype(None) is float64: a None would pass for a dtype
+                raise TypeError
             names.append(np.dtype(d).name)
         except TypeError:
             raise ArgumentError(f"dtypes: {d!r} is not a dtype: use 'float64' and/or 'float32'") from None
@@ -160,6 +166,8 @@ def _check_array(what: str, a, *, empty_ok: bool = False) -> np.ndarray:
     if arr is None or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise ArgumentError(f"{what} must be an array of numbers, got {type(a).__name__}"
                             f"{'' if arr is None else ' of dtype ' + str(arr.dtype)}")
+    if np.iscomplexobj(arr):
+        raise ArgumentError(f"{what} is complex ({arr.dtype}): the checks compare real arrays")
     if arr.size == 0 and not empty_ok:
         raise ArgumentError(f"{what} has no elements (shape {arr.shape}): there is nothing to compare; "
                             "use at least one sample")
@@ -553,6 +561,9 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
                             f"got {type(torch_net).__name__}")
     _check_torch_loss(torch_loss)
     dtypes = lay.dtypes()
+    if not lay.params():
+        raise ProtocolError(f"{lay.name} has no parameters (so no floating dtype to run in): check_steps trains a "
+                            "network's parameters; check a parameter-free layer with check_layer")
     if len(dtypes) != 1:
         raise ProtocolError(f"{lay.name}'s parameters must share one floating dtype (float32 or float64), "
                             f"found {sorted(map(str, dtypes)) or 'none'}")
@@ -579,6 +590,9 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     return trace
 
 
+_DONE = object()
+
+
 def _torch_optimizer(torch_optimizer, torch_net):
     """The torch optimizer, built from a function if need be; it must update ``torch_net``'s
     parameters (one over another model's leaves the mirror untrained: every step diverges)."""
@@ -603,8 +617,12 @@ def _torch_optimizer(torch_optimizer, torch_net):
 
 
 def _checked_batches(batches, dtype):
-    """Each batch a pair of finite, non-empty arrays with one label per sample, cast to ``dtype``."""
-    for i, batch in enumerate(batches, 1):
+    """Each batch a pair of finite, non-empty arrays with one label per sample, cast to ``dtype``
+    (an exception of your batch generator is one ``CallError`` line)."""
+    for i in itertools.count(1):
+        batch = call_user(f"batches (getting batch {i})", next, batches, _DONE)
+        if batch is _DONE:
+            return
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             raise ArgumentError(f"batch {i} is {type(batch).__name__}, not a pair (x, y): batches must yield "
                                 "(input, labels) pairs")

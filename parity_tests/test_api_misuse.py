@@ -261,6 +261,10 @@ MISUSES = [
      r"buffers \['running_mean', 'running_var'\] .*not compared"),
     ("layer: a buffer torch lacks", lambda: relu(mine=with_(ReLU, buffers={"scale": np.ones(3)})()),
      "ParameterMismatch", r"buffers differ"),
+    ("layer: train() takes no mode", lambda: relu(mine=with_(ReLU, train=lambda s: None)()), "CallError",
+     r"ReLUSlip\.train raised TypeError: .* \(called as train\(True\)\)"),
+    ("layer: training is a read-only property", lambda: relu(mine=with_(ReLU, training=property(lambda s: True))()),
+     "CallError", r"setting ReLUSlip\.training raised AttributeError"),
     # --- check_layer: the gradients -----------------------------------------------------------
     ("grads: missing a key", lambda: layer(mine=with_(Linear, backward=lin_backward(bias=...))()), "ProtocolError",
      r"stored no gradient for \['bias'\]"),
@@ -327,6 +331,8 @@ MISUSES = [
      "ProtocolError", r"output does not depend on its input through autograd"),
     ("torch_equivalent: raises", lambda: relu(torch_eq=torch.nn.MaxPool2d(2)), "CallError",
      r"the torch equivalent torch\.nn\.MaxPool2d raised RuntimeError"),
+    ("torch_equivalent: float32 output for a float64 input", lambda: relu(torch_eq=lambda t: t.float().relu()),
+     "ParityError", r"the torch equivalent returned another dtype than its float64 input's"),
     ("torch_equivalent: parameter names differ", lambda: layer(mine=_renamed_linear()), "ParameterMismatch",
      r"only yours: \['W', 'b'\]"),
     ("torch_equivalent: parameter shapes differ", lambda: layer(torch_eq=torch.nn.Linear(3, 4), input_shape=(2, 4)),
@@ -349,6 +355,9 @@ MISUSES = [
      r"x has a non-finite value \(nan\) at \(0, 0\)"),
     ("x: strings", lambda: relu(input_shape=None, x=np.array([["a", "b"]])), "ArgumentError",
      r"x must be an array of numbers"),
+    ("x: complex", lambda: relu(input_shape=None, x=np.ones((2, 3)) * 1j), "ArgumentError", r"x is complex"),
+    ("x: a torch tensor that requires grad", lambda: relu(input_shape=None, x=torch.ones(2, 3, requires_grad=True)),
+     "ArgumentError", r"x must be an array of numbers, got Tensor"),
     ("x: empty", lambda: relu(input_shape=None, x=np.zeros((0, 4))), "ArgumentError", r"x has no elements"),
     ("upstream: wrong shape", lambda: relu(upstream=np.ones((3, 2))), "ArgumentError",
      r"upstream has shape \(3, 2\), your ReLU's output has shape \(2, 3\)"),
@@ -360,6 +369,7 @@ MISUSES = [
     ("dtypes: float16", lambda: relu(dtypes=("float16",)), "ArgumentError", r"no parity tolerance for dtype 'float16'"),
     ("dtypes: not a dtype", lambda: relu(dtypes="abc"), "ArgumentError", r"dtypes: 'abc' is not a dtype"),
     ("dtypes: None", lambda: relu(dtypes=None), "ArgumentError", r"dtypes must be"),
+    ("dtypes: contains None", lambda: relu(dtypes=("float32", None)), "ArgumentError", r"dtypes: None is not a dtype"),
     ("dtypes: empty", lambda: relu(dtypes=()), "ArgumentError", r"dtypes is empty"),
     ("dtypes: an integer dtype", lambda: relu(dtypes=("int64",)), "ArgumentError",
      r"no parity tolerance for dtype 'int64'"),
@@ -384,6 +394,8 @@ MISUSES = [
      r"dL/dinput is None"),
     ("loss: gradient of the wrong shape", lambda: loss(mine=lambda z, t: (softmax_ce(z, t)[0], z[0])),
      "ProtocolError", r"dL/dinput has shape \(5,\), the input has shape \(6, 5\)"),
+    ("loss: backward() takes an argument", lambda: loss(mine=_LossBackwardTakesArg()), "CallError",
+     r"_LossBackwardTakesArg\.backward raised TypeError: .*missing 1 required positional argument: 'dout' \(input"),
     ("loss: a value per sample", lambda: loss(mine=lambda z, t: (np.ones(len(t)), softmax_ce(z, t)[1])),
      "ParityError", r"loss \(.*\): shape mismatch: scratch \(6,\), reference \(\)"),
     ("loss: NaN value", lambda: loss(mine=lambda z, t: (np.nan, softmax_ce(z, t)[1])), "ParityError",
@@ -410,7 +422,8 @@ MISUSES = [
     ("loss: bad dtypes", lambda: loss(dtypes=("float16",)), "ArgumentError", r"no parity tolerance"),
     # --- check_steps ----------------------------------------------------------------------------
     ("steps: net is None", lambda: steps(net=None), "ProtocolError", r"NoneType has no forward"),
-    ("steps: a parameter-free net", lambda: steps(net=ReLU()), "ProtocolError", r"share one floating dtype"),
+    ("steps: a parameter-free net", lambda: steps(net=ReLU()), "ProtocolError",
+     r"ReLU has no parameters .*check a parameter-free layer with check_layer"),
     ("steps: a float16 net", lambda: steps(net=_float16_net()), "ArgumentError",
      r"no parity tolerance for dtype 'float16'"),
     ("steps: loss is None", lambda: steps(loss_fn=None), "ProtocolError", r"NoneType is not a loss"),
@@ -423,6 +436,10 @@ MISUSES = [
      r"the update rule <lambda> raised TypeError"),
     ("steps: update returns a list", lambda: steps(update=lambda p, g: list(p.values())), "ProtocolError",
      r"the update function returned list"),
+    ("steps: update returns transposed arrays", lambda: steps(update=lambda p, g: {k: v.T for k, v in p.items()}),
+     "ProtocolError", r"'fc1\.weight' of shape \(12, 16\) for a parameter of shape \(16, 12\)"),
+    ("steps: update object whose step takes an argument", lambda: steps(update=_StepTakesLr()), "CallError",
+     r"the update rule _StepTakesLr\.step raised TypeError: .*missing 1 required positional argument: 'lr'$"),
     ("steps: torch_net is not a module", lambda: steps(torch_net=TwoLayerNet()), "ProtocolError",
      r"torch_net must be a torch\.nn\.Module"),
     ("steps: torch_net is a class", lambda: steps(torch_net=torch.nn.Linear), "ProtocolError",
@@ -448,6 +465,8 @@ MISUSES = [
     ("steps: batches is None", lambda: steps(batches=None), "ArgumentError",
      r"batches must be an iterable of \(x, y\) pairs, got NoneType"),
     ("steps: no batches", lambda: steps(batches=[]), "ArgumentError", r"check_steps got no batches"),
+    ("steps: the batch generator raises", lambda: steps(batches=_broken_loader()), "CallError",
+     r"batches \(getting batch 2\) raised ValueError: my loader broke at .*test_api_misuse\.py:\d+ in _broken_loader"),
     ("steps: batches of x only", lambda: steps(batches=[b[0] for b in data()]), "ArgumentError",
      r"batch 1 is ndarray, not a pair \(x, y\)"),
     ("steps: an empty batch", lambda: steps(batches=data(rows=0)), "ArgumentError", r"batch 1: x has no elements"),
@@ -465,6 +484,25 @@ MISUSES = [
     ("steps: steps a float", lambda: steps(steps=2.5), "ArgumentError", r"steps must be an int >= 1 or None"),
     ("steps: name not a string", lambda: steps(name=3), "ArgumentError", r"name must be a string"),
 ]
+
+
+class _LossBackwardTakesArg:
+    def forward(self, z, target):
+        self.z, self.target = z, target
+        return softmax_ce(z, target)[0]
+
+    def backward(self, dout):   # the scratch convention is backward() -> dL/dinput
+        return softmax_ce(self.z, self.target)[1] * dout
+
+
+class _StepTakesLr:
+    def step(self, lr):
+        pass
+
+
+def _broken_loader():
+    yield data()[0]
+    raise ValueError("my loader broke")
 
 
 def _setattr(obj, change):
