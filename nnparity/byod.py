@@ -224,6 +224,7 @@ def _check_torch_equivalent(t, what: str = "the torch equivalent") -> None:
     if t is None or isinstance(t, torch.nn.Module):
         return
     reject_class(t, what)
+    _reject_numpy_module(t, what)
     if isinstance(t, np.ufunc) or (getattr(t, "__module__", None) or "").startswith("numpy"):
         raise ProtocolError(f"{what} {getattr(t, '__name__', t)} is a NumPy function: it must compute with torch "
                             f"on a torch tensor (e.g. torch.{getattr(t, '__name__', 'tanh')}), so autograd can "
@@ -232,8 +233,19 @@ def _check_torch_equivalent(t, what: str = "the torch equivalent") -> None:
         raise ProtocolError(f"{what} must be a torch.nn.Module or a function, got {type(t).__name__}")
 
 
+def _reject_numpy_module(t, what: str) -> None:
+    """A NumPy layer or loss (forward and backward, not torch) given as the torch side: it would
+    be called on torch tensors and fail inside NumPy."""
+    if (callable(getattr(t, "forward", None)) and callable(getattr(t, "backward", None))
+            and not type(t).__module__.startswith("torch")):
+        raise ProtocolError(f"{what} {type(t).__name__} has forward and backward: it is a NumPy layer or loss, not "
+                            "its torch equivalent: pass the torch module (torch.nn....) or a torch function, "
+                            "after your own code")
+
+
 def _check_torch_loss(t) -> None:
     reject_class(t, "the torch loss")
+    _reject_numpy_module(t, "the torch loss")
     if not callable(t):
         raise ProtocolError(f"the torch loss must be a torch loss module or a function (input, target) -> scalar "
                             f"tensor, such as torch.nn.CrossEntropyLoss(), got {type(t).__name__}")

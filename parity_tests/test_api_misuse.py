@@ -333,6 +333,8 @@ MISUSES = [
      r"the torch equivalent torch\.nn\.MaxPool2d raised RuntimeError"),
     ("torch_equivalent: float32 output for a float64 input", lambda: relu(torch_eq=lambda t: t.float().relu()),
      "ParityError", r"the torch equivalent returned another dtype than its float64 input's"),
+    ("torch_equivalent: your own NumPy layer", lambda: nnparity.check_layer(ReLU(), ReLU(), (2, 3)), "ProtocolError",
+     r"the torch equivalent ReLU has forward and backward: it is a NumPy layer"),
     ("torch_equivalent: parameter names differ", lambda: layer(mine=_renamed_linear()), "ParameterMismatch",
      r"only yours: \['W', 'b'\]"),
     ("torch_equivalent: parameter shapes differ", lambda: layer(torch_eq=torch.nn.Linear(3, 4), input_shape=(2, 4)),
@@ -409,6 +411,8 @@ MISUSES = [
      r"the torch loss must be a torch loss module or a function"),
     ("torch_loss: a class, not an instance", lambda: loss(torch_loss=torch.nn.CrossEntropyLoss), "ProtocolError",
      r"the class torch\.nn\.CrossEntropyLoss, not an instance"),
+    ("torch_loss: a scratch (NumPy) loss", lambda: loss(torch_loss=_scratch_ce()), "ProtocolError",
+     r"the torch loss CrossEntropyLoss has forward and backward: it is a NumPy layer or loss"),
     ("torch_loss: reduction none", lambda: loss(torch_loss=torch.nn.CrossEntropyLoss(reduction="none")),
      "ProtocolError", r"the torch loss torch\.nn\.CrossEntropyLoss returned shape \(6,\), not a scalar"),
     ("loss: input_shape an int", lambda: loss(input_shape=5), "ArgumentError", r"input_shape must be a tuple of ints"),
@@ -503,6 +507,12 @@ class _StepTakesLr:
 def _broken_loader():
     yield data()[0]
     raise ValueError("my loader broke")
+
+
+def _scratch_ce():
+    import scratch
+
+    return scratch.CrossEntropyLoss("mean")
 
 
 def _setattr(obj, change):
