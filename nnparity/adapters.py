@@ -48,6 +48,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
+import sysconfig
 import traceback
 from collections import OrderedDict
 
@@ -95,21 +97,23 @@ def describe_array(a) -> str:
     return text
 
 
-_LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep for m in (np, inspect))
+def _library_dirs() -> tuple:
+    """Where library code lives (the standard library, site-packages, NumPy, torch, nn-parity)."""
+    paths = sysconfig.get_paths()
+    dirs = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    dirs |= {os.path.dirname(np.__file__), os.path.dirname(os.path.abspath(__file__))}
+    torch = sys.modules.get("torch")
+    if torch is not None and getattr(torch, "__file__", None):
+        dirs.add(os.path.dirname(torch.__file__))
+    return tuple(os.path.abspath(d) + os.sep for d in dirs)
 
 
 def _where(exc) -> str:
-    """`` at file.py:31 in forward``: the innermost frame outside NumPy, torch, the standard
-    library and nn-parity (the user's own line); empty if there is none."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    skip = _LIBRARY_DIRS + (os.path.dirname(os.path.abspath(__file__)) + os.sep,)
-    try:
-        import torch
-        skip += (os.path.dirname(os.path.abspath(torch.__file__)) + os.sep,)
-    except ImportError:  # pragma: no cover - the no-torch install
-        pass
-    mine = [f for f in frames if not os.path.abspath(f.filename).startswith(skip)]
-    if not mine:   # raised by the call itself (a wrong signature): no line of yours to point at
+    """`` at file.py:31 in forward``: the innermost frame outside libraries (the user's own
+    line); empty if there is none (a call with the wrong signature fails at nn-parity's call)."""
+    skip = _library_dirs()
+    mine = [f for f in traceback.extract_tb(exc.__traceback__) if not os.path.abspath(f.filename).startswith(skip)]
+    if not mine:
         return ""
     f = mine[-1]
     path = f.filename
