@@ -164,8 +164,10 @@ def _check_array(what: str, a, *, empty_ok: bool = False) -> np.ndarray:
     except Exception:  # noqa: BLE001 - a ragged list or an object NumPy cannot read
         arr = None
     if arr is None or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        tensor = type(a).__module__.startswith("torch")
         raise ArgumentError(f"{what} must be an array of numbers, got {type(a).__name__}"
-                            f"{'' if arr is None else ' of dtype ' + str(arr.dtype)}")
+                            f"{'' if arr is None else ' of dtype ' + str(arr.dtype)}"
+                            f"{': pass a NumPy array (tensor.detach().numpy())' if tensor else ''}")
     if np.iscomplexobj(arr):
         raise ArgumentError(f"{what} is complex ({arr.dtype}): the checks compare real arrays")
     if arr.size == 0 and not empty_ok:
@@ -619,7 +621,8 @@ def _torch_optimizer(torch_optimizer, torch_net):
             raise ProtocolError(f"torch_optimizer(params) returned {type(opt).__name__}, not a torch.optim.Optimizer: "
                                 "pass a function such as lambda p: torch.optim.SGD(p, lr=0.1)")
     else:
-        raise ProtocolError("torch_optimizer must be a torch.optim.Optimizer or a function params -> optimizer")
+        raise ProtocolError("torch_optimizer must be a torch.optim.Optimizer or a function params -> optimizer "
+                            f"(lambda p: torch.optim.SGD(p, lr=0.1)), got {type(torch_optimizer).__name__}")
     updated = {id(p) for group in opt.param_groups for p in group["params"]}
     missing = [k for k, p in torch_net.named_parameters() if id(p) not in updated]
     if missing:
