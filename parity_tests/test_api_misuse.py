@@ -359,7 +359,8 @@ MISUSES = [
      r"x must be an array of numbers"),
     ("x: complex", lambda: relu(input_shape=None, x=np.ones((2, 3)) * 1j), "ArgumentError", r"x is complex"),
     ("x: a torch tensor that requires grad", lambda: relu(input_shape=None, x=torch.ones(2, 3, requires_grad=True)),
-     "ArgumentError", r"x must be an array of numbers, got Tensor: pass a NumPy array \(tensor\.detach\(\)\.numpy\(\)\)"),
+     "ArgumentError", r"x must be an array of numbers, got Tensor: pass a NumPy array "
+                      r"\(tensor\.detach\(\)\.numpy\(\)\)"),
     ("x: empty", lambda: relu(input_shape=None, x=np.zeros((0, 4))), "ArgumentError", r"x has no elements"),
     ("upstream: wrong shape", lambda: relu(upstream=np.ones((3, 2))), "ArgumentError",
      r"upstream has shape \(3, 2\), your ReLU's output has shape \(2, 3\)"),
