@@ -20,7 +20,8 @@ A *layer* (or a whole *network*: the protocol is the same) is one of:
    ``training`` attribute. ``forward``/``backward`` must read ``params[name]``
    when they run (not an alias kept from ``__init__``): the checks replace the
    arrays to change their dtype or values.
-3. **A plain object without parameters**: ``forward(x)``, ``backward(dy) -> dx``.
+3. **A plain object without parameters**: ``forward(x)``, ``backward(dy) -> dx``;
+   optional ``buffers`` (dict) and ``train(mode)`` / ``training`` as in 2.
 4. **A pair of functions** ``(forward, backward)``: ``forward(x) -> y``,
    ``backward(x, dy) -> dx``.
 
@@ -46,21 +47,116 @@ optimizer's state), or a function ``update(params, grads)`` that changes the
 from __future__ import annotations
 
 import inspect
+import os
+import sys
+import sysconfig
+import traceback
 from collections import OrderedDict
 
 import numpy as np
 
 
-class ProtocolError(TypeError):
+class UsageError(Exception):
+    """Base of every error saying a check could not run as called (not that a derivation is
+    wrong: that is an ``AssertionError``). The message is the whole story, in one first line:
+    what is wrong and how to fix it; nothing from torch or NumPy is chained to it."""
+
+
+class ProtocolError(UsageError, TypeError):
     """A user object does not follow the layer / loss / update protocol (see module doc)."""
 
 
-class ParameterMismatch(ValueError):
+class ParameterMismatch(UsageError, ValueError):
     """The two sides do not have the same parameter names or shapes."""
+
+
+class ArgumentError(UsageError, ValueError):
+    """An argument of ``check_layer`` / ``check_loss`` / ``check_steps`` has a type or value the
+    check cannot use (a shape that is not a tuple of positive ints, a NaN input, ``steps=-1``...)."""
+
+
+class CallError(UsageError, RuntimeError):
+    """Your code (or the torch side) raised while being checked: the message names the call,
+    the exception, where it was raised and what it was given."""
+
+
+class NNParityWarning(UserWarning):
+    """A check passed but left something unchecked (a torch buffer with no counterpart...)."""
 
 
 def _short(obj) -> str:
     return getattr(obj, "__name__", None) or type(obj).__name__
+
+
+def describe_array(a) -> str:
+    """``shape (2, 5) float64`` (and the range of an integer array: labels)."""
+    a = np.asarray(a)
+    text = f"shape {a.shape} {a.dtype}"
+    if np.issubdtype(a.dtype, np.integer) and a.size:
+        text += f" in [{a.min()}, {a.max()}]"
+    return text
+
+
+def _library_dirs() -> tuple:
+    """Where library code lives (the standard library, site-packages, NumPy, torch, nn-parity)."""
+    paths = sysconfig.get_paths()
+    dirs = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    dirs |= {os.path.dirname(np.__file__), os.path.dirname(os.path.abspath(__file__))}
+    torch = sys.modules.get("torch")
+    if torch is not None and getattr(torch, "__file__", None):
+        dirs.add(os.path.dirname(torch.__file__))
+    return tuple(os.path.abspath(d) + os.sep for d in dirs)
+
+
+def _where(exc) -> str:
+    """`` at file.py:31 in forward``: the innermost frame outside libraries (the user's own
+    line); empty if there is none (a call with the wrong signature fails at nn-parity's call)."""
+    skip = _library_dirs()
+    mine = [f for f in traceback.extract_tb(exc.__traceback__) if not os.path.abspath(f.filename).startswith(skip)]
+    if not mine:
+        return ""
+    f = mine[-1]
+    path = f.filename
+    try:
+        rel = os.path.relpath(path)
+        path = rel if not rel.startswith("..") else path
+    except ValueError:  # another drive (Windows)
+        pass
+    return f" at {path}:{f.lineno} in {f.name}"
+
+
+def call_user(what: str, fn, *args, given: str = ""):
+    """``fn(*args)``; an exception of the user's code becomes one ``CallError`` line naming
+    ``what`` raised it, where, and ``given`` (what it was called with)."""
+    try:
+        return fn(*args)
+    except (UsageError, AssertionError):
+        raise
+    except Exception as e:  # noqa: BLE001 - any exception of user code is reported in words
+        first = (str(e).splitlines() or [""])[0]
+        if isinstance(e, KeyError):
+            first = repr(e.args[0]) if e.args else ""
+        raise CallError(f"{what} raised {type(e).__name__}: {first}{_where(e)}{given}") from None
+
+
+def call_torch(what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on the torch side; its exception becomes one ``CallError`` line."""
+    try:
+        return fn(*args, **kwargs)
+    except (UsageError, AssertionError):
+        raise
+    except Exception as e:  # noqa: BLE001 - torch's message, first line, in our words
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CallError(f"{what} raised {type(e).__name__}: {first}") from None
+
+
+def reject_class(obj, what: str) -> None:
+    """A class where an instance is needed (``torch.nn.ReLU`` for ``torch.nn.ReLU()``)."""
+    if isinstance(obj, type):
+        mod = obj.__module__
+        name = f"torch.nn.{obj.__name__}" if mod.startswith("torch.nn") else (
+            f"torch.optim.{obj.__name__}" if mod.startswith("torch.optim") else obj.__name__)
+        raise ProtocolError(f"{what} is the class {name}, not an instance: pass {name}(...) (an object)")
 
 
 class LayerAdapter:
@@ -76,6 +172,7 @@ class LayerAdapter:
         if isinstance(obj, LayerAdapter):
             obj = obj.obj
         self.obj = obj
+        reject_class(obj, "your layer")
         if isinstance(obj, (tuple, list)):
             if len(obj) != 2 or not all(callable(f) for f in obj):
                 raise ProtocolError("a layer given as functions must be a pair (forward, backward) with "
@@ -99,26 +196,38 @@ class LayerAdapter:
         else:
             self.kind = "plain"
         self.name = name or _short(obj)
+        buffers = getattr(obj, "buffers", None)
+        if self.kind != "module" and buffers is not None and not isinstance(buffers, dict):
+            raise ProtocolError(
+                f"{self.name}.buffers is {'a method' if callable(buffers) else type(buffers).__name__}: the checks "
+                "read buffers (running statistics) from a dict attribute, so they would be ignored: store them "
+                "as self.buffers = {'running_mean': ..., 'running_var': ...} (torch's buffer names)")
+        if self.kind == "module" and callable(buffers) and not callable(getattr(obj, "named_buffers", None)):
+            raise ProtocolError(f"{self.name} has buffers() but no named_buffers(): the checks read buffers "
+                                "from named_buffers() yielding (name, array), so they would be ignored")
 
     # --- computation -------------------------------------------------------------
     def forward(self, x):
+        given = f" on an input of {describe_array(x)}"
         if self.kind == "functions":
             self._x = x
-            return self.obj[0](x)
-        return self.obj.forward(x)
+            return call_user(f"{self.name} (your forward function)", self.obj[0], x, given=given)
+        return call_user(f"{self.name}.forward", self.obj.forward, x, given=given)
 
     def backward(self, dy):
+        given = f" on an upstream gradient of {describe_array(dy)}"
         if self.kind == "functions":
-            return self.obj[1](self._x, dy)
-        return self.obj.backward(dy)
+            return call_user(f"{self.name} (your backward function)", self.obj[1], self._x, dy, given=given)
+        return call_user(f"{self.name}.backward", self.obj.backward, dy, given=given)
 
     def train(self, mode: bool = True) -> None:
         if self.kind == "functions":
             return
         if callable(getattr(self.obj, "train", None)):
-            self.obj.train(mode)
+            call_user(f"{self.name}.train", self.obj.train, mode, given=f" (called as train({mode}))")
         elif hasattr(self.obj, "training"):
-            self.obj.training = mode
+            call_user(f"setting {self.name}.training", setattr, self.obj, "training", mode,
+                      given=" (the checks switch training and evaluation mode through it)")
 
     @property
     def training(self):
@@ -126,14 +235,33 @@ class LayerAdapter:
 
     # --- parameters --------------------------------------------------------------
     def _module_params(self):
-        return OrderedDict(self.obj.named_parameters())
+        ps = OrderedDict(self.obj.named_parameters())
+        for k, p in ps.items():
+            if not (isinstance(getattr(p, "data", None), np.ndarray) and hasattr(p, "grad")):
+                raise ProtocolError(f"{self.name}.named_parameters() must yield (name, p) with p.data and p.grad "
+                                    f"arrays (a scratch Parameter); {k!r} is {type(p).__name__}: wrap the array in "
+                                    "scratch.Parameter, or use a params dict {name: ndarray} and a grads dict")
+        return ps
 
     def params(self) -> "OrderedDict[str, np.ndarray]":
         """The live parameter arrays, by name."""
         if self.kind == "module":
             return OrderedDict((k, p.data) for k, p in self._module_params().items())
         if self.kind == "dict":
-            return OrderedDict((k, np.asarray(v)) for k, v in self.obj.params.items())
+            if not isinstance(self.obj.params, dict):
+                raise ProtocolError(f"{self.name}.params must be a dict {{name: ndarray}}, "
+                                    f"got {type(self.obj.params).__name__}")
+            out = OrderedDict()
+            for k, v in self.obj.params.items():
+                try:
+                    a = None if v is None else np.asarray(v)
+                except Exception:  # noqa: BLE001 - whatever it is, it is not an array
+                    a = None
+                if a is None or not np.issubdtype(a.dtype, np.number):
+                    raise ProtocolError(f"{self.name}.params[{k!r}] is {type(v).__name__}, not an array: every "
+                                        "value of the params dict must be a NumPy array")
+                out[k] = a
+            return out
         return OrderedDict()
 
     def set_params(self, arrays: dict) -> None:
@@ -161,6 +289,11 @@ class LayerAdapter:
             if absent:
                 raise ProtocolError(f"{self.name}.backward stored no gradient for {absent} in self.grads "
                                     f"(it has {list(grads)}; params has {list(params)})")
+            nones = [k for k in params if grads[k] is None]
+            if nones:
+                raise ProtocolError(f"{self.name}: the gradient of parameter {nones[0]!r} is None: backward must "
+                                    f"store dL/d{nones[0]} (an array of its parameter's shape) in "
+                                    f"self.grads[{nones[0]!r}]")
             out = OrderedDict((k, np.asarray(grads[k])) for k in params)
         else:
             return OrderedDict()
@@ -174,7 +307,7 @@ class LayerAdapter:
     def zero_grad(self) -> None:
         if self.kind == "module":
             if callable(getattr(self.obj, "zero_grad", None)):
-                self.obj.zero_grad()
+                call_user(f"{self.name}.zero_grad", self.obj.zero_grad, given=" (called as zero_grad())")
             else:
                 for _, p in self._module_params().items():
                     p.grad = np.zeros_like(p.data)
@@ -196,7 +329,7 @@ class LayerAdapter:
     def buffers(self) -> "OrderedDict[str, np.ndarray]":
         if self.kind == "module" and callable(getattr(self.obj, "named_buffers", None)):
             return OrderedDict((k, np.asarray(b)) for k, b in self.obj.named_buffers())
-        if self.kind == "dict" and isinstance(getattr(self.obj, "buffers", None), dict):
+        if self.kind in ("dict", "plain") and isinstance(getattr(self.obj, "buffers", None), dict):
             return OrderedDict((k, np.asarray(b)) for k, b in self.obj.buffers.items())
         return OrderedDict()
 
@@ -204,7 +337,7 @@ class LayerAdapter:
         """Replace buffer arrays (values and dtype)."""
         if not arrays:
             return
-        if self.kind == "dict":
+        if self.kind in ("dict", "plain"):
             self.obj.buffers.update(arrays)
             return
         if self.kind != "module":
@@ -245,7 +378,7 @@ class LayerAdapter:
         """Convert every parameter and floating buffer to ``dtype``."""
         dtype = np.dtype(dtype)
         if self.kind == "module" and callable(getattr(self.obj, "astype", None)):
-            self.obj.astype(dtype)
+            call_user(f"{self.name}.astype", self.obj.astype, dtype, given=f" (called as astype({dtype.name}))")
             return
         self.set_params({k: v.astype(dtype) for k, v in self.params().items()})
         self.set_buffers({k: v.astype(dtype) for k, v in self.buffers().items()
@@ -355,12 +488,13 @@ def check_same_parameters(layer: LayerAdapter, torch_params: dict, what: str = "
             "or pass a function fn(x, **params) as the torch equivalent.")
 
 
-def copy_to_torch(layer: LayerAdapter, module) -> None:
-    """Cast ``module`` to the layer's dtype and copy every parameter (and every buffer the layer has) by name.
+def copy_to_torch(layer: LayerAdapter, module, dtype=None) -> None:
+    """Cast ``module`` to the layer's dtype (or ``dtype``, for a layer without parameters or
+    buffers) and copy every parameter (and every buffer the layer has) by name.
 
     Parameter names and shapes must match exactly (``ParameterMismatch`` lists both
-    sets). Buffers the torch module has and the layer lacks are left alone (they do
-    not enter a training-mode forward).
+    sets). Buffers the torch module has and the layer lacks are left alone here
+    (``unmatched_torch_buffers`` lists them for a warning).
     """
     import torch
 
@@ -371,8 +505,10 @@ def copy_to_torch(layer: LayerAdapter, module) -> None:
     if len(dtypes) > 1:
         raise ParameterMismatch(f"{layer.name} mixes floating dtypes {sorted(map(str, dtypes))}; "
                                 "use one dtype for every parameter")
-    if dtypes:
-        module.to(torch_dtype(dtypes.pop()))
+    if dtypes or dtype is not None:
+        # a parameter-free layer (BatchNorm1d(affine=False)) still needs the module's float32
+        # buffers in the input's dtype: torch refuses mixed dtypes
+        module.to(torch_dtype(dtypes.pop() if dtypes else np.dtype(dtype)))
     tbuf = OrderedDict(module.named_buffers())
     mbuf = layer.buffers()
     unknown = [k for k in mbuf if k not in tbuf]
@@ -388,6 +524,19 @@ def copy_to_torch(layer: LayerAdapter, module) -> None:
             tparams[k].copy_(torch.from_numpy(np.array(a, order="C")))
         for k, a in mbuf.items():
             tbuf[k].copy_(torch.from_numpy(np.array(a, order="C")).to(tbuf[k].dtype))
+
+
+def unmatched_torch_buffers(layer: LayerAdapter, module) -> list:
+    """Floating buffers of the torch module that the layer does not expose: they are not
+    compared, so a check that passes says nothing about them (a warning lists them).
+    Integer buffers (``num_batches_tracked``) are counters, not results of a derivation."""
+    mine = layer.buffers()
+    return [k for k, b in module.named_buffers() if k not in mine and b.is_floating_point()]
+
+
+def buffers_warning(layer_name: str, what: str, names) -> str:
+    return (f"{what} has buffers {list(names)} that {layer_name} does not expose: they were not compared; "
+            "expose them under these names (a buffers dict, or named_buffers()) to check them")
 
 
 def torch_function_params(fn, names) -> None:
@@ -415,7 +564,14 @@ class LossAdapter:
     """``value, dinput = adapter(input, target)`` for either loss convention."""
 
     def __init__(self, loss, name: str | None = None):
+        if isinstance(loss, LossAdapter):
+            loss = loss.obj
         self.obj = loss
+        reject_class(loss, "your loss")
+        if type(loss).__module__.startswith("torch"):
+            raise ProtocolError(f"{_short(loss)} is a torch module: pass your NumPy loss first (an object with "
+                                "forward(input, target) and backward(), or a function loss(input, target) -> "
+                                "(value, dL/dinput)) and the torch loss after it")
         if callable(getattr(loss, "forward", None)) and callable(getattr(loss, "backward", None)):
             self.kind = "module"
         elif callable(loss):
@@ -427,16 +583,20 @@ class LossAdapter:
         self.reduction = getattr(loss, "reduction", None)
 
     def __call__(self, z, target):
+        given = f" (input {describe_array(z)}, target {describe_array(target)})"
         if self.kind == "module":
-            value = self.obj.forward(z, target)
-            dz = self.obj.backward()
+            value = call_user(f"{self.name}.forward", self.obj.forward, z, target, given=given)
+            dz = call_user(f"{self.name}.backward", self.obj.backward, given=given)
         else:
-            out = self.obj(z, target)
+            out = call_user(self.name, self.obj, z, target, given=given)
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise ProtocolError(f"the loss function {self.name} must return (value, dL/dinput), "
                                     f"got {type(out).__name__}")
             value, dz = out
-        if dz is None or np.shape(dz) != np.shape(z):
+        if dz is None:
+            raise ProtocolError(f"{self.name}: dL/dinput is None: the loss must return (or backward() must "
+                                f"return) the gradient with respect to its input, an array of shape {np.shape(z)}")
+        if np.shape(dz) != np.shape(z):
             raise ProtocolError(f"{self.name}: dL/dinput has shape {None if dz is None else np.shape(dz)}, "
                                 f"the input has shape {np.shape(z)}: the gradient must have the input's shape")
         return np.asarray(value), np.asarray(dz)
@@ -447,6 +607,11 @@ class UpdateAdapter:
 
     def __init__(self, update, net: LayerAdapter):
         self.obj, self.net = update, net
+        reject_class(update, "your update rule")
+        if type(update).__module__.startswith("torch"):
+            raise ProtocolError(f"update is a torch optimizer ({type(update).__name__}): pass your NumPy update "
+                                "rule (an object with step(), or a function update(params, grads)); the torch "
+                                "optimizer goes in torch_optimizer")
         if callable(getattr(update, "step", None)):
             self.kind = "optimizer"
         elif callable(update):
@@ -457,15 +622,21 @@ class UpdateAdapter:
 
     def step(self, grads) -> None:
         if self.kind == "optimizer":
-            self.obj.step()
+            call_user(f"the update rule {_short(self.obj)}.step", self.obj.step)
             return
         params = self.net.params()
-        new = self.obj(params, grads)
+        new = call_user(f"the update rule {_short(self.obj)}", self.obj, params, grads,
+                        given=" (called as update(params, grads) with two dicts)")
         if new is not None:
             if not isinstance(new, dict) or set(new) != set(params):
                 raise ProtocolError(f"the update function returned {type(new).__name__}"
                                     f"{' with keys ' + str(list(new)) if isinstance(new, dict) else ''}; "
                                     f"return None (update in place) or a dict with keys {list(params)}")
+            bad = [(k, np.shape(v), params[k].shape) for k, v in new.items() if np.shape(v) != params[k].shape]
+            if bad:
+                raise ProtocolError("the update function returned " + "; ".join(
+                    f"{k!r} of shape {got} for a parameter of shape {want}" for k, got, want in bad)
+                    + ": each new value must have its parameter's shape")
             self.net.set_params({k: np.asarray(v) for k, v in new.items()})
 
     def state(self) -> "OrderedDict[str, np.ndarray]":
@@ -492,6 +663,15 @@ def output_problem(name: str, y, x) -> str | None:
                 f"{f' and {n - 1} more non-finite values' if n > 1 else ''} for a finite input: look for "
                 "exp overflow, log(0), 0/0 or a division by a variance without eps")
     return None
+
+
+def upstream_problem(name: str, upstream, out_shape) -> None:
+    """A given upstream gradient that cannot be dL/d(output): raise ``ArgumentError``."""
+    if upstream is None:
+        return
+    if np.shape(upstream) != tuple(out_shape):
+        raise ArgumentError(f"upstream has shape {np.shape(upstream)}, your {name}'s output has shape "
+                            f"{tuple(out_shape)}: upstream is dL/d(output), one value per output element")
 
 
 def input_grad_problem(name: str, dx, x) -> str | None:

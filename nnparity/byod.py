@@ -14,19 +14,34 @@ training steps through ``sides``; the objects you pass are read through
 failure raises an ``AssertionError`` with the suite's message: the tensor, the
 element, both values, the errors, the tolerance. In messages, *scratch* is your
 code and *reference* is PyTorch.
+
+A misuse raises a ``nnparity.adapters.UsageError`` whose first line names the
+problem and the fix, with nothing from torch or NumPy chained to it:
+``ArgumentError`` (an argument's type or value: a shape that is not a tuple of
+positive ints, an empty batch, a NaN input, ``steps=-1``), ``ProtocolError`` (an
+object that does not follow the protocol: a class instead of an instance, buffers
+as a method), ``ParameterMismatch`` (the two sides' names or shapes), ``CallError``
+(your code or the torch side raised: the call, the exception, your file and line,
+what it was given). A check that passes but leaves something uncompared (a torch
+buffer your layer does not expose) says so in ``warnings`` (in the message, and as
+a ``NNParityWarning``). ``parity_tests/test_api_misuse.py`` is the table of misuses.
 """
 
 from __future__ import annotations
 
 import itertools
+import numbers
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import gradcheck as gc
-from .adapters import (INPUT_MUTATED, LayerAdapter, LossAdapter, ProtocolError, RandomState, UpdateAdapter,
-                       as_layer, copy_to_torch, input_grad_problem, output_problem)
+from .adapters import (INPUT_MUTATED, ArgumentError, LayerAdapter, LossAdapter, NNParityWarning, ProtocolError,
+                       RandomState, UpdateAdapter, as_layer, buffers_warning, call_torch, call_user, copy_to_torch,
+                       input_grad_problem, output_problem, reject_class, unmatched_torch_buffers,
+                       upstream_problem)
 from .parity import Comparison, ParityError, compare, tolerance_for
 from .sides import StepResult, TorchSide, count_correct
 
@@ -56,6 +71,7 @@ class LayerReport:
     reference: str
     context: str
     results: "OrderedDict[str, object]" = field(default_factory=OrderedDict)
+    warnings: list = field(default_factory=list)   # what a pass does not cover, in words
 
     @staticmethod
     def _failures(res) -> list:
@@ -73,7 +89,7 @@ class LayerReport:
             bad = self._failures(res)
             n = len(res.tensors) if isinstance(res, gc.GradcheckResult) else len(res)
             parts.append(f"{dt}: " + (f"{len(bad)} of {n} failing ({', '.join(bad)})" if bad else f"all {n} pass"))
-        return "; ".join(parts)
+        return "; ".join(parts) + "".join(f"\nwarning: {w}" for w in self.warnings)
 
     def message(self) -> str:
         for dt, res in self.results.items():
@@ -86,7 +102,11 @@ class LayerReport:
                 more = (f" ({len(failed) - 1} more failing in {dt}: {', '.join(c.name for c in failed[1:])})"
                         if len(failed) > 1 else "")
                 hint = ""
-                if (failed[0].problem or "").startswith("dtype mismatch"):
+                problem = failed[0].problem or ""
+                if problem.startswith("dtype mismatch") and not problem.endswith(f"reference {dt}"):
+                    hint = (f"\nthe torch equivalent returned another dtype than its {dt} input's: it must compute "
+                            "in its input's dtype (no .float() / .double(), no new tensor without dtype=)")
+                elif problem.startswith("dtype mismatch"):
                     hint = ("\nyour layer returned another dtype than its input's: a float64 array or constant "
                             "array (np.ones, np.where(mask, 1.0, a), ...) mixed into a float32 computation "
                             "promotes it to float64")
@@ -101,12 +121,141 @@ class LayerReport:
 
 
 def _check_dtypes(dtypes) -> list:
-    dtypes = [np.dtype(d).name for d in ([dtypes] if isinstance(dtypes, str) else dtypes)]
-    for d in dtypes:
-        tolerance_for(d)  # a clear ValueError for anything but float32/float64
+    if isinstance(dtypes, (str, type, np.dtype)):
+        dtypes = [dtypes]
+    if dtypes is None or not isinstance(dtypes, (list, tuple)):
+        raise ArgumentError(f"dtypes must be a dtype or a tuple of dtypes such as ('float64', 'float32'), "
+                            f"got {type(dtypes).__name__}")
     if not dtypes:
-        raise ValueError("dtypes is empty: pass e.g. ('float64', 'float32')")
-    return dtypes
+        raise ArgumentError("dtypes is empty: pass e.g. ('float64', 'float32')")
+    names = []
+    for d in dtypes:
+        try:
+            if d is None:   # np.dtype(None) is float64: a None would pass for a dtype
+                raise TypeError
+            names.append(np.dtype(d).name)
+        except TypeError:
+            raise ArgumentError(f"dtypes: {d!r} is not a dtype: use 'float64' and/or 'float32'") from None
+    for d in names:
+        try:
+            tolerance_for(d)
+        except ValueError as e:
+            raise ArgumentError(str(e)) from None
+    return names
+
+
+def _check_shape(what: str, shape) -> tuple:
+    """A shape is a tuple of ints >= 1: an empty batch has nothing to compare (every
+    comparison of an empty array passes), so it is refused rather than passed."""
+    if not isinstance(shape, (tuple, list)) or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool)
+                                                        for n in shape):
+        raise ArgumentError(f"{what} must be a tuple of ints such as (8, 16) (batch first), got {shape!r}")
+    shape = tuple(int(n) for n in shape)
+    if any(n < 1 for n in shape):
+        raise ArgumentError(f"{what} {shape} has a size below 1: every axis needs at least one element "
+                            "(an empty batch has nothing to compare), e.g. (8, 16)")
+    return shape
+
+
+def _check_array(what: str, a, *, empty_ok: bool = False) -> np.ndarray:
+    """A numeric, finite, non-empty array (a NaN input makes NaN on both sides, which compare equal)."""
+    try:
+        arr = np.asarray(a)
+    except Exception:  # noqa: BLE001 - a ragged list or an object NumPy cannot read
+        arr = None
+    if arr is None or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        tensor = type(a).__module__.startswith("torch")
+        raise ArgumentError(f"{what} must be an array of numbers, got {type(a).__name__}"
+                            f"{'' if arr is None else ' of dtype ' + str(arr.dtype)}"
+                            f"{': pass a NumPy array (tensor.detach().numpy())' if tensor else ''}")
+    if np.iscomplexobj(arr):
+        raise ArgumentError(f"{what} is complex ({arr.dtype}): the checks compare real arrays")
+    if arr.size == 0 and not empty_ok:
+        raise ArgumentError(f"{what} has no elements (shape {arr.shape}): there is nothing to compare; "
+                            "use at least one sample")
+    if np.issubdtype(arr.dtype, np.inexact):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ArgumentError(f"{what} has a non-finite value ({arr[idx]}) at {idx}: the check needs finite "
+                                "values (NaN on both sides compares equal and proves nothing)")
+    return arr
+
+
+def _check_int(what: str, v, low: int, none_ok: bool = False):
+    if v is None and none_ok:
+        return None
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
+        raise ArgumentError(f"{what} must be an int >= {low}{' or None' if none_ok else ''}, got {v!r}")
+    return int(v)
+
+
+def _check_bool(what: str, v) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise ArgumentError(f"{what} must be True or False, got {v!r}")
+    return bool(v)
+
+
+def _check_name(name):
+    if name is not None and not isinstance(name, str):
+        raise ArgumentError(f"name must be a string (how messages name your code), got {name!r}")
+
+
+def _check_fd(samples, eps):
+    _check_int("samples", samples, 1)
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not (0 < eps < np.inf):
+        raise ArgumentError(f"eps must be a number > 0 (the finite-difference step, e.g. 1e-5), got {eps!r}")
+
+
+def _input(what: str, input_shape, given, shape_what: str = "input_shape") -> tuple:
+    """The input's shape, from ``input_shape`` or the given array (``x`` / ``z``), which must agree."""
+    if input_shape is None and given is None:
+        return None
+    shape = None if input_shape is None else _check_shape(shape_what, input_shape)
+    if given is not None:
+        arr = _check_array(what, given)
+        if shape is not None and arr.shape != shape:
+            raise ArgumentError(f"{shape_what} {shape} and {what}.shape {arr.shape} disagree: give one of them")
+        shape = arr.shape
+    return shape
+
+
+def _check_torch_equivalent(t, what: str = "the torch equivalent") -> None:
+    import torch
+
+    if t is None or isinstance(t, torch.nn.Module):
+        return
+    reject_class(t, what)
+    _reject_numpy_module(t, what)
+    if isinstance(t, np.ufunc) or (getattr(t, "__module__", None) or "").startswith("numpy"):
+        raise ProtocolError(f"{what} {getattr(t, '__name__', t)} is a NumPy function: it must compute with torch "
+                            f"on a torch tensor (e.g. torch.{getattr(t, '__name__', 'tanh')}), so autograd can "
+                            "differentiate it")
+    if not callable(t):
+        raise ProtocolError(f"{what} must be a torch.nn.Module or a function, got {type(t).__name__}")
+
+
+def _reject_numpy_module(t, what: str) -> None:
+    """A NumPy layer or loss (forward and backward, not torch) given as the torch side: it would
+    be called on torch tensors and fail inside NumPy."""
+    if (callable(getattr(t, "forward", None)) and callable(getattr(t, "backward", None))
+            and not type(t).__module__.startswith("torch")):
+        raise ProtocolError(f"{what} {type(t).__name__} has forward and backward: it is a NumPy layer or loss, not "
+                            "its torch equivalent: pass the torch module (torch.nn....) or a torch function, "
+                            "after your own code")
+
+
+def _check_torch_loss(t) -> None:
+    reject_class(t, "the torch loss")
+    _reject_numpy_module(t, "the torch loss")
+    if not callable(t):
+        raise ProtocolError(f"the torch loss must be a torch loss module or a function (input, target) -> scalar "
+                            f"tensor, such as torch.nn.CrossEntropyLoss(), got {type(t).__name__}")
+
+
+def _warn(report_warnings: list, text: str) -> None:
+    report_warnings.append(text)
+    warnings.warn(text, NNParityWarning, stacklevel=3)
 
 
 def _randomize(lay: LayerAdapter, seed: int) -> None:
@@ -154,6 +303,7 @@ def _against_own_float64(lay, x, upstream, seed, dtype) -> list:
     problem = output_problem(lay.name, y, x64)
     if problem:
         return [_problem("out", problem)]
+    upstream_problem(lay.name, upstream, np.shape(y))
     g = (rng.standard_normal(np.shape(y)) if upstream is None else np.array(upstream)).astype(np.float64)
     ref = _run(lay, x64, g, np.float64, rs)
     got = _run(lay, x64, g, dtype, rs) if not isinstance(ref, list) else ref
@@ -195,18 +345,30 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
     Without a torch equivalent, float64 is checked by central finite differences (always,
     whatever ``dtypes`` says) and float32 against your own float64 run.
     """
+    import torch
+
     from . import layercheck
 
-    if input_shape is None and x is None:
-        raise ValueError("give input_shape=(N, ...) for a random input, or the input itself as x=...")
+    _check_name(name)
     if params not in PARAMS:
-        raise ValueError(f"params must be one of {PARAMS}, got {params!r}")
+        raise ArgumentError(f"params must be one of {PARAMS}, got {params!r}")
+    train = _check_bool("train", train)
+    raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
+    seed = _check_int("seed", seed, 0)
+    _check_fd(samples, eps)
     dtypes = _check_dtypes(dtypes)
+    _check_torch_equivalent(torch_equivalent)
+    shape = _input("x", input_shape, x)
+    if shape is None:
+        raise ArgumentError("give input_shape=(N, ...) for a random input, or the input itself as x=...")
+    if x is not None:
+        x, input_shape = np.asarray(x), None
+    if upstream is not None:
+        upstream = _check_array("upstream", upstream)
     if torch_equivalent is None and "float64" not in dtypes:
         dtypes.insert(0, "float64")   # the finite-difference check itself runs in float64
     lay = as_layer(mine, name)
     ref_name = _describe_torch(torch_equivalent)
-    shape = tuple(input_shape) if x is None else np.shape(x)
     context = (f"(scratch = your {lay.name}, reference = {ref_name}; input {shape} "
                f"{'~ N(0, 1)' if x is None else 'given'}, upstream gradient "
                f"{'~ N(0, 1)' if upstream is None else 'given'}, seed {seed}; "
@@ -215,6 +377,10 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
                + ("; float32 is compared with your own float64 run, which finite differences check)"
                   if torch_equivalent is None else ")"))
     report = LayerReport(lay.name, ref_name, context)
+    if isinstance(torch_equivalent, torch.nn.Module):
+        unmatched = unmatched_torch_buffers(lay, torch_equivalent)
+        if unmatched:
+            _warn(report.warnings, buffers_warning(lay.name, ref_name, unmatched))
     snap = lay.snapshot()
     try:
         if params == "random":
@@ -255,15 +421,30 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
     """
     from . import layercheck
 
-    if input_shape is None and z is None:
-        raise ValueError("give input_shape=(N, C) for random logits, or the logits themselves as z=...")
+    _check_name(name)
+    raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
+    seed = _check_int("seed", seed, 0)
+    _check_fd(samples, eps)
     dtypes = _check_dtypes(dtypes)
+    if torch_loss is not None:
+        _check_torch_loss(torch_loss)
+    shape = _input("z", input_shape, z)
+    if shape is None:
+        raise ArgumentError("give input_shape=(N, C) for random logits, or the logits themselves as z=...")
+    if z is not None:
+        z = np.asarray(z)
     if torch_loss is None and "float64" not in dtypes:
         dtypes.insert(0, "float64")   # the finite-difference check itself runs in float64
-    shape = tuple(input_shape) if z is None else np.shape(z)
     adapter = LossAdapter(mine, name)
     if target is None:
+        if len(shape) != 2:
+            raise ArgumentError(f"the default target needs logits of shape (N, C) (it draws N class labels in "
+                                f"[0, C)); got {shape}: pass target=... for other shapes")
         target = np.random.default_rng([seed, 11]).integers(0, shape[-1], shape[0])
+    target = _check_array("target", target)
+    if target.ndim and len(shape) and target.shape[0] != shape[0]:
+        raise ArgumentError(f"target has {target.shape[0]} rows, the input {shape[0]}: one target per sample "
+                            f"(input {shape}, target {target.shape})")
     ref_name = _describe_torch(torch_loss)
     report = LayerReport(adapter.name, ref_name, f"(scratch = your {adapter.name}, reference = {ref_name}; "
                                                  f"logits {shape}, seed {seed})")
@@ -337,6 +518,10 @@ class MirrorSide(TorchSide):
     def recorded_children(self):
         return [("output", self.model)]
 
+    def step(self, x, y, record: bool = False, draws=None) -> StepResult:
+        return call_torch("the torch side (torch_net, torch_loss, torch_optimizer)", super().step, x, y,
+                          record=record, draws=draws)
+
     def state(self):
         return OrderedDict((k, v) for k, v in super().state().items()
                            if k.startswith("param/") or (k.startswith("state/") and self.keep_state)
@@ -378,35 +563,89 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
 
     from .parity import check_steps as harness_check_steps
 
+    _check_name(name)
+    raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
+    steps = _check_int("steps", steps, 1, none_ok=True)
     lay = as_layer(net, name)
     loss_a = LossAdapter(loss)
     upd = UpdateAdapter(update, lay)
+    reject_class(torch_net, "torch_net")
     if not isinstance(torch_net, torch.nn.Module):
         raise ProtocolError(f"torch_net must be a torch.nn.Module (the mirror of your network), "
                             f"got {type(torch_net).__name__}")
+    _check_torch_loss(torch_loss)
     dtypes = lay.dtypes()
+    if not lay.params():
+        raise ProtocolError(f"{lay.name} has no parameters (so no floating dtype to run in): check_steps trains a "
+                            "network's parameters; check a parameter-free layer with check_layer")
     if len(dtypes) != 1:
         raise ProtocolError(f"{lay.name}'s parameters must share one floating dtype (float32 or float64), "
                             f"found {sorted(map(str, dtypes)) or 'none'}")
     dtype = dtypes.pop()
-    tolerance_for(dtype)
+    _check_dtypes((dtype,))
     copy_to_torch(lay, torch_net)
-    if isinstance(torch_optimizer, torch.optim.Optimizer):
-        opt = torch_optimizer
-    elif callable(torch_optimizer):
-        opt = torch_optimizer(torch_net.parameters())
-    else:
-        raise ProtocolError("torch_optimizer must be a torch.optim.Optimizer or a function params -> optimizer")
+    opt = _torch_optimizer(torch_optimizer, torch_net)
+    try:
+        batch_iter = iter(batches)
+    except TypeError:
+        raise ArgumentError(f"batches must be an iterable of (x, y) pairs, got {type(batches).__name__}") from None
     keep_state = upd.kind == "optimizer" and callable(getattr(upd.obj, "state_dict", None))
     user = UserSide(lay, loss_a, upd)
     mirror = MirrorSide(torch_net, torch_loss, opt, keep_state, lay.buffers())
-    data = (_as_batch(x, y, dtype) for x, y in (batches if steps is None else itertools.islice(batches, steps)))
+    unmatched = unmatched_torch_buffers(lay, torch_net)
+    data = _checked_batches(batch_iter if steps is None else itertools.islice(batch_iter, steps), dtype)
     trace = harness_check_steps(user, mirror, data, net=lay.name, dtype=dtype)
     if not trace.steps:
-        raise ValueError("check_steps got no batches: pass an iterable of (x, y) arrays")
+        raise ArgumentError("check_steps got no batches: pass an iterable of (x, y) arrays")
+    if unmatched:
+        _warn(trace.warnings, buffers_warning(lay.name, "torch_net", unmatched))
     if raise_on_failure:
         trace.raise_if_failed()
     return trace
+
+
+_DONE = object()
+
+
+def _torch_optimizer(torch_optimizer, torch_net):
+    """The torch optimizer, built from a function if need be; it must update ``torch_net``'s
+    parameters (one over another model's leaves the mirror untrained: every step diverges)."""
+    import torch
+
+    reject_class(torch_optimizer, "torch_optimizer")
+    if isinstance(torch_optimizer, torch.optim.Optimizer):
+        opt = torch_optimizer
+    elif callable(torch_optimizer):
+        opt = call_torch("torch_optimizer(params)", torch_optimizer, torch_net.parameters())
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise ProtocolError(f"torch_optimizer(params) returned {type(opt).__name__}, not a torch.optim.Optimizer: "
+                                "pass a function such as lambda p: torch.optim.SGD(p, lr=0.1)")
+    else:
+        raise ProtocolError("torch_optimizer must be a torch.optim.Optimizer or a function params -> optimizer "
+                            f"(lambda p: torch.optim.SGD(p, lr=0.1)), got {type(torch_optimizer).__name__}")
+    updated = {id(p) for group in opt.param_groups for p in group["params"]}
+    missing = [k for k, p in torch_net.named_parameters() if id(p) not in updated]
+    if missing:
+        raise ProtocolError(f"torch_optimizer does not update torch_net's parameters {missing}: build it over "
+                            "torch_net.parameters(), or pass a function params -> optimizer")
+    return opt
+
+
+def _checked_batches(batches, dtype):
+    """Each batch a pair of finite, non-empty arrays with one label per sample, cast to ``dtype``
+    (an exception of your batch generator is one ``CallError`` line)."""
+    for i in itertools.count(1):
+        batch = call_user(f"batches (getting batch {i})", next, batches, _DONE)
+        if batch is _DONE:
+            return
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise ArgumentError(f"batch {i} is {type(batch).__name__}, not a pair (x, y): batches must yield "
+                                "(input, labels) pairs")
+        x = _check_array(f"batch {i}: x", batch[0])
+        y = _check_array(f"batch {i}: y", batch[1])
+        if x.ndim and y.ndim and len(x) != len(y):
+            raise ArgumentError(f"batch {i}: x has {len(x)} rows, y {len(y)}: one label (or target row) per sample")
+        yield _as_batch(x, y, dtype)
 
 
 __all__ = ["check_layer", "check_loss", "check_steps", "LayerReport", "Comparison"]

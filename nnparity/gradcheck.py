@@ -69,7 +69,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .adapters import INPUT_MUTATED, LossAdapter, RandomState, as_layer, input_grad_problem, output_problem
+from .adapters import (INPUT_MUTATED, LossAdapter, RandomState, as_layer, input_grad_problem, output_problem,
+                       upstream_problem)
 from .parity import draws_random_mask
 
 # CS231n's bands: (upper bound, grade)
@@ -490,6 +491,7 @@ def gradcheck_layer(layer, input_shape=None, *, x=None, upstream=None, samples: 
         problem = output_problem(lay.name, out, x)
         if problem:
             raise GradcheckError(problem)
+        upstream_problem(lay.name, upstream, np.shape(out))
         g = rng.standard_normal(np.shape(out)) if upstream is None else _float64_copy(upstream)
         dx = lay.backward(g.copy())
         if not np.array_equal(x, x_before):

@@ -21,8 +21,8 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from .adapters import (INPUT_MUTATED, LossAdapter, ProtocolError, as_layer, copy_to_torch, input_grad_problem,
-                       output_problem, torch_function_params)
+from .adapters import (INPUT_MUTATED, LossAdapter, ProtocolError, as_layer, call_torch, copy_to_torch,
+                       input_grad_problem, output_problem, torch_function_params, upstream_problem)
 from .parity import Comparison, ParityError, Tolerance, compare, tolerance_for
 from .sides import quantity
 
@@ -38,21 +38,39 @@ def _problem(name, text, shape=()) -> Comparison:
                       tol, problem=text)
 
 
+def _torch_name(module) -> str:
+    if isinstance(module, torch.nn.Module) and type(module).__module__.startswith("torch.nn"):
+        return f"torch.nn.{type(module).__name__}"
+    return getattr(module, "__name__", type(module).__name__)
+
+
 def _torch_forward(module, lay, xt):
     """Run the torch equivalent: an ``nn.Module`` (parameters already copied) or a function,
-    called as ``fn(x)`` or, when the layer has parameters, ``fn(x, **params)``."""
+    called as ``fn(x)`` or, when the layer has parameters, ``fn(x, **params)``. Its output
+    must be a tensor that autograd can differentiate with respect to the input."""
+    what = f"the torch equivalent {_torch_name(module)}"
     if isinstance(module, torch.nn.Module):
-        return module(xt), _torch_params(module)
-    if not callable(module):
+        yt, tparams = call_torch(what, module, xt), _torch_params(module)
+    elif not callable(module):
         raise ProtocolError(f"the torch equivalent must be a torch.nn.Module or a function, "
                             f"got {type(module).__name__}")
-    params = lay.params()
-    if not params:
-        return module(xt), OrderedDict()
-    torch_function_params(module, list(params))
-    tparams = OrderedDict((k, torch.from_numpy(np.array(v, copy=True)).requires_grad_(True))
-                          for k, v in params.items())
-    return module(xt, **tparams), tparams
+    else:
+        params = lay.params()
+        tparams = OrderedDict()
+        if params:
+            torch_function_params(module, list(params))
+            tparams = OrderedDict((k, torch.from_numpy(np.array(v, copy=True)).requires_grad_(True))
+                                  for k, v in params.items())
+        yt = call_torch(what, module, xt, **tparams)
+    if not isinstance(yt, torch.Tensor):
+        raise ProtocolError(f"{what} returned {type(yt).__name__}, not a torch tensor: it must return the "
+                            "layer's output (a module returning a tuple needs a function picking the output)")
+    if not yt.requires_grad:
+        raise ProtocolError(f"{what}'s output does not depend on its input through autograd (it does not "
+                            "require grad): "
+                            "it must compute with torch on the tensor it is given (no .detach(), .numpy(), "
+                            "torch.no_grad())")
+    return yt, tparams
 
 
 def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, seed: int = 0,
@@ -91,7 +109,7 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
     lay.train(train)
     if isinstance(module, torch.nn.Module):
         module.train(train)
-        copy_to_torch(lay, module)
+        copy_to_torch(lay, module, dtype)
         module.zero_grad(set_to_none=True)  # a module checked before (other dtype) must not accumulate
     x_before = x.copy()
     lay.zero_grad()
@@ -103,6 +121,7 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
             comps = [_problem("out", problem, np.shape(y))]
             _maybe_raise(comps, name, dtype, raise_on_failure)
             return comps
+        upstream_problem(name, upstream, np.shape(y))
         g = rng.standard_normal(np.shape(y)).astype(dtype) if upstream is None else np.asarray(upstream, dtype)
         dx = lay.backward(g.copy())
     finally:
@@ -111,10 +130,15 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
 
     xt = torch.from_numpy(x_before.copy()).requires_grad_(True)
     yt, tparams = _torch_forward(module, lay, xt)
-    yt.backward(torch.from_numpy(g))
+    out = compare("out", y, yt.detach().numpy(), tol)
+    if out.problem and out.problem.startswith("shape mismatch"):   # no upstream gradient fits both outputs
+        comps = [out]
+        _maybe_raise(comps, name, dtype, raise_on_failure)
+        return comps
+    call_torch(f"the torch equivalent {_torch_name(module)} (backward)", yt.backward, torch.from_numpy(g))
 
     din_problem = input_grad_problem(name, dx, x_before)
-    comps = [compare("out", y, yt.detach().numpy(), tol),
+    comps = [out,
              _problem("din", din_problem) if din_problem else
              compare("din", dx, xt.grad.numpy() if xt.grad is not None else np.zeros_like(x_before), tol)]
     for pname, grad in grads.items():
@@ -150,8 +174,16 @@ def check_loss(loss, torch_loss, logits_shape, target, *, z=None, dtype=np.float
         target = target.astype(dtype)
     value, dz = adapter(z.copy(), target)
     zt = torch.from_numpy(z).requires_grad_(True)
-    vt = torch_loss(zt, torch.from_numpy(target))
-    vt.backward()
+    what = f"the torch loss {_torch_name(torch_loss)}"
+    vt = call_torch(what, torch_loss, zt, torch.from_numpy(np.ascontiguousarray(target)))
+    if not isinstance(vt, torch.Tensor) or not vt.requires_grad:
+        raise ProtocolError(f"{what} returned {type(vt).__name__}"
+                            f"{' not computed from its input by autograd' if isinstance(vt, torch.Tensor) else ''}: "
+                            "it must return the loss as a torch tensor computed from its input")
+    if vt.dim() != 0:
+        raise ProtocolError(f"{what} returned shape {tuple(vt.shape)}, not a scalar: use a reduction "
+                            "('mean' or 'sum', as your loss) so there is one loss value to compare")
+    call_torch(f"{what} (backward)", vt.backward)
     comps = [compare("loss", np.asarray(value), vt.detach().numpy(), tol),
              compare("din", dz, zt.grad.numpy(), tol)]
     _maybe_raise(comps, name or adapter.name, dtype, raise_on_failure)

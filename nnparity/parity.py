@@ -185,6 +185,7 @@ class Trace:
     dtype: str
     tol: Tolerance
     steps: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)   # what the comparisons do not cover, in words
 
     @property
     def comparisons(self):
@@ -206,12 +207,14 @@ class Trace:
 
     def message(self) -> str:
         first = self.first_failure
+        warned = "".join(f"\nwarning: {w}" for w in self.warnings)
         if first is None:
-            return f"{self.net} {self.dtype}: {len(self.steps)} steps, all {len(self.comparisons)} comparisons pass"
+            return (f"{self.net} {self.dtype}: {len(self.steps)} steps, all {len(self.comparisons)} comparisons pass"
+                    f"{warned}")
         n = len(self.failures)
         return (f"{first.describe(self.net, self.dtype)}\n"
                 f"first divergence of {n} failing comparison{'s' * (n != 1)} over {len(self.steps)} steps"
-                f" ({len({c.name for c in self.failures})} tensors)")
+                f" ({len({c.name for c in self.failures})} tensors){warned}")
 
     def raise_if_failed(self) -> "Trace":
         if not self.ok:

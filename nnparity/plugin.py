@@ -27,8 +27,9 @@ class NNParity:
 
     ``layer`` = ``check_layer``, ``loss`` = ``check_loss``, ``steps`` = ``check_steps``,
     ``gradcheck`` = ``check_layer(mine, None, ...)`` in float64 only (finite differences).
-    Each raises ``AssertionError`` with the suite's message on a mismatch, and returns
-    its report otherwise.
+    Each raises ``AssertionError`` with the suite's message on a mismatch (a
+    ``nnparity.adapters.UsageError`` naming the problem on a misuse), and returns its
+    report otherwise.
     """
 
     def __init__(self, seed: int = 0):
@@ -37,13 +38,15 @@ class NNParity:
     def _call(self, fn_name, *args, **kwargs):
         __tracebackhide__ = True
         from . import byod
+        from .adapters import UsageError
 
         if fn_name != "check_steps":
             kwargs.setdefault("seed", self.seed)
         try:
             return getattr(byod, fn_name)(*args, **kwargs)
-        except AssertionError as e:
-            raise type(e)(str(e)) from None  # the message is the whole story; skip the harness's frames
+        except (AssertionError, UsageError) as e:
+            # a failure or a misuse: the message is the whole story; skip the harness's frames
+            raise type(e)(str(e)) from None
 
     def layer(self, mine, torch_equivalent, input_shape=None, **kwargs):
         """``nnparity.check_layer``: your layer against its torch equivalent (None: finite differences)."""

@@ -227,6 +227,95 @@ def test_batchnorm_running_var_updated_with_the_biased_variance_is_caught():
         nnparity.check_layer(bug(4), torch.nn.BatchNorm1d(4), input_shape=(6, 4))
 
 
+class BatchNormNoAffine:
+    """BatchNorm1d(affine=False): no parameters, running statistics in a ``buffers`` dict."""
+
+    def __init__(self, n, eps=1e-5, momentum=0.1):
+        self.buffers = {"running_mean": np.zeros(n), "running_var": np.ones(n)}
+        self.eps, self.momentum, self.training = eps, momentum, True
+
+    def forward(self, x):
+        if self.training:
+            mu, var = x.mean(axis=0), x.var(axis=0)
+            m, b, n = self.momentum, self.buffers, len(x)
+            b["running_mean"] = (1 - m) * b["running_mean"] + m * mu
+            b["running_var"] = (1 - m) * b["running_var"] + m * var * n / (n - 1)
+        else:
+            mu, var = self.buffers["running_mean"], self.buffers["running_var"]
+        self.inv = 1 / np.sqrt(var + self.eps)
+        self.xhat = (x - mu) * self.inv
+        return self.xhat
+
+    def backward(self, dy):
+        if not self.training:
+            return self.inv * dy
+        return self.inv * (dy - dy.mean(axis=0) - self.xhat * (dy * self.xhat).mean(axis=0))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_parameter_free_layer_against_a_module_with_float32_buffers(train):
+    """BatchNorm1d(affine=False) has no parameters to take the dtype from: its float32 buffers
+    are cast to the input's dtype (was torch's ``mixed dtype (CPU)``), and a parameter-free
+    layer's buffers dict is compared."""
+    report = nnparity.check_layer(BatchNormNoAffine(4), torch.nn.BatchNorm1d(4, affine=False), input_shape=(6, 4),
+                                  train=train)
+    assert [c.name for c in report.results["float64"]] == ["out", "din", "buffer/running_mean", "buffer/running_var"]
+    assert report.warnings == []
+
+
+def test_parameter_free_layer_with_a_biased_running_variance_is_caught():
+    class Biased(BatchNormNoAffine):
+        def forward(self, x):
+            out = super().forward(x)
+            self.buffers["running_var"] = 0.9 + 0.1 * x.var(axis=0)   # BUG: biased variance
+            return out
+
+    with pytest.raises(ParityError, match=r"^Biased float64 buffer/running_var"):
+        nnparity.check_layer(Biased(4), torch.nn.BatchNorm1d(4, affine=False), input_shape=(6, 4))
+
+
+def test_buffers_as_a_method_are_refused_not_ignored():
+    """The tester's silent pass: buffers() a method (the protocol reads a dict) with the biased
+    running variance passed "all 4" (the buffers were never compared)."""
+    class BuffersMethod(BatchNorm1d):
+        def __init__(self, n):
+            super().__init__(n)
+            self._running = self.__dict__.pop("buffers")
+
+        def buffers(self):
+            return self._running
+
+    with pytest.raises(ProtocolError, match=r"^BuffersMethod\.buffers is a method: .*self\.buffers = \{"):
+        nnparity.check_layer(BuffersMethod(4), torch.nn.BatchNorm1d(4), input_shape=(6, 4))
+
+
+def test_torch_buffers_without_a_counterpart_are_listed_in_a_warning():
+    class NoRunningStats(BatchNorm1d):
+        def __init__(self, n):
+            super().__init__(n)
+            del self.buffers
+
+        def update_running(self, mu, var, n):
+            pass
+
+    with pytest.warns(nnparity.adapters.NNParityWarning, match=r"torch\.nn\.BatchNorm1d has buffers "
+                                                              r"\['running_mean', 'running_var'\]"):
+        report = nnparity.check_layer(NoRunningStats(4), torch.nn.BatchNorm1d(4), input_shape=(6, 4))
+    assert report.ok and report.warnings
+    assert "warning: torch.nn.BatchNorm1d has buffers ['running_mean', 'running_var'] that NoRunningStats does " \
+           "not expose: they were not compared" in report.message()
+
+
+def test_an_empty_batch_is_refused_not_passed():
+    """A (0, 4) input made every comparison an empty one, which passes: a backward returning
+    zeros (or anything) passed."""
+    zeros = _with_backward(ReLU, lambda self, dy: np.zeros_like(dy))
+    with pytest.raises(nnparity.adapters.ArgumentError, match=r"input_shape \(0, 4\) has a size below 1"):
+        nnparity.check_layer(zeros(), torch.nn.ReLU(), input_shape=(0, 4))
+    with pytest.raises(GradcheckError):   # the same layer on a real batch fails
+        nnparity.check_layer(zeros(), None, input_shape=(2, 4))
+
+
 def test_without_torch_finite_differences_run_even_if_only_float32_is_asked():
     report = nnparity.check_layer(Sigmoid(), None, input_shape=(3, 4), dtypes=("float32",))
     assert list(report.results) == ["float64", "float32"]
@@ -595,6 +684,26 @@ def test_plugin_fixture_in_process(pytester):
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*ParityError: MySoftmaxDiagonalOnly float64 din (input gradient): max abs*"])
     assert "nnparity/layercheck.py" not in result.stdout.str()   # the message, not the harness's frames
+
+
+def test_plugin_fixture_reports_a_misuse_in_one_line(pytester):
+    pytester.makepyfile(test_user=textwrap.dedent("""
+        import torch
+
+        class Identity:
+            def forward(self, x):
+                return x
+
+            def backward(self, dy):
+                return dy
+
+        def test_shape_not_a_tuple(nnparity):
+            nnparity.layer(Identity(), torch.nn.Identity(), input_shape=5)
+    """))
+    result = pytester.runpytest("-p", "nnparity.plugin")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ArgumentError: input_shape must be a tuple of ints such as (8, 16)*got 5"])
+    assert "nnparity/byod.py" not in result.stdout.str()
 
 
 def test_plugin_entry_point_and_local_registration_together(pytester, monkeypatch):
