@@ -225,3 +225,19 @@ def test_the_default_output_is_not_the_committed_reports():
     p = build_parser()
     assert p.parse_args(["run", NET]).out == "runs"
     assert p.parse_args(["bench"]).out == "runs/bench.md"
+
+
+def test_a_data_error_leaves_no_output_folder(tmp_path, monkeypatch, capsys):
+    """The data are loaded before the run's folder is made: a mistyped --data-dir (the
+    download failing, as offline) leaves nothing, neither under OUT nor under the data folder."""
+    from nnparity import data
+
+    def offline(target):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\n<urlopen error offline>")
+
+    monkeypatch.setattr(data, "_torchvision_download", offline)
+    monkeypatch.delenv(data.NO_DOWNLOAD_VAR, raising=False)
+    assert main(["run", NET, "--data-dir", str(tmp_path / "typo" / "a"), "--out", str(tmp_path / "o")]) == 2
+    assert sorted(p.name for p in tmp_path.rglob("*")) == []
+    err = capsys.readouterr().err.strip()
+    assert "MNIST not found in" in err and len(err.splitlines()) == 1, err
