@@ -60,6 +60,16 @@ def positive_float(text: str) -> float:
     return v
 
 
+def fd_step(text: str) -> float:
+    """``gradcheck --eps``: a central-difference step float64 can resolve."""
+    v = positive_float(text)
+    if not 1e-10 <= v <= 0.1:
+        raise argparse.ArgumentTypeError(
+            f"must be between 1e-10 and 0.1, got {text}: central differences in float64 lose every digit to "
+            "rounding below 1e-10 and measure curvature, not the gradient, above 0.1 (default 1e-5)")
+    return v
+
+
 def network_name(text: str) -> str:
     from .networks import NETWORKS
 
@@ -158,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "on every parameter tensor and the input; no torch involved")
     g.add_argument("net", type=network_name, metavar="NET", help=f"one of: {', '.join(NETWORKS)}")
     g.add_argument("--samples", type=positive_int, default=10, help="coordinates per tensor (default 10)")
-    g.add_argument("--eps", type=positive_float, default=1e-5, help="finite-difference step h (default 1e-5)")
+    g.add_argument("--eps", type=fd_step, default=1e-5, help="finite-difference step h (default 1e-5)")
     g.add_argument("--seed", type=non_negative_int, default=0, help="seed for init, batch and sample (default 0)")
     g.add_argument("--batch-size", type=positive_int, default=None,
                    help="check on the first B images of the batch (default: the recipe's whole batch)")

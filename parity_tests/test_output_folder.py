@@ -241,3 +241,24 @@ def test_a_data_error_leaves_no_output_folder(tmp_path, monkeypatch, capsys):
     assert sorted(p.name for p in tmp_path.rglob("*")) == []
     err = capsys.readouterr().err.strip()
     assert "MNIST not found in" in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.3, 0.8])
+def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
+    """The handlers are in place from main()'s first line, before NumPy and torch are
+    imported (about 1.5 s): a Ctrl-C then is one line and exit 130, nothing written."""
+    proc = subprocess.Popen(command(tmp_path, 0), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
+    assert err.strip().endswith("interrupted") and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gradcheck_refuses_a_step_float64_cannot_resolve(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["gradcheck", "mlp16", "--eps", "1e-300"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "must be between 1e-10 and 0.1" in err and len(err.strip().splitlines()) == 1
