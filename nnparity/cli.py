@@ -4,7 +4,8 @@
     nnparity run NET [options]          step parity, then both sides trained side by side, then a report
                                         (linear10 and toy221 add options of their own: nnparity run --help)
     nnparity check NET [options]        step parity only: a per-step table, the first divergence and
-                                        its culprit (own or inherited error); exit 1 on mismatch
+                                        its culprit (own or inherited error); exit 1 on mismatch,
+                                        4 if inconclusive (gradients zero on both sides, no mismatch)
                                         (``nnparity parity`` is the same command under its old name)
     nnparity selftest [NET ...]         inject canonical derivation bugs; print the kill matrix
     nnparity bench [NET ...]            seconds per epoch, scratch vs torch, GFLOP/s, peak memory
@@ -272,7 +273,7 @@ def _dispatch(args) -> int:
             result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw, recipe=recipe)
         result.injected = args.inject
         print(result.to_json() if args.json else result.render())
-        return 0 if result.ok else 1
+        return result.exit_status  # 1 only on a real mismatch; 4 when inconclusive (degenerate)
     if args.cmd == "selftest":
         from . import selftest
         from .data import load_mnist

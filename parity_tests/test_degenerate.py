@@ -1,0 +1,97 @@
+"""A saturated or dead network is not a derivation bug.
+
+A gradient that is zero on both sides (degenerate) proves nothing: it is never a
+first divergence and never makes a layer the culprit; a run whose training no
+longer changes its weights ends ``collapsed`` (exit 4), not ``parity-failed``; a
+NaN or inf anywhere is named at the step it appears; an lr the run's dtype cannot
+hold is refused; a drift envelope with NaN in it never reads "inside".
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from nnparity import data as mnist
+from nnparity.check import EXIT_INCONCLUSIVE, run_check
+from nnparity.localize import Stage, locate
+from nnparity.networks import get, prepare
+from nnparity.parity import Tolerance, Trace, compare, compare_records
+
+TOL = Tolerance(atol=1e-6, rtol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def raw():
+    return mnist.load_mnist()
+
+
+def _recipe_ds(raw, name, **changes):
+    net = get(name)
+    recipe = net.recipe.replace(train_size=500, test_size=200, **changes)
+    return recipe, prepare(net, recipe, raw, recipe.dtype, 0)
+
+
+def test_a_degenerate_comparison_is_its_own_status_and_never_a_first_divergence():
+    zeros = np.zeros(3)
+    deg = compare("grad/w", zeros, zeros, TOL, step=1)
+    assert deg.status == "degenerate" and not deg.mismatch and not deg.passed
+    assert compare("grad/w", zeros, zeros, TOL, allowed_zero=True).status == "pass"
+    wrong = compare("grad/w", np.ones(3), zeros, TOL, step=2)
+    assert wrong.status == "mismatch"
+
+    trace = Trace("net", "float64", TOL, steps=[[compare("param/w", np.ones(3), np.ones(3), TOL, step=1), deg]])
+    assert trace.status == "degenerate" and not trace.ok
+    assert trace.first_failure is None and trace.failures == []
+    assert "INCONCLUSIVE" in trace.message() and "grad/w" in trace.message()
+    trace.steps.append([wrong])
+    assert trace.status == "mismatch" and trace.first_failure is wrong  # the real one, not the zero one
+
+
+def test_a_stage_whose_only_off_comparison_is_degenerate_is_not_off():
+    zeros = np.zeros(4)
+    vanished = Stage("sigmoid", "backward", "Sigmoid.backward", [compare("dout/fc3", zeros, zeros, TOL)])
+    assert not vanished.off
+    assert locate([vanished], 0) == (None, "inherited")  # no culprit
+    wrong = Stage("relu", "backward", "ReLU.backward", [compare("dout/fc", np.ones(4), zeros, TOL)])
+    assert wrong.off and locate([wrong, vanished], 1)[0] is wrong
+
+
+def test_a_saturated_sigmoid_is_inconclusive_and_blames_no_layer(raw):
+    """mlp16 at lr 1e6: after step 1 every sigmoid output is 0 or 1 (pre-activations of
+    order 1e4), so s(1 - s) = 0 and every gradient below it is 0 on both sides."""
+    recipe, ds = _recipe_ds(raw, "mlp16", lr=1e6)
+    r = run_check("mlp16", 4, "float64", 0, recipe=recipe, ds=ds)
+    assert r.status == "degenerate" and r.diagnosis is None and r.exit_status == EXIT_INCONCLUSIVE
+    assert r.trace.failures == []
+    assert r.vanished is not None and "sigmoid" in r.vanished.cause and "saturated" in r.vanished.cause
+    assert "grad/fc3.weight" in r.vanished.names
+    text = r.render()
+    assert "INCONCLUSIVE" in text and "CULPRIT" not in text and "FIRST DIVERGENCE" not in text
+    assert "parity cannot say more" in text and "exactly zero" in text
+    assert json.loads(r.to_json())["status"] == "degenerate"
+
+
+def test_dead_relu_units_are_said_in_words(raw):
+    recipe, ds = _recipe_ds(raw, "linear10", lr=1e6, variant="correct")
+    r = run_check("linear10", 8, "float64", 0, recipe=recipe, ds=ds)
+    assert r.status == "degenerate" and r.diagnosis is None
+    assert r.vanished.cause.startswith("every ReLU unit of relu is dead")
+    assert {"grad/fc.weight", "grad/fc.bias"} <= set(r.vanished.names)
+
+
+def test_overflow_on_both_sides_is_inconclusive_not_a_mismatch():
+    """inf on one side, NaN on the other: both overflowed, which proves nothing about the
+    code; what the step computes after it is non-finite on one side or both. A value
+    non-finite on one side only, with nothing overflowed before it, is a real mismatch."""
+    tol = Tolerance(atol=1e-10, rtol=1e-9)
+    over = compare("out/fc2", np.array([-np.inf, 1.0]), np.array([np.nan, 1.0]), tol)
+    assert over.status == "degenerate" and over.overflow and not over.mismatch
+    assert compare("out/fc2", np.array([np.inf, 1.0]), np.array([np.inf, 1.0]), tol).status == "pass"
+    assert compare("out/fc2", np.array([np.inf, 1.0]), np.array([2.0, 1.0]), tol).status == "mismatch"
+    scratch = {"out/fc2": np.array([-np.inf, 1.0]), "out/relu2": np.array([0.0, 1.0])}
+    torch_ = {"out/fc2": np.array([np.nan, 1.0]), "out/relu2": np.array([np.nan, 1.0])}
+    comps = compare_records(scratch, torch_, tol, step=2)
+    assert [c.status for c in comps] == ["degenerate", "degenerate"] and "after out/fc2" in comps[1].overflow
+    alone = compare_records({"out/relu2": scratch["out/relu2"]}, {"out/relu2": torch_["out/relu2"]}, tol, step=2)
+    assert alone[0].status == "mismatch"
