@@ -106,6 +106,19 @@ class Training:
             if curves is not None:
                 curves[side.name].append((r.loss, 100.0 * r.correct / r.n))
 
+    def _params(self) -> dict:
+        """A copy of both sides' parameters, ``{side: {key: array}}`` (to see what an epoch changed)."""
+        return {side.name: {k: np.array(v, copy=True) for k, v in side.state().items() if k.startswith("param/")}
+                for side in self.sides}
+
+    def _frozen(self, before: dict) -> list:
+        """Parameters that an epoch left exactly as they were, on both sides (not those whose
+        gradient is zero by construction, ``Network.allowed_zero``)."""
+        now = {side.name: side.state() for side in self.sides}
+        return [k for k in before[self.scratch.name]
+                if k.split("/", 1)[1] not in self.net.allowed_zero
+                and all(np.array_equal(before[n][k], now[n][k]) for n in before)]
+
     def evaluate(self) -> dict:
         out = {}
         for side in self.sides:
@@ -129,6 +142,7 @@ class Training:
         totals = {s.name: {"loss": 0.0, "correct": 0, "n": 0} for s in self.sides}
         secs0 = {s.name: s.seconds for s in self.sides}
         curves = {s.name: [] for s in self.sides} if self.per_batch else None
+        before = self._params()
         bar = tqdm(training_batches(self.ds, self.recipe, self.seed, epoch), total=n_batches,
                    desc=f"{self.net.name} epoch {epoch}/{self.recipe.epochs}", leave=False,
                    disable=None if progress is None else not progress, unit="batch")
@@ -156,8 +170,36 @@ class Training:
                 "seconds": side.seconds - secs0[side.name],
             }
         row.update(max_abs_weight_diff=diff_abs, max_rel_weight_diff=diff_rel, worst_tensor=diff_name,
-                   max_abs_param_diff=p_abs, max_rel_param_diff=p_rel, worst_param=p_name)
+                   max_abs_param_diff=p_abs, max_rel_param_diff=p_rel, worst_param=p_name,
+                   frozen=self._frozen(before))
         if curves is not None:
             row["per_batch"] = curves
         self.history.append(row)
         return row
+
+
+def collapsed(history) -> str | None:
+    """Why a finished run has *collapsed*, or None: its last epoch left some parameter tensor
+    exactly unchanged on both sides (every one of its gradients was zero: a saturated
+    sigmoid, a layer of dead ReLU units), so training no longer trains it. Both sides agree,
+    so this is no derivation bug, and no parity check can judge those gradients.
+
+    Test accuracy at chance alone is not the criterion: a healthy run of a few steps can be
+    there too; it is reported alongside."""
+    if not history:
+        return None
+    last = history[-1]
+    frozen = last.get("frozen") or []
+    if not frozen:
+        return None
+    names = [k.split("/", 1)[1] for k in frozen]
+    acc = " | ".join(f"{last[s]['test_accuracy']:.2f}%" for s in ("scratch", "torch") if s in last)
+    since = last["epoch"]
+    for row in reversed(history[:-1]):  # the first epoch of the unbroken run of frozen epochs
+        if not set(frozen) <= set(row.get("frozen") or []):
+            break
+        since = row["epoch"]
+    return (f"training no longer changes {', '.join(names)} on either side (unchanged over epoch"
+            f"{'s ' + str(since) + '-' if since != last['epoch'] else ' '}{last['epoch']}: every gradient of "
+            f"{'it' if len(names) == 1 else 'them'} was zero, both sides agree); test accuracy {acc} "
+            "(scratch | torch)")

@@ -14,11 +14,14 @@ import pytest
 
 from nnparity import data as mnist
 from nnparity.check import EXIT_INCONCLUSIVE, run_check
+from nnparity.cli import main
 from nnparity.localize import Stage, locate
 from nnparity.networks import get, prepare
 from nnparity.parity import Tolerance, Trace, compare, compare_records
+from nnparity.train import collapsed
 
 TOL = Tolerance(atol=1e-6, rtol=1e-3)
+TINY = ["--train-size", "500", "--test-size", "200", "--no-progress", "--envelope-steps", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,32 @@ def test_dead_relu_units_are_said_in_words(raw):
     assert {"grad/fc.weight", "grad/fc.bias"} <= set(r.vanished.names)
 
 
+def test_collapsed_names_the_tensors_training_no_longer_changes():
+    rows = [{"epoch": e, "frozen": f, "scratch": {"test_accuracy": 8.0}, "torch": {"test_accuracy": 8.0}}
+            for e, f in ((1, []), (2, ["param/fc.weight"]), (3, ["param/fc.weight"]))]
+    why = collapsed(rows)
+    assert "fc.weight" in why and "epochs 2-3" in why and "8.00% | 8.00%" in why
+    assert collapsed(rows[:1]) is None and collapsed([]) is None
+
+
+def test_a_saturated_run_ends_collapsed_not_parity_failed(tmp_path, capsys):
+    status = main(["run", "mlp16", "--lr", "1e6", "--epochs", "2", "--out", str(tmp_path), *TINY])
+    out = capsys.readouterr().out
+    m = json.loads((tmp_path / "mlp16" / "metrics.json").read_text())
+    assert status == 4 and m["status"] == "collapsed", m.get("status_detail")
+    assert m["parity"]["status"] == "degenerate" and "saturated" in m["parity"]["vanished"]["cause"]
+    assert "fc3.weight" in m["status_detail"] and len(m["epochs"]) == 2
+    assert "PARITY FAILED" not in out and "COLLAPSED" in out
+    assert "**collapsed**" in (tmp_path / "mlp16" / "report.md").read_text()
+
+
+def test_linear10_dead_run_ends_collapsed(tmp_path):
+    status = main(["run", "linear10", "--lr", "1e6", "--epochs", "2", "--variant", "correct", "--seeds", "1",
+                   "--out", str(tmp_path), *TINY])
+    m = json.loads((tmp_path / "linear10" / "metrics.json").read_text())
+    assert status == 4 and m["status"] == "collapsed"
+
+
 def test_overflow_on_both_sides_is_inconclusive_not_a_mismatch():
     """inf on one side, NaN on the other: both overflowed, which proves nothing about the
     code; what the step computes after it is non-finite on one side or both. A value
@@ -95,3 +124,11 @@ def test_overflow_on_both_sides_is_inconclusive_not_a_mismatch():
     assert [c.status for c in comps] == ["degenerate", "degenerate"] and "after out/fc2" in comps[1].overflow
     alone = compare_records({"out/relu2": scratch["out/relu2"]}, {"out/relu2": torch_["out/relu2"]}, tol, step=2)
     assert alone[0].status == "mismatch"
+
+
+def test_a_run_that_overflows_during_parity_ends_diverged_not_parity_failed(tmp_path, capsys):
+    status = main(["run", "mlp16", "--lr", "1e300", "--epochs", "1", "--parity-steps", "3",
+                   "--out", str(tmp_path), *TINY])
+    m = json.loads((tmp_path / "mlp16" / "metrics.json").read_text())
+    assert status == 3 and m["status"] == "diverged", m.get("status_detail")
+    assert "CULPRIT" not in capsys.readouterr().out
