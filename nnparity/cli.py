@@ -20,6 +20,8 @@ import argparse
 import shlex
 import sys
 
+import numpy as np
+
 from .checkpoint import CheckpointError
 from .data import DataError
 from .drift import DEFAULT_STEPS as DEFAULT_ENVELOPE_STEPS
@@ -214,6 +216,11 @@ def _option_problem(parser, args) -> str | None:
             if owner != net.name and getattr(args, a.dest) != a.default:
                 return f"{_flag(a)} is an option of {owner} only, not of {net.name}"
     runner = net.runner_module
+    dtype = args.dtype or net.recipe.dtype
+    f32max = float(np.finfo(np.float32).max)
+    if dtype == "float32" and args.lr and max(args.lr) > f32max:  # torch's float32 SGD cannot take it
+        return (f"--lr {max(args.lr):g} is larger than a float32 run can hold ({f32max:.4g}); "
+                "use a smaller --lr or --dtype float64")
     if args.lr and len(args.lr) > 1 and not getattr(runner, "SEVERAL_LRS", False):
         return f"--lr takes one learning rate for {net.name}, got {len(args.lr)}"
     for dest, why in getattr(runner, "UNSUPPORTED", {}).items():

@@ -27,10 +27,26 @@ class Diverged(RuntimeError):
         self.epoch, self.step = epoch, step
 
 
+def _tensors(side, result):
+    """(key, array) of everything a step leaves behind: loss, every gradient, every parameter,
+    optimizer state and buffer."""
+    return [("loss", result.loss), *side.grads().items(), *side.state().items()]
+
+
 def _nonfinite(side, result) -> str:
-    """Which of the side's loss, gradients and parameters are NaN or infinite, in that order."""
+    """Which of the side's loss, gradients and parameters are NaN or infinite, in that order,
+    or "" if none is.
+
+    Cheap enough for every step: one sum per tensor, added up (a NaN or inf anywhere makes
+    the total non-finite); only then are the tensors looked at element by element (a total
+    of large finite values can also overflow: then nothing is reported)."""
+    tensors = _tensors(side, result)
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = sum(float(a.sum()) if isinstance(a, np.ndarray) else float(a) for _, a in tensors)
+    if math.isfinite(total):
+        return ""
     found = []
-    for key, arr in [("loss", result.loss), *side.grads().items(), *side.state().items()]:
+    for key, arr in tensors:
         a = np.asarray(arr)
         bad = ~np.isfinite(a)
         if bad.any():
@@ -38,7 +54,8 @@ def _nonfinite(side, result) -> str:
             where = f" ({int(bad.sum())} of {a.size} elements, first {a.flat[np.flatnonzero(bad)[0]]} at {first})" \
                 if a.ndim else f" = {float(a)}"
             found.append(key + where)
-    return "; ".join(found) if found else "loss"
+    more = f"; and {len(found) - 4} more tensors" if len(found) > 5 else ""
+    return "; ".join(found[:4] if more else found) + more
 
 
 def rounding_noise_keys(net) -> frozenset:
@@ -95,10 +112,15 @@ class Training:
         # scratch first: it draws the dropout masks that the torch side reuses
         results = [(self.scratch, self.scratch.step(x, y))]
         results.append((self.ref, self.ref.step(x, y, draws=self.scratch.draws())))
+        # every step, both sides: loss, every gradient, every parameter (a weight that became
+        # inf at this step shows in the loss only at the next one)
+        bad = [(side, _nonfinite(side, r)) for side, r in results]
+        bad = [(side, what) for side, what in bad if what]
+        if bad:
+            raise Diverged(f"{self.net.name} diverged at epoch {epoch}, step {self.step_count}: "
+                           + "; ".join(f"{side.name} side non-finite {what}" for side, what in bad),
+                           epoch, self.step_count)
         for side, r in results:
-            if not math.isfinite(r.loss):
-                raise Diverged(f"{self.net.name} {side.name} side diverged at epoch {epoch}, "
-                               f"step {self.step_count}: non-finite {_nonfinite(side, r)}", epoch, self.step_count)
             t = totals[side.name]
             t["loss"] += summed(r.loss, side.loss_fn.reduction, r.n)
             t["correct"] += r.correct

@@ -8,17 +8,21 @@ hold is refused; a drift envelope with NaN in it never reads "inside".
 """
 
 import json
+import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from nnparity import data as mnist
+from nnparity import drift
 from nnparity.check import EXIT_INCONCLUSIVE, run_check
 from nnparity.cli import main
 from nnparity.localize import Stage, locate
 from nnparity.networks import get, prepare
 from nnparity.parity import Tolerance, Trace, compare, compare_records
-from nnparity.train import collapsed
+from nnparity.train import Diverged, Training, collapsed
 
 TOL = Tolerance(atol=1e-6, rtol=1e-3)
 TINY = ["--train-size", "500", "--test-size", "200", "--no-progress", "--envelope-steps", "0"]
@@ -109,6 +113,40 @@ def test_linear10_dead_run_ends_collapsed(tmp_path):
     assert status == 4 and m["status"] == "collapsed"
 
 
+def test_nonfinite_is_caught_at_the_step_it_appears(raw):
+    """A weight that overflows in step 3's update is reported at step 3, although that
+    step's loss (computed before the update) is finite on both sides: every gradient and
+    parameter of both sides is checked every step, not only the loss. Constructed: the
+    scratch optimizer's update at step 3 leaves one element of fc3.weight infinite."""
+    recipe, ds = _recipe_ds(raw, "mlp16", epochs=1)
+    training = Training(get("mlp16"), recipe, ds, "float64", 0)
+    opt = training.scratch.optimizer
+    update = opt.step
+
+    def overflowing_update():
+        update()
+        if training.step_count == 3:
+            opt.params["fc3.weight"].data[1, 2] = np.inf
+
+    opt.step = overflowing_update
+    with pytest.raises(Diverged) as e:
+        training.run_epoch(1, progress=False)
+    assert e.value.step == 3, str(e.value)
+    assert "scratch side non-finite param/fc3.weight (1 of 160 elements, first inf at (1, 2))" in str(e.value)
+    assert "torch side" not in str(e.value)  # the torch side is still finite, and not blamed
+
+
+def test_an_lr_beyond_float32_ends_diverged_not_in_a_traceback(tmp_path):
+    """float64 run: the drift envelope's float32 trajectory cannot take lr 1e300 (torch
+    refuses it); the envelope is left out, said so, and the run ends diverged."""
+    proc = subprocess.run([sys.executable, "-m", "nnparity.cli", "run", "mlp16", "--lr", "1e300", "--epochs", "1",
+                           "--parity-steps", "0", "--out", str(tmp_path), *TINY[:-2], "--envelope-steps", "5"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    m = json.loads((tmp_path / "mlp16" / "metrics.json").read_text())
+    assert m["status"] == "diverged" and "larger than float32 can hold" in m["drift"]["not_measured"]
+
+
 def test_overflow_on_both_sides_is_inconclusive_not_a_mismatch():
     """inf on one side, NaN on the other: both overflowed, which proves nothing about the
     code; what the step computes after it is non-finite on one side or both. A value
@@ -132,3 +170,22 @@ def test_a_run_that_overflows_during_parity_ends_diverged_not_parity_failed(tmp_
     m = json.loads((tmp_path / "mlp16" / "metrics.json").read_text())
     assert status == 3 and m["status"] == "diverged", m.get("status_detail")
     assert "CULPRIT" not in capsys.readouterr().out
+
+
+def test_a_float32_run_refuses_an_lr_float32_cannot_hold(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "nnparity.cli", "run", "cnn18k", "--lr", "1e39",
+                           "--out", str(tmp_path), *TINY], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--lr 1e+39 is larger than a float32 run can hold" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "cnn18k").exists()
+
+
+def test_a_nan_band_never_reads_inside_the_envelope():
+    nan = math.nan
+    envelope = {"steps": 4, "impl64": [1e-16] * 4, "chaos32": [1e-7, 2e-7, nan, nan],
+                "band64": drift.band([1e-7, 2e-7, nan, nan], "float64"), "seconds": 0.0}
+    d = drift.assess(envelope, [(1, 1e-16), (2, 1e-16), (3, 1e-16), (4, 1e-16)], [], 4, "float64")
+    text = drift.verdict(d)
+    assert "inside the rounding envelope over" not in text and "cannot be judged from step 3" in text
+    d = drift.assess({**envelope, "chaos32": [1e-7] * 4, "band64": drift.band([1e-7] * 4, "float64")},
+                     [(1, 1e-16), (2, math.inf), (3, nan), (4, nan)], [], 4, "float64")
+    assert "cannot be judged from step 2" in drift.verdict(d) and "drift itself is not finite" in drift.verdict(d)
