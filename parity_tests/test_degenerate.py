@@ -189,3 +189,11 @@ def test_a_nan_band_never_reads_inside_the_envelope():
     d = drift.assess({**envelope, "chaos32": [1e-7] * 4, "band64": drift.band([1e-7] * 4, "float64")},
                      [(1, 1e-16), (2, math.inf), (3, nan), (4, nan)], [], 4, "float64")
     assert "cannot be judged from step 2" in drift.verdict(d) and "drift itself is not finite" in drift.verdict(d)
+
+
+def test_the_report_calls_an_inconclusive_parity_inconclusive_not_fail(tmp_path):
+    assert main(["run", "mlp16", "--lr", "1e6", "--epochs", "2", "--parity-steps", "3", "--out", str(tmp_path),
+                 *TINY]) == 4
+    report = (tmp_path / "mlp16" / "report.md").read_text()
+    assert "**INCONCLUSIVE (no mismatch)**" in report and "**FAIL**" not in report
+    assert "Inconclusive, not a bug: from step 2" in report and "saturated" in report
