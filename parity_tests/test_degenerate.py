@@ -197,3 +197,13 @@ def test_the_report_calls_an_inconclusive_parity_inconclusive_not_fail(tmp_path)
     report = (tmp_path / "mlp16" / "report.md").read_text()
     assert "**INCONCLUSIVE (no mismatch)**" in report and "**FAIL**" not in report
     assert "Inconclusive, not a bug: from step 2" in report and "saturated" in report
+
+
+def test_a_degenerate_comparison_never_kills_a_bug_in_the_selftest():
+    from nnparity.selftest import _cell
+
+    zeros = np.zeros(3)
+    deg = compare("grad/w", zeros, zeros, TOL, step=1)
+    assert _cell([deg], bug_applied=True).status == "missed"   # proves nothing: no kill
+    assert _cell([deg], bug_applied=False).status == "fail"    # on correct code: a check that cannot see
+    assert _cell([compare("grad/w", np.ones(3), zeros, TOL, step=1)], bug_applied=True).status == "killed"
