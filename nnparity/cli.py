@@ -5,7 +5,8 @@
                                         (linear10 and toy221 add options of their own: nnparity run --help)
     nnparity check NET [options]        step parity only: a per-step table, the first divergence and
                                         its culprit (own or inherited error); exit 1 on mismatch,
-                                        4 if inconclusive (gradients zero on both sides, no mismatch)
+                                        4 if inconclusive (no mismatch, but gradients zero, or values
+                                        overflowed, on both sides)
                                         (``nnparity parity`` is the same command under its old name)
     nnparity selftest [NET ...]         inject canonical derivation bugs; print the kill matrix
     nnparity bench [NET ...]            seconds per epoch, scratch vs torch, GFLOP/s, peak memory
