@@ -9,8 +9,6 @@ hold is refused; a drift envelope with NaN in it never reads "inside".
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -108,7 +106,7 @@ def test_a_saturated_run_ends_collapsed_not_parity_failed(tmp_path, capsys):
 
 def test_linear10_dead_run_ends_collapsed(tmp_path):
     status = main(["run", "linear10", "--lr", "1e6", "--epochs", "2", "--variant", "correct", "--seeds", "1",
-                   "--out", str(tmp_path), *TINY])
+                   "--parity-steps", "0", "--out", str(tmp_path), *TINY])
     m = json.loads((tmp_path / "linear10" / "metrics.json").read_text())
     assert status == 4 and m["status"] == "collapsed"
 
@@ -138,13 +136,13 @@ def test_nonfinite_is_caught_at_the_step_it_appears(raw):
 
 def test_an_lr_beyond_float32_ends_diverged_not_in_a_traceback(tmp_path):
     """float64 run: the drift envelope's float32 trajectory cannot take lr 1e300 (torch
-    refuses it); the envelope is left out, said so, and the run ends diverged."""
-    proc = subprocess.run([sys.executable, "-m", "nnparity.cli", "run", "mlp16", "--lr", "1e300", "--epochs", "1",
-                           "--parity-steps", "0", "--out", str(tmp_path), *TINY[:-2], "--envelope-steps", "5"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    refuses it: "value cannot be converted to type float without overflow"); the envelope
+    is left out, said so, and the run ends diverged."""
+    status = main(["run", "mlp16", "--lr", "1e300", "--epochs", "1", "--parity-steps", "0", "--out", str(tmp_path),
+                   *TINY[:-2], "--envelope-steps", "5"])
     m = json.loads((tmp_path / "mlp16" / "metrics.json").read_text())
-    assert m["status"] == "diverged" and "larger than float32 can hold" in m["drift"]["not_measured"]
+    assert status == 3 and m["status"] == "diverged"
+    assert "larger than float32 can hold" in m["drift"]["not_measured"]
 
 
 def test_overflow_on_both_sides_is_inconclusive_not_a_mismatch():
@@ -172,11 +170,12 @@ def test_a_run_that_overflows_during_parity_ends_diverged_not_parity_failed(tmp_
     assert "CULPRIT" not in capsys.readouterr().out
 
 
-def test_a_float32_run_refuses_an_lr_float32_cannot_hold(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "nnparity.cli", "run", "cnn18k", "--lr", "1e39",
-                           "--out", str(tmp_path), *TINY], capture_output=True, text=True)
-    assert proc.returncode == 2 and "--lr 1e+39 is larger than a float32 run can hold" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "cnn18k").exists()
+def test_a_float32_run_refuses_an_lr_float32_cannot_hold(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["run", "cnn18k", "--lr", "1e39", "--out", str(tmp_path), *TINY])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--lr 1e+39 is larger than a float32 run can hold" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "cnn18k").exists()
 
 
 def test_a_nan_band_never_reads_inside_the_envelope():
