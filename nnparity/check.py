@@ -20,23 +20,46 @@ import numpy as np
 
 from . import data as mnist
 from . import io
-from .localize import Diagnosis, Localizer
+from .localize import Diagnosis, Localizer, Vanished
 from .networks import first_batches, get, make_sides, prepare, run_parity
 from .parity import TOLERANCES, Trace, _json_default, compare, draws_random_mask, tolerance_for
 
 
+# ``nnparity check`` exit statuses: 1 only on a real mismatch; an inconclusive check (no
+# mismatch, but gradients that vanished on both sides, so some comparisons proved nothing)
+# has its own status, the same number as ``nnparity run``'s ``collapsed``.
+EXIT_PASS, EXIT_MISMATCH, EXIT_INCONCLUSIVE = 0, 1, 4
+
+
 @dataclass
 class CheckResult:
-    """A parity run and, if it failed, the diagnosis of its first divergence."""
+    """A parity run and, if it failed, the diagnosis of its first divergence; if gradients
+    vanished on both sides (degenerate comparisons), what made them vanish."""
 
     trace: Trace
     diagnosis: Diagnosis | None
     seed: int = 0
     injected: str | None = None   # the name of a selftest bug patched in (``--inject``)
+    vanished: Vanished | None = None
 
     @property
     def ok(self) -> bool:
         return self.trace.ok
+
+    @property
+    def status(self) -> str:
+        """``pass``, ``mismatch`` or ``degenerate`` (inconclusive: see ``Trace.status``)."""
+        return self.trace.status
+
+    @property
+    def exit_status(self) -> int:
+        return {"pass": EXIT_PASS, "mismatch": EXIT_MISMATCH}.get(self.status, EXIT_INCONCLUSIVE)
+
+    def vanished_lines(self) -> list[str]:
+        if self.vanished is None:
+            return []
+        head = "OVERFLOWED ON BOTH SIDES" if self.vanished.overflow else "GRADIENTS VANISHED ON BOTH SIDES"
+        return [f"{head} (inconclusive, not a bug): {self.vanished.sentence()}."]
 
     def render(self, every: int | None = None) -> str:
         tr = self.trace
@@ -52,6 +75,14 @@ class CheckResult:
         if tr.ok:
             lines.append(f"PASS: all {len(tr.comparisons)} comparisons within tolerance; "
                          f"worst margin {tr.worst_margin():.3g} (<= 1 passes)")
+        elif tr.status == "degenerate":
+            deg = tr.degenerate
+            lines.append(f"INCONCLUSIVE: no mismatch (worst margin {tr.worst_margin():.3g}), but {len(deg)} "
+                         f"comparison{'s' * (len(deg) != 1)} over {len({c.step for c in deg})} steps "
+                         f"{'are' if len(deg) != 1 else 'is'} inconclusive ("
+                         f"{'non-finite' if any(c.overflow for c in deg) else 'zero'} on both sides), proving nothing. "
+                         "No layer is blamed.")
+            lines += self.vanished_lines() or [tr.message()]
         else:
             n = len(tr.failures)
             lines.append(f"FAIL: {n} failing comparison{'s' * (n != 1)} over {len(tr.steps)} steps "
@@ -60,6 +91,8 @@ class CheckResult:
                 lines += ["", self.diagnosis.render()]
             else:
                 lines.append(tr.message())
+            if self.vanished is not None:
+                lines += [""] + self.vanished_lines()
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -68,6 +101,7 @@ class CheckResult:
         d["injected"] = self.injected
         d["summary"] = self.trace.summary()
         d["diagnosis"] = self.diagnosis.to_dict() if self.diagnosis else None
+        d["vanished"] = self.vanished.to_dict() if self.vanished else None
         return d
 
     def to_json(self) -> str:
@@ -80,7 +114,7 @@ def run_check(name: str, steps: int = 50, dtype="float64", seed: int = 0, raw=No
     net = get(name)
     loc = Localizer(allowed_zero=net.allowed_zero)
     trace = run_parity(name, steps, dtype, seed, raw, recipe=recipe, ds=ds, observer=loc)
-    return CheckResult(trace, loc.diagnosis, seed)
+    return CheckResult(trace, loc.diagnosis, seed, vanished=loc.vanished)
 
 
 # --- the noise floor ------------------------------------------------------------------

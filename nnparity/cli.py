@@ -4,7 +4,9 @@
     nnparity run NET [options]          step parity, then both sides trained side by side, then a report
                                         (linear10 and toy221 add options of their own: nnparity run --help)
     nnparity check NET [options]        step parity only: a per-step table, the first divergence and
-                                        its culprit (own or inherited error); exit 1 on mismatch
+                                        its culprit (own or inherited error); exit 1 on mismatch,
+                                        4 if inconclusive (no mismatch, but gradients zero, or values
+                                        overflowed, on both sides)
                                         (``nnparity parity`` is the same command under its old name)
     nnparity selftest [NET ...]         inject canonical derivation bugs; print the kill matrix
     nnparity bench [NET ...]            seconds per epoch, scratch vs torch, GFLOP/s, peak memory
@@ -247,6 +249,13 @@ def _option_problem(parser, args) -> str | None:
             if owner != net.name and getattr(args, a.dest) != a.default:
                 return f"{_flag(a)} is an option of {owner} only, not of {net.name}"
     runner = net.runner_module
+    import numpy as np
+
+    dtype = args.dtype or net.recipe.dtype
+    f32max = float(np.finfo(np.float32).max)
+    if dtype == "float32" and args.lr and max(args.lr) > f32max:  # torch's float32 SGD cannot take it
+        return (f"--lr {max(args.lr):g} is larger than a float32 run can hold ({f32max:.4g}); "
+                "use a smaller --lr or --dtype float64")
     if args.lr and len(args.lr) > 1 and not getattr(runner, "SEVERAL_LRS", False):
         return f"--lr takes one learning rate for {net.name}, got {len(args.lr)}"
     for dest, why in getattr(runner, "UNSUPPORTED", {}).items():
@@ -308,7 +317,7 @@ def _dispatch(args) -> int:
             result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw, recipe=recipe)
         result.injected = args.inject
         print(result.to_json() if args.json else result.render())
-        return 0 if result.ok else 1
+        return result.exit_status  # 1 only on a real mismatch; 4 when inconclusive (degenerate)
     if args.cmd == "selftest":
         from . import selftest
         from .data import load_mnist

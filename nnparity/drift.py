@@ -61,6 +61,12 @@ def measure_envelope(net, recipe, ds, seed: int, steps: int) -> dict:
     dtype, so all three see the same pixels up to float32 rounding.
     """
     t0 = time.perf_counter()
+    f32max = float(np.finfo(np.float32).max)
+    lrs = [recipe.lr, *(lr for _, lr in recipe.lr_schedule)]
+    if max(lrs) > f32max:  # torch's float32 SGD refuses such an lr (it cannot be converted to float)
+        return {"steps": 0, "impl64": [], "chaos32": [], "band64": [], "seconds": time.perf_counter() - t0,
+                "not_measured": f"lr {max(lrs):g} is larger than float32 can hold ({f32max:.3g}), so the "
+                                "envelope's float32 trajectory cannot be run"}
     s64, t64 = make_sides(net, recipe, "float64", seed)
     _, t32 = make_sides(net, recipe, "float32", seed)
     impl, chaos = [], []
@@ -93,8 +99,19 @@ def assess(envelope: dict, step_drift, history, steps_per_epoch: int, dtype: str
     epochs = [(r["epoch"] * steps_per_epoch, r["epoch"], r["max_rel_weight_diff"]) for r in history]
     points = [(s, float(d)) for s, d in step_drift] + [(s, d) for s, _, d in epochs if s <= k]
     points.sort()
-    exit_ = _first_exit(points, bands)
-    impl_exit = _first_exit(list(enumerate(envelope["impl64"], 1)), envelope["band64"])
+    points_all = list(points)
+    # A band or a drift that is NaN or infinite judges nothing: where the envelope's own
+    # trajectories (or the run) overflowed, the comparison ends (``undefined``).
+    bad_band = next((i for i, b in enumerate(bands, 1) if not math.isfinite(b)), None)
+    bad_impl = next((i for i, (v, b) in enumerate(zip(envelope["impl64"], envelope["band64"]), 1)
+                     if not (math.isfinite(v) and math.isfinite(b))), None)
+    bad_drift = next((s for s, d in points if s <= k and not math.isfinite(d)), None)
+    undefined = min((v for v in (bad_band, bad_drift) if v is not None), default=None)
+    judged = [(s, d) for s, d in points if undefined is None or s < undefined]
+    exit_ = _first_exit(judged, bands)
+    impl_points = list(enumerate(envelope["impl64"], 1))[:None if bad_impl is None else bad_impl - 1]
+    impl_exit = _first_exit(impl_points, envelope["band64"])
+    points = judged
     ratios = [(d / bands[s - 1] if bands[s - 1] > 0 else (math.inf if d > 0 else 0.0), s)
               for s, d in points if s <= k]
     worst = max(ratios, default=None)
@@ -105,7 +122,11 @@ def assess(envelope: dict, step_drift, history, steps_per_epoch: int, dtype: str
         "step_drift": [[int(s), float(d)] for s, d in step_drift],
         "epoch_drift": [[int(s), int(e), float(d)] for s, e, d in epochs],
         "worst_ratio": None if worst is None else {"ratio": worst[0], "step": worst[1]},
-        "leaves": None, "impl_leaves": None,
+        "leaves": None, "impl_leaves": None, "not_measured": envelope.get("not_measured"),
+        "undefined": None if undefined is None else {
+            "step": undefined, "what": "drift" if undefined == bad_drift else "band",
+            "band": bands[undefined - 1] if undefined <= len(bands) else None,
+            "drift": next((d for s, d in points_all if s == undefined), None)},
     }
     if exit_:
         s, d, b = exit_
@@ -116,15 +137,29 @@ def assess(envelope: dict, step_drift, history, steps_per_epoch: int, dtype: str
     return out
 
 
+def _values(u: dict) -> str:
+    vals = [f"{k} {u[k]:.3g}" for k in ("drift", "band") if u.get(k) is not None]
+    return f" ({', '.join(vals)})" if vals else ""
+
+
 def verdict(d: dict) -> str:
-    """One sentence: inside the envelope, or where drift leaves it."""
+    """One sentence: inside the envelope, or where drift leaves it, or why it cannot be judged."""
     k = d["envelope_steps"]
+    if d.get("not_measured"):
+        return f"drift not judged: no rounding envelope was measured ({d['not_measured']})."
     if d["leaves"]:
         v = d["leaves"]
         check = d.get("check_command", "nnparity check NET")  # a runner may name its network and options
         return (f"drift LEAVES the rounding envelope at step {v['step']} (epoch {v['epoch']}): "
                 f"{v['drift']:.3g} > band {v['band']:.3g}. That is more difference than rounding explains: "
                 f"run `{check} --steps {v['step']} --dtype {d['dtype']}` to localise it.")
+    u = d.get("undefined")
+    if u:
+        what = ("the drift itself is not finite" if u["what"] == "drift" else
+                "the rounding band is not finite (the envelope's own trajectories overflowed at this learning rate)")
+        before = "; before it, drift stays inside the band" if u["step"] > 1 else ""
+        return (f"drift cannot be judged from step {u['step']} on: {what}{_values(u)}{before}. "
+                "Nothing says the run stayed inside the rounding envelope.")
     if d["impl_leaves"]:
         v = d["impl_leaves"]
         return (f"drift stays inside the {d['dtype']} envelope, but the float64 scratch-vs-torch difference "
@@ -139,6 +174,8 @@ def markdown(d: dict, heading: str | None = "## Drift between the sides") -> str
     """The report's drift section (``heading=None``: its body only)."""
     k, spe = d["envelope_steps"], d["steps_per_epoch"]
     last = d["epoch_drift"][-1] if d["epoch_drift"] else None
+    if not k:  # no envelope (not measured): nothing to judge against
+        return "\n".join(([heading, ""] if heading else []) + [f"**Verdict:** {verdict(d)}"])
     lines = ([heading, ""] if heading else []) + [
              "Drift = the largest relative weight difference between the two sides, max over tensors of "
              "max|scratch - torch| / max|torch| (parameters, optimizer state, buffers; not the momentum buffers "

@@ -50,14 +50,16 @@ class Stage:
 
     @property
     def off(self) -> bool:
-        return any(not c.passed for c in self.comparisons)
+        """Some output disagrees with the reference side's. A degenerate comparison (both
+        sides ~0) is agreement that proves nothing, never a reason to call a stage off."""
+        return any(c.mismatch for c in self.comparisons)
 
     @property
     def margin(self) -> float:
         return max((c.margin for c in self.comparisons), default=0.0)
 
     def worst(self) -> Comparison | None:
-        bad = [c for c in self.comparisons if not c.passed] or self.comparisons
+        bad = [c for c in self.comparisons if c.mismatch] or self.comparisons
         return max(bad, key=lambda c: c.margin) if bad else None
 
     def to_dict(self) -> dict:
@@ -169,6 +171,109 @@ class Diagnosis:
                 "stages": [s.to_dict() for s in self.stages]}
 
 
+@dataclass
+class Vanished:
+    """Gradients that vanished on both sides (degenerate comparisons), and why, in words.
+
+    Both sides agreeing that a gradient is ~0 is not a bug: it is what a saturated
+    sigmoid or a layer of dead ReLU units does. But it proves nothing about the
+    backward that produced it, so parity must say so rather than pass or fail.
+    """
+
+    step: int                      # the first step with degenerate comparisons
+    names: list                    # the degenerate record keys at that step
+    cause: str                     # "every ReLU unit of relu1 is dead: ..."
+    exact: bool                    # every one of them exactly 0 on both sides (else within atol)
+    atol: float
+    steps: list = field(default_factory=list)  # every step with degenerate comparisons
+    overflow: list = field(default_factory=list)  # record keys non-finite on both sides (inf vs NaN)
+
+    @property
+    def layers(self) -> list:
+        return list(dict.fromkeys(layer_of(n) for n in self.names))
+
+    def sentence(self) -> str:
+        if self.overflow:
+            n = len(self.overflow)
+            return (f"at step {self.step} the numbers overflowed on BOTH sides (both agree they are not finite, they "
+                    f"differ only in which of inf and NaN they reached): {self.cause}; {n} tensor{'s' * (n != 1)} "
+                    f"({', '.join(self.overflow[:6])}{' ...' if n > 6 else ''}) prove nothing, and parity stops here. "
+                    "Not a derivation error: the learning rate is too large for this dtype")
+        grads = [n.split("/", 1)[1] if n.startswith("grad/") else n for n in self.names]
+        n = len(grads)
+        zero = "exactly zero" if self.exact else f"zero to within atol {self.atol:g}"
+        lay = self.layers
+        later = (f"; {len(self.steps)} step{'s' * (len(self.steps) != 1)} checked had degenerate gradients"
+                 if len(self.steps) > 1 else "")
+        return (f"from step {self.step}, {self.cause} (both sides agree): the gradient{'s' * (n != 1)} of "
+                f"{', '.join(grads)} {'are' if n != 1 else 'is'} {zero} on both sides; parity cannot say more about "
+                f"{'layer ' + lay[0] if len(lay) == 1 else 'layers ' + ', '.join(lay)} at this learning rate{later}")
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "names": self.names, "cause": self.cause, "exact": self.exact,
+                "steps": self.steps, "overflow": self.overflow, "sentence": self.sentence()}
+
+
+def _all_zero(*arrays) -> bool:
+    return all(a is not None and not np.any(a) for a in arrays)
+
+
+def _killer(layer: str, module, srec, trec, batch: int) -> str:
+    """Why ``layer``'s backward returns a zero gradient from a non-zero upstream one."""
+    kind = type(module).__name__
+    out_s, out_t = srec.get(f"out/{layer}"), trec.get(f"out/{layer}")
+    if "Sigmoid" in kind and out_s is not None and out_t is not None:
+        outs = [np.asarray(o, dtype=np.float64) for o in (out_s, out_t)]
+        deriv = max(float(np.max(o * (1 - o))) for o in outs)
+        a = outs[0]
+        return (f"every output of {layer} ({kind}) is saturated on all {batch} examples of the batch "
+                f"({int((a == 0).sum())} exactly 0, {int((a == 1).sum())} exactly 1, of {a.size}), so its "
+                f"derivative s(1 - s) is at most {deriv:.3g}")
+    if _all_zero(out_s, out_t):
+        if "ReLU" in kind:
+            return f"every ReLU unit of {layer} is dead: it outputs 0 on all {batch} examples of the batch"
+        return (f"every unit of {layer} ({kind}) outputs 0 on all {batch} examples of the batch, so its "
+                "backward passes no gradient")
+    return f"the backward of {layer} ({kind}) turns a non-zero upstream gradient into zero"
+
+
+def explain_vanished(step: int, comparisons, scratch_record, torch_record, model, tol) -> "Vanished":
+    """The degenerate comparisons of one step, and the stage that made the gradient vanish:
+    walking back from the loss, the first layer whose backward returns ~0 from a non-zero
+    upstream gradient (a dead ReLU, a saturated sigmoid), or, for a weight gradient alone,
+    the layer before it whose output is all zero."""
+    deg = [c for c in comparisons if c.inconclusive]
+    over = [c for c in deg if c.overflow]
+    if over:
+        return Vanished(step, [c.name for c in deg], f"{over[0].name} is {over[0].overflow}", False, tol.atol,
+                        steps=[step], overflow=[c.name for c in over])
+    names = list(getattr(model, "_modules", {}))
+    mods = getattr(model, "_modules", {})
+    dead = {c.name for c in deg}
+    srec, trec = scratch_record or {}, torch_record or {}
+    first = next((srec[k] for k in srec if k.startswith("dout/")), None)
+    batch = int(np.shape(first)[0]) if first is not None and np.ndim(first) else 0
+    cause = None
+    for i in range(len(names) - 1, -1, -1):  # the vanished upstream gradient nearest the loss
+        if f"dout/{names[i]}" in dead:
+            if i == len(names) - 1:
+                cause = f"the loss gradient dL/d(out/{names[i]}) vanished (the loss is flat there)"
+            else:
+                cause = _killer(names[i + 1], mods[names[i + 1]], srec, trec, batch)
+            break
+    if cause is None:
+        grads = [c.name for c in deg if c.name.startswith("grad/")]
+        layer = layer_of(grads[0]) if grads else None
+        if layer in names and names.index(layer) > 0:
+            prev = names[names.index(layer) - 1]
+            if _all_zero(srec.get(f"out/{prev}"), trec.get(f"out/{prev}")):
+                cause = _killer(prev, mods[prev], srec, trec, batch)
+        if cause is None:
+            cause = "this batch gives a gradient of ~0"
+    exact = all(_all_zero(srec.get(c.name), trec.get(c.name)) for c in deg)
+    return Vanished(step, [c.name for c in deg], cause, exact, tol.atol, steps=[step])
+
+
 class Localizer:
     """Observer for ``parity.check_steps``: keeps the torch side's pre-step state and, at
     the first failing step, re-runs every stage alone (``diagnosis`` holds the result).
@@ -180,6 +285,7 @@ class Localizer:
     def __init__(self, allowed_zero=()):
         self.allowed_zero = tuple(allowed_zero)
         self.diagnosis: Diagnosis | None = None
+        self.vanished: Vanished | None = None     # the first step with degenerate gradients, explained
         self.scratch_side = self.torch_side = None
         self._pre_torch = None
         self._snapshots = {}
@@ -198,7 +304,13 @@ class Localizer:
     def after_step(self, i, x, y, s, t, trace):
         if self.diagnosis is not None:
             return
-        if any(not c.passed for c in trace.steps[-1]):
+        if any(c.inconclusive for c in trace.steps[-1]):
+            if self.vanished is None:
+                self.vanished = explain_vanished(i, trace.steps[-1], s.record, t.record, self.scratch_side.model,
+                                                 trace.tol)
+            else:
+                self.vanished.steps.append(i)
+        if any(c.mismatch for c in trace.steps[-1]):
             self.diagnosis = diagnose(i, x, y, self.scratch_side, t, self._pre_torch, trace,
                                       snapshots=self._snapshots, allowed_zero=self.allowed_zero,
                                       scratch_record=s.record)
@@ -381,7 +493,7 @@ def sign_flip(scratch_record, torch_record) -> dict | None:
 def diagnose(step: int, x, y, scratch_side, t, pre: dict, trace, *, snapshots=None,
              allowed_zero=(), scratch_record=None) -> Diagnosis:
     """The first divergence of ``trace`` (at ``step``) and its own-or-inherited verdict."""
-    first = next(c for c in trace.steps[step - 1] if not c.passed)
+    first = next(c for c in trace.steps[step - 1] if c.mismatch)
     names = list(scratch_side.model._modules)
     try:
         stages = isolate(scratch_side, x, y, t, pre, trace.tol, step, snapshots=snapshots,

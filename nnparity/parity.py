@@ -8,8 +8,13 @@ largest ``|a - b| / (atol + rtol * |b|)`` over its elements: <= 1 passes, and a
 failing margin says how many times over tolerance the worst element is.
 
 A gradient comparison is *degenerate* when both sides are zero to within
-``atol`` everywhere: it would pass whatever the backward computed, so it counts
-as a failure unless the network declares that gradient zero by construction.
+``atol`` everywhere: it would pass whatever the backward computed, so it proves
+nothing. It is therefore neither a pass nor a mismatch but a status of its own
+(``Comparison.status``: ``pass``, ``degenerate`` or ``mismatch``), unless the
+network declares that gradient zero by construction (then it is compared with
+zero and passes). A degenerate comparison is never called a bug: it is never the
+first divergence of a trace and never makes a layer a culprit
+(``nnparity.localize``); a check made of degenerate comparisons is *inconclusive*.
 """
 
 from __future__ import annotations
@@ -82,10 +87,31 @@ class Comparison:
     problem: str | None = None     # shape/dtype/NaN mismatch, found before values
     allowed_zero: bool = False     # declared zero by construction
     note: str | None = None        # what the tensor is, in words (dout/fc: "the input gradient of relu")
+    overflow: str | None = None    # non-finite on both sides, differently (inf vs NaN): both overflowed
+
+    @property
+    def mismatch(self) -> bool:
+        """The sides disagree: a shape, dtype or non-finite problem, or a margin over 1 (not
+        where both sides overflowed: ``overflow``)."""
+        return self.overflow is None and (self.problem is not None or self.margin > 1)
+
+    @property
+    def inconclusive(self) -> bool:
+        """Degenerate and not declared zero (both sides agree the gradient is ~0), or
+        overflowed on both sides (inf on one, NaN on the other, or non-finite downstream of
+        such a tensor): it proves nothing about the code that computed it (not a mismatch,
+        not a pass)."""
+        return self.overflow is not None or (not self.mismatch and self.degenerate and not self.allowed_zero)
+
+    @property
+    def status(self) -> str:
+        """``mismatch``, ``degenerate`` (inconclusive) or ``pass``."""
+        return "mismatch" if self.mismatch else "degenerate" if self.inconclusive else "pass"
 
     @property
     def passed(self) -> bool:
-        return self.problem is None and self.margin <= 1 and (not self.degenerate or self.allowed_zero)
+        """Agrees within tolerance AND proves something (a degenerate comparison does not pass)."""
+        return self.status == "pass"
 
     def describe(self, net: str | None = None, dtype: str | None = None) -> str:
         where = " ".join(s for s in (net, dtype) if s)
@@ -93,13 +119,16 @@ class Comparison:
         step = f"step {self.step}: " if self.step is not None else ""
         head = f"{where}{step}{self.name} ({self.quantity}{'; ' + self.note if self.note else ''})"
         if self.problem:
-            return f"{head}: {self.problem}"
+            return f"{head}: {self.problem}" + (f"; BOTH SIDES OVERFLOWED, {self.overflow}: the comparison proves "
+                                               "nothing" if self.overflow else "")
         idx = ", ".join(map(str, self.index))
         text = (f"{head}: max abs {self.max_abs:.3g} at ({idx}) "
                 f"(scratch {self.scratch:.10g}, reference {self.reference:.10g}), "
                 f"rel {_rel(self.scratch, self.reference):.3g} there, max rel {self.max_rel:.3g}; "
                 f"tolerance atol {self.tol.atol:g} + rtol {self.tol.rtol:g}: margin {self.margin:.3g}")
-        if self.degenerate and not self.allowed_zero:
+        if self.overflow:
+            text += f"; BOTH SIDES OVERFLOWED, {self.overflow}: the comparison proves nothing"
+        elif self.inconclusive:
             text += (f"; DEGENERATE: both sides are zero to within atol "
                      f"(max |scratch| {abs(self.scratch):.3g}) so the comparison proves nothing: "
                      "use inputs and upstream gradients that make this gradient non-zero")
@@ -131,12 +160,16 @@ def compare(name: str, scratch, reference, tol: Tolerance, *, step: int | None =
         diff = a64 - b64
         np.abs(diff, out=diff)
     max_abs = float(diff.max())  # NaN or inf if any element is
+    abs_b = np.abs(b64)
+    overflow = None
     if not math.isfinite(max_abs):  # a non-finite value on either side (or an overflowing difference)
         bad_a, bad_b = ~np.isfinite(a64), ~np.isfinite(b64)
         # Non-finite values match only where both sides have the same inf, or both NaN.
         same = (bad_a & bad_b) & ((a64 == b64) | (np.isnan(a64) & np.isnan(b64)))
-        mismatch = (bad_a | bad_b) & ~same
-        diff = np.where(same, 0.0, diff)
+        mismatch = bad_a ^ bad_b  # non-finite on one side only: a real disagreement
+        both = bad_a & bad_b & ~same  # non-finite on both sides, differently (inf vs NaN): both overflowed
+        diff = np.where(bad_a & bad_b, 0.0, diff)
+        abs_b = np.where(bad_b, 0.0, abs_b)
         max_abs = float(diff.max())
         if mismatch.any():
             flat = int(np.flatnonzero(mismatch)[0])
@@ -145,7 +178,11 @@ def compare(name: str, scratch, reference, tol: Tolerance, *, step: int | None =
                               float(a64.flat[flat]), float(b64.flat[flat]), math.inf, tol, step,
                               problem=f"non-finite value at ({', '.join(map(str, idx))}): "
                                       f"scratch {a64.flat[flat]}, reference {b64.flat[flat]}")
-    abs_b = np.abs(b64)
+        if both.any():
+            flat = int(np.flatnonzero(both)[0])
+            idx = np.unravel_index(flat, a.shape) if a.ndim else ()
+            overflow = (f"non-finite on both sides at ({', '.join(map(str, idx))}): scratch {a64.flat[flat]}, "
+                        f"reference {b64.flat[flat]} ({int(both.sum())} of {a.size} elements)")
     ratio = abs_b * tol.rtol
     ratio += tol.atol
     np.divide(diff, ratio, out=ratio)  # |a - b| / (atol + rtol |b|)
@@ -160,7 +197,7 @@ def compare(name: str, scratch, reference, tol: Tolerance, *, step: int | None =
     degenerate = q in GRADIENT_QUANTITIES and max(np.abs(a64).max(), abs_b.max()) <= tol.atol
     return Comparison(name, q, a.shape, max_abs, max_rel, idx, float(a64.flat[flat]),
                       float(b64.flat[flat]), float(ratio.flat[flat]), tol, step,
-                      degenerate=bool(degenerate), allowed_zero=allowed_zero)
+                      degenerate=bool(degenerate), allowed_zero=allowed_zero, overflow=overflow)
 
 
 class ParityError(AssertionError):
@@ -193,21 +230,50 @@ class Trace:
 
     @property
     def failures(self):
-        return [c for c in self.comparisons if not c.passed]
+        """The comparisons where the sides disagree (``Comparison.mismatch``): real divergences.
+        Degenerate comparisons are not among them (``degenerate``)."""
+        return [c for c in self.comparisons if c.mismatch]
+
+    @property
+    def degenerate(self):
+        """The inconclusive comparisons: gradients ~0 on both sides, not declared zero."""
+        return [c for c in self.comparisons if c.inconclusive]
+
+    @property
+    def status(self) -> str:
+        """``mismatch`` if any comparison disagrees, else ``degenerate`` if any proves
+        nothing (inconclusive), else ``pass``."""
+        return "mismatch" if self.failures else "degenerate" if self.degenerate else "pass"
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        """Every comparison agrees AND proves something (status ``pass``). A degenerate trace
+        is not ok (it proved nothing about some gradients) but it is no mismatch either:
+        callers that must tell the two apart use ``status`` or ``failures``."""
+        return self.status == "pass"
 
     @property
     def first_failure(self) -> Comparison | None:
-        """The first tensor to diverge, in computation order (step, then within the step)."""
+        """The first tensor to diverge, in computation order (step, then within the step);
+        never a degenerate comparison (both sides ~0 is agreement, not a divergence)."""
         fails = self.failures
         return fails[0] if fails else None
 
     def message(self) -> str:
         first = self.first_failure
         warned = "".join(f"\nwarning: {w}" for w in self.warnings)
+        if first is None and self.degenerate:
+            deg = self.degenerate
+            steps = sorted({c.step for c in deg})
+            names = list(dict.fromkeys(c.name for c in deg))
+            over = [c for c in deg if c.overflow]
+            what = (f"non-finite on both sides (overflowed; first {over[0].name}: {over[0].overflow}) or zero to "
+                    f"within atol {self.tol.atol:g} on both sides" if over else
+                    f"degenerate, zero to within atol {self.tol.atol:g} on both sides")
+            return (f"{self.net} {self.dtype}: INCONCLUSIVE, no mismatch: {len(deg)} comparison"
+                    f"{'s' * (len(deg) != 1)} over {len(steps)} of {len(self.steps)} steps (from step {steps[0]}) "
+                    f"are {what}, so they prove nothing: "
+                    f"{', '.join(names[:8])}{' ...' if len(names) > 8 else ''}{warned}")
         if first is None:
             return (f"{self.net} {self.dtype}: {len(self.steps)} steps, all {len(self.comparisons)} comparisons pass"
                     f"{warned}")
@@ -263,24 +329,27 @@ class Trace:
         for row in self.summary():
             step = self.steps[row["step"] - 1]
             ok = all(c.passed for c in step)
+            flag = ("" if ok else "  FAIL" if any(c.mismatch for c in step) else
+                    "  OVERFLOWED (both sides)" if any(c.overflow for c in step) else "  DEGENERATE (both sides ~0)")
             if row["step"] % every and row["step"] not in (1, len(self.steps)) and ok:
                 continue
             if metric == "margin":
                 cells = [f"{row[q][key]:{width}.3g}" if q in row else f"{'-':>{width}}" for q in qs]
             else:
-                bad = {c.quantity for c in step if not c.passed}
+                bad = {c.quantity for c in step if c.mismatch}
                 cells = [f"{row[q][key]:{width - 1}.3g}{'!' if q in bad else ' '}" if q in row
                          else f"{'-':>{width - 1}} " for q in qs]
             if metric == "max_rel":
                 cells.append(f"{max((c.margin for c in step), default=0.0):9.3g}")
-            lines.append(f"{row['step']:>4}  " + "  ".join(cells) + ("" if ok else "  FAIL"))
+            lines.append(f"{row['step']:>4}  " + "  ".join(cells) + flag)
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         first = self.first_failure
         return {
             "net": self.net, "dtype": self.dtype, "tolerance": asdict(self.tol),
-            "steps": len(self.steps), "ok": self.ok, "worst_margin": self.worst_margin(),
+            "steps": len(self.steps), "ok": self.ok, "status": self.status, "worst_margin": self.worst_margin(),
+            "degenerate": sorted({c.name for c in self.degenerate}),
             "first_divergence": _comparison_dict(first) if first else None,
             "per_step": [{c.name: _comparison_dict(c) for c in step} for step in self.steps],
         }
@@ -293,6 +362,7 @@ def _comparison_dict(c: Comparison) -> dict:
     d = asdict(c)
     d.pop("tol")
     d["passed"] = c.passed
+    d["status"] = c.status
     d["index"] = list(c.index)
     d["shape"] = list(c.shape)
     return d
@@ -333,6 +403,13 @@ def compare_records(scratch_rec: "OrderedDict", torch_rec: "OrderedDict", tol: T
             if c.problem is None and declared_zero(k, allowed_zero):
                 c = compare(k, scratch_rec[k], np.zeros_like(scratch_rec[k]), tol, step=step, allowed_zero=True)
             out.append(c)
+    # Once a tensor of the step is non-finite on both sides (overflowed: inf on one, NaN on
+    # the other), what the step computes from it is non-finite too, on one side or both,
+    # depending on how each side's arithmetic met the inf: evidence of overflow, not of a bug.
+    first = next((c for c in out if c.overflow), None)
+    for c in out[out.index(first) + 1:] if first is not None else []:
+        if c.problem and c.problem.startswith("non-finite") and not c.overflow:
+            c.overflow = f"computed after {first.name} overflowed on both sides"
     for c in out:
         c.note = (notes or {}).get(c.name)
     for k in missing:
@@ -361,7 +438,9 @@ def check_steps(scratch_side, torch_side, batches, *, net: str, dtype, tol: Tole
     for m in tie_modules:  # ties at the parity tolerance follow the scratch side's choice (max pooling)
         m.tie_tol = (trace.tol.atol, trace.tol.rtol)
     try:
-        with blas_threads(1):  # alternating NumPy and torch steps: see nnparity/threads.py
+        # alternating NumPy and torch steps: see nnparity/threads.py. Overflow is judged by
+        # comparing the values (a non-finite value is named), not warned about.
+        with blas_threads(1), np.errstate(over="ignore", invalid="ignore"):
             for i, (x, y) in enumerate(batches, 1):
                 if observer:
                     observer.before_step(i, x, y, scratch_side, torch_side)
@@ -372,7 +451,7 @@ def check_steps(scratch_side, torch_side, batches, *, net: str, dtype, tol: Tole
                     observer.after_step(i, x, y, s, t, trace)
                 if on_step:
                     on_step(i, trace)
-                if any(c.problem and c.problem.startswith("non-finite") for c in trace.steps[-1]):
+                if any((c.problem and c.problem.startswith("non-finite")) or c.overflow for c in trace.steps[-1]):
                     break
     finally:
         for m in tie_modules:

@@ -2,8 +2,10 @@
 
 ``metrics.json`` is the record (every figure in ``report.md`` is read from it);
 ``report.md`` is for people. Both carry a ``status``: ``complete``,
-``incomplete`` (interrupted: everything up to the last finished epoch) or
-``diverged`` (stopped at a non-finite value, which is named).
+``incomplete`` (interrupted: everything up to the last finished epoch),
+``diverged`` (stopped at a non-finite value, which is named), ``parity-failed``
+(a real mismatch before training) or ``collapsed`` (training no longer changes
+some weights: their gradients were zero on both sides, ``train.collapsed``).
 """
 
 from __future__ import annotations
@@ -110,6 +112,13 @@ def headline(history: list) -> dict:
     return out
 
 
+def _parity_word(p: dict) -> str:
+    """pass, FAIL (a real mismatch) or INCONCLUSIVE (no mismatch, but comparisons that
+    prove nothing: gradients zero, or values overflowed, on both sides)."""
+    status = p.get("status", "pass" if p["ok"] else "mismatch")
+    return {"pass": "pass", "mismatch": "FAIL"}.get(status, "INCONCLUSIVE (no mismatch)")
+
+
 def render_markdown(meta: dict, history: list, figures, extra: str = "") -> str:
     recipe = meta["recipe"]
     h = headline(history)
@@ -130,9 +139,11 @@ def render_markdown(meta: dict, history: list, figures, extra: str = "") -> str:
         lines += ["", "## Step parity before training", "",
                   f"{p['steps']} training steps in {p['dtype']} on the run's first batches, comparing "
                   "every activation, upstream gradient, parameter gradient and updated parameter: "
-                  f"**{'pass' if p['ok'] else 'FAIL'}**, worst margin {p['worst_margin']:.3g} "
+                  f"**{_parity_word(p)}**, worst margin {p['worst_margin']:.3g} "
                   f"(tolerance atol {p['tolerance']['atol']:g}, rtol {p['tolerance']['rtol']:g}; "
                   "margin = worst |a-b| / (atol + rtol |b|), <= 1 passes)."]
+        if p.get("vanished"):
+            lines += ["", f"Inconclusive, not a bug: {p['vanished']['sentence']}."]
     if h:
         s, t = h["scratch"], h["torch"]
         lines += ["", "## Result", "", "| | scratch (NumPy) | PyTorch |", "|---|---|---|",

@@ -13,9 +13,9 @@ from .check import run_check
 from .networks import apply_threads, get, prepare
 from .report import environment, write_report
 from .signals import handled_signals, interrupt_name, signals_held
-from .train import Diverged, Training
+from .train import Diverged, Training, collapsed
 
-EXIT_OK, EXIT_PARITY, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 3, 130
+EXIT_OK, EXIT_PARITY, EXIT_DIVERGED, EXIT_COLLAPSED, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
 
 
 def log(msg: str = "") -> None:
@@ -75,7 +75,10 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
             trace = checked.trace
             log(trace.table(every=max(1, parity_steps // 5)))
             meta["parity"] = {k: v for k, v in trace.to_dict().items() if k != "per_step"}
-            if not trace.ok:
+            if checked.vanished is not None:  # degenerate, not a mismatch: say so, and train
+                meta["parity"]["vanished"] = checked.vanished.to_dict()
+                log(f"parity INCONCLUSIVE (not a bug): {checked.vanished.sentence()}")
+            if trace.failures:
                 meta.update(status="parity-failed", status_detail=trace.message().splitlines()[0])
                 if checked.diagnosis is not None:
                     meta["parity"]["diagnosis"] = checked.diagnosis.to_dict()
@@ -84,7 +87,8 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
                 why = checked.diagnosis.render() if checked.diagnosis is not None else trace.message()
                 log(f"PARITY FAILED - not training.\n{why}\nreport: {dest / 'report.md'}")
                 return EXIT_PARITY
-            log(f"parity ok: worst margin {trace.worst_margin():.3g} (<= 1 passes)")
+            log(f"parity {'ok' if trace.ok else 'found no mismatch'}: worst margin {trace.worst_margin():.3g} "
+                "(<= 1 passes)")
 
         steps_per_epoch = -(-len(ds.y_train) // recipe.batch_size)
         envelope_steps = min(envelope_steps, recipe.epochs * steps_per_epoch)
@@ -112,6 +116,11 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
                 if save_every and epoch % save_every == 0:
                     checkpoint.save(folder.path / checkpoint.FILE_NAME, training, identity)
             meta["status"] = "complete"
+            why = collapsed(training.history)
+            if why:
+                meta.update(status="collapsed", status_detail=why)
+                status = EXIT_COLLAPSED
+                log(f"COLLAPSED: {why}")
         except KeyboardInterrupt as e:
             meta["status_detail"] = f"interrupted ({interrupt_name(e)}) during epoch {len(training.history) + 1}"
             status = EXIT_INTERRUPTED
@@ -127,7 +136,8 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
             meta["peak_rss_mib"] = round(peak_rss_mib())
             write_report(path, meta, training.history)
 
-        dest = finish_folder(folder, meta["status"] == "complete", write)
+        # every planned epoch ran (a collapsed run too: its status names the problem): OUT/NET
+        dest = finish_folder(folder, meta["status"] in ("complete", "collapsed"), write)
         if envelope is not None:
             log(f"drift: {drift.verdict(meta['drift'])}")
         log(f"report: {dest / 'report.md'} (peak memory {meta['peak_rss_mib']} MiB)")

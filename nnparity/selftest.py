@@ -260,7 +260,9 @@ def _num(v):
 
 
 def _cell(comparisons, bug_applied: bool) -> Cell:
-    failing = [c for c in comparisons if not c.passed]
+    # A bug is killed only by a real mismatch: a degenerate comparison (zero on both sides)
+    # proves nothing. On the correct code it is still flagged (a check that cannot see).
+    failing = [c for c in comparisons if (c.mismatch if bug_applied else not c.passed)]
     worst = max((c.margin for c in comparisons), default=0.0)
     if not failing:
         return Cell("missed" if bug_applied else "pass", worst, worst=worst)
@@ -428,7 +430,7 @@ class _StopAtFailure:
 
     def after_step(self, i, x, y, s, t, trace):
         self.trace = trace
-        if any(not c.passed for c in trace.steps[-1]):
+        if any(c.mismatch for c in trace.steps[-1]):
             raise _FirstFailure
 
 

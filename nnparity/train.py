@@ -27,10 +27,26 @@ class Diverged(RuntimeError):
         self.epoch, self.step = epoch, step
 
 
+def _tensors(side, result):
+    """(key, array) of everything a step leaves behind: loss, every gradient, every parameter,
+    optimizer state and buffer."""
+    return [("loss", result.loss), *side.grads().items(), *side.state().items()]
+
+
 def _nonfinite(side, result) -> str:
-    """Which of the side's loss, gradients and parameters are NaN or infinite, in that order."""
+    """Which of the side's loss, gradients and parameters are NaN or infinite, in that order,
+    or "" if none is.
+
+    Cheap enough for every step: one sum per tensor, added up (a NaN or inf anywhere makes
+    the total non-finite); only then are the tensors looked at element by element (a total
+    of large finite values can also overflow: then nothing is reported)."""
+    tensors = _tensors(side, result)
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = sum(float(a.sum()) if isinstance(a, np.ndarray) else float(a) for _, a in tensors)
+    if math.isfinite(total):
+        return ""
     found = []
-    for key, arr in [("loss", result.loss), *side.grads().items(), *side.state().items()]:
+    for key, arr in tensors:
         a = np.asarray(arr)
         bad = ~np.isfinite(a)
         if bad.any():
@@ -38,7 +54,8 @@ def _nonfinite(side, result) -> str:
             where = f" ({int(bad.sum())} of {a.size} elements, first {a.flat[np.flatnonzero(bad)[0]]} at {first})" \
                 if a.ndim else f" = {float(a)}"
             found.append(key + where)
-    return "; ".join(found) if found else "loss"
+    more = f"; and {len(found) - 4} more tensors" if len(found) > 5 else ""
+    return "; ".join(found[:4] if more else found) + more
 
 
 def rounding_noise_keys(net) -> frozenset:
@@ -95,16 +112,34 @@ class Training:
         # scratch first: it draws the dropout masks that the torch side reuses
         results = [(self.scratch, self.scratch.step(x, y))]
         results.append((self.ref, self.ref.step(x, y, draws=self.scratch.draws())))
+        # every step, both sides: loss, every gradient, every parameter (a weight that became
+        # inf at this step shows in the loss only at the next one)
+        bad = [(side, _nonfinite(side, r)) for side, r in results]
+        bad = [(side, what) for side, what in bad if what]
+        if bad:
+            raise Diverged(f"{self.net.name} diverged at epoch {epoch}, step {self.step_count}: "
+                           + "; ".join(f"{side.name} side non-finite {what}" for side, what in bad),
+                           epoch, self.step_count)
         for side, r in results:
-            if not math.isfinite(r.loss):
-                raise Diverged(f"{self.net.name} {side.name} side diverged at epoch {epoch}, "
-                               f"step {self.step_count}: non-finite {_nonfinite(side, r)}", epoch, self.step_count)
             t = totals[side.name]
             t["loss"] += summed(r.loss, side.loss_fn.reduction, r.n)
             t["correct"] += r.correct
             t["n"] += r.n
             if curves is not None:
                 curves[side.name].append((r.loss, 100.0 * r.correct / r.n))
+
+    def _params(self) -> dict:
+        """A copy of both sides' parameters, ``{side: {key: array}}`` (to see what an epoch changed)."""
+        return {side.name: {k: np.array(v, copy=True) for k, v in side.state().items() if k.startswith("param/")}
+                for side in self.sides}
+
+    def _frozen(self, before: dict) -> list:
+        """Parameters that an epoch left exactly as they were, on both sides (not those whose
+        gradient is zero by construction, ``Network.allowed_zero``)."""
+        now = {side.name: side.state() for side in self.sides}
+        return [k for k in before[self.scratch.name]
+                if k.split("/", 1)[1] not in self.net.allowed_zero
+                and all(np.array_equal(before[n][k], now[n][k]) for n in before)]
 
     def evaluate(self) -> dict:
         out = {}
@@ -129,6 +164,7 @@ class Training:
         totals = {s.name: {"loss": 0.0, "correct": 0, "n": 0} for s in self.sides}
         secs0 = {s.name: s.seconds for s in self.sides}
         curves = {s.name: [] for s in self.sides} if self.per_batch else None
+        before = self._params()
         bar = tqdm(training_batches(self.ds, self.recipe, self.seed, epoch), total=n_batches,
                    desc=f"{self.net.name} epoch {epoch}/{self.recipe.epochs}", leave=False,
                    disable=None if progress is None else not progress, unit="batch")
@@ -156,8 +192,36 @@ class Training:
                 "seconds": side.seconds - secs0[side.name],
             }
         row.update(max_abs_weight_diff=diff_abs, max_rel_weight_diff=diff_rel, worst_tensor=diff_name,
-                   max_abs_param_diff=p_abs, max_rel_param_diff=p_rel, worst_param=p_name)
+                   max_abs_param_diff=p_abs, max_rel_param_diff=p_rel, worst_param=p_name,
+                   frozen=self._frozen(before))
         if curves is not None:
             row["per_batch"] = curves
         self.history.append(row)
         return row
+
+
+def collapsed(history) -> str | None:
+    """Why a finished run has *collapsed*, or None: its last epoch left some parameter tensor
+    exactly unchanged on both sides (every one of its gradients was zero: a saturated
+    sigmoid, a layer of dead ReLU units), so training no longer trains it. Both sides agree,
+    so this is no derivation bug, and no parity check can judge those gradients.
+
+    Test accuracy at chance alone is not the criterion: a healthy run of a few steps can be
+    there too; it is reported alongside."""
+    if not history:
+        return None
+    last = history[-1]
+    frozen = last.get("frozen") or []
+    if not frozen:
+        return None
+    names = [k.split("/", 1)[1] for k in frozen]
+    acc = " | ".join(f"{last[s]['test_accuracy']:.2f}%" for s in ("scratch", "torch") if s in last)
+    since = last["epoch"]
+    for row in reversed(history[:-1]):  # the first epoch of the unbroken run of frozen epochs
+        if not set(frozen) <= set(row.get("frozen") or []):
+            break
+        since = row["epoch"]
+    return (f"training no longer changes {', '.join(names)} on either side (unchanged over epoch"
+            f"{'s ' + str(since) + '-' if since != last['epoch'] else ' '}{last['epoch']}: every gradient of "
+            f"{'it' if len(names) == 1 else 'them'} was zero, both sides agree); test accuracy {acc} "
+            "(scratch | torch)")

@@ -74,7 +74,7 @@ from ..bench import peak_rss_mib
 from ..check import run_check
 from ..networks import apply_threads, get, prepare
 from ..report import COLORS, STYLES, environment
-from ..train import Diverged, Training
+from ..train import Diverged, Training, collapsed
 from . import compact_json
 
 NET = "linear10"
@@ -159,6 +159,10 @@ def train_one(recipe, raw, dtype: str, seed: int, *, parity_steps: int, keep_bat
             if on_epoch:
                 on_epoch(res)
         res["status"] = "complete"
+        why = collapsed(res["epochs"])
+        if why:
+            res.update(status="collapsed", status_detail=why)
+            log(f"{variant:>13} seed {seed} COLLAPSED: {why}")
     except Diverged as e:
         res.update(status="diverged", status_detail=str(e))
         log(f"DIVERGED: {e}")
@@ -193,13 +197,16 @@ def _parity(res: dict, recipe, ds, dtype: str, seed: int, steps: int) -> bool:
     if diagnosis is not None:
         res["parity"]["diagnosis"] = diagnosis.to_dict()
     why = diagnosis.render() if diagnosis is not None else trace.message()
-    if variant == "correct" and not trace.ok:
+    if checked.vanished is not None:  # degenerate, not a mismatch: said, and no reason to stop
+        res["parity"]["vanished"] = checked.vanished.to_dict()
+        log(f"parity INCONCLUSIVE ({variant}, seed {seed}; not a bug): {checked.vanished.sentence()}")
+    if variant == "correct" and trace.failures:
         res.update(status="parity-failed", status_detail=trace.message().splitlines()[0]
                    + (f" - {diagnosis.verdict}" if diagnosis is not None else ""))
         log(f"PARITY FAILED ({variant}, seed {seed}) - not training.\n{why}")
         return False
     if variant == "as-documented":
-        if trace.ok:
+        if not trace.failures:
             res["status"] = "parity-missed-slip"
             log(f"ERROR: the as-documented variant PASSED {steps} steps of parity: the check missed "
                 "the document's ReLU slip")
@@ -208,8 +215,8 @@ def _parity(res: dict, recipe, ds, dtype: str, seed: int, steps: int) -> bool:
             "backward passes the gradient straight through.\n" + why +
             "\nTraining anyway, to show what the slip does.\n" + "=" * 100)
     else:
-        log(f"parity ok ({variant}, seed {seed}, {steps} steps, {dtype}): worst margin "
-            f"{trace.worst_margin():.3g} (<= 1 passes)")
+        log(f"parity {'ok' if trace.ok else 'found no mismatch'} ({variant}, seed {seed}, {steps} steps, {dtype}): "
+            f"worst margin {trace.worst_margin():.3g} (<= 1 passes)")
     return True
 
 
@@ -677,6 +684,8 @@ def _parity_word(r) -> str:
         return "not run"
     if r["parity"]["ok"]:
         return "pass"
+    if r["parity"].get("status") == "degenerate":  # no mismatch; gradients zero (or overflowed) on both sides
+        return "inconclusive"
     return "FAIL (expected)" if r["variant"] == "as-documented" else "FAIL"
 
 
@@ -745,7 +754,7 @@ def run(args) -> int:
 
 
 def _run(args, net, base, dtype, variants, seeds, raw, t0, folder, progress) -> int:
-    from ..run import EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARITY
+    from ..run import EXIT_COLLAPSED, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARITY
     from ..signals import interrupt_name
 
     out_dir = folder.path  # the run's work folder; put in place by _finish
@@ -790,6 +799,8 @@ def _run(args, net, base, dtype, variants, seeds, raw, t0, folder, progress) -> 
                 write(out_dir, meta, runs, final=False)
                 if res["status"] == "diverged":
                     status = EXIT_DIVERGED
+                elif res["status"] == "collapsed" and status == EXIT_OK:
+                    status = EXIT_COLLAPSED
     except KeyboardInterrupt as e:
         last = runs[-1] if runs and runs[-1].get("interrupted") else None
         meta["status_detail"] = (f"interrupted: {last['variant']}, seed {last['seed']}, {last['status_detail']}"
@@ -797,7 +808,7 @@ def _run(args, net, base, dtype, variants, seeds, raw, t0, folder, progress) -> 
         dest = _finish(folder, meta, runs)
         log(f"\ninterrupted: report of the finished epochs: {dest / 'report.md'}")
         return EXIT_INTERRUPTED
-    meta["status"] = "complete" if status == EXIT_OK else "diverged"
+    meta["status"] = {EXIT_OK: "complete", EXIT_COLLAPSED: "collapsed"}.get(status, "diverged")
     dest = _finish(folder, meta, runs)
     summary = summarize(runs)
     for variant in variants:
@@ -815,4 +826,5 @@ def _finish(folder, meta: dict, runs: list) -> Path:
     from ..run import finish_folder
 
     meta["peak_rss_mib"] = round(peak_rss_mib())
-    return finish_folder(folder, meta["status"] == "complete", lambda path: write(path, meta, runs, final=True))
+    return finish_folder(folder, meta["status"] in ("complete", "collapsed"),
+                         lambda path: write(path, meta, runs, final=True))
