@@ -140,7 +140,7 @@ def test_an_lr_beyond_float32_ends_diverged_not_in_a_traceback(tmp_path):
     is left out, said so, and the run ends diverged."""
     status = main(["run", "mlp16", "--lr", "1e300", "--epochs", "1", "--parity-steps", "0", "--out", str(tmp_path),
                    *TINY[:-2], "--envelope-steps", "5"])
-    m = json.loads((tmp_path / "mlp16" / "metrics.json").read_text())
+    m = json.loads((tmp_path / "mlp16.incomplete" / "metrics.json").read_text())  # diverged: not OUT/NET
     assert status == 3 and m["status"] == "diverged"
     assert "larger than float32 can hold" in m["drift"]["not_measured"]
 
@@ -165,7 +165,7 @@ def test_overflow_on_both_sides_is_inconclusive_not_a_mismatch():
 def test_a_run_that_overflows_during_parity_ends_diverged_not_parity_failed(tmp_path, capsys):
     status = main(["run", "mlp16", "--lr", "1e300", "--epochs", "1", "--parity-steps", "3",
                    "--out", str(tmp_path), *TINY])
-    m = json.loads((tmp_path / "mlp16" / "metrics.json").read_text())
+    m = json.loads((tmp_path / "mlp16.incomplete" / "metrics.json").read_text())
     assert status == 3 and m["status"] == "diverged", m.get("status_detail")
     assert "CULPRIT" not in capsys.readouterr().out
 
