@@ -16,6 +16,7 @@ Bad arguments exit with status 2 and one line naming the problem.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -23,6 +24,7 @@ import sys
 # inside main(), so a Ctrl-C during start-up is the one line "interrupted", exit 130.
 
 DTYPES = ("float32", "float64")
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head` under `set -o pipefail`
 
 
 class _Parser(argparse.ArgumentParser):
@@ -192,12 +194,31 @@ def main(argv=None) -> int:
 
     restore_signals = catch_interrupts()  # SIGINT and SIGTERM: one line and exit 130, from here on
     try:
-        return _main(argv)
+        status = _main(argv)
+        sys.stdout.flush()  # inside the try: a reader that has gone shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        return _stdout_gone()
     except KeyboardInterrupt:  # during start-up (imports) or argument parsing
         print("nnparity: interrupted", file=sys.stderr)
         return 130
     finally:
         restore_signals()
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout closed it early (``nnparity check NET --json | head``): stop
+    quietly, as ``cat`` or ``yes`` killed by SIGPIPE do, with their status 141.
+
+    The recipe of the Python docs' "Note on SIGPIPE": stdout is pointed at devnull, so
+    that the interpreter's final flush of the unwritable buffer raises nothing more.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout has no file descriptor (e.g. replaced in a test)
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 def _main(argv=None) -> int:
@@ -214,6 +235,8 @@ def _main(argv=None) -> int:
         (parser.run_parser if args.cmd == "run" else parser).error(problem)
     try:
         return _dispatch(args)
+    except BrokenPipeError:  # an OSError, but not an error of the command: main() ends quietly
+        raise
     except (DataError, UnknownNetwork, CheckpointError, OSError) as e:
         print(f"nnparity {args.cmd}: error: {e}", file=sys.stderr)
         return 2
