@@ -19,6 +19,7 @@ import argparse
 import os
 import shlex
 import sys
+import textwrap
 
 # Only the standard library at import time: the command's modules (NumPy, torch) are imported
 # inside main(), so a Ctrl-C during start-up is the one line "interrupted", exit 130.
@@ -357,9 +358,11 @@ def _dispatch(args) -> int:
             print(result.header())
             print("\n".join(result.notes))
             print(result.table())
-            print(f"grades (CS231n): good < 1e-7 <= ok < 1e-4 <= uncomfortable < 1e-2 <= wrong; fail at >= "
-                  f"{result.threshold:g}; floor {result.floor:.3g} (1e5 x rounding noise {result.noise:.3g})")
-            print(result.message())
+            print()
+            print(result.legend())
+            print()
+            print("\n".join(textwrap.fill(line, 100, subsequent_indent="  ")
+                            for line in result.message().splitlines()))
         return 0 if result.ok else 1
     if args.cmd == "bench":
         from .bench import bench
