@@ -296,6 +296,7 @@ class GradcheckResult:
         import textwrap
 
         th = f"{self.threshold:.0e}".replace("e-0", "e-")
+        factor = f"{self.floor / self.noise:.3g}".replace("e+0", "e")   # 1e5 unless the floor was given
         items = [
             "checked: sampled coordinates that are graded (kinks left out).",
             "kinks: coordinates where a ReLU mask or a max-pool argmax switched between theta + eps and "
@@ -312,7 +313,7 @@ class GradcheckResult:
                          f"BatchNorm), and analytic and numeric are both within rounding of 0 (|value| <= "
                          f"{self.zero_band:.3g}, see below); not graded.")
         items.append(f"floor {self.floor:.3g} is a gradient magnitude, not a relative error, so it is not compared "
-                     f"with the {th} threshold: it is {self.floor / self.noise:.3g}".replace("e+0", "e") + f" x the rounding noise {self.noise:.3g} of a "
+                     f"with the {th} threshold: it is {factor} x the rounding noise {self.noise:.3g} of a "
                      f"central difference (measured). Since rel err divides by at least the floor, a coordinate "
                      f"can fail only if |analytic - numeric| >= {th} x floor = {self.zero_band:.3g} "
                      f"({self.zero_band / self.noise:.3g} x the noise): a difference that rounding cannot make.")
