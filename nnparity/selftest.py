@@ -363,7 +363,7 @@ class SelfTest:
                                "weight gradient is still linear), so a miss here is expected and fails "
                                "nothing; it shows what the reference adds.")]
             lines += self._block(info, width)
-        lines += ["", "bugs:"]
+        lines += ["", "bugs (each replaces the function in brackets, for the duration of one check):"]
         for bug in self.bugs:
             lines.append(wrap(f"  {bug.name}: {bug.description} [{bug.target}]", "      "))
         if self.pending:

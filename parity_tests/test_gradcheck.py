@@ -237,9 +237,10 @@ def test_a_zero_by_construction_gradient_made_non_zero_is_still_graded_and_fails
 def test_the_legend_explains_every_column_and_the_floor():
     r = _zero_by_construction_check([0.0, 0.0, 0.0, 0.0])
     head, legend = r.table().splitlines()[0], r.legend()
-    for column in ("checked", "kinks", "tiny", "worst rel", "grade"):
+    for column in ("tensor", "shape", "checked", "kinks", "tiny", "worst rel", "grade"):
         assert column in head and f"\n{column}" in "\n" + legend, column
     assert "is a gradient magnitude, not a relative error" in legend
+    assert "din = with respect to the input" in " ".join(legend.split())
     assert f"{r.zero_band:.3g}" in legend and r.zero_band == pytest.approx(r.threshold * r.floor)
     assert max(map(len, legend.splitlines())) <= 100
 
