@@ -298,8 +298,8 @@ class GradcheckResult:
         th = f"{self.threshold:.0e}".replace("e-0", "e-")
         factor = f"{self.floor / self.noise:.3g}".replace("e+0", "e")   # 1e5 unless the floor was given
         items = [
-            "tensor: grad/NAME = the gradient of the objective (a network's loss) with respect to parameter NAME; din = with "
-            "respect to the input (the batch of images).",
+            "tensor: grad/NAME = the gradient of the objective (a network's loss) with respect to parameter "
+            "NAME; din = with respect to the input (the batch of images).",
             f"shape: the tensor's shape; {self.samples} of its coordinates are sampled (all, if it has fewer).",
             "checked: sampled coordinates that are graded (kinks left out).",
             "kinks: coordinates where a ReLU mask or a max-pool argmax switched between theta + eps and "
