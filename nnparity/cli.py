@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default float64, where the floors are set; float32 shows what its tolerance still sees")
     st.add_argument("--json", action="store_true", help="print the kill matrix as JSON")
     st.add_argument("--data-dir", default=None)
+    st.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     g = sub.add_parser("gradcheck", help="central finite differences (float64) against the scratch backward, "
                                          "on every parameter tensor and the input; no torch involved")
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SGD steps of the recipe before the check (default 0: at initialisation)")
     g.add_argument("--json", action="store_true", help="print the full result as JSON")
     g.add_argument("--data-dir", default=None)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     b = sub.add_parser("bench", help="time full-MNIST epochs of both sides, alternating")
     b.add_argument("nets", nargs="*", type=network_name, metavar="NET", help="default: all networks")
@@ -338,7 +340,8 @@ def _dispatch(args) -> int:
         from .data import load_mnist
 
         report = selftest.run_selftest(args.nets or list(NETWORKS), steps=args.steps, batch_size=args.batch_size,
-                                       seed=args.seed, raw=load_mnist(args.data_dir), dtype=args.dtype)
+                                       seed=args.seed, raw=load_mnist(args.data_dir), dtype=args.dtype,
+                                       progress=False if args.no_progress else None)
         print(report.to_json() if args.json else report.render())
         return 0 if report.ok else 1
     if args.cmd == "gradcheck":
@@ -348,7 +351,8 @@ def _dispatch(args) -> int:
         try:
             result = gradcheck_network(args.net, samples=args.samples, eps=args.eps, seed=args.seed,
                                        batch_size=args.batch_size, burn_in=args.burn_in,
-                                       raw=load_mnist(args.data_dir))
+                                       raw=load_mnist(args.data_dir),
+                                       progress=False if args.no_progress else None)
         except GradcheckError as e:  # the check could not run (e.g. a mask that cannot be held fixed)
             print(f"nnparity gradcheck: error: {e}", file=sys.stderr)
             return 1

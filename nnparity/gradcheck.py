@@ -402,7 +402,8 @@ def measure_noise(objective, arr, idx, step, f0, kink_state=None, state0=None) -
 
 def finite_differences(objective, tensors: "OrderedDict[str, np.ndarray]", analytic: dict, *, eps: float = EPS,
                        samples: int = SAMPLES, seed: int = 0, kink_state=None, threshold: float = THRESHOLD,
-                       name: str = "", allowed_zero=(), floor: float | None = None) -> GradcheckResult:
+                       name: str = "", allowed_zero=(), floor: float | None = None,
+                       progress: bool | None = False) -> GradcheckResult:
     """Central differences of ``objective`` on a seeded sample of every tensor's coordinates.
 
     Args:
@@ -417,7 +418,10 @@ def finite_differences(objective, tensors: "OrderedDict[str, np.ndarray]", analy
         threshold: a coordinate fails at or above this relative error.
         allowed_zero: tensor names exempt from the degeneracy guard (zero by construction).
         floor: override the measured floor.
+        progress: a bar over the coordinates (``nnparity.progress``; None: on a terminal only).
     """
+    from .progress import bar
+
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
     if samples < 1:
@@ -445,9 +449,12 @@ def finite_differences(objective, tensors: "OrderedDict[str, np.ndarray]", analy
     floor = FLOOR_FACTOR * noise if floor is None else floor
 
     result = GradcheckResult(name, eps, seed, samples, f0, noise, floor, threshold)
+    coordinates = bar(total=sum(map(len, picks.values())), desc=f"{name} gradcheck".strip(), progress=progress,
+                      unit="coordinate")
     for k, arr in tensors.items():
         t = TensorCheck(k, arr.shape, threshold=threshold, allowed_zero=k in allowed_zero)
         for idx in picks[k]:
+            coordinates.update(1)
             orig = arr[idx]
             try:
                 arr[idx] = orig + eps
@@ -467,6 +474,7 @@ def finite_differences(objective, tensors: "OrderedDict[str, np.ndarray]", analy
             big = max(abs(a), abs(n))
             t.probes.append(Probe(k, idx, a, n, rel, grade(rel), big <= floor, kink, big <= threshold * floor))
         result.tensors.append(t)
+    coordinates.close()
     return result
 
 
@@ -478,7 +486,7 @@ def _float64_copy(x):
 
 def gradcheck_model(model, loss_fn, x, y, *, samples: int = SAMPLES, eps: float = EPS, seed: int = 0,
                     threshold: float = THRESHOLD, name: str | None = None, allowed_zero=(),
-                    check_input: bool = True) -> GradcheckResult:
+                    check_input: bool = True, progress: bool | None = False) -> GradcheckResult:
     """Finite differences of ``loss_fn(model(x), y)`` on every parameter tensor and on ``x``.
 
     ``model`` follows the layer protocol (a scratch ``Sequential`` or any network,
@@ -534,7 +542,7 @@ def gradcheck_model(model, loss_fn, x, y, *, samples: int = SAMPLES, eps: float 
 
         return finite_differences(objective, tensors, analytic, eps=eps, samples=samples, seed=seed,
                                   kink_state=lay.kink_state, threshold=threshold, name=lay.name,
-                                  allowed_zero=tuple(f"grad/{k}" for k in allowed_zero))
+                                  allowed_zero=tuple(f"grad/{k}" for k in allowed_zero), progress=progress)
     finally:
         if "rs" in locals():
             rs.replay()
@@ -616,7 +624,7 @@ def gradcheck_loss(loss_fn, logits_shape=None, target=None, *, z=None, samples: 
 
 def gradcheck_network(net_name: str, *, samples: int = SAMPLES, eps: float = EPS, seed: int = 0,
                       batch_size: int | None = None, burn_in: int = 0, raw=None, data_dir=None, ds=None,
-                      threshold: float = THRESHOLD) -> GradcheckResult:
+                      threshold: float = THRESHOLD, progress: bool | None = False) -> GradcheckResult:
     """Gradcheck a documented network on a real MNIST minibatch.
 
     The network is built in float64 from ``seed`` exactly as ``nnparity run`` builds
@@ -650,6 +658,7 @@ def gradcheck_network(net_name: str, *, samples: int = SAMPLES, eps: float = EPS
     if batch_size is not None:
         x, y = x[:batch_size], y[:batch_size]
     result = gradcheck_model(model, loss_fn, x, y, samples=samples, eps=eps, seed=seed, threshold=threshold,
+                             progress=progress,
                              name=net_name, allowed_zero=net.allowed_zero)
     what = what or f"training batch {burn_in + 1} ({len(y)} MNIST images)"
     result.notes.append(f"loss ({recipe.loss}, {recipe.reduction}) of {what} "

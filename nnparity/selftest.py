@@ -506,9 +506,10 @@ def _metamorphic_cell(kind, net, recipe, x, y, seed, dtype, bug=None) -> Cell:
 
 
 def run_selftest(nets=None, *, steps: int = 2, batch_size: int = 16, seed: int = 0, raw=None,
-                 bugs=None, dtype: str = DTYPE) -> SelfTest:
+                 bugs=None, dtype: str = DTYPE, progress: bool | None = False) -> SelfTest:
     """Run every available bug against every check of the given networks, in ``dtype``
-    (the floors are set for float64; float32 shows what the float32 tolerance still sees)."""
+    (the floors are set for float64; float32 shows what the float32 tolerance still sees).
+    ``progress``: a bar over the cells run (``nnparity.progress``; None: on a terminal only)."""
     # One BLAS thread throughout, as check_steps already does for the parity steps: the
     # scratch-only cells (metamorphic checks, reachability steps) are small products that
     # NumPy's default BLAS threads slow down on a busy 2-core machine (measured with two other
@@ -516,13 +517,14 @@ def run_selftest(nets=None, *, steps: int = 2, batch_size: int = 16, seed: int =
     # one, whether or not torch had just run; `selftest cnn18k` 70 s -> 9 s). See nnparity/threads.py.
     with blas_threads(1):
         return _run_selftest(nets, steps=steps, batch_size=batch_size, seed=seed, raw=raw, bugs=bugs,
-                             dtype=dtype)
+                             dtype=dtype, progress=progress)
 
 
-def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype) -> SelfTest:
+def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype, progress) -> SelfTest:
     import time
 
     from . import data as mnist
+    from .progress import bar
 
     t0 = time.perf_counter()
     nets = list(nets or NETWORKS)
@@ -532,6 +534,8 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype) -> SelfTes
                       pending=[b.name for b in bugmod.CATALOGUE if not b.available()] if bugs is None else [])
     report.cells = {b.name: {} for b in catalogue}
     raw = raw or mnist.load_mnist()
+    # the number of columns is known only as each network's variants are built: the bar counts cells
+    cells = bar(total=None, desc="selftest", progress=progress, unit="cell")
 
     unit = Check("unit", "unit", "unit: the bug's class alone against its torch equivalent (random inputs and "
                                  "upstream gradients)")
@@ -555,6 +559,7 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype) -> SelfTes
                 report.cells[bug.name][unit.key] = _cell(fn(dtype), True)
         except Exception as e:
             report.cells[bug.name][unit.key] = _error(e)
+        cells.update(1)
 
     for name in nets:
         net = get(name)
@@ -585,6 +590,8 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype) -> SelfTes
                               and _reached(bug, net, recipe, dtype, seed, x0, y0))
                 report.cells[bug.name][key] = (_parity_cell(name, recipe, ds, steps, seed, dtype, bug)
                                                if applicable else Cell("n/a"))
+                cells.set_description(f"selftest {key}", refresh=False)
+                cells.update(1)
         if not net.mnist:  # toy221 trains on its one hand-worked sample: no batch to split
             continue
         for kind, label in (("split", "batch split: whole-batch gradients = halves' gradients combined"),
@@ -604,5 +611,8 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype) -> SelfTes
                 applicable = bug.uses_target(*objects) and (bug.applies is None or bug.applies(model))
                 report.cells[bug.name][key] = (_metamorphic_cell(kind, net, recipe, x, y, seed, dtype, bug)
                                                if applicable else Cell("n/a"))
+                cells.set_description(f"selftest {key}", refresh=False)
+                cells.update(1)
+    cells.close()
     report.seconds = time.perf_counter() - t0
     return report

@@ -38,3 +38,18 @@ def test_the_envelope_bar_shows_when_asked_and_not_with_no_progress(mnist, capsy
     assert "drift envelope" in capsys.readouterr().err
     drift.measure_envelope(net, recipe, ds, 0, 2, progress=False)
     assert "drift envelope" not in capsys.readouterr().err
+
+
+def test_gradcheck_and_selftest_show_a_bar_only_when_asked(mnist, capsys):
+    from nnparity import bugs, gradcheck, selftest
+
+    ds = networks.prepare(networks.get("mlp16"), networks.get("mlp16").recipe, mnist, "float64", 0)
+    gradcheck.gradcheck_network("mlp16", samples=2, batch_size=4, ds=ds, progress=True)
+    assert "mlp16 gradcheck" in capsys.readouterr().err
+    gradcheck.gradcheck_network("mlp16", samples=2, batch_size=4, ds=ds)   # the library default: no bar
+    assert capsys.readouterr().err == ""
+    one = [bugs.get_bug("sgd-wrong-sign")]
+    selftest.run_selftest(["toy221"], raw=mnist, bugs=one, progress=True)
+    assert "selftest" in capsys.readouterr().err
+    selftest.run_selftest(["toy221"], raw=mnist, bugs=one)
+    assert capsys.readouterr().err == ""
