@@ -54,13 +54,13 @@ def _cast_draws(draws, dtype):
             for k, v in (draws or {}).items()}
 
 
-def measure_envelope(net, recipe, ds, seed: int, steps: int, progress: bool | None = None) -> dict:
+def measure_envelope(net, recipe, ds, seed: int, steps: int, progress: bool | None = False) -> dict:
     """The two envelope curves over the run's first ``steps`` batches (see the module doc).
 
     The batches are the run's own (``ds`` in the run's dtype), cast to each trajectory's
     dtype, so all three see the same pixels up to float32 rounding. ``progress``: a bar
-    on a terminal (``nnparity.progress``; three training steps per batch, 200 batches of
-    mlp1000 take about half a minute).
+    (``nnparity.progress``; None: on a terminal only): three training steps per batch,
+    200 batches of mlp1000 take half a minute or more.
     """
     from .progress import bar
 

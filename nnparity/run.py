@@ -95,7 +95,7 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
         envelope = None
         if envelope_steps:
             log(f"drift envelope: float64 scratch vs torch and float32 vs float64 torch, {envelope_steps} steps ...")
-            envelope = drift.measure_envelope(net, recipe, ds, seed, envelope_steps, progress)
+            envelope = drift.measure_envelope(net, recipe, ds, seed, envelope_steps, progress=progress)
             log(f"drift envelope: {envelope['steps']} steps in {envelope['seconds']:.1f} s")
         training = Training(net, recipe, ds, dtype, seed, drift_steps=envelope_steps)
         start = 1
