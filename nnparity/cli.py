@@ -360,7 +360,7 @@ def _dispatch(args) -> int:
             print(result.to_json())
         else:
             print(result.header())
-            print("\n".join(result.notes))
+            print("\n".join(textwrap.fill(note, 100, subsequent_indent="  ") for note in result.notes))
             print(result.table())
             print()
             print(result.legend())

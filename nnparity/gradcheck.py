@@ -270,8 +270,7 @@ class GradcheckResult:
 
     def table(self) -> str:
         """One row per tensor, each column as wide as its widest entry (``legend`` explains them)."""
-        head = ("tensor", "shape", "checked", "kinks", "tiny", "worst rel", "grade",
-                "analytic / numeric at the worst")
+        head = ("tensor", "shape", "checked", "kinks", "tiny", "worst rel", "grade", "analytic / numeric")
         rows = []
         for t in self.tensors:
             wp = t.worst
@@ -287,8 +286,9 @@ class GradcheckResult:
         widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
         left = {0, 1, 6, 7}
 
-        def line(r):
-            return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        def line(r):  # two spaces after a name or a grade, one between the right-aligned numbers
+            return "".join((" " if i in (2, 3, 4, 5) else "  ") * (i > 0) + (c.ljust(w) if i in left else c.rjust(w))
+                           for i, (c, w) in enumerate(zip(r, widths)))
         return "\n".join(line(r).rstrip() for r in [head] + rows)
 
     def legend(self, width: int = 100) -> str:
@@ -307,7 +307,7 @@ class GradcheckResult:
             f"tiny: checked coordinates with |analytic| and |numeric| both <= the floor ({self.floor:.3g}); a "
             "tensor whose every checked coordinate is tiny proves nothing and fails as DEGENERATE.",
             "worst rel: the largest rel err = |analytic - numeric| / max(|analytic|, |numeric|, floor) of the "
-            "tensor; the last column shows that coordinate's two values.",
+            "tensor; analytic / numeric: that coordinate's two values.",
             f"grade (CS231n): good < 1e-7 <= ok < 1e-4 <= uncomfortable < 1e-2 <= wrong; a tensor FAILs at rel "
             f"err >= {th} (uncomfortable or wrong).",
         ]
