@@ -18,13 +18,16 @@ Bad arguments exit with status 2 and one line naming the problem.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
+import textwrap
 
 # Only the standard library at import time: the command's modules (NumPy, torch) are imported
 # inside main(), so a Ctrl-C during start-up is the one line "interrupted", exit 130.
 
 DTYPES = ("float32", "float64")
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head` under `set -o pipefail`
 
 
 class _Parser(argparse.ArgumentParser):
@@ -165,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="default float64, where the floors are set; float32 shows what its tolerance still sees")
     st.add_argument("--json", action="store_true", help="print the kill matrix as JSON")
     st.add_argument("--data-dir", default=None)
+    st.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     g = sub.add_parser("gradcheck", help="central finite differences (float64) against the scratch backward, "
                                          "on every parameter tensor and the input; no torch involved")
@@ -178,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SGD steps of the recipe before the check (default 0: at initialisation)")
     g.add_argument("--json", action="store_true", help="print the full result as JSON")
     g.add_argument("--data-dir", default=None)
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     b = sub.add_parser("bench", help="time full-MNIST epochs of both sides, alternating")
     b.add_argument("nets", nargs="*", type=network_name, metavar="NET", help="default: all networks")
@@ -194,12 +199,31 @@ def main(argv=None) -> int:
 
     restore_signals = catch_interrupts()  # SIGINT and SIGTERM: one line and exit 130, from here on
     try:
-        return _main(argv)
+        status = _main(argv)
+        sys.stdout.flush()  # inside the try: a reader that has gone shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        return _stdout_gone()
     except KeyboardInterrupt:  # during start-up (imports) or argument parsing
         print("nnparity: interrupted", file=sys.stderr)
         return 130
     finally:
         restore_signals()
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout closed it early (``nnparity check NET --json | head``): stop
+    quietly, as ``cat`` or ``yes`` killed by SIGPIPE do, with their status 141.
+
+    The recipe of the Python docs' "Note on SIGPIPE": stdout is pointed at devnull, so
+    that the interpreter's final flush of the unwritable buffer raises nothing more.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout has no file descriptor (e.g. replaced in a test)
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 def _main(argv=None) -> int:
@@ -216,6 +240,8 @@ def _main(argv=None) -> int:
         (parser.run_parser if args.cmd == "run" else parser).error(problem)
     try:
         return _dispatch(args)
+    except BrokenPipeError:  # an OSError, but not an error of the command: main() ends quietly
+        raise
     except (DataError, UnknownNetwork, CheckpointError, OSError) as e:
         print(f"nnparity {args.cmd}: error: {e}", file=sys.stderr)
         return 2
@@ -323,7 +349,8 @@ def _dispatch(args) -> int:
         from .data import load_mnist
 
         report = selftest.run_selftest(args.nets or list(NETWORKS), steps=args.steps, batch_size=args.batch_size,
-                                       seed=args.seed, raw=load_mnist(args.data_dir), dtype=args.dtype)
+                                       seed=args.seed, raw=load_mnist(args.data_dir), dtype=args.dtype,
+                                       progress=False if args.no_progress else None)
         print(report.to_json() if args.json else report.render())
         return 0 if report.ok else 1
     if args.cmd == "gradcheck":
@@ -333,7 +360,8 @@ def _dispatch(args) -> int:
         try:
             result = gradcheck_network(args.net, samples=args.samples, eps=args.eps, seed=args.seed,
                                        batch_size=args.batch_size, burn_in=args.burn_in,
-                                       raw=load_mnist(args.data_dir))
+                                       raw=load_mnist(args.data_dir),
+                                       progress=False if args.no_progress else None)
         except GradcheckError as e:  # the check could not run (e.g. a mask that cannot be held fixed)
             print(f"nnparity gradcheck: error: {e}", file=sys.stderr)
             return 1
@@ -341,11 +369,13 @@ def _dispatch(args) -> int:
             print(result.to_json())
         else:
             print(result.header())
-            print("\n".join(result.notes))
+            print("\n".join(textwrap.fill(note, 100, subsequent_indent="  ") for note in result.notes))
             print(result.table())
-            print(f"grades (CS231n): good < 1e-7 <= ok < 1e-4 <= uncomfortable < 1e-2 <= wrong; fail at >= "
-                  f"{result.threshold:g}; floor {result.floor:.3g} (1e5 x rounding noise {result.noise:.3g})")
-            print(result.message())
+            print()
+            print(result.legend())
+            print()
+            print("\n".join(textwrap.fill(line, 100, subsequent_indent="  ")
+                            for line in result.message().splitlines()))
         return 0 if result.ok else 1
     if args.cmd == "bench":
         from .bench import bench

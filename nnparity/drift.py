@@ -54,12 +54,16 @@ def _cast_draws(draws, dtype):
             for k, v in (draws or {}).items()}
 
 
-def measure_envelope(net, recipe, ds, seed: int, steps: int) -> dict:
+def measure_envelope(net, recipe, ds, seed: int, steps: int, progress: bool | None = False) -> dict:
     """The two envelope curves over the run's first ``steps`` batches (see the module doc).
 
     The batches are the run's own (``ds`` in the run's dtype), cast to each trajectory's
-    dtype, so all three see the same pixels up to float32 rounding.
+    dtype, so all three see the same pixels up to float32 rounding. ``progress``: a bar
+    (``nnparity.progress``; None: on a terminal only): three training steps per batch,
+    200 batches of mlp1000 take half a minute or more.
     """
+    from .progress import bar
+
     t0 = time.perf_counter()
     f32max = float(np.finfo(np.float32).max)
     lrs = [recipe.lr, *(lr for _, lr in recipe.lr_schedule)]
@@ -71,7 +75,7 @@ def measure_envelope(net, recipe, ds, seed: int, steps: int) -> dict:
     _, t32 = make_sides(net, recipe, "float32", seed)
     impl, chaos = [], []
     skip = rounding_noise_keys(net)  # momentum buffers of zero-by-construction gradients: noise only
-    for x, y in first_batches(ds, recipe, seed, steps):
+    for x, y in bar(first_batches(ds, recipe, seed, steps), total=steps, desc="drift envelope", progress=progress):
         x64 = np.asarray(x, dtype=np.float64)
         s64.step(x64, y)
         draws = s64.draws()

@@ -33,7 +33,18 @@ largest residual of a straight-line fit is the rounding noise (never below
 than ``10 * noise`` can never fail (nothing below it can be told from rounding).
 Coordinates with ``max(|a|, |n|) <= floor`` are counted as *tiny*; a tensor
 whose every checked coordinate is tiny proves nothing and fails as degenerate
-(unless declared zero by construction, ``Network.allowed_zero``).
+(unless declared zero by construction, ``Network.allowed_zero``). The floor is a
+gradient magnitude and the threshold a relative error: a floor above 1e-4 is no
+contradiction (a tiny coordinate is judged by ``|a - n| / floor``, so it fails
+once ``|a - n| >= threshold * floor``, ten times the noise).
+
+Zero by construction. A tensor the network declares zero by construction (a
+bias followed by BatchNorm) whose every checked coordinate has both ``|a|`` and
+``|n|`` within ``threshold * floor`` (= ``10 * noise``: no difference that small
+can fail) is reported as *zero by construction* and not graded: a relative error
+between two rounding residues (``9e-15`` vs ``-9e-11``) means nothing. If any
+coordinate is further from 0, the tensor is graded as any other, so a backward
+that makes such a gradient non-zero still fails.
 
 Sampling. Every tensor (each parameter, and the input) gets ``samples``
 coordinates fixed by the seed (all of them if it is smaller): half uniform, half
@@ -81,6 +92,7 @@ SAMPLES = 10              # coordinates per tensor
 FLOOR_FACTOR = 1e5        # floor = FLOOR_FACTOR * rounding noise of the central difference
 NOISE_PROBES = 2          # coordinates used to measure the rounding noise of f
 MACHINE_EPS = float(np.finfo(np.float64).eps)
+ZERO = "zero"             # the grade shown for a tensor that is zero by construction (not graded)
 
 
 class GradcheckError(AssertionError):
@@ -113,6 +125,7 @@ class Probe:
     grade: str
     tiny: bool = False               # max(|a|, |n|) below the floor
     kink: tuple = ()                 # kink attributes that switched within +-h
+    at_zero: bool = False            # max(|a|, |n|) <= threshold * floor: indistinguishable from 0
 
     @property
     def abs_err(self) -> float:
@@ -154,6 +167,12 @@ class TensorCheck:
         return max(self.checked, key=lambda p: p.rel, default=None)
 
     @property
+    def zero_by_construction(self) -> bool:
+        """Declared zero by construction, and every checked coordinate within rounding of 0
+        on both sides: nothing to grade (their relative error compares two rounding residues)."""
+        return self.allowed_zero and bool(self.checked) and all(p.at_zero for p in self.checked)
+
+    @property
     def degenerate(self) -> bool:
         """Every checked coordinate below the floor: the comparison proves nothing."""
         return bool(self.checked) and all(p.tiny for p in self.checked) and not self.allowed_zero
@@ -171,12 +190,14 @@ class TensorCheck:
 
     @property
     def grade(self) -> str:
+        if self.zero_by_construction:
+            return ZERO
         w = self.worst
         return w.grade if w else "-"
 
     @property
     def ok(self) -> bool:
-        return self.problem is None and self.worst.rel < self.threshold
+        return self.problem is None and (self.zero_by_construction or self.worst.rel < self.threshold)
 
 
 @dataclass
@@ -211,7 +232,14 @@ class GradcheckResult:
         return [p for p in self.probes if p.is_kink]
 
     def worst_rel(self) -> float:
-        return max((p.rel for t in self.tensors for p in t.checked), default=0.0)
+        """The largest relative error among the graded tensors (zero-by-construction ones are not)."""
+        return max((p.rel for t in self.tensors if not t.zero_by_construction for p in t.checked), default=0.0)
+
+    @property
+    def zero_band(self) -> float:
+        """``threshold * floor`` (10 x the noise): no |a - n| this small can fail, so a value
+        within it of 0 cannot be told from 0."""
+        return self.threshold * self.floor
 
     def margin(self) -> float:
         """Worst relative error over the failing threshold: > 1 fails (the parity margin's analogue)."""
@@ -223,8 +251,10 @@ class GradcheckResult:
 
     def message(self) -> str:
         if self.ok:
+            zero = sum(t.zero_by_construction for t in self.tensors)
             return (f"{self.header()}: all {len(self.tensors)} tensors pass; worst rel err "
-                    f"{self.worst_rel():.3g} ({grade(self.worst_rel())}); {len(self.kinks)} kink(s) not graded")
+                    f"{self.worst_rel():.3g} ({grade(self.worst_rel())}); {len(self.kinks)} kink(s) not graded"
+                    + (f"; {zero} tensor(s) zero by construction, not graded" if zero else ""))
         first = self.failures[0]
         why = first.problem or (f"{first.worst.describe()}: above the failing threshold {self.threshold:g} "
                                 f"(CS231n: > 1e-2 probably wrong, 1e-4..1e-2 uncomfortable)")
@@ -239,30 +269,73 @@ class GradcheckResult:
         return self
 
     def table(self) -> str:
-        w = max([len("tensor")] + [len(t.name) for t in self.tensors])
-        lines = [f"{'tensor':<{w}}  {'shape':<14} {'checked':>7} {'kinks':>5} {'tiny':>4}  {'worst rel':>9}  "
-                 f"{'grade':<13} worst coordinate (analytic / numeric)"]
+        """One row per tensor, each column as wide as its widest entry (``legend`` explains them)."""
+        head = ("tensor", "shape", "checked", "kinks", "tiny", "worst rel", "grade", "analytic / numeric")
+        rows = []
         for t in self.tensors:
             wp = t.worst
-            where = (f"({', '.join(map(str, wp.index))}) {wp.analytic:.6g} / {wp.numeric:.6g}" if wp else "")
-            verdict = t.grade if t.problem is None else ("DEGENERATE" if t.degenerate else "UNCHECKED")
-            lines.append(f"{t.name:<{w}}  {str(t.shape):<14} {len(t.checked):>7} {len(t.kinks):>5} "
-                         f"{sum(p.tiny for p in t.checked):>4}  {(wp.rel if wp else 0):>9.2e}  "
-                         f"{verdict + ('' if t.ok else ' FAIL'):<13} {where}")
-        return "\n".join(lines)
+            if t.zero_by_construction:
+                rel, verdict = "-", "zero"
+            else:
+                rel = f"{wp.rel:.2e}" if wp else "-"
+                verdict = t.grade if t.problem is None else ("DEGENERATE" if t.degenerate else "UNCHECKED")
+                verdict += "" if t.ok else " FAIL"
+            where = f"{wp.analytic:.6g} / {wp.numeric:.6g}" if wp else ""
+            rows.append((t.name, str(t.shape), str(len(t.checked)), str(len(t.kinks)),
+                         str(sum(p.tiny for p in t.checked)), rel, verdict, where))
+        widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
+        left = {0, 1, 6, 7}
+
+        def line(r):  # two spaces after a name or a grade, one between the right-aligned numbers
+            return "".join((" " if i in (2, 3, 4, 5) else "  ") * (i > 0) + (c.ljust(w) if i in left else c.rjust(w))
+                           for i, (c, w) in enumerate(zip(r, widths)))
+        return "\n".join(line(r).rstrip() for r in [head] + rows)
+
+    def legend(self, width: int = 100) -> str:
+        """What every column of ``table`` means, and how the floor relates to the threshold."""
+        import textwrap
+
+        th = f"{self.threshold:.0e}".replace("e-0", "e-")
+        factor = f"{self.floor / self.noise:.3g}".replace("e+0", "e")   # 1e5 unless the floor was given
+        items = [
+            "tensor: grad/NAME = the gradient of the objective (a network's loss) with respect to parameter "
+            "NAME; din = with respect to the input (the batch of images).",
+            f"shape: the tensor's shape; {self.samples} of its coordinates are sampled (all, if it has fewer).",
+            "checked: sampled coordinates that are graded (kinks left out).",
+            "kinks: coordinates where a ReLU mask or a max-pool argmax switched between theta + eps and "
+            "theta - eps; the central difference is not exact across a kink (CS231n), so they are not graded.",
+            f"tiny: checked coordinates with |analytic| and |numeric| both <= the floor ({self.floor:.3g}); a "
+            "tensor whose every checked coordinate is tiny proves nothing and fails as DEGENERATE.",
+            "worst rel: the largest rel err = |analytic - numeric| / max(|analytic|, |numeric|, floor) of the "
+            "tensor; analytic / numeric: that coordinate's two values.",
+            f"grade (CS231n): good < 1e-7 <= ok < 1e-4 <= uncomfortable < 1e-2 <= wrong; a tensor FAILs at rel "
+            f"err >= {th} (uncomfortable or wrong).",
+        ]
+        if any(t.zero_by_construction for t in self.tensors):
+            items.append(f"zero: zero by construction (the network declares it, e.g. a bias followed by "
+                         f"BatchNorm), and analytic and numeric are both within rounding of 0 (|value| <= "
+                         f"{self.zero_band:.3g}, see below); not graded.")
+        items.append(f"floor {self.floor:.3g} is a gradient magnitude, not a relative error, so it is not compared "
+                     f"with the {th} threshold: it is {factor} x the rounding noise {self.noise:.3g} of a "
+                     f"central difference (measured). Since rel err divides by at least the floor, a coordinate "
+                     f"can fail only if |analytic - numeric| >= {th} x floor = {self.zero_band:.3g} "
+                     f"({self.zero_band / self.noise:.3g} x the noise): a difference that rounding cannot make.")
+        return "\n".join(textwrap.fill(i, width, subsequent_indent="  ") for i in items)
 
     def to_dict(self) -> dict:
         def probe(p):
             return {"index": list(p.index), "analytic": p.analytic, "numeric": p.numeric, "rel": p.rel,
-                    "grade": p.grade, "tiny": p.tiny, "kink": list(p.kink)}
+                    "grade": p.grade, "tiny": p.tiny, "at_zero": p.at_zero, "kink": list(p.kink)}
         return {
             "name": self.name, "ok": self.ok, "eps": self.eps, "seed": self.seed, "samples": self.samples,
             "objective": self.value, "noise": self.noise, "floor": self.floor, "threshold": self.threshold,
+            "zero_band": self.zero_band,
             "worst_rel": self.worst_rel(), "margin": self.margin(),
             "grading": "CS231n: good < 1e-7 <= ok < 1e-4 <= uncomfortable < 1e-2 <= wrong",
             "notes": self.notes,
             "tensors": [{"name": t.name, "shape": list(t.shape), "ok": t.ok, "grade": t.grade,
                          "problem": t.problem, "checked": len(t.checked), "kinks": len(t.kinks),
+                         "zero_by_construction": t.zero_by_construction,
                          "worst_rel": t.worst.rel if t.worst else None,
                          "probes": [probe(p) for p in t.probes]} for t in self.tensors],
         }
@@ -329,7 +402,8 @@ def measure_noise(objective, arr, idx, step, f0, kink_state=None, state0=None) -
 
 def finite_differences(objective, tensors: "OrderedDict[str, np.ndarray]", analytic: dict, *, eps: float = EPS,
                        samples: int = SAMPLES, seed: int = 0, kink_state=None, threshold: float = THRESHOLD,
-                       name: str = "", allowed_zero=(), floor: float | None = None) -> GradcheckResult:
+                       name: str = "", allowed_zero=(), floor: float | None = None,
+                       progress: bool | None = False) -> GradcheckResult:
     """Central differences of ``objective`` on a seeded sample of every tensor's coordinates.
 
     Args:
@@ -344,7 +418,10 @@ def finite_differences(objective, tensors: "OrderedDict[str, np.ndarray]", analy
         threshold: a coordinate fails at or above this relative error.
         allowed_zero: tensor names exempt from the degeneracy guard (zero by construction).
         floor: override the measured floor.
+        progress: a bar over the coordinates (``nnparity.progress``; None: on a terminal only).
     """
+    from .progress import bar
+
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
     if samples < 1:
@@ -372,9 +449,12 @@ def finite_differences(objective, tensors: "OrderedDict[str, np.ndarray]", analy
     floor = FLOOR_FACTOR * noise if floor is None else floor
 
     result = GradcheckResult(name, eps, seed, samples, f0, noise, floor, threshold)
+    coordinates = bar(total=sum(map(len, picks.values())), desc=f"{name} gradcheck".strip(), progress=progress,
+                      unit="coordinate")
     for k, arr in tensors.items():
         t = TensorCheck(k, arr.shape, threshold=threshold, allowed_zero=k in allowed_zero)
         for idx in picks[k]:
+            coordinates.update(1)
             orig = arr[idx]
             try:
                 arr[idx] = orig + eps
@@ -391,8 +471,10 @@ def finite_differences(objective, tensors: "OrderedDict[str, np.ndarray]", analy
             a = float(analytic[k][idx])
             rel = symmetric_rel(a, n, floor)
             kink = tuple(OrderedDict.fromkeys(_switched(state0, sp) + _switched(state0, sm)))
-            t.probes.append(Probe(k, idx, a, n, rel, grade(rel), max(abs(a), abs(n)) <= floor, kink))
+            big = max(abs(a), abs(n))
+            t.probes.append(Probe(k, idx, a, n, rel, grade(rel), big <= floor, kink, big <= threshold * floor))
         result.tensors.append(t)
+    coordinates.close()
     return result
 
 
@@ -404,7 +486,7 @@ def _float64_copy(x):
 
 def gradcheck_model(model, loss_fn, x, y, *, samples: int = SAMPLES, eps: float = EPS, seed: int = 0,
                     threshold: float = THRESHOLD, name: str | None = None, allowed_zero=(),
-                    check_input: bool = True) -> GradcheckResult:
+                    check_input: bool = True, progress: bool | None = False) -> GradcheckResult:
     """Finite differences of ``loss_fn(model(x), y)`` on every parameter tensor and on ``x``.
 
     ``model`` follows the layer protocol (a scratch ``Sequential`` or any network,
@@ -460,7 +542,7 @@ def gradcheck_model(model, loss_fn, x, y, *, samples: int = SAMPLES, eps: float 
 
         return finite_differences(objective, tensors, analytic, eps=eps, samples=samples, seed=seed,
                                   kink_state=lay.kink_state, threshold=threshold, name=lay.name,
-                                  allowed_zero=tuple(f"grad/{k}" for k in allowed_zero))
+                                  allowed_zero=tuple(f"grad/{k}" for k in allowed_zero), progress=progress)
     finally:
         if "rs" in locals():
             rs.replay()
@@ -542,7 +624,7 @@ def gradcheck_loss(loss_fn, logits_shape=None, target=None, *, z=None, samples: 
 
 def gradcheck_network(net_name: str, *, samples: int = SAMPLES, eps: float = EPS, seed: int = 0,
                       batch_size: int | None = None, burn_in: int = 0, raw=None, data_dir=None, ds=None,
-                      threshold: float = THRESHOLD) -> GradcheckResult:
+                      threshold: float = THRESHOLD, progress: bool | None = False) -> GradcheckResult:
     """Gradcheck a documented network on a real MNIST minibatch.
 
     The network is built in float64 from ``seed`` exactly as ``nnparity run`` builds
@@ -576,6 +658,7 @@ def gradcheck_network(net_name: str, *, samples: int = SAMPLES, eps: float = EPS
     if batch_size is not None:
         x, y = x[:batch_size], y[:batch_size]
     result = gradcheck_model(model, loss_fn, x, y, samples=samples, eps=eps, seed=seed, threshold=threshold,
+                             progress=progress,
                              name=net_name, allowed_zero=net.allowed_zero)
     what = what or f"training batch {burn_in + 1} ({len(y)} MNIST images)"
     result.notes.append(f"loss ({recipe.loss}, {recipe.reduction}) of {what} "

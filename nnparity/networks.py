@@ -183,7 +183,9 @@ def run_parity(name: str, steps: int = 50, dtype="float64", seed: int = 0, raw: 
     """Step parity of a documented network on its first ``steps`` real training batches
     (``observer``: see ``parity.check_steps``)."""
     from .parity import check_steps
+    from .progress import with_parity_bars
 
+    on_step = with_parity_bars(on_step)  # a bar of ``progress.parity_bar`` follows the steps
     net = get(name)
     custom = getattr(net.runner_module, "step_parity", None)
     if custom is not None:

@@ -11,6 +11,7 @@ from . import data as mnist
 from . import drift, io
 from .check import run_check
 from .networks import apply_threads, get, prepare
+from .progress import parity_bar
 from .report import environment, write_report
 from .signals import handled_signals, interrupt_name, signals_held
 from .train import Diverged, Training, collapsed
@@ -71,8 +72,11 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
                 "epochs_planned": recipe.epochs, "recipe": recipe.as_dict(), "environment": environment()}
         if parity_steps:
             log(f"step parity: {parity_steps} steps, {dtype} ...")
-            checked = run_check(name, parity_steps, dtype, seed, recipe=recipe, ds=ds)
+            t_phase = time.perf_counter()
+            with parity_bar("step parity", parity_steps, progress):
+                checked = run_check(name, parity_steps, dtype, seed, recipe=recipe, ds=ds)
             trace = checked.trace
+            log(f"step parity: {len(trace.steps)} steps in {time.perf_counter() - t_phase:.1f} s")
             log(trace.table(every=max(1, parity_steps // 5)))
             meta["parity"] = {k: v for k, v in trace.to_dict().items() if k != "per_step"}
             if checked.vanished is not None:  # degenerate, not a mismatch: say so, and train
@@ -95,7 +99,8 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
         envelope = None
         if envelope_steps:
             log(f"drift envelope: float64 scratch vs torch and float32 vs float64 torch, {envelope_steps} steps ...")
-            envelope = drift.measure_envelope(net, recipe, ds, seed, envelope_steps)
+            envelope = drift.measure_envelope(net, recipe, ds, seed, envelope_steps, progress=progress)
+            log(f"drift envelope: {envelope['steps']} steps in {envelope['seconds']:.1f} s")
         training = Training(net, recipe, ds, dtype, seed, drift_steps=envelope_steps)
         start = 1
         if resumed:

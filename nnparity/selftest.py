@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -36,6 +37,9 @@ from .parity import TOLERANCES, Comparison
 from .threads import blas_threads
 
 FLOOR = 10.0          # required detection margin
+WIDTH = 100           # the printed matrix fits this many columns
+REQUIRED_KINDS = ("unit", "parity")   # the floors; "split" and "linear" (metamorphic) are informational
+CELL = 6              # characters per matrix cell ("x2e10" and a space)
 DTYPE = "float64"     # the floors are proven in float64, the dtype of the tightest tolerance
 
 
@@ -237,7 +241,8 @@ class Check:
     recipe: object = None
 
     def to_dict(self) -> dict:
-        return {"key": self.key, "kind": self.kind, "label": self.label, "net": self.net}
+        return {"key": self.key, "kind": self.kind, "label": self.label, "net": self.net,
+                "required": self.kind in REQUIRED_KINDS}
 
 
 @dataclass
@@ -292,7 +297,8 @@ class SelfTest:
 
     # -- floors --
     def required(self, check: Check) -> bool:
-        return check.kind in ("unit", "parity")
+        """A floor (must kill every bug it applies to), not an informational column."""
+        return check.kind in REQUIRED_KINDS
 
     def problems(self) -> list[str]:
         out = []
@@ -327,42 +333,74 @@ class SelfTest:
         return best
 
     # -- output --
-    def render(self) -> str:
-        width = max([len(b.name) for b in self.bugs] + [12]) + 1
-        cols = [f"[{i}]" for i in range(1, len(self.checks) + 1)]
-        lines = [f"selftest of {', '.join(self.nets)}: {len(self.bugs)} injected bugs x {len(self.checks)} checks "
-                 f"({self.dtype}, {self.steps} parity steps, batches of at most {self.batch_size}; "
-                 f"{self.seconds:.1f} s)",
-                 "", "checks:"]
-        for col, c in zip(cols, self.checks):
-            lines.append(f"  {col:>5} {c.label}{'' if self.required(c) else '  (informational)'}")
-        lines += ["", "kill matrix: detection margin = error / tolerance of the failing comparison the check reports "
-                      "(x = killed; "
-                      "'miss' = applicable but not seen; '.' = passes, as it should, on the correct code; "
-                      "'-' = not applicable)", ""]
-        lines.append(f"{'bug':<{width}}" + "".join(f"{col:>10}" for col in cols))
-        lines.append(f"{'(correct code)':<{width}}"
-                     + "".join(f"{self._fmt(self.baseline[c.key]):>10}" for c in self.checks))
+    def numbered(self) -> list:
+        """``(number, check)``: the floors (unit, parity) first, then the informational checks."""
+        ordered = [c for c in self.checks if self.required(c)] + [c for c in self.checks if not self.required(c)]
+        return list(enumerate(ordered, 1))
+
+    def render(self, width: int = WIDTH) -> str:
+        """The kill matrix in two blocks, floors and informational, each cut into as many
+        column groups as fit in ``width`` characters (``--json`` has every cell)."""
+        def wrap(text, indent=""):
+            return textwrap.fill(text, width, subsequent_indent=indent)
+
+        numbered = self.numbered()
+        lines = [wrap(f"selftest of {', '.join(self.nets)}: {len(self.bugs)} injected bugs x {len(self.checks)} "
+                      f"checks ({self.dtype}, {self.steps} parity steps, batches of at most {self.batch_size}; "
+                      f"{self.seconds:.1f} s)"), "",
+                 wrap("cells: x<margin> = killed, with detection margin = error / tolerance of the first failing "
+                      "comparison the check reports (x2e10: 2e10 times the tolerance); miss = the check applies "
+                      "to the bug but did not see it; '.' = passes on the correct code, as it should; '-' = not "
+                      "applicable (the check's network does not run the bug's code); FAIL or ERROR = the check "
+                      "itself failed or crashed. Bugs no check of a block applies to are left out of it.", "  ")]
+        floors = [(n, c) for n, c in numbered if self.required(c)]
+        info = [(n, c) for n, c in numbered if not self.required(c)]
+        lines += ["", wrap(f"FLOORS - unit and step-parity checks against the torch reference: each must kill "
+                           f"every bug it applies to with margin >= {FLOOR:g}; a miss here fails the selftest.")]
+        lines += self._block(floors, width)
+        if info:
+            lines += ["", wrap("INFORMATIONAL - metamorphic checks, which need no reference: a batch split in "
+                               "halves gives the whole batch's gradient; backward is linear in its upstream "
+                               "gradient. Not floors: most derivation bugs keep these properties (a transposed "
+                               "weight gradient is still linear), so a miss here is expected and fails "
+                               "nothing; it shows what the reference adds.")]
+            lines += self._block(info, width)
+        lines += ["", "bugs (each replaces the function in brackets, for the duration of one check):"]
         for bug in self.bugs:
-            row = self.cells[bug.name]
-            lines.append(f"{bug.name:<{width}}" + "".join(f"{self._fmt(row[c.key]):>10}" for c in self.checks))
-        lines.append("")
-        for bug in self.bugs:
-            lines.append(f"  {bug.name}: {bug.description} [{bug.target}]")
+            lines.append(wrap(f"  {bug.name}: {bug.description} [{bug.target}]", "      "))
         if self.pending:
-            lines += ["", "catalogue entries whose target is not in this checkout yet: " + ", ".join(self.pending)]
+            lines += ["", wrap("catalogue entries whose target is not in this checkout yet: "
+                               + ", ".join(self.pending))]
         lines.append("")
         small = self.smallest_kill()
         problems = self.problems()
         if not problems:
-            lines.append(f"PASS: every one of the {len(self.bugs)} bugs is killed by every applicable unit and parity "
-                         f"check with margin >= {FLOOR:g}"
-                         + (f" (smallest: {small[0]:.3g}, {small[1]} by {small[2]})" if small else "")
-                         + "; every check passes on the correct code.")
+            lines.append(wrap(f"PASS: every one of the {len(self.bugs)} bugs is killed by every applicable unit "
+                              f"and parity check (the floors) with margin >= {FLOOR:g}"
+                              + (f" (smallest: {small[0]:.3g}, {small[1]} by {small[2]})" if small else "")
+                              + "; every check passes on the correct code."))
         else:
             lines.append("FAIL:")
-            lines += [f"  {p}" for p in problems]
+            lines += [wrap(f"  {p}", "    ") for p in problems]
         return "\n".join(lines)
+
+    def _block(self, numbered: list, width: int) -> list:
+        """The legend of one block's checks, then its matrix cut into column groups."""
+        lines = [textwrap.fill(f"{f'[{n}]':>6} {c.label}", width, subsequent_indent=" " * 7) for n, c in numbered]
+        name_w = max([len(b.name) for b in self.bugs] + [len("(correct code)")]) + 1
+        per = max(1, (width - name_w) // CELL)
+        for i in range(0, len(numbered), per):
+            group = numbered[i:i + per]
+            rows = [(b.name, self.cells[b.name]) for b in self.bugs
+                    if any(self.cells[b.name][c.key].status != "n/a" for _, c in group)]
+            if not rows:
+                continue
+            lines += ["", f"{'bug':<{name_w}}" + "".join(f"{f'[{n}]':>{CELL}}" for n, _ in group),
+                      f"{'(correct code)':<{name_w}}"
+                      + "".join(f"{self._fmt(self.baseline[c.key]):>{CELL}}" for _, c in group)]
+            lines += [f"{name:<{name_w}}" + "".join(f"{self._fmt(row[c.key]):>{CELL}}" for _, c in group)
+                      for name, row in rows]
+        return lines
 
     @staticmethod
     def _fmt(cell: Cell) -> str:
@@ -470,9 +508,10 @@ def _metamorphic_cell(kind, net, recipe, x, y, seed, dtype, bug=None) -> Cell:
 
 
 def run_selftest(nets=None, *, steps: int = 2, batch_size: int = 16, seed: int = 0, raw=None,
-                 bugs=None, dtype: str = DTYPE) -> SelfTest:
+                 bugs=None, dtype: str = DTYPE, progress: bool | None = False) -> SelfTest:
     """Run every available bug against every check of the given networks, in ``dtype``
-    (the floors are set for float64; float32 shows what the float32 tolerance still sees)."""
+    (the floors are set for float64; float32 shows what the float32 tolerance still sees).
+    ``progress``: a bar over the cells run (``nnparity.progress``; None: on a terminal only)."""
     # One BLAS thread throughout, as check_steps already does for the parity steps: the
     # scratch-only cells (metamorphic checks, reachability steps) are small products that
     # NumPy's default BLAS threads slow down on a busy 2-core machine (measured with two other
@@ -480,13 +519,14 @@ def run_selftest(nets=None, *, steps: int = 2, batch_size: int = 16, seed: int =
     # one, whether or not torch had just run; `selftest cnn18k` 70 s -> 9 s). See nnparity/threads.py.
     with blas_threads(1):
         return _run_selftest(nets, steps=steps, batch_size=batch_size, seed=seed, raw=raw, bugs=bugs,
-                             dtype=dtype)
+                             dtype=dtype, progress=progress)
 
 
-def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype) -> SelfTest:
+def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype, progress) -> SelfTest:
     import time
 
     from . import data as mnist
+    from .progress import bar
 
     t0 = time.perf_counter()
     nets = list(nets or NETWORKS)
@@ -496,9 +536,11 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype) -> SelfTes
                       pending=[b.name for b in bugmod.CATALOGUE if not b.available()] if bugs is None else [])
     report.cells = {b.name: {} for b in catalogue}
     raw = raw or mnist.load_mnist()
+    # the number of columns is known only as each network's variants are built: the bar counts cells
+    cells = bar(total=None, desc="selftest", progress=progress, unit="cell")
 
-    unit = Check("unit", "unit", "unit: the target's class alone against its torch equivalent (random inputs, "
-                                 "random upstream gradients)")
+    unit = Check("unit", "unit", "unit: the bug's class alone against its torch equivalent (random inputs and "
+                                 "upstream gradients)")
     report.checks.append(unit)
     report.baseline[unit.key] = Cell("pass")
     unit_baseline = {}
@@ -519,6 +561,7 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype) -> SelfTes
                 report.cells[bug.name][unit.key] = _cell(fn(dtype), True)
         except Exception as e:
             report.cells[bug.name][unit.key] = _error(e)
+        cells.update(1)
 
     for name in nets:
         net = get(name)
@@ -549,12 +592,14 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype) -> SelfTes
                               and _reached(bug, net, recipe, dtype, seed, x0, y0))
                 report.cells[bug.name][key] = (_parity_cell(name, recipe, ds, steps, seed, dtype, bug)
                                                if applicable else Cell("n/a"))
+                cells.set_description(f"selftest {key}", refresh=False)
+                cells.update(1)
         if not net.mnist:  # toy221 trains on its one hand-worked sample: no batch to split
             continue
         for kind, label in (("split", "batch split: whole-batch gradients = halves' gradients combined"),
                             ("linear", "linearity: backward(a g1 + b g2) = a backward(g1) + b backward(g2)")):
             key = f"{name}:{kind}"
-            check = Check(key, kind, f"{name} {label} (metamorphic, no reference)", name, documented)
+            check = Check(key, kind, f"{name} {label}", name, documented)
             report.checks.append(check)
             report.baseline[key] = _metamorphic_cell(kind, net, documented, x, y, seed, dtype)
             model = net.scratch.build(documented, stream(seed, "init"), np.dtype(dtype))
@@ -568,5 +613,8 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype) -> SelfTes
                 applicable = bug.uses_target(*objects) and (bug.applies is None or bug.applies(model))
                 report.cells[bug.name][key] = (_metamorphic_cell(kind, net, recipe, x, y, seed, dtype, bug)
                                                if applicable else Cell("n/a"))
+                cells.set_description(f"selftest {key}", refresh=False)
+                cells.update(1)
+    cells.close()
     report.seconds = time.perf_counter() - t0
     return report

@@ -73,3 +73,17 @@ def test_missing_data_dir_is_one_clear_line(tmp_path):
                env={"NNPARITY_NO_DOWNLOAD": "1"})
     assert proc.returncode == 2
     assert "MNIST not found in" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_a_reader_that_closes_early_ends_the_command_quietly_with_status_141():
+    """`nnparity list | head -0`: the reader is gone before the first line is written (closed
+    here before the child has even imported its modules, so the pipe is broken whatever the
+    size of the output). The command stops like `yes | head`: nothing on stderr (no
+    "error: [Errno 32] Broken pipe", no "Exception ignored" at interpreter exit), status 141
+    (128 + SIGPIPE), not the 2 of an argument or data error."""
+    p = subprocess.Popen([sys.executable, "-m", "nnparity.cli", "list"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    p.stdout.close()
+    err = p.stderr.read()
+    p.stderr.close()
+    assert p.wait(timeout=60) == 141 and err == ""

@@ -201,6 +201,50 @@ def test_degenerate_gradient_fails():
     assert not r.ok and "DEGENERATE" in r.message()
 
 
+
+def _zero_by_construction_check(b_analytic):
+    """f(w, b) = sum(c w^2) / 2 does not depend on b: its true gradient in b is exactly 0,
+    so the central difference in b is exactly 0; ``b_analytic`` stands for the backward's
+    rounding residues (or a bug). Nothing here depends on how a BLAS kernel rounds."""
+    c = np.linspace(1.0, 2.0, 6)
+    w, b = np.linspace(-1.0, 1.0, 6), np.zeros(4)
+
+    def objective():
+        return float((c * w * w).sum() / 2), float((c * w * w).sum() / 2)
+
+    return gc.finite_differences(objective, OrderedDict(w=w, b=b), {"w": c * w, "b": np.asarray(b_analytic)},
+                                 allowed_zero=("b",), name="zero-bias")
+
+
+def test_zero_by_construction_is_reported_as_such_not_graded():
+    # residues of opposite signs to the numeric 0 (as cnn18k's conv1.bias: 9.44e-15 vs -8.88e-11)
+    r = _zero_by_construction_check([1e-15, -1e-15, 3e-16, 0.0])
+    b = r.tensors[1]
+    assert b.zero_by_construction and b.grade == gc.ZERO and b.ok and r.ok
+    assert r.worst_rel() == r.tensors[0].worst.rel           # only the graded tensor counts
+    row = r.table().splitlines()[2]
+    assert row.split()[:1] == ["b"] and " zero " in row and " - " in row   # no relative error shown
+    assert "zero by construction" in r.legend() and "1 tensor(s) zero by construction, not graded" in r.message()
+    assert r.to_dict()["tensors"][1]["zero_by_construction"] is True
+
+
+def test_a_zero_by_construction_gradient_made_non_zero_is_still_graded_and_fails():
+    r = _zero_by_construction_check([1e-15, -1e-15, 1e-3, 0.0])   # one coordinate far from rounding of 0
+    b = r.tensors[1]
+    assert not b.zero_by_construction and b.grade == "wrong" and not b.ok and not r.ok
+
+
+def test_the_legend_explains_every_column_and_the_floor():
+    r = _zero_by_construction_check([0.0, 0.0, 0.0, 0.0])
+    head, legend = r.table().splitlines()[0], r.legend()
+    for column in ("tensor", "shape", "checked", "kinks", "tiny", "worst rel", "grade"):
+        assert column in head and f"\n{column}" in "\n" + legend, column
+    assert "is a gradient magnitude, not a relative error" in legend
+    assert "din = with respect to the input" in " ".join(legend.split())
+    assert f"{r.zero_band:.3g}" in legend and r.zero_band == pytest.approx(r.threshold * r.floor)
+    assert max(map(len, legend.splitlines())) <= 100
+
+
 # --- networks, dropout, batch norm ------------------------------------------------------------
 
 class _Dropout(Module):

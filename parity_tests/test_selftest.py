@@ -132,3 +132,42 @@ def test_cli_rejects_an_unknown_network():
     with pytest.raises(SystemExit) as e:
         main(["selftest", "nope"])
     assert e.value.code == 2
+
+
+def _synthetic_report():
+    """A kill matrix of the shape `nnparity selftest` prints for every network (the real
+    catalogue's names, a unit column, three parity columns and two metamorphic ones per
+    network), with cells set by hand: the rendering alone, in milliseconds."""
+    checks = [selftest.Check("unit", "unit", "unit: the bug's class alone against its torch equivalent")]
+    for net in NETWORKS:
+        checks += [selftest.Check(f"{net}{v}", "parity", f"{net} step parity{v}", net) for v in ("", "+a", "+b")]
+        checks += [selftest.Check(f"{net}:{k}", k, f"{net} {k}", net) for k in ("split", "linear")]
+    catalogue = bugs.catalogue()
+    r = selftest.SelfTest(list(NETWORKS), 2, 16, checks=checks, bugs=catalogue,
+                          baseline={c.key: selftest.Cell("pass") for c in checks})
+    statuses = [selftest.Cell("killed", 2e10), selftest.Cell("missed"), selftest.Cell("n/a")]
+    r.cells = {b.name: {c.key: (selftest.Cell("killed", 2e10) if r.required(c) else statuses[(i + j) % 3])
+                        for j, c in enumerate(checks)} for i, b in enumerate(catalogue)}
+    return r
+
+
+def test_render_fits_100_columns_and_says_what_a_miss_means_in_each_block():
+    r = _synthetic_report()
+    text = r.render()
+    assert max(map(len, text.splitlines())) <= 100
+    flat = " ".join(text.split())   # prose is wrapped at 100 columns
+    assert "a miss here fails the selftest" in flat and "a miss here is expected and fails nothing" in flat
+    floors, info = text.split("INFORMATIONAL")
+    for n, c in r.numbered():   # each check: in its own block's legend and among its matrix heads
+        block = floors if r.required(c) else info
+        assert f"[{n}] {c.label}" in " ".join(block.split()) and block.count(f"[{n}]") >= 2, n
+    matrix_rows = [line for line in floors.splitlines() if line.split()[:1] and line.split()[0] in r.cells]
+    assert matrix_rows and not [line for line in matrix_rows if "miss" in line.split()[1:]]
+    assert r.ok and "PASS" in text
+
+
+def test_json_keeps_every_cell_and_says_which_checks_are_floors():
+    r = _synthetic_report()
+    d = json.loads(r.to_json())
+    assert len(d["checks"]) == len(r.checks) and all(len(b["cells"]) == len(r.checks) for b in d["bugs"])
+    assert {c["key"]: c["required"] for c in d["checks"]} == {c.key: c.kind in ("unit", "parity") for c in r.checks}
