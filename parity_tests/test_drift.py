@@ -103,7 +103,7 @@ def test_run_report_shows_the_drift_with_its_envelope(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     d = m["drift"]
     assert d["envelope_steps"] == 2 and len(d["step_drift"]) == 2 and len(d["band"]) == 2
-    assert d["leaves"] is None and d["epoch_drift"][0][:2] == [2, 1]
+    assert d["leaves"] is None and d["epoch_drift"][0][:2] == [2, 1]  # drift / band measured 0.53
     text = (out / "report.md").read_text()
     assert "## Drift between the sides" in text and "stays inside the rounding envelope" in text
     assert (out / "drift.png").stat().st_size > 0
