@@ -278,7 +278,8 @@ def test_run_stops_before_training_and_its_report_names_the_culprit(tmp_path, mo
     status = run_network("mlp1000", epochs=1, train_size=200, test_size=100, parity_steps=2, progress=False,
                          out=tmp_path)
     assert status == EXIT_PARITY
-    m = json.loads((tmp_path / "mlp1000.incomplete" / "metrics.json").read_text())  # failed: not OUT/NET
+    assert not (tmp_path / "mlp1000").exists()  # a failed run never takes OUT/mlp1000's place
+    m = json.loads((tmp_path / "mlp1000.incomplete" / "metrics.json").read_text())
     assert m["status"] == "parity-failed" and m["parity"]["diagnosis"]["culprit"] == "relu backward"
     assert "ReLU.backward" in m["status_detail"]
 

@@ -222,10 +222,13 @@ def test_a_deliberate_tie_fails_without_tie_alignment_and_passes_with_it(data, m
     """Why the reference aligns ties: two equal maxima that the sides round one ulp apart send
     the gradient to different elements of the window. The tie here is constructed (see
     ``_deliberate_tie``), so the outcome is the same on every machine. (Whether MNIST's blank
-    borders produce such ties by themselves depends on the BLAS kernel and summation order:
-    on the 2-core x86_64 machine of ``reports/cnn18k/noise_floor.txt`` float64 parity without
-    alignment fails at step 1, margin 2.8e7; on an AVX-512 Xeon it passed over 20 steps. That
-    is a measured note, not something a test can assert.)"""
+    borders produce such ties by themselves depends on the BLAS kernel and summation order.
+    Measured over these 20 steps without alignment on a 2-core AMD EPYC (AVX-512; NumPy on
+    OpenBLAS 0.3.31 SkylakeX, torch 2.14.1 on MKL): float64 fails at step 1 (dout/drop3,
+    margin 3.3e6) with 1 or 2 threads and OpenBLAS forced to Nehalem, Sandybridge or Haswell;
+    float32 passes all 20 steps there, but fails at step 1 (margin 5.2) with torch's kernels at
+    AVX2; on an AVX-512 Xeon float64 passed over 20 steps. That is a measured note, not
+    something a test can assert.)"""
     from nnparity import parity
 
     if not aligned:

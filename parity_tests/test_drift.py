@@ -28,6 +28,10 @@ def test_correct_code_stays_inside_the_envelope(small):
     net, recipe, ds = small
     env = drift.measure_envelope(net, recipe, ds, 0, 4)
     assert env["steps"] == 4
+    # The band is measured here, on the machine running the test (float32 torch against
+    # float64 torch), so it follows this machine's rounding. Largest impl64 / band64 measured
+    # on AMD EPYC (AVX-512): 0.49; 0.68 with OpenBLAS forced to Nehalem, 0.53-0.54 with torch
+    # at AVX2 / default and NumPy without AVX-512: inside, by a factor of 1.5 to 2.
     assert all(0 <= i <= b for i, b in zip(env["impl64"], env["band64"])), (env["impl64"], env["band64"])
     assert min(env["chaos32"]) > 1e3 * max(env["impl64"])  # float32 rounding dwarfs the float64 difference
     d = drift.assess(env, list(enumerate(env["impl64"], 1)), [], 4, "float64")
@@ -46,16 +50,23 @@ def test_cnn18k_envelope_leaves_out_the_noise_of_zero_by_construction_gradients(
     skip = drift.rounding_noise_keys(net)
     assert skip == {f"state/conv{i}.bias.momentum_buffer" for i in range(1, 5)}
     env = drift.measure_envelope(net, recipe, ds, 0, 3)
-    assert max(env["impl64"]) < 1e-12, env["impl64"]
+    assert max(env["impl64"]) < 1e-12, env["impl64"]  # measured 3.3e-14 (5 kernel configurations)
+    # impl64 / band64 measured 0.49-0.51 (AVX-512, AVX2, default kernels; OpenBLAS Nehalem)
     assert all(0 <= i <= b for i, b in zip(env["impl64"], env["band64"])), (env["impl64"], env["band64"])
     assert 1e-9 < max(env["chaos32"]) < 1e-2, env["chaos32"]
-    # the buffers left out really are noise: relative difference O(1) between the float64 sides
+    # the buffers left out really are noise: rounding residues, on both sides, next to the
+    # momentum buffers of the same layers' weights. Their values are each machine's rounding
+    # (here, AMD EPYC AVX-512, one float64 step: at most 1.7e-14 against 0.065-0.093 for the
+    # weights' buffers, and a relative difference of 2.05 between the sides), so a test
+    # asserts their size, not their difference: that holds even where both round to 0.
     s64, t64 = networks.make_sides(net, recipe, "float64", 0)
     x, y = next(iter(networks.first_batches(ds, recipe, 0, 1)))
     s64.step(x.astype(np.float64), y)
     t64.step(x.astype(np.float64), y, draws=s64.draws())
-    noise = drift.weight_difference({k: s64.state()[k] for k in skip}, t64.state())[1]
-    assert noise > 1e-3, noise
+    for state in (s64.state(), t64.state()):
+        for key in skip:
+            weights = np.abs(np.asarray(state[key.replace(".bias.", ".weight.")])).max()
+            assert np.abs(np.asarray(state[key])).max() <= 1e-10 * weights, (key, weights)
 
 
 def test_an_error_below_the_parity_tolerance_leaves_the_envelope(small, monkeypatch):
@@ -92,7 +103,7 @@ def test_run_report_shows_the_drift_with_its_envelope(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     d = m["drift"]
     assert d["envelope_steps"] == 2 and len(d["step_drift"]) == 2 and len(d["band"]) == 2
-    assert d["leaves"] is None and d["epoch_drift"][0][:2] == [2, 1]
+    assert d["leaves"] is None and d["epoch_drift"][0][:2] == [2, 1]  # drift / band measured 0.53
     text = (out / "report.md").read_text()
     assert "## Drift between the sides" in text and "stays inside the rounding envelope" in text
     assert (out / "drift.png").stat().st_size > 0

@@ -185,6 +185,9 @@ def test_drift_against_the_envelope_in_every_run(quick_run):
         assert d["chaos32"] == runs[("correct", seed)]["chaos32"] and d["impl64"] == runs[("correct", seed)]["impl64"]
         assert d["check_command"] == f"nnparity check linear10 --variant {variant} --seed {seed}"
         if variant == "correct":
+            # the band is this machine's float32 rounding, measured in the run; the largest
+            # drift / band measured (AMD EPYC AVX-512, also with OpenBLAS at Nehalem and torch
+            # and NumPy at AVX2) is 0.39 (seed 0) and 0.34 (seed 1)
             assert d["leaves"] is None and max(v for _, v in d["step_drift"]) <= d["band"][-1]
         else:
             assert d["leaves"]["step"] == 1 and d["leaves"]["drift"] > 1e6 * d["leaves"]["band"]
