@@ -106,5 +106,18 @@ def even_batch(x, y):
     return (x[:n - 1], y[:n - 1]) if n % 2 else (x, y)
 
 
+def untied(x, seed: int = 0, scale: float = 1e-3):
+    """``x`` plus seeded noise of ``scale`` times its spread: no two values of a pooling window
+    and no ReLU input stay exactly equal or exactly 0 (MNIST's blank borders hold thousands
+    of such ties). The split's invariance holds for any input, but which of two *tied*
+    values a whole batch and its halves pick is up to how the BLAS rounds rows of different
+    batch sizes, a property of the machine; values 1e-3 apart are decided the same way by
+    every BLAS."""
+    x = np.asarray(x)
+    rng = np.random.default_rng(seed)
+    spread = float(x.std()) or 1.0
+    return (x + scale * spread * rng.standard_normal(x.shape)).astype(x.dtype)
+
+
 def worst(comparisons) -> float:
     return max((c.margin for c in comparisons), default=0.0)

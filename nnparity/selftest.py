@@ -568,6 +568,7 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype, progress) 
         documented = _small(net.recipe, steps, batch_size)
         ds = prepare(net, documented, raw, dtype, seed)
         x, y = metamorphic.even_batch(*next(iter(first_batches(ds, documented, seed, 1))))
+        x = metamorphic.untied(x, seed)  # no exact ties for two batch sizes to round apart
         # the parity columns: the documented recipe, plus a variant per requirement it does not meet
         columns = [(name, f"{name} step parity, documented recipe", documented)]
         for req in bugmod.REQUIREMENTS:
