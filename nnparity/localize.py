@@ -137,7 +137,7 @@ class Diagnosis:
                 f"  scratch {c.scratch:.10g}   reference {c.reference:.10g}",
                 f"  abs error {abs_err:.3g}   rel error {rel_err:.3g}   margin {c.margin:.3g} "
                 f"(tolerance atol {c.tol.atol:g} + rtol {c.tol.rtol:g} |reference|; the tensor's max abs error "
-                f"{c.max_abs:.3g}, max rel error {c.max_rel:.3g})"]
+                f"{c.max_abs:.3g}, max rel error {c.max_rel:.3g} where the reference is non-zero)"]
 
     def render(self) -> str:
         lines = self.first_lines()

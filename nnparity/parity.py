@@ -322,8 +322,9 @@ class Trace:
                  for q in qs}
         key, width = ("margin", 14) if metric == "margin" else ("worst_rel", 13)
         legend = ("(worst margin; <= 1 passes)" if metric == "margin" else
-                  "(worst max relative error per quantity, ! = a tensor of this kind fails; "
-                  "margin: the step's worst, <= 1 passes)")
+                  "(worst relative error per quantity, over elements whose reference is non-zero; "
+                  "x! = a tensor of this kind fails, x its relative error at the failing element, inf where the "
+                  "reference is 0; margin: the step's worst, <= 1 passes)")
         head = "step  " + "  ".join(f"{short[q]:>{width}}" for q in qs)
         lines = [head + (f"  {'margin':>9}" if metric == "max_rel" else "") + "   " + legend]
         for row in self.summary():
@@ -336,9 +337,12 @@ class Trace:
             if metric == "margin":
                 cells = [f"{row[q][key]:{width}.3g}" if q in row else f"{'-':>{width}}" for q in qs]
             else:
-                bad = {c.quantity for c in step if c.mismatch}
-                cells = [f"{row[q][key]:{width - 1}.3g}{'!' if q in bad else ' '}" if q in row
-                         else f"{'-':>{width - 1}} " for q in qs]
+                bad = {}  # kind -> its worst failing tensor: the cell shows where that one fails
+                for c in step:
+                    if c.mismatch and (c.quantity not in bad or c.margin > bad[c.quantity].margin):
+                        bad[c.quantity] = c
+                cells = [(f"{_rel(bad[q].scratch, bad[q].reference):{width - 1}.3g}!" if q in bad else
+                          f"{row[q][key]:{width - 1}.3g} ") if q in row else f"{'-':>{width - 1}} " for q in qs]
             if metric == "max_rel":
                 cells.append(f"{max((c.margin for c in step), default=0.0):9.3g}")
             lines.append(f"{row['step']:>4}  " + "  ".join(cells) + flag)

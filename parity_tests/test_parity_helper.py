@@ -58,3 +58,20 @@ def test_degenerate_gradient_fails_but_degenerate_parameter_does_not():
     assert not compare("grad/b", zeros, zeros, TOL).passed
     assert compare("grad/b", zeros, zeros, TOL, allowed_zero=True).passed
     assert compare("param/b", zeros, zeros, TOL).passed
+
+
+def test_a_flagged_cell_of_the_relative_error_table_shows_the_failing_element():
+    """The relative-error column of a kind leaves out elements whose reference is 0, so a
+    tensor failing at such an element used to show a tiny worst relative error flagged "!"
+    (1.12e-11!). The flagged cell now shows the relative error at the failing element."""
+    from nnparity.parity import Trace, compare_records, tolerance_for
+
+    tol = tolerance_for("float64")
+    scratch = {"dout/fc": np.array([1.0, 2.0, 0.05]), "grad/fc.weight": np.array([1.0, 2.0])}
+    reference = {"dout/fc": np.array([1.0, 2.0 + 2e-11, 0.0]), "grad/fc.weight": np.array([1.0, 2.0])}
+    trace = Trace("net", "float64", tol)
+    trace.steps.append(compare_records(scratch, reference, tol, 1))
+    (failing,) = trace.failures
+    assert failing.max_rel < 1e-10 and failing.reference == 0  # what the column leaves out
+    row = trace.table(metric="max_rel").splitlines()[1]
+    assert "inf!" in row and f"{failing.max_rel:.3g}!" not in row, row
