@@ -719,6 +719,35 @@ def write(out_dir: Path, meta: dict, runs: list, *, final: bool) -> None:
         io.write_text(out_dir / "report.md", render(meta, runs, summary, list(figs)))
 
 
+def figures_from_metrics(metrics: dict, folder: Path) -> dict:
+    """The report's plots drawn again from its ``metrics.json`` (``nnparity.report.rerender``).
+
+    The per-batch plots need ``per_batch.npz`` beside it (written by the run, not committed):
+    without it they are not drawn, and the PNGs already in the folder stay as they are."""
+    runs = metrics["runs"]
+    batches = {}
+    npz = Path(folder) / "per_batch.npz"
+    if npz.is_file():
+        with np.load(npz, allow_pickle=False) as arrays:
+            for r in runs:
+                variant = r["variant"]
+                if variant in batches or not any(k.startswith(f"{variant}/") for k in arrays.files):
+                    continue
+                b = {f"{side}/{split}": (arrays[f"{variant}/{side}/{split}/loss"],
+                                         arrays[f"{variant}/{side}/{split}/accuracy"])
+                     for side in SIDES for split in ("train", "val")}
+                bs = metrics["recipe"]["batch_size"]
+                b["batches_per_epoch"] = {"train": math.ceil(r["train_size"] / bs),
+                                          "val": math.ceil(r["val_size"] / bs)}
+                batches[variant] = b
+    figs = {**plot_variants(runs), **plot_first_seed(runs, batches), **plot_drift(runs)}
+    if not batches:
+        plt = _plt()
+        for name in [n for n in figs if n.startswith("batch_")]:
+            plt.close(figs.pop(name))
+    return figs
+
+
 UNSUPPORTED = {
     "save_every": "linear10 trains 10 runs of 200 short epochs each; rerun instead of resuming",
     "resume": "linear10 trains 10 runs of 200 short epochs each; rerun instead of resuming",

@@ -267,6 +267,11 @@ def _plots(runs: list) -> dict:
     return figs
 
 
+def figures_from_metrics(metrics: dict, folder) -> dict:
+    """The report's plots drawn again from its ``metrics.json`` (``nnparity.report.rerender``)."""
+    return _plots(metrics["runs"])
+
+
 def run(args) -> int:
     from ..run import EXIT_OK, EXIT_PARITY, finish_folder, log
     from ..signals import handled_signals
