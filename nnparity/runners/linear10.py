@@ -299,14 +299,45 @@ def _side_label(variant: str, side: str) -> str:
     return side
 
 
+def spread_labels(ys: list, gap: float) -> list:
+    """Label heights for curve ends at heights ``ys``: the lowest at its curve, each next one
+    at its curve or ``gap`` above the label below it, whichever is higher (so "seed 0" and
+    "seed 3" do not print on top of each other when their curves end 0.1 points apart).
+    Returned in the order of ``ys``."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    placed = [ys[i] for i in order]
+    for j in range(1, len(placed)):  # bottom up: a label too close above its neighbour moves up
+        placed[j] = max(placed[j], placed[j - 1] + gap)
+    out = [0.0] * len(ys)
+    for j, i in enumerate(order):
+        out[i] = placed[j]
+    return out
+
+
+def label_ends(ax, ends: list) -> None:
+    """Write each (y, x, text) of ``ends`` right of its curve's last point, de-overlapped
+    vertically (``spread_labels``), with a thin leader line to the curve's end."""
+    if not ends:
+        return
+    lo, hi = ax.get_ylim()
+    left, right = ax.get_xlim()
+    heights = spread_labels([y for y, _, _ in ends], gap=0.04 * (hi - lo))
+    for (y, x, text), h in zip(ends, heights):
+        ax.annotate(text, (x, y), xytext=(x + 0.025 * (right - left), h), textcoords="data", fontsize=7,
+                    va="center", annotation_clip=False,
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.4", "shrinkA": 0, "shrinkB": 0})
+
+
 def plot_variants(runs: list) -> dict:
     """Accuracy per epoch of every seed, both variants; dead units per epoch."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
     figs = {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     for ax, key, title, doc in ((axes[0], "train", "training accuracy %", DOCUMENT["train_accuracy"]),
                                 (axes[1], "val", "validation accuracy %", DOCUMENT["val_accuracy"])):
-        seen = set()
+        seen, ends = set(), []
         for r in runs:
             if not r["epochs"]:
                 continue
@@ -317,12 +348,13 @@ def plot_variants(runs: list) -> dict:
             seen.add(r["variant"])
             ax.plot(ep, y, color=VARIANT_COLORS[r["variant"]], lw=1, alpha=0.8, label=label)
             if r["variant"] == "correct":
-                ax.annotate(f"seed {r['seed']}", (ep[-1], y[-1]), fontsize=7, xytext=(2, 0),
-                            textcoords="offset points", va="center")
+                ends.append((y[-1], ep[-1], f"seed {r['seed']}"))
         ax.axhline(doc, color="k", ls=":", lw=1, label=f"document: {doc}%")
         ax.set(xlabel="epoch", title=f"linear10: {title}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="center right")
+        label_ends(ax, ends)
     axes[0].set_ylabel("accuracy %")
     fig.tight_layout()
     figs["accuracy_variants.png"] = fig
@@ -362,6 +394,8 @@ def plot_first_seed(runs: list, batches: dict) -> dict:
     variants = [v for v in VARIANTS if v in first and first[v]["epochs"]]
     if not variants:
         return figs
+    from matplotlib.ticker import MaxNLocator
+
     metrics = (("loss", "loss (per sample)"), ("accuracy", "accuracy %"), ("error", "error %"))
 
     def epoch_value(e, side, split, metric):
@@ -382,6 +416,7 @@ def plot_first_seed(runs: list, batches: dict) -> dict:
                                                                                  else "tab:red"),
                             label=f"{split}: {_side_label(variant, side)}")
             ax.set(xlabel="epoch", ylabel=ylabel, title=f"{variant}, seed {r['seed']}: {metric} per epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if metric == "loss":
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
@@ -423,6 +458,8 @@ def plot_drift(runs: list) -> dict:
     """``drift.png``: the first seed's drift against its rounding envelope, one panel per
     variant (``drift.draw``); ``weight_difference.png``: the largest absolute weight
     difference per epoch of every run."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
     figs = {}
     first = {}
@@ -430,7 +467,7 @@ def plot_drift(runs: list) -> dict:
         if r.get("drift"):
             first.setdefault(r["variant"], r)
     if first:
-        fig, axes = plt.subplots(1, len(first), figsize=(6.4 * len(first), 4.4), squeeze=False)
+        fig, axes = plt.subplots(1, len(first), figsize=(6.4 * len(first), 6.4), squeeze=False)
         for ax, variant in zip(axes[0], (v for v in VARIANTS if v in first)):
             r = first[variant]
             if variant == "as-documented":
@@ -454,6 +491,7 @@ def plot_drift(runs: list) -> dict:
                     color=VARIANT_COLORS[r["variant"]], lw=1, label=label)
     ax.set(xlabel="epoch", ylabel="max |scratch - torch| over weights", yscale="log",
            title="linear10: weight difference between the sides, every seed")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if seen:
         ax.legend(fontsize=8)
