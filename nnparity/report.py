@@ -122,7 +122,7 @@ def render_markdown(meta: dict, history: list, figures, extra: str = "") -> str:
     lines.append(f"Produced by `{meta['command']}` (seed {meta['seed']}, {meta['dtype']}).  ")
     lines.append(f"Status: **{status}**" + (f" - {meta['status_detail']}" if meta.get("status_detail") else "")
                  + f"; {len(history)} of {meta['epochs_planned']} epochs.")
-    lines += ["", f"Source document: `{recipe['source']}`.", "", "## Recipe", "",
+    lines += ["", f"Source document: {recipe['source']}.", "", "## Recipe", "",
               "| field | value |", "|---|---|"]
     for k, v in recipe.items():
         if k != "choices":

@@ -512,7 +512,7 @@ def render(meta: dict, runs: list, summary: dict, figures: list) -> str:
          f"Status: **{meta['status']}**" + (f" - {meta['status_detail']}" if meta.get("status_detail") else "")
          + f"; {sum(r['status'] == 'complete' for r in runs)} of {len(meta['variants']) * len(meta['seeds'])} "
            f"runs complete, {recipe['epochs']} epochs each.", "",
-         f"Source document: `{recipe['source']}`. The document reports **{DOCUMENT['train_accuracy']}% training "
+         f"Source document: {recipe['source']}. The document reports **{DOCUMENT['train_accuracy']}% training "
          f"/ {DOCUMENT['val_accuracy']}% validation accuracy** after 200 epochs."]
     if summary:
         L += ["", "## Result: mean (min - max) over the seeds, final epoch", "",
