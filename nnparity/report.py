@@ -49,7 +49,7 @@ def per_epoch_plots(history: list, title: str) -> dict:
             ax.plot(epochs, [transform(r[side][key]) for r in history], STYLES[side],
                     color=COLORS[side], label=side, marker="o" if len(epochs) < 25 else None, ms=3)
         ax.set(xlabel="epoch", ylabel=ylabel, title=f"{title}: {ylabel}")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # epochs are whole: no tick at 1.5
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
@@ -66,7 +66,7 @@ def per_epoch_plots(history: list, title: str) -> dict:
     ax.plot(epochs, [max(r["max_rel_weight_diff"], 1e-300) for r in history], color="tab:purple",
             ls="--", label="max relative difference")
     ax.set(xlabel="epoch", ylabel="difference", title=f"{title}: weight difference between sides")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -112,3 +112,24 @@ def test_rerender_cli_names_a_folder_without_metrics(tmp_path, capsys):
     assert report.main(["--rerender", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "metrics.json does not exist" in err
+
+
+def test_linear10_per_batch_plots_name_every_line():
+    from nnparity.runners.linear10 import plot_first_seed
+
+    import numpy as np
+
+    side = {"train_loss": 0.5, "test_loss": 0.6, "train_error": 10.0, "test_accuracy": 88.0}
+    runs = [{"variant": v, "seed": 0, "epochs": [{"epoch": e, "scratch": side, "torch": side} for e in (1, 2)]}
+            for v in ("correct", "as-documented")]
+    curve = (np.linspace(1, 0.1, 8, dtype=np.float32), np.linspace(50, 90, 8, dtype=np.float32))
+    b = {f"{s}/{split}": curve for s in ("scratch", "torch") for split in ("train", "val")}
+    b["batches_per_epoch"] = {"train": 4, "val": 4}
+    figs = plot_first_seed(runs, {"correct": b, "as-documented": b})
+    try:
+        assert {"batch_loss.png", "epoch_loss.png"} <= set(figs)
+        for name, fig in figs.items():
+            for ax in fig.axes:
+                assert ax.lines and not [ln for ln in ax.lines if ln.get_label().startswith("_")], name
+    finally:
+        report._close(figs)

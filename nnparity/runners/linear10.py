@@ -351,7 +351,7 @@ def plot_variants(runs: list) -> dict:
                 ends.append((y[-1], ep[-1], f"seed {r['seed']}"))
         ax.axhline(doc, color="k", ls=":", lw=1, label=f"document: {doc}%")
         ax.set(xlabel="epoch", title=f"linear10: {title}")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="center right")
         label_ends(ax, ends)
@@ -372,7 +372,7 @@ def plot_variants(runs: list) -> dict:
                     [r["dead_units_at_init"] + offset] + [e["scratch"]["dead_units"] + offset for e in r["epochs"]],
                     where="post", lw=1.2, label=f"seed {r['seed']}: {r['epochs'][-1]['scratch']['dead_units']} dead")
         ax.set(xlabel="epoch (0: the initial weights)", title=f"{variant} (scratch)", ylim=(-0.5, top + 0.5))
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.grid(alpha=0.3)
         if mine:
             ax.legend(fontsize=8)
@@ -416,7 +416,7 @@ def plot_first_seed(runs: list, batches: dict) -> dict:
                                                                                  else "tab:red"),
                             label=f"{split}: {_side_label(variant, side)}")
             ax.set(xlabel="epoch", ylabel=ylabel, title=f"{variant}, seed {r['seed']}: {metric} per epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
             if metric == "loss":
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
@@ -437,7 +437,7 @@ def plot_first_seed(runs: list, batches: dict) -> dict:
                     y = loss if metric == "loss" else (acc if metric == "accuracy" else 100 - acc)
                     per_epoch = b["batches_per_epoch"][split]
                     x = np.arange(1, len(y) + 1)
-                    ax.plot(x, y, color=COLORS[side], lw=0.3, alpha=0.25)
+                    ax.plot(x, y, color=COLORS[side], lw=0.3, alpha=0.25, label=f"{side}, each batch")
                     if len(y) >= per_epoch:
                         smooth = np.convolve(y, np.ones(per_epoch) / per_epoch, mode="valid")
                         ax.plot(x[per_epoch - 1:], smooth, STYLES[side], color=COLORS[side], lw=1.4,
@@ -491,7 +491,7 @@ def plot_drift(runs: list) -> dict:
                     color=VARIANT_COLORS[r["variant"]], lw=1, label=label)
     ax.set(xlabel="epoch", ylabel="max |scratch - torch| over weights", yscale="log",
            title="linear10: weight difference between the sides, every seed")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     ax.grid(alpha=0.3)
     if seen:
         ax.legend(fontsize=8)
