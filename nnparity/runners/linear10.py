@@ -371,11 +371,12 @@ def plot_variants(runs: list) -> dict:
             ax.step([0] + [e["epoch"] for e in r["epochs"]],
                     [r["dead_units_at_init"] + offset] + [e["scratch"]["dead_units"] + offset for e in r["epochs"]],
                     where="post", lw=1.2, label=f"seed {r['seed']}: {r['epochs'][-1]['scratch']['dead_units']} dead")
-        ax.set(xlabel="epoch (0: the initial weights)", title=f"{variant} (scratch)", ylim=(-0.5, top + 0.5))
+        ax.set(xlabel="epoch (0: the initial weights)", title=f"{variant} (scratch)",
+               ylim=(-0.5, top + 2.5))  # room above the curves for the legend
         ax.yaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.grid(alpha=0.3)
         if mine:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper right", ncol=2)
     axes[0].set_ylabel("dead output units (of 10)")
     fig.suptitle("linear10: output units never positive on any training image", fontsize=11)
     fig.tight_layout()
@@ -485,7 +486,8 @@ def plot_drift(runs: list) -> dict:
     seen = set()
     for r in runs:
         if r["epochs"]:
-            label = None if r["variant"] in seen else r["variant"]
+            count = sum(1 for q in runs if q["variant"] == r["variant"] and q["epochs"])
+            label = None if r["variant"] in seen else f"{r['variant']} (one line per seed, {count} seeds)"
             seen.add(r["variant"])
             ax.plot([e["epoch"] for e in r["epochs"]], [max(e["max_abs_weight_diff"], 1e-300) for e in r["epochs"]],
                     color=VARIANT_COLORS[r["variant"]], lw=1, label=label)
