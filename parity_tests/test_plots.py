@@ -15,7 +15,9 @@ from nnparity.runners.linear10 import spread_labels  # noqa: E402
 
 
 def _history(epochs: int) -> list:
-    side = lambda e: {"train_loss": 1.0 / e, "train_error": 10.0 / e, "test_accuracy": 90 + e, "seconds": 1.0}  # noqa: E731
+    def side(e):
+        return {"train_loss": 1.0 / e, "train_error": 10.0 / e, "test_accuracy": 90 + e, "seconds": 1.0}
+
     return [{"epoch": e, "scratch": side(e), "torch": side(e), "max_abs_weight_diff": 1e-15 * e,
              "max_rel_weight_diff": 1e-16 * e} for e in range(1, epochs + 1)]
 
@@ -115,9 +117,9 @@ def test_rerender_cli_names_a_folder_without_metrics(tmp_path, capsys):
 
 
 def test_linear10_per_batch_plots_name_every_line():
-    from nnparity.runners.linear10 import plot_first_seed
-
     import numpy as np
+
+    from nnparity.runners.linear10 import plot_first_seed
 
     side = {"train_loss": 0.5, "test_loss": 0.6, "train_error": 10.0, "test_accuracy": 88.0}
     runs = [{"variant": v, "seed": 0, "epochs": [{"epoch": e, "scratch": side, "torch": side} for e in (1, 2)]}

@@ -18,6 +18,8 @@
   ``selftest`` of one network. The long runs (``--out reports`` rows, ``bench``) are only parsed.
 """
 
+import argparse
+import os
 import re
 import shlex
 import subprocess
@@ -88,7 +90,7 @@ def test_readme_has_the_snippets_this_test_reads():
 @pytest.mark.parametrize("index", range(len(fenced("python"))))
 def test_python_block_runs_from_the_repository_root(index, tmp_path):
     code = fenced("python")[index]
-    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if "def test_" in code:
         test_file = tmp_path / "test_snippet.py"
         test_file.write_text(code)
@@ -105,7 +107,7 @@ def test_python_block_runs_from_the_repository_root(index, tmp_path):
 
 def _parser_options() -> dict:
     parser = cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, type(parser._subparsers._group_actions[0])))
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     options = {}
     for name, sp in sub.choices.items():
         if name == "parity":  # the old name of check: the same parser
