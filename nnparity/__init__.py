@@ -25,3 +25,8 @@ def __getattr__(name):
 
         return getattr(byod, name)
     raise AttributeError(f"module 'nnparity' has no attribute {name!r}")
+
+
+def __dir__():
+    """The lazy API too, so ``dir(nnparity)`` and tab completion show ``check_layer`` & co."""
+    return sorted(set(globals()) | set(_API))

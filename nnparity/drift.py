@@ -214,33 +214,49 @@ def figure(d: dict, title: str):
 
 
 def draw(ax, d: dict, title: str, drift_label: str = "drift") -> None:
-    """``figure``'s plot on a given matplotlib axes (for reports with several panels)."""
+    """``figure``'s plot on a given matplotlib axes (for reports with several panels).
+
+    Every line is named in the legend and every legend entry can be seen: the envelope
+    curves are drawn on top of the drift (in a float64 run the float64 scratch-vs-torch
+    curve *is* the per-step drift, and in a float32 run the float32 curve runs along it),
+    and a curve that coincides with another says so in its label."""
     floor = 1e-18
 
     def clip(vs):
         return [max(v, floor) for v in vs]
 
+    def below(vs):  # a note for values drawn at the floor (zero, or smaller than the axis shows)
+        return f" (values < {floor:g} drawn at {floor:g})" if any(v < floor for v in vs) else ""
+
+    def same_as_drift(curve):
+        drift_steps = [v for _, v in d["step_drift"]]
+        return len(drift_steps) == len(curve) > 0 and np.allclose(curve, drift_steps, rtol=1e-12, atol=0)
+
     k = d["envelope_steps"]
     steps = list(range(1, k + 1))
-    if k:
-        ax.fill_between(steps, floor, clip(d["band"]), color="tab:green", alpha=0.15,
-                        label=f"rounding band ({d['dtype']})")
-        ax.plot(steps, clip(d["impl64"]), color="tab:gray", ls="--", lw=1, label="envelope: float64 scratch vs torch")
-        ax.plot(steps, clip(d["chaos32"]), color="tab:olive", ls=":", lw=1.2,
-                label="envelope: float32 vs float64 torch")
     if d["step_drift"]:
-        ax.plot([s for s, _ in d["step_drift"]], clip([v for _, v in d["step_drift"]]), color="tab:red", lw=1.2,
-                label=f"{drift_label}, per step")
+        values = [v for _, v in d["step_drift"]]
+        ax.plot([s for s, _ in d["step_drift"]], clip(values), color="tab:red", lw=1.6, zorder=2,
+                label=f"{drift_label}, per step{below(values)}")
     if d["epoch_drift"]:
-        ax.plot([s for s, _, _ in d["epoch_drift"]], clip([v for _, _, v in d["epoch_drift"]]), "o-",
-                color="tab:purple", ms=3, lw=1, label=f"{drift_label}, per epoch")
-    if d["leaves"]:
-        ax.axvline(d["leaves"]["step"], color="tab:red", ls="--", lw=1)
-        ax.annotate(f"leaves at step {d['leaves']['step']}", (d["leaves"]["step"], d["leaves"]["drift"]),
-                    textcoords="offset points", xytext=(5, 5), fontsize=8, color="tab:red")
+        values = [v for _, _, v in d["epoch_drift"]]
+        ax.plot([s for s, _, _ in d["epoch_drift"]], clip(values), "o-",
+                color="tab:purple", ms=3, lw=1, zorder=2, label=f"{drift_label}, per epoch{below(values)}")
     if k:
-        ax.axvline(k, color="tab:green", ls="-", lw=0.8, alpha=0.6)
+        ax.fill_between(steps, floor, clip(d["band"]), color="tab:green", alpha=0.15, zorder=1,
+                        label=f"rounding band ({d['dtype']}): drift below its upper edge is rounding")
+        same = " (= the drift per step: a float64 run)" if same_as_drift(d["impl64"]) else ""
+        ax.plot(steps, clip(d["impl64"]), color="black", ls=(0, (4, 3)), lw=1, zorder=3,
+                label=f"envelope: float64 scratch vs torch{same}{below(d['impl64'])}")
+        ax.plot(steps, clip(d["chaos32"]), color="darkolivegreen", ls=(0, (1, 1.5)), lw=1.6, zorder=3,
+                label=f"envelope: float32 vs float64 torch{below(d['chaos32'])}")
+        ax.axvline(k, color="tab:green", ls="-", lw=0.8, alpha=0.6, zorder=1,
+                   label=f"end of the per-step record (step {k}): per epoch after")
+    if d["leaves"]:
+        ax.axvline(d["leaves"]["step"], color="tab:red", ls="--", lw=1, zorder=1,
+                   label=f"drift leaves the band (step {d['leaves']['step']})")
     ax.set(xscale="log", yscale="log", xlabel="training step", ylabel="max relative weight difference",
            title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    # below the axes: inside, seven entries would cover the curves they name
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=1, frameon=False)

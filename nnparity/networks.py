@@ -71,14 +71,19 @@ class Network:
 
 
 NETWORKS = {n.name: n for n in (
-    Network("mlp1000", "784-1000-10 ReLU MLP, softmax cross-entropy (seeds 000/001)"),
-    Network("mlp16", "784-16-16-10 ReLU/ReLU/sigmoid MLP, squared error on one-hot targets (seed 002)",
+    Network("mlp1000", '784-1000-10 ReLU MLP, softmax cross-entropy '
+                       '(source document: "Design and Train Neural Network from Scratch")'),
+    Network("mlp16", '784-16-16-10 ReLU/ReLU/sigmoid MLP, squared error on one-hot targets '
+                     '(source document: "Neural Network from Scratch" by Kaleb Ugalde)',
             torch_threads=1),
-    Network("linear10", "784-10 linear + ReLU, softmax cross-entropy; correct vs as-documented backward (seed 004)",
+    Network("linear10", "784-10 linear + ReLU, softmax cross-entropy; correct vs as-documented backward "
+                        "(source document: an untitled report of a NumPy 'Neural Network library')",
             variants=("correct", "as-documented"), runner="nnparity.runners.linear10", torch_threads=1),
-    Network("toy221", "hand-worked 2-2-2 sigmoid net, E = 1/2 sum (t - out)^2, lr sweep (seed 003 part 1)",
+    Network("toy221", 'hand-worked 2-2-2 sigmoid net, E = 1/2 sum (t - out)^2, lr sweep '
+                      '(source document: "Assignment 4 - Part 1")',
             mnist=False, runner="nnparity.runners.toy221", torch_threads=1),
-    Network("cnn18k", "4 conv blocks (BatchNorm, dropout, max pool), GAP, log-softmax + NLL (seed 003 part 2)",
+    Network("cnn18k", '4 conv blocks (BatchNorm, dropout, max pool), GAP, log-softmax + NLL '
+                      '(source document: "Assignment 4 - Part 2")',
             flat=False, allowed_zero=("conv1.bias", "conv2.bias", "conv3.bias", "conv4.bias")),
 )}
 

@@ -40,6 +40,8 @@ def per_epoch_plots(history: list, title: str) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [r["epoch"] for r in history]
     figs = {}
 
@@ -49,6 +51,7 @@ def per_epoch_plots(history: list, title: str) -> dict:
             ax.plot(epochs, [transform(r[side][key]) for r in history], STYLES[side],
                     color=COLORS[side], label=side, marker="o" if len(epochs) < 25 else None, ms=3)
         ax.set(xlabel="epoch", ylabel=ylabel, title=f"{title}: {ylabel}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))  # epochs are whole: no tick at 1.5
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
@@ -65,6 +68,7 @@ def per_epoch_plots(history: list, title: str) -> dict:
     ax.plot(epochs, [max(r["max_rel_weight_diff"], 1e-300) for r in history], color="tab:purple",
             ls="--", label="max relative difference")
     ax.set(xlabel="epoch", ylabel="difference", title=f"{title}: weight difference between sides")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -127,7 +131,7 @@ def render_markdown(meta: dict, history: list, figures, extra: str = "") -> str:
     lines.append(f"Produced by `{meta['command']}` (seed {meta['seed']}, {meta['dtype']}).  ")
     lines.append(f"Status: **{status}**" + (f" - {meta['status_detail']}" if meta.get("status_detail") else "")
                  + f"; {len(history)} of {meta['epochs_planned']} epochs.")
-    lines += ["", f"Source document: `{recipe['source']}`.", "", "## Recipe", "",
+    lines += ["", f"Source document: {recipe['source']}.", "", "## Recipe", "",
               "| field | value |", "|---|---|"]
     for k, v in recipe.items():
         if k != "choices":
@@ -182,12 +186,7 @@ def write_report(out_dir, meta: dict, history: list, *, figures: dict | None = N
     out_dir = io.ensure_writable_dir(out_dir)
     metrics = {**meta, "headline": headline(history), "epochs": history, **(extra_metrics or {})}
     io.write_json(out_dir / "metrics.json", metrics)
-    figures = figures if figures is not None else (per_epoch_plots(history, meta["net"]) if history else {})
-    if meta.get("drift") and "drift.png" in figures:  # drift with its rounding envelope
-        from .drift import figure
-
-        _close({"drift.png": figures["drift.png"]})
-        figures["drift.png"] = figure(meta["drift"], meta["net"])
+    figures = figures if figures is not None else run_figures(meta, history)
     for name, fig in figures.items():
         io.write_figure(out_dir / name, fig)
     _close(figures)
@@ -195,8 +194,81 @@ def write_report(out_dir, meta: dict, history: list, *, figures: dict | None = N
     return out_dir
 
 
+def run_figures(meta: dict, history: list) -> dict:
+    """The plots of a generic run: the per-epoch panels, and the drift against its rounding
+    envelope when the run measured one. Everything is read from ``meta`` and ``history``,
+    which ``metrics.json`` holds whole, so ``rerender`` draws the same figures from it."""
+    figures = per_epoch_plots(history, meta["net"]) if history else {}
+    if meta.get("drift") and "drift.png" in figures:  # drift with its rounding envelope
+        from .drift import figure
+
+        _close({"drift.png": figures["drift.png"]})
+        figures["drift.png"] = figure(meta["drift"], meta["net"])
+    return figures
+
+
+def rerender(folder) -> list:
+    """Re-draw the PNG plots of a report folder from its ``metrics.json``, without training.
+
+    ``metrics.json`` and ``report.md`` are left as they are (the report links the same file
+    names); each PNG is replaced atomically and written deterministically (no timestamp, no
+    Software field), so re-rendering twice gives the same bytes. For a change to the plotting
+    code: ``python -m nnparity.report --rerender reports/mlp1000``. Returns the file names
+    written. linear10 and toy221 draw with their runners' own plotting code; linear10's
+    per-batch plots need ``per_batch.npz`` (not committed) and are left alone without it.
+    """
+    import json
+
+    folder = Path(folder)
+    path = folder / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OSError(f"{path} does not exist: --rerender takes a report folder (e.g. reports/mlp1000)") from None
+    except ValueError as e:
+        raise OSError(f"{path} is not valid JSON ({e})") from None
+    net = metrics.get("net")
+    if net == "linear10":
+        from .runners.linear10 import figures_from_metrics
+    elif net == "toy221":
+        from .runners.toy221 import figures_from_metrics
+    else:
+        def figures_from_metrics(m, _folder):
+            return run_figures(m, m.get("epochs", []))
+    figures = figures_from_metrics(metrics, folder)
+    for name, fig in figures.items():
+        io.write_figure(folder / name, fig)
+    _close(figures)
+    return list(figures)
+
+
+def main(argv=None) -> int:
+    """``python -m nnparity.report --rerender FOLDER [FOLDER ...]``."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m nnparity.report",
+                                description="Re-draw a report folder's PNG plots from its metrics.json "
+                                            "(no training; metrics.json and report.md are not touched).")
+    p.add_argument("--rerender", nargs="+", metavar="FOLDER", required=True,
+                   help="report folders, e.g. reports/mlp1000 reports/cnn18k")
+    args = p.parse_args(argv)
+    for folder in args.rerender:
+        try:
+            names = rerender(folder)
+        except OSError as e:
+            print(f"python -m nnparity.report: error: {e}", file=sys.stderr)
+            return 2
+        print(f"{folder}: {', '.join(names)}")
+    return 0
+
+
 def _close(figures):
     import matplotlib.pyplot as plt
 
     for fig in figures.values():
         plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -306,14 +306,45 @@ def _side_label(variant: str, side: str) -> str:
     return side
 
 
+def spread_labels(ys: list, gap: float) -> list:
+    """Label heights for curve ends at heights ``ys``: the lowest at its curve, each next one
+    at its curve or ``gap`` above the label below it, whichever is higher (so "seed 0" and
+    "seed 3" do not print on top of each other when their curves end 0.1 points apart).
+    Returned in the order of ``ys``."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    placed = [ys[i] for i in order]
+    for j in range(1, len(placed)):  # bottom up: a label too close above its neighbour moves up
+        placed[j] = max(placed[j], placed[j - 1] + gap)
+    out = [0.0] * len(ys)
+    for j, i in enumerate(order):
+        out[i] = placed[j]
+    return out
+
+
+def label_ends(ax, ends: list) -> None:
+    """Write each (y, x, text) of ``ends`` right of its curve's last point, de-overlapped
+    vertically (``spread_labels``), with a thin leader line to the curve's end."""
+    if not ends:
+        return
+    lo, hi = ax.get_ylim()
+    left, right = ax.get_xlim()
+    heights = spread_labels([y for y, _, _ in ends], gap=0.04 * (hi - lo))
+    for (y, x, text), h in zip(ends, heights):
+        ax.annotate(text, (x, y), xytext=(x + 0.025 * (right - left), h), textcoords="data", fontsize=7,
+                    va="center", annotation_clip=False,
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.4", "shrinkA": 0, "shrinkB": 0})
+
+
 def plot_variants(runs: list) -> dict:
     """Accuracy per epoch of every seed, both variants; dead units per epoch."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
     figs = {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     for ax, key, title, doc in ((axes[0], "train", "training accuracy %", DOCUMENT["train_accuracy"]),
                                 (axes[1], "val", "validation accuracy %", DOCUMENT["val_accuracy"])):
-        seen = set()
+        seen, ends = set(), []
         for r in runs:
             if not r["epochs"]:
                 continue
@@ -324,12 +355,13 @@ def plot_variants(runs: list) -> dict:
             seen.add(r["variant"])
             ax.plot(ep, y, color=VARIANT_COLORS[r["variant"]], lw=1, alpha=0.8, label=label)
             if r["variant"] == "correct":
-                ax.annotate(f"seed {r['seed']}", (ep[-1], y[-1]), fontsize=7, xytext=(2, 0),
-                            textcoords="offset points", va="center")
+                ends.append((y[-1], ep[-1], f"seed {r['seed']}"))
         ax.axhline(doc, color="k", ls=":", lw=1, label=f"document: {doc}%")
         ax.set(xlabel="epoch", title=f"linear10: {title}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="center right")
+        label_ends(ax, ends)
     axes[0].set_ylabel("accuracy %")
     fig.tight_layout()
     figs["accuracy_variants.png"] = fig
@@ -346,11 +378,12 @@ def plot_variants(runs: list) -> dict:
             ax.step([0] + [e["epoch"] for e in r["epochs"]],
                     [r["dead_units_at_init"] + offset] + [e["scratch"]["dead_units"] + offset for e in r["epochs"]],
                     where="post", lw=1.2, label=f"seed {r['seed']}: {r['epochs'][-1]['scratch']['dead_units']} dead")
-        ax.set(xlabel="epoch (0: the initial weights)", title=f"{variant} (scratch)", ylim=(-0.5, top + 0.5))
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="epoch (0: the initial weights)", title=f"{variant} (scratch)",
+               ylim=(-0.5, top + 2.5))  # room above the curves for the legend
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.grid(alpha=0.3)
         if mine:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper right", ncol=2)
     axes[0].set_ylabel("dead output units (of 10)")
     fig.suptitle("linear10: output units never positive on any training image", fontsize=11)
     fig.tight_layout()
@@ -369,6 +402,8 @@ def plot_first_seed(runs: list, batches: dict) -> dict:
     variants = [v for v in VARIANTS if v in first and first[v]["epochs"]]
     if not variants:
         return figs
+    from matplotlib.ticker import MaxNLocator
+
     metrics = (("loss", "loss (per sample)"), ("accuracy", "accuracy %"), ("error", "error %"))
 
     def epoch_value(e, side, split, metric):
@@ -389,6 +424,7 @@ def plot_first_seed(runs: list, batches: dict) -> dict:
                                                                                  else "tab:red"),
                             label=f"{split}: {_side_label(variant, side)}")
             ax.set(xlabel="epoch", ylabel=ylabel, title=f"{variant}, seed {r['seed']}: {metric} per epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
             if metric == "loss":
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
@@ -409,7 +445,7 @@ def plot_first_seed(runs: list, batches: dict) -> dict:
                     y = loss if metric == "loss" else (acc if metric == "accuracy" else 100 - acc)
                     per_epoch = b["batches_per_epoch"][split]
                     x = np.arange(1, len(y) + 1)
-                    ax.plot(x, y, color=COLORS[side], lw=0.3, alpha=0.25)
+                    ax.plot(x, y, color=COLORS[side], lw=0.3, alpha=0.25, label=f"{side}, each batch")
                     if len(y) >= per_epoch:
                         smooth = np.convolve(y, np.ones(per_epoch) / per_epoch, mode="valid")
                         ax.plot(x[per_epoch - 1:], smooth, STYLES[side], color=COLORS[side], lw=1.4,
@@ -430,6 +466,8 @@ def plot_drift(runs: list) -> dict:
     """``drift.png``: the first seed's drift against its rounding envelope, one panel per
     variant (``drift.draw``); ``weight_difference.png``: the largest absolute weight
     difference per epoch of every run."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _plt()
     figs = {}
     first = {}
@@ -437,7 +475,7 @@ def plot_drift(runs: list) -> dict:
         if r.get("drift"):
             first.setdefault(r["variant"], r)
     if first:
-        fig, axes = plt.subplots(1, len(first), figsize=(6.4 * len(first), 4.4), squeeze=False)
+        fig, axes = plt.subplots(1, len(first), figsize=(6.4 * len(first), 6.4), squeeze=False)
         for ax, variant in zip(axes[0], (v for v in VARIANTS if v in first)):
             r = first[variant]
             if variant == "as-documented":
@@ -455,12 +493,14 @@ def plot_drift(runs: list) -> dict:
     seen = set()
     for r in runs:
         if r["epochs"]:
-            label = None if r["variant"] in seen else r["variant"]
+            count = sum(1 for q in runs if q["variant"] == r["variant"] and q["epochs"])
+            label = None if r["variant"] in seen else f"{r['variant']} (one line per seed, {count} seeds)"
             seen.add(r["variant"])
             ax.plot([e["epoch"] for e in r["epochs"]], [max(e["max_abs_weight_diff"], 1e-300) for e in r["epochs"]],
                     color=VARIANT_COLORS[r["variant"]], lw=1, label=label)
     ax.set(xlabel="epoch", ylabel="max |scratch - torch| over weights", yscale="log",
            title="linear10: weight difference between the sides, every seed")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     ax.grid(alpha=0.3)
     if seen:
         ax.legend(fontsize=8)
@@ -481,7 +521,7 @@ def render(meta: dict, runs: list, summary: dict, figures: list) -> str:
          f"Status: **{meta['status']}**" + (f" - {meta['status_detail']}" if meta.get("status_detail") else "")
          + f"; {sum(r['status'] == 'complete' for r in runs)} of {len(meta['variants']) * len(meta['seeds'])} "
            f"runs complete, {recipe['epochs']} epochs each.", "",
-         f"Source document: `{recipe['source']}`. The document reports **{DOCUMENT['train_accuracy']}% training "
+         f"Source document: {recipe['source']}. The document reports **{DOCUMENT['train_accuracy']}% training "
          f"/ {DOCUMENT['val_accuracy']}% validation accuracy** after 200 epochs."]
     if summary:
         L += ["", "## Result: mean (min - max) over the seeds, final epoch", "",
@@ -726,6 +766,35 @@ def write(out_dir: Path, meta: dict, runs: list, *, final: bool) -> None:
         for fig in figs.values():
             plt.close(fig)
         io.write_text(out_dir / "report.md", render(meta, runs, summary, list(figs)))
+
+
+def figures_from_metrics(metrics: dict, folder: Path) -> dict:
+    """The report's plots drawn again from its ``metrics.json`` (``nnparity.report.rerender``).
+
+    The per-batch plots need ``per_batch.npz`` beside it (written by the run, not committed):
+    without it they are not drawn, and the PNGs already in the folder stay as they are."""
+    runs = metrics["runs"]
+    batches = {}
+    npz = Path(folder) / "per_batch.npz"
+    if npz.is_file():
+        with np.load(npz, allow_pickle=False) as arrays:
+            for r in runs:
+                variant = r["variant"]
+                if variant in batches or not any(k.startswith(f"{variant}/") for k in arrays.files):
+                    continue
+                b = {f"{side}/{split}": (arrays[f"{variant}/{side}/{split}/loss"],
+                                         arrays[f"{variant}/{side}/{split}/accuracy"])
+                     for side in SIDES for split in ("train", "val")}
+                bs = metrics["recipe"]["batch_size"]
+                b["batches_per_epoch"] = {"train": math.ceil(r["train_size"] / bs),
+                                          "val": math.ceil(r["val_size"] / bs)}
+                batches[variant] = b
+    figs = {**plot_variants(runs), **plot_first_seed(runs, batches), **plot_drift(runs)}
+    if not batches:
+        plt = _plt()
+        for name in [n for n in figs if n.startswith("batch_")]:
+            plt.close(figs.pop(name))
+    return figs
 
 
 UNSUPPORTED = {

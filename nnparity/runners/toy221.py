@@ -194,7 +194,7 @@ def render(meta: dict, runs: list) -> str:
              f"Produced by `{meta['command']}` ({meta['dtype']}).  ",
              f"Status: **{meta['status']}**" + (f" - {meta['status_detail']}" if meta.get("status_detail") else "")
              + f"; {len(runs)} learning rate{'s' * (len(runs) != 1)}, {n} steps each.", "",
-             f"Source document: `{r['source']}`.", "", "## Recipe", "", "| field | value |", "|---|---|"]
+             f"Source document: {r['source']}.", "", "## Recipe", "", "| field | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in r.items() if k != "choices"]
     lines += ["", "Choices made where the document is silent:", ""] + [f"- {c}" for c in r["choices"]]
     lines += ["", "## Agreement of the two sides", "",
@@ -265,6 +265,11 @@ def _plots(runs: list) -> dict:
     ax.legend()
     figs["loss_all.png"] = fig
     return figs
+
+
+def figures_from_metrics(metrics: dict, folder) -> dict:
+    """The report's plots drawn again from its ``metrics.json`` (``nnparity.report.rerender``)."""
+    return _plots(metrics["runs"])
 
 
 def run(args) -> int:

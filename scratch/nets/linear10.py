@@ -1,5 +1,6 @@
-"""``linear10``: the single linear layer of ``shared/seeds/004_*`` (a NumPy
-"library similar to PyTorch", solved again with PyTorch's predefined layers).
+"""``linear10``: the single linear layer of its source document (an untitled report, author
+not named, of a NumPy "Neural Network library" built to work like PyTorch's, the same
+problem solved again with PyTorch's predefined layers).
 
 Network (as documented, including the ReLU before the softmax)::
 
@@ -66,7 +67,8 @@ VARIANTS = ("correct", "as-documented")
 
 RECIPE = Recipe(
     net="linear10",
-    source="shared/seeds/004_8d0a3f6e841ffa61.txt",
+    source=('an untitled report of a NumPy "Neural Network library" built to work like PyTorch\'s '
+            '(author not named)'),
     lr=0.01,
     batch_size=32,
     epochs=200,

@@ -1,4 +1,4 @@
-"""``mlp1000``: the two-layer MLP of ``shared/seeds/000_*`` and ``001_*``
+"""``mlp1000``: the two-layer MLP of "Design and Train Neural Network from Scratch"
 ("Design and Train Neural Network from Scratch", two copies of one README).
 
 Network (as documented)::
@@ -49,7 +49,8 @@ from ..recipe import Recipe
 
 RECIPE = Recipe(
     net="mlp1000",
-    source="shared/seeds/000_7c244c88c6ef4f6f.txt, shared/seeds/001_61e07b49a71f27e7.txt",
+    source=('"Design and Train Neural Network from Scratch", the README of the GitHub repository '
+            "rgkannan676/Design-and-Train-Neural-Network-from-Scratch (two copies of it)"),
     lr=0.001,
     batch_size=100,
     epochs=100,

@@ -1,4 +1,4 @@
-"""``mlp16``: the 784-16-16-10 network of ``shared/seeds/002_*`` ("Neural Network
+"""``mlp16``: the 784-16-16-10 network of Kaleb Ugalde's source document ("Neural Network
 from Scratch", Kaleb Ugalde).
 
 Network (as documented: "three layers ... all the layers have a size 16", the
@@ -61,7 +61,7 @@ from ..recipe import Recipe
 
 RECIPE = Recipe(
     net="mlp16",
-    source="shared/seeds/002_2b5002b18a36bc6c.txt",
+    source='"Neural Network from Scratch" by Kaleb Ugalde',
     lr=1.0,
     batch_size=32,
     epochs=100,

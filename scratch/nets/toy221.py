@@ -1,4 +1,4 @@
-"""``toy221``: the hand-worked 2-2-2 sigmoid network of ``shared/seeds/003_*``,
+"""``toy221``: the hand-worked 2-2-2 sigmoid network of the source document "Assignment 4 - Part 1",
 part 1 (the backpropagation exercise of "Assignment 4").
 
 Network (as documented; the names are the document's)::
@@ -87,7 +87,7 @@ class ToyRecipe(Recipe):
 
 RECIPE = ToyRecipe(
     net="toy221",
-    source="shared/seeds/003_6cb7b6c11d206338.txt (part 1)",
+    source='"Assignment 4 - Part 1" (author not named)',
     lr=DOCUMENT_LRS[0],
     batch_size=1,
     epochs=181,
