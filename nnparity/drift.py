@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from .networks import first_batches, make_sides
+from .threads import blas_threads
 from .train import rounding_noise_keys, weight_difference
 
 DEFAULT_STEPS = 200
@@ -75,14 +76,16 @@ def measure_envelope(net, recipe, ds, seed: int, steps: int, progress: bool | No
     _, t32 = make_sides(net, recipe, "float32", seed)
     impl, chaos = [], []
     skip = rounding_noise_keys(net)  # momentum buffers of zero-by-construction gradients: noise only
-    for x, y in bar(first_batches(ds, recipe, seed, steps), total=steps, desc="drift envelope", progress=progress):
-        x64 = np.asarray(x, dtype=np.float64)
-        s64.step(x64, y)
-        draws = s64.draws()
-        t64.step(x64, y, draws=draws)
-        t32.step(x64.astype(np.float32), y, draws=_cast_draws(draws, np.float32))
-        impl.append(weight_difference(s64.state(), t64.state(), skip)[1])
-        chaos.append(weight_difference(t32.state(), t64.state(), skip)[1])
+    batches = bar(first_batches(ds, recipe, seed, steps), total=steps, desc="drift envelope", progress=progress)
+    with blas_threads(1):  # NumPy and torch steps alternate, as in training: see nnparity/threads.py
+        for x, y in batches:
+            x64 = np.asarray(x, dtype=np.float64)
+            s64.step(x64, y)
+            draws = s64.draws()
+            t64.step(x64, y, draws=draws)
+            t32.step(x64.astype(np.float32), y, draws=_cast_draws(draws, np.float32))
+            impl.append(weight_difference(s64.state(), t64.state(), skip)[1])
+            chaos.append(weight_difference(t32.state(), t64.state(), skip)[1])
     return {"steps": len(impl), "impl64": impl, "chaos32": chaos, "band64": band(chaos, "float64"),
             "seconds": time.perf_counter() - t0}
 
