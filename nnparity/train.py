@@ -7,6 +7,7 @@ comparison and dropout masks can be handed from one side to the other.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from scratch.recipe import Recipe
 
 from .networks import Dataset, Network, make_sides, training_batches
 from .sides import summed
+from .tape import RecordingSide, ReplayedSide, Same, Tape
 from .threads import blas_threads
 
 
@@ -99,10 +101,34 @@ class Training:
     history: list = field(default_factory=list)
     drift_steps: int = 0                              # record the drift after each of the first N steps
     step_drift: list = field(default_factory=list)    # [(step, max relative weight difference)]
+    # the torch side shared with a second run (``nnparity.tape``): ``record_ref`` keeps its
+    # trajectory in ``self.ref_tape``; ``replay_ref`` (an earlier run's ``ref_tape``) replays it
+    # instead of training it, for a run whose torch side is the same computation
+    record_ref: bool = False
+    replay_ref: "Tape | None" = None
 
     def __post_init__(self):
         self.scratch, self.ref = make_sides(self.net, self.recipe, self.dtype, self.seed)
         self.step_count = 0
+        self.ref_tape = None
+        key = self._ref_key()
+        if self.replay_ref is not None:
+            why = self.replay_ref.mismatch(key, self.drift_steps)
+            if why:
+                raise ValueError(f"{self.net.name}: the recorded torch side is not this run's: different {why}; "
+                                 "replay only a tape of the same recipe, dtype, seed and dataset")
+            self.ref = ReplayedSide(self.replay_ref)
+        elif self.record_ref:
+            self.ref_tape = Tape(key, self.ref.name, self.ref.loss_fn.reduction, self.drift_steps,
+                                 math.ceil(len(self.ds.y_train) / self.recipe.batch_size))
+            self.ref = RecordingSide(self.ref, self.ref_tape)
+
+    def _ref_key(self) -> dict:
+        """What the torch side's computation depends on: the recipe except its variant
+        (a variant changes the scratch side; the caller shares a tape only where the
+        torch side ignores it), dtype, seed and the very same dataset."""
+        return {"network": self.net.name, "recipe": dataclasses.replace(self.recipe, variant=""),
+                "dtype": str(np.dtype(self.dtype)), "seed": self.seed, "dataset": Same(self.ds)}
 
     @property
     def sides(self):
@@ -114,12 +140,15 @@ class Training:
         results.append((self.ref, self.ref.step(x, y, draws=self.scratch.draws())))
         # every step, both sides: loss, every gradient, every parameter (a weight that became
         # inf at this step shows in the loss only at the next one)
-        bad = [(side, _nonfinite(side, r)) for side, r in results]
+        # (a replayed side replays only steps that passed this check when they were recorded)
+        bad = [(side, _nonfinite(side, r)) for side, r in results if not getattr(side, "replayed", False)]
         bad = [(side, what) for side, what in bad if what]
         if bad:
             raise Diverged(f"{self.net.name} diverged at epoch {epoch}, step {self.step_count}: "
                            + "; ".join(f"{side.name} side non-finite {what}" for side, what in bad),
                            epoch, self.step_count)
+        if self.ref_tape is not None:
+            self.ref_tape.checked = self.step_count
         for side, r in results:
             t = totals[side.name]
             t["loss"] += summed(r.loss, side.loss_fn.reduction, r.n)
@@ -151,6 +180,8 @@ class Training:
     def set_lr(self, lr: float) -> None:
         """Set the learning rate of both sides' optimizers (the recipe's ``lr_schedule``)."""
         self.scratch.optimizer.lr = lr
+        if getattr(self.ref, "replayed", False):  # its lr was the same recipe's when it was recorded
+            return
         for group in self.ref.optimizer.param_groups:
             group["lr"] = lr
 

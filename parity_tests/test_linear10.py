@@ -19,6 +19,8 @@ from nnparity.bugs import get_bug
 from nnparity.cli import main
 from nnparity.networks import get, make_sides, run_parity
 from nnparity.runners import linear10 as runner
+from nnparity.sides import TorchSide
+from nnparity.threads import blas_threads
 from nnparity.train import Training
 from scratch.nets import linear10
 
@@ -339,3 +341,153 @@ def test_single_variant_run(tmp_path):
     assert status == 0
     m = json.loads((tmp_path / "linear10" / "metrics.json").read_text())
     assert [r["variant"] for r in m["runs"]] == ["as-documented"] and not m["runs"][0]["parity"]["ok"]
+
+
+def _counting_torch_steps(monkeypatch) -> list:
+    """Count every ``TorchSide.step`` call from now on (the list's length)."""
+    calls, step = [], TorchSide.step
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(TorchSide, "step", counted)
+    return calls
+
+
+def _torch_alone(mnist, recipe, seed: int) -> list:
+    """The torch side trained on its own, as ``Training`` steps it (the same batches, one
+    BLAS thread while stepping): per epoch the run's torch figures, computed here."""
+    net = get("linear10")
+    ds = networks.prepare(net, recipe, mnist, "float64", seed)
+    _, ref = make_sides(net, recipe, "float64", seed)
+    rows = []
+    for epoch in range(1, recipe.epochs + 1):
+        loss, correct, n = 0.0, 0, 0
+        with blas_threads(1):
+            for x, y in networks.training_batches(ds, recipe, seed, epoch):
+                r = ref.step(x, y)
+                loss, correct, n = loss + r.loss * r.n, correct + r.correct, n + r.n
+        test_loss, test_accuracy = ref.evaluate(ds.x_test, ds.y_test)
+        state = ref.state()
+        rows.append({"train_loss": loss / n, "train_error": 100.0 * (1 - correct / n), "test_loss": test_loss,
+                     "test_accuracy": test_accuracy,
+                     "dead_units": len(linear10.dead_units(state["param/fc.weight"], state["param/fc.bias"],
+                                                           ds.x_train))})
+    return rows
+
+
+def test_the_torch_side_is_trained_once_per_seed(tmp_path, monkeypatch, mnist):
+    """Both variants' torch sides are the same computation: the run trains it once per
+    seed (2 seeds x 2 epochs x 10 batches, not twice that), and both variants report the
+    figures of a torch side trained on its own, bit for bit."""
+    calls = _counting_torch_steps(monkeypatch)
+    status = main(["run", "linear10", "--seeds", "2", "--epochs", "2", "--train-size", "320", "--test-size", "160",
+                   "--parity-steps", "0", "--envelope-steps", "0", "--no-progress", "--out", str(tmp_path)])
+    assert status == 0
+    assert len(calls) == 2 * 2 * 10
+    m = json.loads((tmp_path / "linear10" / "metrics.json").read_text())
+    runs = {(r["variant"], r["seed"]): r for r in m["runs"]}
+    recipe = linear10.RECIPE.replace(epochs=2, train_size=320, test_size=160)
+    for seed in (0, 1):
+        alone = _torch_alone(mnist, recipe, seed)
+        for variant in ("correct", "as-documented"):
+            run = runs[(variant, seed)]
+            assert [{k: v for k, v in e["torch"].items() if k != "seconds"} for e in run["epochs"]] == alone
+            assert run["final"]["torch"]["dead_units"] == alone[-1]["dead_units"]
+        assert runs[("as-documented", seed)]["dead_unit_indices"]["torch"] == \
+            runs[("correct", seed)]["dead_unit_indices"]["torch"]
+
+
+def _without_seconds(rows: list) -> list:
+    return [{k: ({kk: vv for kk, vv in v.items() if kk != "seconds"} if isinstance(v, dict) else v)
+             for k, v in row.items()} for row in rows]
+
+
+def test_a_replayed_torch_side_is_the_trained_one(mnist, monkeypatch):
+    """The as-documented Training replaying the correct one's torch side gives what it
+    gives training its own, bit for bit: every epoch row (both sides' figures, weight
+    differences, frozen parameters, per-batch curves) and the drift after each of the
+    first steps; its torch side takes no step, and its times are the recorded ones."""
+    net = get("linear10")
+    correct = linear10.RECIPE.replace(epochs=2, train_size=320, test_size=160)
+    documented = correct.replace(variant="as-documented")
+    ds = networks.prepare(net, correct, mnist, "float64", 3)
+
+    def trained(recipe, **kwargs):
+        t = Training(net, recipe, ds, "float64", 3, per_batch=True, drift_steps=12, **kwargs)
+        for epoch in (1, 2):
+            t.run_epoch(epoch, progress=False)
+        return t
+
+    recorded = trained(correct, record_ref=True)
+    live = trained(documented)
+    calls = _counting_torch_steps(monkeypatch)
+    replayed = trained(documented, replay_ref=recorded.ref_tape)
+    assert calls == []
+    assert _without_seconds(replayed.history) == _without_seconds(live.history)
+    assert replayed.step_drift == live.step_drift and len(live.step_drift) == 12
+    assert [row["torch"] for row in replayed.history] == [row["torch"] for row in recorded.history]
+    assert replayed.history[-1]["max_abs_weight_diff"] > 0.01  # the slip, against the recorded torch weights
+
+
+def test_a_replay_refuses_what_was_not_recorded(mnist):
+    """A tape replays only the run it recorded: another seed, or a dataset, or more drift
+    steps are refused at once; a step beyond its end, an unrecorded state, a different
+    evaluation raise ReplayMismatch instead of returning numbers never computed."""
+    from nnparity.tape import ReplayMismatch
+
+    net = get("linear10")
+    recipe = linear10.RECIPE.replace(epochs=1, train_size=96, test_size=64)
+    ds = networks.prepare(net, recipe, mnist, "float64", 0)
+    recorded = Training(net, recipe, ds, "float64", 0, drift_steps=1, record_ref=True)
+    recorded.run_epoch(1, progress=False)
+    tape = recorded.ref_tape
+    documented = recipe.replace(variant="as-documented")
+    with pytest.raises(ValueError, match=r"^linear10: the recorded torch side is not this run's: different seed "
+                                         r"\(0 recorded, 1 here\); replay only a tape of the same recipe"):
+        Training(net, documented, ds, "float64", 1, replay_ref=tape)
+    with pytest.raises(ValueError, match=r"different recipe \(lr differ\)"):
+        Training(net, documented.replace(lr=0.5), ds, "float64", 0, replay_ref=tape)
+    with pytest.raises(ValueError, match=r"different dataset \(another prepared copy\);"):
+        Training(net, documented, networks.prepare(net, recipe, mnist, "float64", 0), "float64", 0, replay_ref=tape)
+    with pytest.raises(ValueError, match=r"different drift steps \(1 recorded, 2 here\);"):
+        Training(net, documented, ds, "float64", 0, drift_steps=2, replay_ref=tape)
+    replay = Training(net, documented, ds, "float64", 0, replay_ref=tape)
+    replay.run_epoch(1, progress=False)
+    with pytest.raises(ReplayMismatch, match="ends at step 3"):
+        replay.run_epoch(2, progress=False)  # 96 images: 3 steps recorded
+    side = Training(net, documented, ds, "float64", 0, replay_ref=tape).ref
+    side.step(ds.x_train[:32], ds.y_train[:32])
+    side.step(ds.x_train[:32], ds.y_train[:32])
+    with pytest.raises(ReplayMismatch, match="state after step 2 was not recorded"):
+        side.state()
+    with pytest.raises(ReplayMismatch, match="evaluation 1: 64 samples in batches of None after step 2"):
+        side.evaluate(ds.x_test, ds.y_test)
+
+
+def test_a_run_that_stops_early_names_the_dead_units_of_its_last_finished_epoch(tmp_path, monkeypatch):
+    """A run that stops inside an epoch lists the dead units of both sides where its
+    figures stop: after its last finished epoch, not at the step it stopped at. Here the
+    as-documented scratch side is made to diverge at its second step (its ReLU backward
+    returns NaN), before any epoch finished: both sides' list is the initial weights' (the
+    same on both), not the NaN weights' (a NaN pre-activation is never positive: no dead
+    unit) on the scratch side and one step further on the torch side."""
+    calls, backward = [], linear10.DocumentedReLU.backward
+
+    def nan_at_step_2(self, dy):
+        calls.append(1)
+        return backward(self, dy) * (np.nan if len(calls) == 2 else 1.0)
+
+    monkeypatch.setattr(linear10.DocumentedReLU, "backward", nan_at_step_2)
+    status = main(["run", "linear10", "--seeds", "1", "--epochs", "2", "--train-size", "320", "--test-size", "160",
+                   "--parity-steps", "0", "--envelope-steps", "0", "--no-progress", "--out", str(tmp_path)])
+    assert status == 3
+    m = json.loads((tmp_path / "linear10.incomplete" / "metrics.json").read_text())
+    correct, documented = m["runs"]
+    assert correct["status"] == "complete"
+    assert documented["status"] == "diverged" and documented["epochs"] == []
+    assert documented["status_detail"].startswith("linear10 diverged at epoch 1, step 2: scratch side non-finite")
+    assert "torch side" not in documented["status_detail"]
+    indices = documented["dead_unit_indices"]
+    assert indices["scratch"] == indices["torch"] and len(indices["torch"]) == documented["dead_units_at_init"] > 0

@@ -36,6 +36,14 @@ computation from the same weights and batches, so the rounding band is the
 same. The as-documented scratch side is a different derivative by design: its
 drift leaves the envelope at step 1, and the report says that this is expected.
 
+**The torch side is trained once per seed** (``SharedTorch``, ``nnparity.tape``): it
+is the same computation in both variants, so the first run of a seed (the correct
+variant's) records it and the second replays it, stepping its scratch side only
+against the recorded torch trajectory: the same torch figures, bit for bit, and the
+same per-step drift and per-epoch weight differences as training it again (the
+torch times of the replaying run are the recorded ones). If the first run stops
+before its last epoch (diverged), the second trains its own torch side.
+
 Ctrl-C or SIGTERM at any point after loading (parity, envelope, training,
 between runs) ends the run with complete files marked ``incomplete`` (exit
 130), keeping every finished epoch (``nnparity.signals``).
@@ -55,13 +63,15 @@ against its envelope, one panel per variant) and ``weight_difference.png``
 A *dead* output unit is one whose pre-activation ``fc(x)`` is never positive on
 any of the 30,000 training images (counted on each side after every epoch):
 ReLU outputs 0 for it on every image and the correct derivative sends it no
-gradient, so it never recovers.
+gradient, so it never recovers. A run's ``dead_unit_indices`` are those after its
+last finished epoch (at the start if none finished), as its final figures.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +84,7 @@ from ..bench import peak_rss_mib
 from ..check import run_check
 from ..networks import apply_threads, get, prepare
 from ..report import COLORS, STYLES, environment
+from ..tape import Tape
 from ..train import Diverged, Training, collapsed
 from . import compact_json
 
@@ -113,13 +124,33 @@ def _dead(side, ds) -> list:
                                            ds.x_train)]
 
 
+@dataclass
+class SharedTorch:
+    """The torch side of one seed, shared by its two variants' runs.
+
+    Both variants train the torch side from the same weights on the same batches in the
+    same order, with autograd's derivative whatever the scratch variant
+    (``reference.linear10``): the same computation. The first run trains it and records
+    its trajectory (``nnparity.tape``); the second replays it, stepping only its scratch
+    side, and reads the same numbers bit for bit: every torch figure of the report
+    (losses, accuracies, dead units, per-batch curves), and the torch weights each
+    scratch side is compared with after each of the first drift steps and every epoch.
+    The replayed times are the recorded ones."""
+
+    tape: Tape | None = None                    # once a run has trained all its epochs
+    dead: list = field(default_factory=list)    # the torch side's dead units after each epoch
+
+
 def train_one(recipe, raw, dtype: str, seed: int, *, parity_steps: int, keep_batches: bool, progress,
-              on_epoch=None, ds=None, envelope: dict | None = None) -> dict:
+              on_epoch=None, ds=None, envelope: dict | None = None, shared_torch: SharedTorch | None = None) -> dict:
     """One variant, one seed: parity, then both sides trained for ``recipe.epochs``.
 
     ``ds``: the seed's prepared data (else prepared here). ``envelope``: the seed's
     drift envelope (``drift.measure_envelope``); with it the drift of the envelope's
     first steps and of every epoch is recorded and assessed into ``res["drift"]``.
+    ``shared_torch``: the seed's ``SharedTorch``; empty, this run trains its torch side
+    and records it there (kept only if the run trains all its epochs); filled, this run
+    replays it instead of training it.
     A ``KeyboardInterrupt`` (see ``nnparity.signals``) ends the run early with
     everything finished so far, ``res["interrupted"]`` set to the signal's name.
     """
@@ -130,14 +161,19 @@ def train_one(recipe, raw, dtype: str, seed: int, *, parity_steps: int, keep_bat
     ds = ds if ds is not None else prepare(net, recipe, raw, dtype, seed)
     res = {"variant": variant, "seed": seed, "status": "incomplete", "train_size": len(ds.y_train),
            "val_size": len(ds.y_test), "epochs": []}
-    training = None
+    training = dead = None
+    replay = shared_torch.tape if shared_torch is not None else None
     try:
         if parity_steps and not _parity(res, recipe, ds, dtype, seed, parity_steps):
             return res
         steps_per_epoch = math.ceil(len(ds.y_train) / recipe.batch_size)
         training = Training(net, recipe, ds, dtype, seed, per_batch=keep_batches,
-                            drift_steps=envelope["steps"] if envelope else 0)
-        res["dead_units_at_init"] = len(_dead(training.scratch, ds))  # both sides start from the same weights
+                            drift_steps=envelope["steps"] if envelope else 0,
+                            record_ref=shared_torch is not None and replay is None, replay_ref=replay)
+        at_init = _dead(training.scratch, ds)  # both sides start from the same weights
+        res["dead_units_at_init"] = len(at_init)
+        dead = {side: at_init for side in SIDES}  # after the last finished epoch
+        recorded_dead = []
         batches = {f"{side}/{what}": [] for side in SIDES for what in ("train", "val")} if keep_batches else None
         if batches is not None:
             res["_batches"] = batches
@@ -145,10 +181,15 @@ def train_one(recipe, raw, dtype: str, seed: int, *, parity_steps: int, keep_bat
             row = training.run_epoch(epoch, progress)
             curves = row.pop("per_batch", None)
             for side in training.sides:
-                row[side.name]["dead_units"] = len(_dead(side, ds))
+                if side.name == "torch" and replay is not None:
+                    dead[side.name] = shared_torch.dead[epoch - 1]
+                else:
+                    dead[side.name] = _dead(side, ds)
+                row[side.name]["dead_units"] = len(dead[side.name])
                 if batches is not None:
                     batches[f"{side.name}/train"] += curves[side.name]
                     batches[f"{side.name}/val"] += _val_batches(side, ds, recipe.batch_size)
+            recorded_dead.append(dead["torch"])
             res["epochs"].append(row)
             s, t = row["scratch"], row["torch"]
             log(f"{variant:>13} seed {seed} epoch {epoch:>3}/{recipe.epochs}  "
@@ -159,6 +200,8 @@ def train_one(recipe, raw, dtype: str, seed: int, *, parity_steps: int, keep_bat
             if on_epoch:
                 on_epoch(res)
         res["status"] = "complete"
+        if training.ref_tape is not None:  # every epoch trained: the seed's other run can replay it
+            shared_torch.tape, shared_torch.dead = training.ref_tape, recorded_dead
         why = collapsed(res["epochs"])
         if why:
             res.update(status="collapsed", status_detail=why)
@@ -172,7 +215,9 @@ def train_one(recipe, raw, dtype: str, seed: int, *, parity_steps: int, keep_bat
                    interrupted=interrupt_name(e))
     if training is None:
         return res
-    res["dead_unit_indices"] = {side.name: _dead(side, ds) for side in training.sides}
+    if dead is None:  # interrupted before the initial count
+        dead = {side.name: _dead(side, ds) for side in training.sides}
+    res["dead_unit_indices"] = {side: list(dead[side]) for side in SIDES}
     res["final"] = _final(res["epochs"])
     if envelope:
         res["drift"] = assess_drift(envelope, training, variant, seed, dtype, steps_per_epoch)
@@ -841,6 +886,7 @@ def _run(args, net, base, dtype, variants, seeds, raw, t0, folder, progress) -> 
             where = f"while preparing seed {seed}"
             ds = prepare(net, base, raw, dtype, seed)  # the same for both variants
             envelope = None
+            shared_torch = SharedTorch() if len(variants) > 1 else None  # trained by the first run, replayed
             steps = min(args.envelope_steps, base.epochs * math.ceil(len(ds.y_train) / base.batch_size))
             if steps:
                 where = f"while measuring the drift envelope of seed {seed}"
@@ -852,6 +898,7 @@ def _run(args, net, base, dtype, variants, seeds, raw, t0, folder, progress) -> 
                 where = f"during {variant}, seed {seed}"
                 res = train_one(recipe, raw, dtype, seed, parity_steps=args.parity_steps,
                                 keep_batches=seed == seeds[0], progress=progress, ds=ds, envelope=envelope,
+                                shared_torch=shared_torch,
                                 on_epoch=lambda r: (write(out_dir, meta, runs + [r], final=False)
                                                     if len(r["epochs"]) % 10 == 0 else None))
                 runs.append(res)
