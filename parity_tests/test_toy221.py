@@ -84,17 +84,19 @@ def test_derivatives_stay_within_the_bound_when_the_sigmoids_round_apart(monkeyp
     assert 2 * worst <= ULPS, worst
 
 
-def test_written_out_derivative_slip_is_outside_the_bound(monkeypatch):
-    """The ulp bound above still sees a slip: dE/dw6 with out_h1 in place of out_h2."""
-    real = toy.Toy221.backward
-
+def _w6_with_out_h1(real):
+    """Toy221.backward with the classic dE/dw6 slip: out_h1 in place of out_h2."""
     def wrong(self, dy):
         dx = real(self, dy)
         out_h1, out_h2, out_o1 = self.out_h[:, 0], self.out_h[:, 1], self.out_o[:, 0]
         self.w6.grad += (dy[:, 0] * out_o1 * (1 - out_o1) * (out_h1 - out_h2)).sum()
         return dx
+    return wrong
 
-    monkeypatch.setattr(toy.Toy221, "backward", wrong)
+
+def test_written_out_derivative_slip_is_outside_the_bound(monkeypatch):
+    """The ulp bound above still sees a slip: dE/dw6 with out_h1 in place of out_h2."""
+    monkeypatch.setattr(toy.Toy221, "backward", _w6_with_out_h1(toy.Toy221.backward))
     _, _, s, r = grads(toy.RECIPE)
     assert abs(s["w6"] - r["w6"]) > 1e9 * ULPS * np.spacing(abs(r["w6"]))
 
@@ -136,15 +138,7 @@ def test_step_parity_50_steps(dtype, lr):
 
 def test_parity_sees_a_wrong_derivative(monkeypatch):
     """dE/dw6 with out_h1 in place of out_h2: found at grad/w6, step 1."""
-    real = toy.Toy221.backward
-
-    def wrong(self, dy):
-        dx = real(self, dy)
-        out_h1, out_h2, out_o1 = self.out_h[:, 0], self.out_h[:, 1], self.out_o[:, 0]
-        self.w6.grad += (dy[:, 0] * out_o1 * (1 - out_o1) * (out_h1 - out_h2)).sum()
-        return dx
-
-    monkeypatch.setattr(toy.Toy221, "backward", wrong)
+    monkeypatch.setattr(toy.Toy221, "backward", _w6_with_out_h1(toy.Toy221.backward))
     first = run_parity("toy221", steps=2, dtype="float64").first_failure
     assert (first.step, first.name) == (1, "grad/w6")
 
