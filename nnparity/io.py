@@ -40,16 +40,10 @@ def write_bytes(path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         _unlink(tmp)
-        if isinstance(e, OutputError):
-            raise
-        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if isinstance(e, OSError) and not isinstance(e, OutputError):
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 
@@ -82,14 +76,14 @@ def write_figure(path, fig) -> None:
 
 
 def ensure_writable_dir(path) -> Path:
-    """Create ``path`` if needed and check it can be written; raise OSError naming it."""
+    """Create ``path`` if needed and check it can be written; raise ``OutputError`` naming it."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OSError(f"cannot create output directory {path}: {e.strerror or e}") from None
+        raise OutputError(f"cannot create output directory {path}: {e.strerror or e}") from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise OSError(f"output directory {path} is not writable")
+        raise OutputError(f"output directory {path} is not writable")
     return path
 
 
@@ -169,12 +163,7 @@ class RunFolder:
         return self.final or self.work
 
     def __enter__(self) -> "RunFolder":
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputError(f"cannot create output directory {self.target}: {e.strerror or e}") from None
-        if not os.access(self.out, os.W_OK | os.X_OK):
-            raise OutputError(f"output directory {self.out} is not writable")
+        ensure_writable_dir(self.out)
         for p in (self.target, self.incomplete):
             if p.exists() and not p.is_dir():
                 raise OutputError(f"cannot create output directory {p}: a file of that name is in the way")
