@@ -84,6 +84,7 @@ from ..bench import peak_rss_mib
 from ..check import run_check
 from ..networks import apply_threads, get, prepare
 from ..report import COLORS, STYLES, environment
+from ..signals import handled_signals, interrupt_name
 from ..tape import Tape
 from ..train import Diverged, Training, collapsed
 from . import compact_json
@@ -154,7 +155,6 @@ def train_one(recipe, raw, dtype: str, seed: int, *, parity_steps: int, keep_bat
     A ``KeyboardInterrupt`` (see ``nnparity.signals``) ends the run early with
     everything finished so far, ``res["interrupted"]`` set to the signal's name.
     """
-    from ..signals import interrupt_name
 
     net = get(NET)
     variant = recipe.variant
@@ -849,7 +849,6 @@ UNSUPPORTED = {
 
 
 def run(args) -> int:
-    from ..signals import handled_signals
 
     net = get(NET)
     apply_threads(net)
@@ -869,7 +868,6 @@ def run(args) -> int:
 
 def _run(args, net, base, dtype, variants, seeds, raw, t0, folder, progress) -> int:
     from ..run import EXIT_COLLAPSED, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARITY
-    from ..signals import interrupt_name
 
     out_dir = folder.path  # the run's work folder; put in place by _finish
     log(f"{NET}: variants {', '.join(variants)}; seeds {', '.join(map(str, seeds))}; {dtype}, {base.epochs} epochs, "
