@@ -23,8 +23,7 @@ import torch
 
 from .adapters import (INPUT_MUTATED, LossAdapter, ProtocolError, as_layer, call_torch, copy_to_torch,
                        input_grad_problem, output_problem, torch_function_params, upstream_problem)
-from .parity import Comparison, ParityError, Tolerance, compare, tolerance_for
-from .sides import quantity
+from .parity import Comparison, ParityError, Tolerance, compare, quantity, tolerance_for
 
 
 def _torch_params(module) -> "OrderedDict[str, torch.Tensor]":

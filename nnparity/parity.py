@@ -26,8 +26,34 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .sides import gradient_notes, quantity
 from .threads import blas_threads
+
+QUANTITIES = OrderedDict(
+    out="forward activation",
+    loss="loss",
+    dout="upstream gradient",
+    din="input gradient",
+    grad="parameter gradient",
+    param="updated parameter",
+    state="optimizer state",
+    buffer="buffer",
+)
+
+
+def quantity(key: str) -> str:
+    """What a record key holds, in words: ``grad/U.weight`` -> ``parameter gradient``."""
+    prefix = key.split("/", 1)[0]
+    if prefix == "buffer" and any(s in key for s in ("running_", "num_batches_tracked")):
+        return "BatchNorm buffer"
+    return QUANTITIES.get(prefix, prefix)
+
+
+def gradient_notes(model) -> dict:
+    """``dout/<layer>`` is also the input gradient of the next layer: say so, so that a
+    failure at ``dout/fc`` reads "the input gradient of layer 'relu' (ReLU)"."""
+    layers = list(getattr(model, "_modules", {}).items())
+    return {f"dout/{a}": f"dL/d(out/{a}) = the input gradient of layer {b!r} ({type(layer).__name__})"
+            for (a, _), (b, layer) in zip(layers, layers[1:])}
 
 
 def draws_random_mask(module) -> bool:

@@ -27,34 +27,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-QUANTITIES = OrderedDict(
-    out="forward activation",
-    loss="loss",
-    dout="upstream gradient",
-    din="input gradient",
-    grad="parameter gradient",
-    param="updated parameter",
-    state="optimizer state",
-    buffer="buffer",
-)
-
-
-def quantity(key: str) -> str:
-    """What a record key holds, in words: ``grad/U.weight`` -> ``parameter gradient``."""
-    prefix = key.split("/", 1)[0]
-    if prefix == "buffer" and any(s in key for s in ("running_", "num_batches_tracked")):
-        return "BatchNorm buffer"
-    return QUANTITIES.get(prefix, prefix)
-
-
-def gradient_notes(model) -> dict:
-    """``dout/<layer>`` is also the input gradient of the next layer: say so, so that a
-    failure at ``dout/fc`` reads "the input gradient of layer 'relu' (ReLU)"."""
-    layers = list(getattr(model, "_modules", {}).items())
-    return {f"dout/{a}": f"dL/d(out/{a}) = the input gradient of layer {b!r} ({type(layer).__name__})"
-            for (a, _), (b, layer) in zip(layers, layers[1:])}
-
-
 # Evaluation chunk size. The scratch Conv2d's im2col copy is (N*H'*W', C_in*kH*kW): for
 # cnn18k's conv2 in float64 that is 415 MB at 1000 images and a whole float64 cnn18k run
 # peaked at 2.1 GiB; 250 images per chunk keeps it under 2 GiB (the accuracy is the same;

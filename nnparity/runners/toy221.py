@@ -32,9 +32,8 @@ from scratch.nets import toy221 as toy
 
 from .. import io
 from ..networks import apply_threads, get, make_sides
-from ..parity import Tolerance, Trace, check_steps, compare_records, tolerance_for
+from ..parity import Tolerance, Trace, check_steps, compare_records, gradient_notes, tolerance_for
 from ..report import COLORS, STYLES, environment
-from ..sides import gradient_notes
 from . import UsageError, compact_json
 
 NET = "toy221"
