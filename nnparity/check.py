@@ -39,7 +39,7 @@ class CheckResult:
     trace: Trace
     diagnosis: Diagnosis | None
     seed: int = 0
-    injected: str | None = None   # the name of a selftest bug patched in (``--inject``)
+    injected: object = None   # the selftest bug patched in (``--inject``): a ``bugs.Bug``
     vanished: Vanished | None = None
 
     @property
@@ -68,10 +68,8 @@ class CheckResult:
                  f"(tolerance atol {tr.tol.atol:g} + rtol {tr.tol.rtol:g} |reference|)", "",
                  tr.table(every=every, metric="max_rel"), ""]
         if self.injected:
-            from .bugs import get_bug
-
-            lines.insert(1, f"injected bug {self.injected}: {get_bug(self.injected).description} "
-                            f"[{get_bug(self.injected).target}]")
+            bug = self.injected
+            lines.insert(1, f"injected bug {bug.name}: {bug.description} [{bug.target}]")
         if tr.ok:
             lines.append(f"PASS: all {len(tr.comparisons)} comparisons within tolerance; "
                          f"worst margin {tr.worst_margin():.3g} (<= 1 passes)")
@@ -98,7 +96,7 @@ class CheckResult:
     def to_dict(self) -> dict:
         d = self.trace.to_dict()
         d["seed"] = self.seed
-        d["injected"] = self.injected
+        d["injected"] = self.injected.name if self.injected else None
         d["summary"] = self.trace.summary()
         d["diagnosis"] = self.diagnosis.to_dict() if self.diagnosis else None
         d["vanished"] = self.vanished.to_dict() if self.vanished else None

@@ -341,7 +341,7 @@ def _dispatch(args) -> int:
         bug = get_bug(args.inject) if args.inject else None
         with bug.applied() if bug else nullcontext():
             result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw, recipe=recipe)
-        result.injected = args.inject
+        result.injected = bug
         print(result.to_json() if args.json else result.render())
         return result.exit_status  # 1 only on a real mismatch; 4 when inconclusive (degenerate)
     if args.cmd == "selftest":
