@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,7 +21,9 @@ from scratch.optim import SGD
 from scratch.recipe import Recipe
 
 from . import data as mnist
-from .sides import ScratchSide, TorchSide
+
+if TYPE_CHECKING:  # the sides import torch: make_sides imports them, so the registry alone needs no torch
+    from .sides import ScratchSide, TorchSide
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,8 @@ def make_sides(net: Network, recipe: Recipe, dtype, seed: int) -> tuple[ScratchS
     import torch
 
     from reference import bridge
+
+    from .sides import ScratchSide, TorchSide
 
     apply_threads(net)
 
