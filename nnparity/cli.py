@@ -11,6 +11,8 @@
     nnparity selftest [NET ...]         inject canonical derivation bugs; print the kill matrix
     nnparity bench [NET ...]            seconds per epoch, scratch vs torch, GFLOP/s, peak memory
     nnparity gradcheck NET [options]    finite differences vs the scratch backward (no torch); exit 1 on failure
+    nnparity results [options]          the README's results and bench tables from the committed reports;
+                                        --check exits 1 where the README disagrees, --write rewrites them
 
 Bad arguments exit with status 2 and one line naming the problem.
 """
@@ -191,6 +193,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="runs/bench.md",
                    help="markdown table (default runs/bench.md; the committed one: --out reports/bench.md)")
     b.add_argument("--data-dir", default=None)
+
+    res = sub.add_parser("results", help="the README's results table and bench summary, from the committed reports")
+    res.add_argument("--reports", default="reports", metavar="DIR",
+                     help="the reports folder: DIR/NET/metrics.json and DIR/bench.md (default reports)")
+    mode = res.add_mutually_exclusive_group()
+    mode.add_argument("--check", nargs="?", const="README.md", default=None, metavar="README",
+                      help="compare the tables between README's markers (default README.md) with the reports; "
+                           "exit 1 naming the first cell that differs")
+    mode.add_argument("--write", default=None, metavar="README",
+                      help="rewrite the tables between README's markers from the reports")
     return p
 
 
@@ -299,6 +311,15 @@ def _option_problem(parser, args) -> str | None:
 def _dispatch(args) -> int:
     from .networks import NETWORKS
 
+    if args.cmd == "results":
+        from . import results
+
+        try:
+            return results.command(args.reports, check=args.check, write=args.write,
+                                   err=lambda line: print(line, file=sys.stderr))
+        except results.ResultsError as e:
+            print(f"nnparity results: error: {e}", file=sys.stderr)
+            return 2
     if args.cmd == "list":
         for net in NETWORKS.values():
             print(f"{net.name:10s} {net.summary}\n{'':10s} {net.recipe.summary()}")
