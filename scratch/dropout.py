@@ -61,9 +61,9 @@ class Dropout(Module):
         return dy if self.noise is None else dy * self.noise
 
     def _keep_scale(self, dtype):
-        """The survivors' factor 1 / (1 - p) (0 for p = 1) as a dtype scalar (a selftest slip may override it).
-        torch: noise = mask.to(dtype) / (1 - p), the divisor rounded to the dtype; so a kept element's factor
-        is exactly dtype(1) / dtype(1 - p)."""
+        """The survivors' factor 1 / (1 - p), 0 for p = 1, a dtype scalar; a selftest slip may override it."""
+        # torch: noise = mask.to(dtype) / (1 - p), the divisor rounded to the dtype; so a kept
+        # element's factor is exactly dtype(1) / dtype(1 - p). p = 1 zeroes everything.
         return dtype.type(0) if self.p == 1 else dtype.type(1) / dtype.type(1 - self.p)
 
     def flops_per_sample(self) -> int:

@@ -50,11 +50,11 @@ class Linear(Module):
         return dy @ self.weight.data if self.needs_input_grad else None
 
     def _weight_grad(self, dy):
-        """dW = dy^T x, (out, N) @ (N, in) -> W's (out, in) (a selftest slip may override it)."""
+        """dW = dy^T x, (out, N) @ (N, in) -> W's (out, in); a selftest slip may override it."""
         return dy.T @ self.x
 
     def _bias_grad(self, dy):
-        """db = dy summed over the batch (a selftest slip may override it)."""
+        """db = dy summed over the batch; a selftest slip may override it."""
         return dy.sum(axis=0)
 
     def flops_per_sample(self) -> int:
@@ -92,7 +92,7 @@ class ReLU(Module):
         return dy * self._slope()
 
     def _slope(self):
-        """dy/dx = [x > 0], 0 at the kink, as a bool mask (a selftest slip may override it)."""
+        """dy/dx = [x > 0], 0 at the kink, as a bool mask; a selftest slip may override it."""
         return self.mask
 
 
@@ -113,7 +113,7 @@ class Sigmoid(Module):
         return dy * s * (1 - s)
 
     def _s(self):
-        """s(x), where the derivative s (1 - s) is taken: the cached output y (a selftest slip may override it)."""
+        """s(x), where s (1 - s) is taken: the cached output y; a selftest slip may override it."""
         return self.y
 
 

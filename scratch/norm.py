@@ -108,18 +108,15 @@ class BatchNorm2d(Module):
         return dx
 
     def _batch_var(self, sq_sum, m, dtype):
-        """The variance the batch is normalised with: biased, sum (x - mu)^2 / M, (C,) (a selftest slip may
-        override it)."""
+        """The variance the batch is normalised with, biased: sum (x - mu)^2 / M; a selftest slip may override it."""
         return (sq_sum / m).astype(dtype)
 
     def _running_var_sample(self, sq_sum, m, dtype):
-        """The variance running_var moves towards: unbiased, sum (x - mu)^2 / (M - 1), (C,) (a selftest slip
-        may override it)."""
+        """The variance running_var moves to, unbiased: sum (x - mu)^2 / (M - 1); a selftest slip may override it."""
         return (sq_sum / (m - 1)).astype(dtype)
 
     def _mean_term(self, dbeta, m, dtype):
-        """mean(dy) per channel, (1, C, 1, 1): the gradient's path through the batch mean mu (a selftest slip
-        may override it)."""
+        """mean(dy) per channel, (1, C, 1, 1): dx's path through the batch mean; a selftest slip may override it."""
         return _per_channel((dbeta / m).astype(dtype))
 
     def flops_per_sample(self) -> int:

@@ -46,8 +46,7 @@ class SGD:
             p.data -= self._update(g)
 
     def _momentum_buffer(self, buf, g):
-        """The new momentum buffer: g at the first step (no buffer yet), then momentum * buf + g, updated in
-        place (a selftest slip may override it)."""
+        """The new buffer: g at first (buf None), then momentum * buf + g in place; a selftest slip may override it."""
         if buf is None:
             return g.copy()
         buf *= self.momentum
@@ -55,8 +54,8 @@ class SGD:
         return buf
 
     def _update(self, g):
-        """What a step subtracts from a parameter: lr * g (a selftest slip may override it). A Python-float
-        lr keeps the parameter's dtype (NumPy 2 promotion rules)."""
+        """What a step subtracts from a parameter, lr * g; a selftest slip may override it."""
+        # a Python-float lr keeps the parameter's dtype (NumPy 2 promotion rules)
         return self.lr * g
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":

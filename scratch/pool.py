@@ -117,8 +117,7 @@ class MaxPool2d(Module):
         return dx.transpose(0, 3, 1, 2)  # view (N, C, H, W)
 
     def _chosen(self, i):
-        """Which windows chose their offset i (row-major u*k + v), (N, H', W', C) bool: where the window's
-        gradient goes (a selftest slip may override it)."""
+        """Where dy goes: the windows that chose offset i (u*k + v), (N, H', W', C); a selftest slip may override it."""
         return self.argmax == i
 
     def flops_per_sample(self) -> int:
