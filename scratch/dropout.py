@@ -53,16 +53,18 @@ class Dropout(Module):
         size = int(np.prod(x.shape))
         bits = self.rng.bit_generator.random_raw((size + 1) // 2).view(np.uint32)[:size]
         self.mask = (bits >= self._threshold).reshape(x.shape)
-        # torch: noise = mask.to(dtype) / (1 - p), the divisor rounded to the dtype; so a kept
-        # element's factor is exactly dtype(1) / dtype(1 - p). p = 1 zeroes everything.
-        one = x.dtype.type(1)
-        scale = x.dtype.type(0) if self.p == 1 else one / x.dtype.type(1 - self.p)
-        self.noise = self.mask * scale  # 0 or scale; a product, several times faster than np.where
+        self.noise = self.mask * self._keep_scale(x.dtype)  # 0 or scale; a product, several times faster than np.where
         return x * self.noise
 
     def backward(self, dy):
         # y = x m / (1 - p)  =>  dx = dy m / (1 - p)   (identity in evaluation)
         return dy if self.noise is None else dy * self.noise
+
+    def _keep_scale(self, dtype):
+        """The survivors' factor 1 / (1 - p), 0 for p = 1, a dtype scalar; a selftest slip may override it."""
+        # torch: noise = mask.to(dtype) / (1 - p), the divisor rounded to the dtype; so a kept
+        # element's factor is exactly dtype(1) / dtype(1 - p). p = 1 zeroes everything.
+        return dtype.type(0) if self.p == 1 else dtype.type(1) / dtype.type(1 - self.p)
 
     def flops_per_sample(self) -> int:
         """One multiply per element forward, one backward."""

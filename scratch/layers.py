@@ -44,10 +44,18 @@ class Linear(Module):
 
     def backward(self, dy):
         # y = x W^T + b  =>  dW = dy^T x,  db = sum_n dy,  dx = dy W
-        self.weight.grad += dy.T @ self.x
+        self.weight.grad += self._weight_grad(dy)
         if self.bias is not None:
-            self.bias.grad += dy.sum(axis=0)
+            self.bias.grad += self._bias_grad(dy)
         return dy @ self.weight.data if self.needs_input_grad else None
+
+    def _weight_grad(self, dy):
+        """dW = dy^T x, (out, N) @ (N, in) -> W's (out, in); a selftest slip may override it."""
+        return dy.T @ self.x
+
+    def _bias_grad(self, dy):
+        """db = dy summed over the batch; a selftest slip may override it."""
+        return dy.sum(axis=0)
 
     def flops_per_sample(self) -> int:
         """Training FLOPs per sample: forward, dW and (unless skipped) dx, 2 per multiply-add."""
@@ -81,7 +89,11 @@ class ReLU(Module):
 
     def backward(self, dy):
         # y = max(x, 0)  =>  dx = dy * [x > 0]
-        return dy * self.mask
+        return dy * self._slope()
+
+    def _slope(self):
+        """dy/dx = [x > 0], 0 at the kink, as a bool mask; a selftest slip may override it."""
+        return self.mask
 
 
 class Sigmoid(Module):
@@ -97,7 +109,12 @@ class Sigmoid(Module):
 
     def backward(self, dy):
         # y = s(x)  =>  dy/dx = s(x) (1 - s(x)) = y (1 - y): taken at the output, not at x
-        return dy * self.y * (1 - self.y)
+        s = self._s()
+        return dy * s * (1 - s)
+
+    def _s(self):
+        """s(x), where s (1 - s) is taken: the cached output y; a selftest slip may override it."""
+        return self.y
 
 
 class Flatten(Module):

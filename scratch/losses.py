@@ -59,8 +59,16 @@ class CrossEntropyLoss(Module):
 
     def backward(self):
         # L = sum_n [logsumexp(z_n) - z_n[y_n]]  =>  dL/dz = softmax(z) - onehot(y)   (/ N for mean)
+        return self._reduced(self._logit_grad())
+
+    def _logit_grad(self):
+        """dL_n/dz_n = softmax(z_n) - onehot(y_n), per sample, unreduced; a selftest slip may override it."""
         dz = self.p.copy()
         dz[np.arange(len(self.target)), self.target] -= 1
+        return dz
+
+    def _reduced(self, dz):
+        """The reduction's factor on dz, in place: 1/N for mean, 1 for sum; a selftest slip may override it."""
         if self.reduction == "mean":
             dz /= len(self.target)
         return dz

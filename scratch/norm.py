@@ -71,11 +71,11 @@ class BatchNorm2d(Module):
             mu = x.mean(axis=_AXES, dtype=np.float64).astype(x.dtype)
             xc = x - _per_channel(mu)
             sq_sum = np.einsum("nchw,nchw->c", xc, xc, dtype=np.float64)  # sum of squared deviations
-            var = (sq_sum / m).astype(x.dtype)
+            var = self._batch_var(sq_sum, m, x.dtype)
             # Buffers are updated in place (an augmented assignment would unregister them).
             mom = self.momentum
             self.running_mean[...] = (1 - mom) * self.running_mean + mom * mu
-            self.running_var[...] = (1 - mom) * self.running_var + mom * (sq_sum / (m - 1)).astype(x.dtype)
+            self.running_var[...] = (1 - mom) * self.running_var + mom * self._running_var_sample(sq_sum, m, x.dtype)
             self.num_batches_tracked[...] += 1
         else:
             xc = x - _per_channel(self.running_mean)
@@ -103,9 +103,21 @@ class BatchNorm2d(Module):
         k = (dot * self.inv_std.astype(np.float64) ** 2 / m).astype(dy.dtype)
         dx = self.xc * _per_channel(k)
         np.subtract(dy, dx, out=dx)
-        dx -= _per_channel((dbeta / m).astype(dy.dtype))
+        dx -= self._mean_term(dbeta, m, dy.dtype)
         dx *= scale
         return dx
+
+    def _batch_var(self, sq_sum, m, dtype):
+        """The variance the batch is normalised with, biased: sum (x - mu)^2 / M; a selftest slip may override it."""
+        return (sq_sum / m).astype(dtype)
+
+    def _running_var_sample(self, sq_sum, m, dtype):
+        """The variance running_var moves to, unbiased: sum (x - mu)^2 / (M - 1); a selftest slip may override it."""
+        return (sq_sum / (m - 1)).astype(dtype)
+
+    def _mean_term(self, dbeta, m, dtype):
+        """mean(dy) per channel, (1, C, 1, 1): dx's path through the batch mean; a selftest slip may override it."""
+        return _per_channel((dbeta / m).astype(dtype))
 
     def flops_per_sample(self) -> int:
         """Elementwise work per value: 7 forward (mean, centre, square, sum, normalise, scale,

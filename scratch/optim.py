@@ -38,18 +38,25 @@ class SGD:
             p.grad[...] = 0
 
     def step(self) -> None:
+        # buf = grad (first step), then momentum * buf + grad;  p = p - lr * buf   (buf = grad without momentum)
         for name, p in self.params.items():
             g = p.grad
             if self.momentum:
-                buf = self.buffers.get(name)
-                if buf is None:
-                    buf = self.buffers[name] = g.copy()
-                else:
-                    buf *= self.momentum
-                    buf += g
-                g = buf
-            # Python-float lr keeps the parameter's dtype (NumPy 2 promotion rules).
-            p.data -= self.lr * g
+                g = self.buffers[name] = self._momentum_buffer(self.buffers.get(name), g)
+            p.data -= self._update(g)
+
+    def _momentum_buffer(self, buf, g):
+        """The new buffer: g at first (buf None), then momentum * buf + g in place; a selftest slip may override it."""
+        if buf is None:
+            return g.copy()
+        buf *= self.momentum
+        buf += g
+        return buf
+
+    def _update(self, g):
+        """What a step subtracts from a parameter, lr * g; a selftest slip may override it."""
+        # a Python-float lr keeps the parameter's dtype (NumPy 2 promotion rules)
+        return self.lr * g
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         return OrderedDict((f"{k}.momentum_buffer", v.copy()) for k, v in self.buffers.items())

@@ -109,11 +109,16 @@ class MaxPool2d(Module):
         dx = np.zeros((n, h, w, c), dtype=dy.dtype)  # rows/columns cropped by floor mode stay 0
         finite = np.isfinite(dy).all()
         for i, view in enumerate(self._windows(dx)):
+            chosen = self._chosen(i)
             if finite:  # a product with the 0/1 mask: branch-free, several times faster than np.where
-                np.multiply(dy_t, self.argmax == i, out=view)
+                np.multiply(dy_t, chosen, out=view)
             else:  # 0 * inf = NaN must not reach the window's other elements
-                view[...] = np.where(self.argmax == i, dy_t, dy.dtype.type(0))
+                view[...] = np.where(chosen, dy_t, dy.dtype.type(0))
         return dx.transpose(0, 3, 1, 2)  # view (N, C, H, W)
+
+    def _chosen(self, i):
+        """Where dy goes: the windows that chose offset i (u*k + v), (N, H', W', C); a selftest slip may override it."""
+        return self.argmax == i
 
     def flops_per_sample(self) -> int:
         """Comparisons: k*k - 1 per output in forward, k*k per output to route the gradient."""
