@@ -42,7 +42,7 @@ from .adapters import (INPUT_MUTATED, ArgumentError, LayerAdapter, LossAdapter, 
                        RandomState, UpdateAdapter, as_layer, buffers_warning, call_torch, call_user, copy_to_torch,
                        input_grad_problem, output_problem, reject_class, unmatched_torch_buffers,
                        upstream_problem)
-from .parity import Comparison, ParityError, compare, tolerance_for
+from .parity import Comparison, ParityError, Tolerance, compare, tolerance_for
 from .sides import StepResult, TorchSide, count_correct
 
 DTYPES = ("float64", "float32")
@@ -72,6 +72,7 @@ class LayerReport:
     context: str
     results: "OrderedDict[str, object]" = field(default_factory=OrderedDict)
     warnings: list = field(default_factory=list)   # what a pass does not cover, in words
+    skipped: list = field(default_factory=list)    # comparisons left out on request (skip=)
 
     @staticmethod
     def _failures(res) -> list:
@@ -89,7 +90,8 @@ class LayerReport:
             bad = self._failures(res)
             n = len(res.tensors) if isinstance(res, gc.GradcheckResult) else len(res)
             parts.append(f"{dt}: " + (f"{len(bad)} of {n} failing ({', '.join(bad)})" if bad else f"all {n} pass"))
-        return "; ".join(parts) + "".join(f"\nwarning: {w}" for w in self.warnings)
+        skipped = f"; skipped as asked: {', '.join(self.skipped)}" if self.skipped else ""
+        return "; ".join(parts) + skipped + "".join(f"\nwarning: {w}" for w in self.warnings)
 
     def message(self) -> str:
         for dt, res in self.results.items():
@@ -103,13 +105,25 @@ class LayerReport:
                         if len(failed) > 1 else "")
                 hint = ""
                 problem = failed[0].problem or ""
-                if problem.startswith("dtype mismatch") and not problem.endswith(f"reference {dt}"):
+                cast = [c for c in res if c.name.endswith(f" as {dt}")]
+                values = ("" if not cast else
+                          f"; your values cast to {dt} agree ({', '.join(c.name for c in cast)}), so only the dtype "
+                          "is wrong" if all(c.passed for c in cast) else
+                          f"; your values cast to {dt} disagree too: "
+                          f"{next(c for c in cast if not c.passed).describe(self.name, dt)}")
+                if problem.startswith("dtype mismatch") and not problem.split(" (")[0].endswith(f"reference {dt}"):
                     hint = (f"\nthe torch equivalent returned another dtype than its {dt} input's: it must compute "
                             "in its input's dtype (no .float() / .double(), no new tensor without dtype=)")
                 elif problem.startswith("dtype mismatch"):
-                    hint = ("\nyour layer returned another dtype than its input's: a float64 array or constant "
-                            "array (np.ones, np.where(mask, 1.0, a), ...) mixed into a float32 computation "
-                            "promotes it to float64")
+                    hint = ("\nyour layer returned another dtype than its input's: a float64 scalar or array mixed "
+                            "into a float32 computation promotes it to float64: a NumPy float64 scalar "
+                            "(np.finfo(float).eps, np.float64(1e-8), np.sqrt(n) of a float64, x.sum(dtype=np.float64)), "
+                            "a float64 accumulator (np.zeros(shape) without dtype=x.dtype, then += into it) or a "
+                            "constant array (np.ones, np.where(mask, 1.0, a), ...); use x.dtype for each"
+                            + values)
+                elif failed[0].inconclusive and failed[0].quantity == "parameter gradient":
+                    hint = ("\nif this gradient is zero by construction (a bias feeding a normalisation), declare "
+                            f"it: allowed_zero=[{failed[0].name.split('/', 1)[1]!r}] compares it with zero")
                 return f"{failed[0].describe(self.name, dt)}{more}{hint}\n{self.summary()}\n{self.context}"
         return f"{self.name} against {self.reference}: {self.summary()}"
 
@@ -207,6 +221,71 @@ def _check_fd(samples, eps):
         raise ArgumentError(f"eps must be a number > 0 (the finite-difference step, e.g. 1e-5), got {eps!r}")
 
 
+def _tolerances(atol, rtol, dtypes) -> dict:
+    """{dtype: Tolerance}: the suite's, with ``atol`` / ``rtol`` (a number, or {dtype: number}) instead."""
+    def pick(what, v, dt, default):
+        if v is None:
+            return default
+        if isinstance(v, dict):
+            bad = [k for k in v if np.dtype(k).name not in DTYPES] if all(isinstance(k, str) for k in v) else v
+            if bad:
+                raise ArgumentError(f"{what} keys must be dtype names ('float64', 'float32'), got {list(bad)}")
+            v = {np.dtype(k).name: x for k, x in v.items()}
+            if dt not in v:
+                return default
+            v = v[dt]
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not (0 <= v < np.inf):
+            raise ArgumentError(f"{what} must be a number >= 0 (or {{dtype: number}}), got {v!r}")
+        return float(v)
+
+    out = {}
+    for dt in dtypes:
+        base = tolerance_for(dt)
+        out[dt] = Tolerance(pick("atol", atol, dt, base.atol), pick("rtol", rtol, dt, base.rtol))
+    return out
+
+
+def _names(what: str, names) -> tuple:
+    """A tuple of strings from a string or an iterable of strings (``skip=``, ``allowed_zero=``)."""
+    if names is None:
+        return ()
+    if isinstance(names, str):
+        names = (names,)
+    try:
+        names = tuple(names)
+    except TypeError:
+        raise ArgumentError(f"{what} must be a list of names, got {type(names).__name__}") from None
+    if not all(isinstance(n, str) and n for n in names):
+        raise ArgumentError(f"{what} must be a list of names (strings), got {list(names)!r}")
+    return names
+
+
+def _zero_names(allowed_zero, params) -> tuple:
+    """Parameter names declared zero by construction (``"bias"`` or ``"grad/bias"``), each one yours."""
+    names = tuple(n[len("grad/"):] if n.startswith("grad/") else n for n in _names("allowed_zero", allowed_zero))
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise ArgumentError(f"allowed_zero names {unknown}, which are not parameters of your layer: "
+                            f"it has {list(params)} (name the parameter whose gradient is zero by construction)")
+    return names
+
+
+def _skip(report_or_steps, skip, names_seen) -> list:
+    """Drop the comparisons named in ``skip`` (``"grad/bias"`` also drops ``"grad/bias as float32"``);
+    a name that matches no comparison is an error (a typo would silently skip nothing)."""
+    if not skip:
+        return []
+    unknown = [n for n in skip if n not in names_seen]
+    if unknown:
+        raise ArgumentError(f"skip names {unknown}, which are not comparisons of this check: it compares "
+                            f"{sorted(names_seen)}")
+    return [n for n in skip]
+
+
+def _is_skipped(name: str, skip) -> bool:
+    return any(name == n or name.startswith(f"{n} as ") for n in skip)
+
+
 def _input(what: str, input_shape, given, shape_what: str = "input_shape") -> tuple:
     """The input's shape, from ``input_shape`` or the given array (``x`` / ``z``), which must agree."""
     if input_shape is None and given is None:
@@ -289,10 +368,23 @@ def _run(lay: LayerAdapter, x, g, dtype, rs):
     return y, dx, OrderedDict((k, np.array(v, copy=True)) for k, v in lay.grads().items())
 
 
-def _against_own_float64(lay, x, upstream, seed, dtype) -> list:
+def _skip_in_report(report: LayerReport, skip) -> None:
+    seen = {c.name for res in report.results.values() if not isinstance(res, gc.GradcheckResult) for c in res}
+    seen |= {t.name for res in report.results.values() if isinstance(res, gc.GradcheckResult) for t in res.tensors}
+    report.skipped = _skip(report, skip, seen)
+    for dt, res in report.results.items():
+        if isinstance(res, gc.GradcheckResult):
+            if any(_is_skipped(t.name, skip) for t in res.tensors):
+                raise ArgumentError(f"skip= applies to comparisons with torch, not to the finite-difference check "
+                                    f"({', '.join(skip)}): pass a torch equivalent, or check without skip")
+            continue
+        report.results[dt] = [c for c in res if not _is_skipped(c.name, skip)]
+
+
+def _against_own_float64(lay, x, upstream, seed, dtype, tol=None, zero=()) -> list:
     """No torch equivalent: your layer in ``dtype`` against your float64 run, which the
     finite-difference check verifies (same seeded input and upstream gradient)."""
-    from .layercheck import _problem
+    from .layercheck import _problem, compare_values
 
     rng = np.random.default_rng(seed)
     x64 = (rng.standard_normal(x) if isinstance(x, tuple) else np.array(x)).astype(np.float64)
@@ -310,15 +402,18 @@ def _against_own_float64(lay, x, upstream, seed, dtype) -> list:
     lay.astype(np.float64)
     if isinstance(got, list):
         return [_problem(k, p) for k, p in got]
-    tol = tolerance_for(dtype)
-    comps = [compare("out", got[0], ref[0].astype(dtype), tol), compare("din", got[1], ref[1].astype(dtype), tol)]
-    comps += [compare(f"grad/{k}", got[2][k], ref[2][k].astype(dtype), tol) for k in ref[2]]
+    tol = tol or tolerance_for(dtype)
+    comps = compare_values("out", got[0], ref[0].astype(dtype), tol) + \
+        compare_values("din", got[1], ref[1].astype(dtype), tol)
+    for k in ref[2]:
+        comps += compare_values(f"grad/{k}", got[2][k], ref[2][k].astype(dtype), tol, allowed_zero=k in zero)
     return comps
 
 
 def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=None, dtypes=DTYPES,
-                seed: int = 0, params: str = "random", train: bool = True, name: str | None = None,
-                samples: int = gc.SAMPLES, eps: float = gc.EPS, raise_on_failure: bool = True) -> LayerReport:
+                seed: int = 0, params="random", train: bool = True, name: str | None = None,
+                samples: int = gc.SAMPLES, eps: float = gc.EPS, atol=None, rtol=None, skip=(), allowed_zero=(),
+                raise_on_failure: bool = True) -> LayerReport:
     """Check your layer's forward and backward against PyTorch autograd, in float64 and float32.
 
     Args:
@@ -337,8 +432,19 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
         seed: seeds the input, the upstream gradient and the parameter values.
         params: ``"random"`` (default) sets every parameter to seeded N(0, 1) values for
             the check; ``"keep"`` checks your current values. Yours are restored after.
+            A dict maps your parameter names onto torch's, with their layout
+            (``{"W": "weight.T", "b": "bias"}``; values random): ``nnparity.conventions``
+            says what is detected without it. To keep your values with a map, pass
+            ``nnparity.adapt(mine, params={...})`` as ``mine`` and ``params="keep"``.
         train: training (default) or evaluation mode on both sides.
         samples, eps: coordinates per tensor and step of the finite-difference check.
+        atol, rtol: tolerances instead of the suite's (``|a - b| <= atol + rtol |b|``): a
+            number, or ``{"float32": 1e-3}`` per dtype (torch comparisons and float32 against
+            your own float64; the finite-difference check keeps its own).
+        skip: names of comparisons to leave out (``"buffer/running_var"``, ``"grad/bias"``);
+            they are listed as skipped in the report.
+        allowed_zero: parameters whose gradient is zero by construction (the bias of a
+            layer feeding a normalisation): compared with zero instead of being degenerate.
 
     Returns a ``LayerReport``; raises ``AssertionError`` (``ParityError``, or
     ``GradcheckError`` for finite differences) naming the first failing tensor.
@@ -350,13 +456,19 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
     from . import layercheck
 
     _check_name(name)
-    if params not in PARAMS:
-        raise ArgumentError(f"params must be one of {PARAMS}, got {params!r}")
+    mapping = params if isinstance(params, dict) else None
+    if mapping is not None:
+        params = "random"
+    elif params not in PARAMS:
+        raise ArgumentError(f"params must be one of {PARAMS} or a dict mapping your names to torch's "
+                            f"({{'W': 'weight.T', 'b': 'bias'}}), got {params!r}")
+    skip = _names("skip", skip)
     train = _check_bool("train", train)
     raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
     seed = _check_int("seed", seed, 0)
     _check_fd(samples, eps)
     dtypes = _check_dtypes(dtypes)
+    tols = _tolerances(atol, rtol, dtypes)
     _check_torch_equivalent(torch_equivalent)
     shape = _input("x", input_shape, x)
     if shape is None:
@@ -367,9 +479,14 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
         upstream = _check_array("upstream", upstream)
     if torch_equivalent is None and "float64" not in dtypes:
         dtypes.insert(0, "float64")   # the finite-difference check itself runs in float64
-    lay = as_layer(mine, name)
+        tols = _tolerances(atol, rtol, dtypes)
+    lay = as_layer(mine, name, mapping)
+    if isinstance(torch_equivalent, torch.nn.Module):
+        lay.bind(torch_equivalent, train)
+    zero = _zero_names(allowed_zero, lay.params())
     ref_name = _describe_torch(torch_equivalent)
-    context = (f"(scratch = your {lay.name}, reference = {ref_name}; input {shape} "
+    layout = f"; {'; '.join(lay.notes)}" if lay.notes else ""
+    context = (f"(scratch = your {lay.name}{layout}, reference = {ref_name}; input {shape} "
                f"{'~ N(0, 1)' if x is None else 'given'}, upstream gradient "
                f"{'~ N(0, 1)' if upstream is None else 'given'}, seed {seed}; "
                + ("parameters set to seeded N(0, 1) values, params='keep' checks yours" if params == "random"
@@ -392,14 +509,17 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
                                                             eps=eps, seed=seed, train=train)
                 else:
                     lay.train(train)
-                    report.results[dt] = _against_own_float64(lay, shape if x is None else x, upstream, seed, dt)
+                    report.results[dt] = _against_own_float64(lay, shape if x is None else x, upstream, seed, dt,
+                                                              tols[dt], zero)
         else:
             for dt in dtypes:
                 report.results[dt] = layercheck.check_layer(lay, torch_equivalent, input_shape, x=x, dtype=dt,
                                                             seed=seed, train=train, upstream=upstream,
-                                                            name=lay.name, raise_on_failure=False)
+                                                            name=lay.name, tol=tols[dt], allowed_zero=zero,
+                                                            raise_on_failure=False)
     finally:
         lay.restore(snap)
+    _skip_in_report(report, skip)
     if raise_on_failure:
         report.raise_if_failed()
     return report
