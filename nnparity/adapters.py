@@ -296,6 +296,10 @@ class LayerAdapter:
         if self.kind == "dict":
             return conventions.suggest_map([conventions._dict_slot(self.obj, "params", "grads", n)
                                             for n in self.obj.params], torch_shapes)
+        if self.kind == "plain":   # array attributes with names nn-parity does not know
+            attrs = [k for k, v in (vars(self.obj).items() if hasattr(self.obj, "__dict__") else ())
+                     if conventions.is_float_array(v) and k not in conventions.BUFFER_NAMES]
+            return conventions.suggest_map([conventions._attr_slot(self.obj, k) for k in attrs], torch_shapes)
         return conventions.suggest_map(self.slots or [], torch_shapes)
 
     def _slot(self, torch_name):
@@ -415,6 +419,11 @@ class LayerAdapter:
                 if g is None:
                     raise ProtocolError(f"{self.name}.backward stored no gradient for {sl.where}: store "
                                         f"dL/d{sl.name} in {sl.grad_where} (an array of its shape)")
+                raw_shape, g_shape = np.shape(sl.raw()), np.shape(sl._grad())
+                if g_shape != raw_shape:
+                    raise ProtocolError(f"{self.name}: the gradient of {sl.where} has shape {g_shape}, {sl.where} "
+                                        f"has shape {raw_shape}: dL/d{sl.name} must have its parameter's shape "
+                                        "(a transposed gradient, or a sum over the wrong axis?)")
                 out[sl.torch] = np.asarray(g)
         else:
             return OrderedDict()
@@ -622,7 +631,7 @@ def check_same_parameters(layer: LayerAdapter, torch_params: dict, what: str = "
             f"  only yours: {only_m}; only torch: {only_t}\n"
             "Name your parameters like the torch module's named_parameters() (weight, bias, fc1.weight, ...), "
             + (f"or map them: {layer.suggest_map(theirs)} (your name: torch name, '.T' if stored transposed), "
-               if layer.kind in ("slots", "dict") and layer.suggest_map(theirs) else "")
+               if layer.kind in ("slots", "dict", "plain") and layer.suggest_map(theirs) else "")
             + "or pass a function fn(x, **params) as the torch equivalent.")
     bad = [k for k in mine if mine[k] != theirs[k]]
     if bad:

@@ -30,6 +30,7 @@ a ``NNParityWarning``). ``parity_tests/test_api_misuse.py`` is the table of misu
 from __future__ import annotations
 
 import itertools
+import math
 import numbers
 import warnings
 from collections import OrderedDict
@@ -42,7 +43,7 @@ from .adapters import (INPUT_MUTATED, ArgumentError, LayerAdapter, LossAdapter, 
                        RandomState, UpdateAdapter, as_layer, buffers_warning, call_torch, call_user, copy_to_torch,
                        input_grad_problem, output_problem, reject_class, unmatched_torch_buffers,
                        upstream_problem)
-from .parity import Comparison, ParityError, Tolerance, compare, tolerance_for
+from .parity import Comparison, ParityError, Tolerance, compare, quantity, tolerance_for
 from .sides import StepResult, TorchSide, count_correct
 
 DTYPES = ("float64", "float32")
@@ -526,8 +527,8 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
 
 
 def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtypes=DTYPES, seed: int = 0,
-               name: str | None = None, samples: int = gc.SAMPLES, eps: float = gc.EPS,
-               raise_on_failure: bool = True) -> LayerReport:
+               name: str | None = None, samples: int = gc.SAMPLES, eps: float = gc.EPS, atol=None, rtol=None,
+               skip=(), raise_on_failure: bool = True) -> LayerReport:
     """Check your loss (value and dL/dinput) against a torch loss, in float64 and float32.
 
     Args:
@@ -538,6 +539,7 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
         input_shape: shape of the random logits ~ 3 N(0, 1) (or give ``z``).
         target: passed to both sides; default: seeded integer class labels in
             ``[0, input_shape[-1])``.
+        atol, rtol, skip: as in ``check_layer`` (comparisons: ``loss``, ``din``).
     """
     from . import layercheck
 
@@ -546,6 +548,7 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
     seed = _check_int("seed", seed, 0)
     _check_fd(samples, eps)
     dtypes = _check_dtypes(dtypes)
+    skip = _names("skip", skip)
     if torch_loss is not None:
         _check_torch_loss(torch_loss)
     shape = _input("z", input_shape, z)
@@ -555,6 +558,7 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
         z = np.asarray(z)
     if torch_loss is None and "float64" not in dtypes:
         dtypes.insert(0, "float64")   # the finite-difference check itself runs in float64
+    tols = _tolerances(atol, rtol, dtypes)
     adapter = LossAdapter(mine, name)
     if target is None:
         if len(shape) != 2:
@@ -578,11 +582,12 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
             t = np.asarray(target)
             v64, d64 = adapter(z64.copy(), t.astype(np.float64) if np.issubdtype(t.dtype, np.floating) else t)
             v, d = adapter(z64.astype(dt), t.astype(dt) if np.issubdtype(t.dtype, np.floating) else t)
-            tol = tolerance_for(dt)
-            report.results[dt] = [compare("loss", v, v64.astype(dt), tol), compare("din", d, d64.astype(dt), tol)]
+            report.results[dt] = (layercheck.compare_values("loss", v, v64.astype(dt), tols[dt])
+                                  + layercheck.compare_values("din", d, d64.astype(dt), tols[dt]))
         else:
             report.results[dt] = layercheck.check_loss(mine, torch_loss, shape, target, z=z, dtype=dt, seed=seed,
-                                                       name=adapter.name, raise_on_failure=False)
+                                                       name=adapter.name, tol=tols[dt], raise_on_failure=False)
+    _skip_in_report(report, skip)
     if raise_on_failure:
         report.raise_if_failed()
     return report
@@ -598,9 +603,11 @@ class UserSide:
 
     name = "yours"
 
-    def __init__(self, net: LayerAdapter, loss: LossAdapter, update: UpdateAdapter):
+    def __init__(self, net: LayerAdapter, loss: LossAdapter, update: UpdateAdapter, dtype=None):
         self.net, self.loss_fn, self.update = net, loss, update
         self.seconds = 0.0
+        self.dtype = None if dtype is None else np.dtype(dtype)
+        self.dtype_findings = []   # (record key, your dtype) of the last step, recorded cast to the run's dtype
 
     def step(self, x, y, record: bool = False, draws=None) -> StepResult:
         net = self.net
@@ -621,6 +628,12 @@ class UserSide:
             rec.update((f"param/{k}", np.array(v, copy=True)) for k, v in net.params().items())
             rec.update((f"state/{k}", np.array(v, copy=True)) for k, v in self.update.state().items())
             rec.update((f"buffer/{k}", np.array(v, copy=True)) for k, v in net.buffers().items())
+            self.dtype_findings = []
+            if self.dtype is not None:   # a wrong dtype is its own finding; the values are still compared
+                for k, v in rec.items():
+                    if np.issubdtype(v.dtype, np.floating) and v.dtype != self.dtype:
+                        self.dtype_findings.append((k, v.dtype))
+                        rec[k] = v.astype(self.dtype)
         return StepResult(float(value), len(y), count_correct(out, y), rec)
 
     def draws(self) -> dict:
@@ -656,7 +669,8 @@ def _as_batch(x, y, dtype):
 
 
 def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batches, *, steps: int | None = None,
-                name: str | None = None, raise_on_failure: bool = True):
+                name: str | None = None, params=None, atol=None, rtol=None, skip=(), allowed_zero=(),
+                raise_on_failure: bool = True):
     """Train your network and its torch mirror side by side from identical weights, comparing
     the output, the loss, dL/doutput, every gradient, every updated parameter (and the
     optimizer state and buffers you expose) after every step.
@@ -675,6 +689,13 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
         batches: an iterable of ``(x, y)`` NumPy arrays (integer labels stay int64,
             floating arrays are cast to the run's dtype).
         steps: use only the first ``steps`` batches.
+        params: a map of your parameter names onto torch's, ``{"fc1.W": "fc1.weight.T"}``
+            (``check_layer``; without it the conventions of ``nnparity.conventions`` apply).
+        atol, rtol: tolerances instead of the suite's for the run's dtype (a number).
+        skip: comparisons to leave out at every step (``"buffer/bn.running_var"``).
+        allowed_zero: parameters whose gradient is zero by construction (the bias of a Linear
+            feeding a BatchNorm): their gradient and momentum are compared with zero, as the
+            documented cnn18k declares its conv biases.
 
     Returns the ``parity.Trace``; raises ``ParityError`` naming the first divergence
     (step, tensor, element, both values) unless ``raise_on_failure`` is false.
@@ -686,7 +707,11 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     _check_name(name)
     raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
     steps = _check_int("steps", steps, 1, none_ok=True)
-    lay = as_layer(net, name)
+    if params is not None and not isinstance(params, dict):
+        raise ArgumentError(f"params must be a dict mapping your parameter names to torch's "
+                            f"({{'W1': 'fc1.weight.T'}}), got {params!r}")
+    skip = _names("skip", skip)
+    lay = as_layer(net, name, params)
     loss_a = LossAdapter(loss)
     upd = UpdateAdapter(update, lay)
     reject_class(torch_net, "torch_net")
@@ -694,6 +719,7 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
         raise ProtocolError(f"torch_net must be a torch.nn.Module (the mirror of your network), "
                             f"got {type(torch_net).__name__}")
     _check_torch_loss(torch_loss)
+    lay.bind(torch_net)
     dtypes = lay.dtypes()
     if not lay.params():
         raise ProtocolError(f"{lay.name} has no parameters (so no floating dtype to run in): check_steps trains a "
@@ -703,6 +729,8 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
                             f"found {sorted(map(str, dtypes)) or 'none'}")
     dtype = dtypes.pop()
     _check_dtypes((dtype,))
+    tol = _tolerances(atol, rtol, [np.dtype(dtype).name])[np.dtype(dtype).name]
+    zero = _zero_names(allowed_zero, lay.params())
     copy_to_torch(lay, torch_net)
     opt = _torch_optimizer(torch_optimizer, torch_net)
     try:
@@ -710,17 +738,44 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     except TypeError:
         raise ArgumentError(f"batches must be an iterable of (x, y) pairs, got {type(batches).__name__}") from None
     keep_state = upd.kind == "optimizer" and callable(getattr(upd.obj, "state_dict", None))
-    user = UserSide(lay, loss_a, upd)
+    user = UserSide(lay, loss_a, upd, dtype)
     mirror = MirrorSide(torch_net, torch_loss, opt, keep_state, lay.buffers())
     unmatched = unmatched_torch_buffers(lay, torch_net)
     data = _checked_batches(batch_iter if steps is None else itertools.islice(batch_iter, steps), dtype)
-    trace = harness_check_steps(user, mirror, data, net=lay.name, dtype=dtype)
+
+    def on_step(i, trace):
+        step = trace.steps[-1]
+        if i == 1:
+            _skip(None, skip, {c.name for c in step})
+        step[:] = [c for c in step if not _is_skipped(c.name, skip)]
+        for k, theirs in user.dtype_findings:   # its own finding, before the values compared after the cast
+            at = next((j for j, c in enumerate(step) if c.name == k), len(step))
+            step.insert(at, Comparison(k, quantity(k), tuple(step[at].shape) if at < len(step) else (), math.inf,
+                                       math.inf, (), math.nan, math.nan, math.inf, trace.tol, i,
+                                       problem=f"dtype mismatch: scratch {theirs}, reference {trace.dtype} (the "
+                                               f"values, cast to {trace.dtype}, are compared next)"))
+
+    trace = harness_check_steps(user, mirror, data, net=lay.name, dtype=dtype, tol=tol, allowed_zero=zero,
+                                on_step=on_step)
     if not trace.steps:
         raise ArgumentError("check_steps got no batches: pass an iterable of (x, y) arrays")
     if unmatched:
         _warn(trace.warnings, buffers_warning(lay.name, "torch_net", unmatched))
-    if raise_on_failure:
-        trace.raise_if_failed()
+    if lay.notes:
+        trace.warnings.append("layouts mapped: " + "; ".join(lay.notes))
+    if raise_on_failure and not trace.ok:
+        text = trace.message()
+        grads = [c.name.split("/", 1)[1] for c in trace.degenerate if c.name.startswith("grad/")]
+        if trace.first_failure is None and grads:
+            names = list(dict.fromkeys(grads))
+            text += (f"\nif {'these gradients are' if len(names) > 1 else 'this gradient is'} zero by construction "
+                     f"(the bias of a layer feeding a BatchNorm), declare it: allowed_zero={names!r} compares "
+                     "it with zero at every step")
+        elif trace.first_failure is not None and (trace.first_failure.problem or "").startswith("dtype mismatch"):
+            text += ("\nyour network computed in another dtype than its parameters': a NumPy float64 scalar "
+                     "(np.finfo(float).eps, np.float64(...)) or a float64 accumulator (np.zeros(shape) without "
+                     "dtype=) promotes float32 to float64; the values were compared after a cast all the same")
+        raise ParityError(text)
     return trace
 
 

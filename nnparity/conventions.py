@@ -100,12 +100,18 @@ class Layout:
 
     def describe(self, torch_name: str) -> str:
         if self.perm is not None:
-            how = "transposed" if self.perm == tuple(reversed(range(len(self.perm)))) else f"permuted {self.perm}"
-            return f"stored {self.shape}, torch's {torch_name} is {self.torch_shape}: {how}"
+            if len(self.perm) == 2:
+                return (f"stored (in, out) {self.shape}, torch's {torch_name} is (out, in) {self.torch_shape}: "
+                        f"compared as {torch_name}.T")
+            return (f"stored {self.shape}, torch's {torch_name} is {self.torch_shape}: compared as "
+                    f"{torch_name}.permute{self.perm}")
         return f"stored {self.shape}, torch's {torch_name} is {self.torch_shape}: reshaped"
 
+    def __repr__(self):
+        return f"Layout({self.shape} -> {self.torch_shape}, perm={self.perm})"
 
-_MAP_RE = re.compile(r"^\s*([A-Za-z_][\w.]*?)\s*(?:\.(T)|\.permute\(([\d,\s]+)\))?\s*$")
+
+_MAP_RE = re.compile(r"^\s*(\w[\w.]*?)\s*(?:\.(T)|\.permute\(([\d,\s]+)\))?\s*$")
 
 
 def parse_target(text):
@@ -315,6 +321,18 @@ def detect(obj, names=None):
     return None, []
 
 
+def alias_target(name, torch_shapes):
+    """The torch parameter an alias stands for: ``weight``, or the one ``<path>.weight`` (a
+    Sequential's ``0.weight``) when the module has exactly one."""
+    t = ALIASES.get(name)
+    if t is None:
+        return None
+    if t in torch_shapes:
+        return t
+    ends = [k for k in torch_shapes if k.endswith("." + t)]
+    return ends[0] if len(ends) == 1 else None
+
+
 def resolve_names(slots, torch_shapes, mapping) -> tuple:
     """Give each slot its torch name and layout; returns ``(notes, problem)``."""
     notes, problems = [], []
@@ -326,8 +344,8 @@ def resolve_names(slots, torch_shapes, mapping) -> tuple:
             target = (target[0], target[1] or "same")
         elif s.name in torch_shapes:   # torch's name: torch's layout (size-1 axes aside)
             target = (s.name, "same")
-        elif ALIASES.get(s.name) in torch_shapes:
-            target = (ALIASES[s.name], None)
+        elif alias_target(s.name, torch_shapes):
+            target = (alias_target(s.name, torch_shapes), None)
         if target is None:
             continue
         tname, how = target
@@ -357,7 +375,11 @@ def suggest_map(slots, torch_shapes) -> str:
     """A ``params={...}`` map pairing your unmapped parameters with torch's by order."""
     mine = [s for s in slots if s.torch not in torch_shapes or s.torch == s.name and s.name not in torch_shapes]
     free = [t for t in torch_shapes if t not in {s.torch for s in slots}]
-    pairs = ", ".join(f"{s.name!r}: {t!r}" for s, t in zip(mine, free))
+    def target(s, t):
+        shape = tuple(np.shape(s.raw()))
+        return f"{t}.T" if len(shape) == 2 and shape[::-1] == tuple(torch_shapes[t]) and shape[0] != shape[1] else t
+
+    pairs = ", ".join(f"{s.name!r}: {target(s, t)!r}" for s, t in zip(mine, free))
     return f"params={{{pairs}}}" if pairs else ""
 
 
