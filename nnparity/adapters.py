@@ -292,6 +292,25 @@ class LayerAdapter:
         self.notes = notes
         self._bound = module
 
+    def bind_function(self, fn) -> None:
+        """A torch *function* equivalent ``fn(x, **params)``: only the ``params=`` map renames (and lays
+        out) your parameters; unmapped ones keep their names, as the function receives them."""
+        if not self.mapping or self._bound is fn or self.kind != "slots":
+            return
+        torch_shapes = OrderedDict()
+        for sl in self.slots:
+            shape = tuple(np.shape(sl.raw()))
+            target = conventions.parse_target(self.mapping[sl.name]) if sl.name in self.mapping else (sl.name, None)
+            how = target[1]
+            perm = tuple(reversed(range(len(shape)))) if how == "T" else how if isinstance(how, tuple) else None
+            torch_shapes[target[0]] = tuple(shape[i] for i in perm) if perm else shape
+        for sl in self.slots:
+            sl.torch, sl.layout = sl.name, None
+        notes, problem = conventions.resolve_names(self.slots, torch_shapes, self.mapping)
+        if problem:
+            raise ParameterMismatch(f"{self.name}'s parameters do not fit params={self.mapping}: {problem}")
+        self.notes, self._bound = notes, fn
+
     def suggest_map(self, torch_shapes) -> str:
         if self.kind == "dict":
             return conventions.suggest_map([conventions._dict_slot(self.obj, "params", "grads", n)

@@ -484,6 +484,8 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
     lay = as_layer(mine, name, mapping)
     if isinstance(torch_equivalent, torch.nn.Module):
         lay.bind(torch_equivalent, train)
+    elif torch_equivalent is not None:
+        lay.bind_function(torch_equivalent)
     zero = _zero_names(allowed_zero, lay.params())
     ref_name = _describe_torch(torch_equivalent)
     layout = f"; {'; '.join(lay.notes)}" if lay.notes else ""
