@@ -51,3 +51,29 @@ class Activation_ReLU:
     def backward(self, dvalues):
         self.dinputs = dvalues.copy()
         self.dinputs[self.inputs <= 0] = 0
+
+
+class Activation_Softmax_Loss_CategoricalCrossentropy:
+    """Softmax and mean cross-entropy fused, as the book does: ``forward(inputs, y_true)`` stores the
+    probabilities in ``self.output`` and returns the mean loss; ``backward(dvalues, y_true)`` stores
+    dL/dinputs = (softmax - onehot) / N in ``self.dinputs`` (mirrors ``torch.nn.CrossEntropyLoss()``)."""
+
+    def forward(self, inputs, y_true):
+        exp = np.exp(inputs - np.max(inputs, axis=1, keepdims=True))
+        self.output = exp / np.sum(exp, axis=1, keepdims=True)
+        clipped = np.clip(self.output[range(len(inputs)), y_true], 1e-7, 1 - 1e-7)
+        return np.mean(-np.log(clipped))
+
+    def backward(self, dvalues, y_true):
+        samples = len(dvalues)
+        self.dinputs = dvalues.copy()
+        self.dinputs[range(samples), y_true] -= 1
+        self.dinputs = self.dinputs / samples
+
+
+class Activation_Softmax_Loss_NotAveraged(Activation_Softmax_Loss_CategoricalCrossentropy):
+    """The same forward; the backward forgets the 1/N of the mean."""
+
+    def backward(self, dvalues, y_true):
+        self.dinputs = dvalues.copy()
+        self.dinputs[range(len(dvalues)), y_true] -= 1   # BUG: the loss is a mean, so dinputs / samples

@@ -129,3 +129,13 @@ def test_mapped_names_wrong_sigmoid_derivative_is_named(nnparity):
         nnparity.layer(LogisticWrongDerivative(5, 3), logistic_torch(), input_shape=(4, 5), params=MAP)
     tensor, element = first_failure(e)
     assert tensor == "din" and len(element) == 2
+
+
+def test_nnfs_fused_softmax_cross_entropy_loss(nnparity):
+    from nnfs_dense import Activation_Softmax_Loss_CategoricalCrossentropy, Activation_Softmax_Loss_NotAveraged
+
+    nnparity.loss(Activation_Softmax_Loss_CategoricalCrossentropy(), torch.nn.CrossEntropyLoss(), input_shape=(8, 5))
+    with pytest.raises(AssertionError) as e:
+        nnparity.loss(Activation_Softmax_Loss_NotAveraged(), torch.nn.CrossEntropyLoss(), input_shape=(8, 5))
+    tensor, element = first_failure(e)
+    assert tensor == "din" and len(element) == 2

@@ -218,7 +218,7 @@ class LayerAdapter:
             self.kind = "module"
         elif isinstance(obj, conventions.FunctionPair):
             self.kind, self.convention = "slots", "a pair of functions with a cache (CS231n)"
-            self.slots = []
+            self.slots = [conventions._dict_slot(obj, "params", "grads", n) for n in obj.param_names if n in obj.params]
         elif hasattr(obj, "params") and not callable(obj.params):
             if not isinstance(obj.params, dict):
                 raise ProtocolError(f"{_short(obj)}.params must be a dict {{name: ndarray}}, "
@@ -330,6 +330,16 @@ class LayerAdapter:
         if self.kind == "functions":
             self._x = x
             return call_user(f"{self.name} (your forward function)", self.obj[0], x, given=given)
+        if isinstance(self.obj, conventions.FunctionPair):
+            missing = [n for n in self.obj.param_names if n not in self.obj.params]
+            if missing:
+                raise ProtocolError(f"{self.name}: no values for its parameters {missing}: without a torch module "
+                                    "to take their shapes from, pass them: "
+                                    f"nnparity.pair(forward, backward, params={{{missing[0]!r}: array, ...}})")
+            missing = [n for n in self.obj.config_names if n not in self.obj.config]
+            if missing:
+                raise ProtocolError(f"{self.name}: no value for its config {missing}: without a torch module to read "
+                                    f"it from, pass it: nnparity.pair(forward, backward, {missing[0]}={{...}})")
         y = call_user(f"{self.name}.forward", self.obj.forward, x, given=given)
         if y is None and isinstance(getattr(self.obj, "output", None), np.ndarray):
             y = self.obj.output   # the "from scratch" book convention: forward stores self.output
@@ -735,6 +745,15 @@ def torch_function_params(fn, names) -> None:
 
 # --- losses and update rules ------------------------------------------------------------
 
+def _positional_count(fn) -> int:
+    """How many positional arguments ``fn`` takes (without defaults); 0 if it cannot be told."""
+    try:
+        ps = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 0
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in ps)
+
+
 class LossAdapter:
     """``value, dinput = adapter(input, target)`` for either loss convention."""
 
@@ -761,7 +780,18 @@ class LossAdapter:
         given = f" (input {describe_array(z)}, target {describe_array(target)})"
         if self.kind == "module":
             value = call_user(f"{self.name}.forward", self.obj.forward, z, target, given=given)
-            dz = call_user(f"{self.name}.backward", self.obj.backward, given=given)
+            if np.ndim(value) and callable(getattr(self.obj, "calculate", None)):   # per-sample losses (nnfs)
+                value = call_user(f"{self.name}.calculate", self.obj.calculate, z, target, given=given)
+            if _positional_count(self.obj.backward) >= 2:
+                # the "from scratch" book: backward(dvalues, y_true) with dvalues the forward's output
+                # (self.output: a fused softmax's probabilities) or the loss's own input; sets self.dinputs
+                out = getattr(self.obj, "output", None)
+                dvalues = out if isinstance(out, np.ndarray) and out.shape == np.shape(z) else z
+                dz = call_user(f"{self.name}.backward", self.obj.backward, dvalues, target, given=given)
+            else:
+                dz = call_user(f"{self.name}.backward", self.obj.backward, given=given)
+            if dz is None and isinstance(getattr(self.obj, "dinputs", None), np.ndarray):
+                dz = self.obj.dinputs
         else:
             out = call_user(self.name, self.obj, z, target, given=given)
             if not (isinstance(out, tuple) and len(out) == 2):

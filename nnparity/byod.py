@@ -595,6 +595,33 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
     return report
 
 
+def pair(forward, backward, *, params=None, **config):
+    """A layer written as two functions with a cache (CS231n ``layers.py``), with its config dicts::
+
+        nnparity.check_layer(nnparity.pair(conv_forward_naive, conv_backward_naive,
+                                           conv_param={"stride": 2, "pad": 1}), torch.nn.Conv2d(...), ...)
+
+    ``forward(x, *params, cfg) -> (out, cache)``, ``backward(dout, cache) -> (dx, *dparams)``.
+    A plain tuple ``(forward, backward)`` is the same with every config dict read from the
+    torch module. ``params``: values for the parameters ({"w": array}); without them, their
+    shapes come from the torch module (needed for finite differences, which have none).
+    """
+    from .conventions import FunctionPair
+
+    for f, what in ((forward, "forward"), (backward, "backward")):
+        if not callable(f):
+            raise ArgumentError(f"pair: {what} must be a function, got {type(f).__name__}")
+    if params is not None and not isinstance(params, dict):
+        raise ArgumentError(f"pair: params must be a dict {{name: array}}, got {type(params).__name__}")
+    return FunctionPair(forward, backward, params, config)
+
+
+def adapt(layer, params=None, name=None) -> LayerAdapter:
+    """Your layer read through the layer protocol with a name/layout map
+    (``nnparity.adapt(mine, params={"W": "weight.T"})``), to combine with ``params="keep"``."""
+    return as_layer(layer, name, params)
+
+
 # --- training steps --------------------------------------------------------------------------
 
 class UserSide:
@@ -825,4 +852,4 @@ def _checked_batches(batches, dtype):
         yield _as_batch(x, y, dtype)
 
 
-__all__ = ["check_layer", "check_loss", "check_steps", "LayerReport", "Comparison"]
+__all__ = ["check_layer", "check_loss", "check_steps", "pair", "adapt", "LayerReport", "Comparison"]

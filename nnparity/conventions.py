@@ -439,7 +439,7 @@ class FunctionPair:
 
     def __init__(self, forward, backward, params=None, config=None):
         self.fwd, self.bwd = forward, backward
-        self.__name__ = getattr(forward, "__name__", "forward").replace("_forward", "")
+        self.__name__ = getattr(forward, "__name__", "forward")
         sig = [p for p in inspect.signature(forward).parameters.values()
                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         self.arg_names = [p.name for p in sig[1:]]
@@ -494,7 +494,7 @@ class FunctionPair:
         args = [self.params[n] if n in self.params else self.config[n] for n in self.arg_names]
         res = self.fwd(x, *args)
         if not (isinstance(res, tuple) and len(res) == 2):
-            raise TypeError(f"{self.__name__}_forward must return (out, cache), got {type(res).__name__}")
+            raise TypeError(f"{self.__name__} must return (out, cache), got {type(res).__name__}")
         out, self.cache = res
         return out
 
