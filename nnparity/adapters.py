@@ -24,8 +24,16 @@ A *layer* (or a whole *network*: the protocol is the same) is one of:
    optional ``buffers`` (dict) and ``train(mode)`` / ``training`` as in 2.
 4. **A pair of functions** ``(forward, backward)``: ``forward(x) -> y``,
    ``backward(x, dy) -> dx``.
+5. **The from-scratch conventions** of ``nnparity.conventions`` (kind ``"slots"``):
+   attribute parameters (``self.W`` + ``self.dW``), ``params()`` / ``grads()`` methods,
+   numpy-ml's ``parameters`` / ``gradients`` dicts, the book's ``self.output`` /
+   ``self.dinputs`` / ``self.dweights``, CS231n function pairs with a cache
+   (``conventions.FunctionPair``), and any names through a ``params={"W": "weight.T"}``
+   map. ``bind(torch_module)`` names them like the module's parameters and maps their
+   layouts; from then on ``params()`` / ``grads()`` are in torch's names and layouts
+   (views of your arrays where the layout differs, so writing to them writes to yours).
 
-Parameter names are the torch equivalent's ``named_parameters()`` names
+Parameter names in 1 and 2 are the torch equivalent's ``named_parameters()`` names
 (``weight``, ``bias``, ``fc1.weight``...), PyTorch layouts included.
 
 Optional, any convention: ``kink_attrs``, a tuple naming the attributes that
