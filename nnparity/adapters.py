@@ -246,16 +246,18 @@ class LayerAdapter:
         if self.kind == "module" and callable(buffers) and not callable(getattr(obj, "named_buffers", None)):
             raise ProtocolError(f"{self.name} has buffers() but no named_buffers(): the checks read buffers "
                                 "from named_buffers() yielding (name, array), so they would be ignored")
-        if self.mapping and self.kind not in ("slots",):
-            raise ProtocolError(f"params={{...}} maps the parameters of a layer without a params()/attribute "
-                                f"convention; {self.name} is a {self.kind} layer: name its parameters like torch's")
-        if self.mapping:
-            known = {s.name for s in self.slots}
+        if self.mapping and self.kind == "module":
+            raise ProtocolError(f"params={{...}} maps the parameters of a plain layer; {self.name} is a scratch "
+                                "module (named_parameters()): name its parameters like the torch module's")
+        if self.mapping and not isinstance(obj, conventions.FunctionPair):
+            known = {s.name for s in self.slots or []}
             unknown = [k for k in self.mapping if k not in known]
-            if unknown and not isinstance(obj, conventions.FunctionPair):
+            if unknown:
+                arrays = sorted(k for k, v in (vars(obj).items() if hasattr(obj, "__dict__") else ())
+                                if isinstance(v, np.ndarray))
                 raise ProtocolError(f"params={{...}} names {unknown}, which {self.name} does not have as an array "
-                                    f"(looked in {self.convention or 'its attributes'}); it has "
-                                    f"{sorted(k for k, v in vars(obj).items() if isinstance(v, np.ndarray))}")
+                                    f"(looked in {self.convention or 'its attributes'}); its array attributes are "
+                                    f"{arrays}")
 
     def _use_slots(self, torch_names=()) -> None:
         """Read the parameters through ``nnparity.conventions`` (attributes, methods, dicts)."""

@@ -228,7 +228,12 @@ def _tolerances(atol, rtol, dtypes) -> dict:
         if v is None:
             return default
         if isinstance(v, dict):
-            bad = [k for k in v if np.dtype(k).name not in DTYPES] if all(isinstance(k, str) for k in v) else v
+            def name_of(k):
+                try:
+                    return np.dtype(k).name if isinstance(k, str) else None
+                except TypeError:
+                    return None
+            bad = [k for k in v if name_of(k) not in DTYPES]
             if bad:
                 raise ArgumentError(f"{what} keys must be dtype names ('float64', 'float32'), got {list(bad)}")
             v = {np.dtype(k).name: x for k, x in v.items()}
