@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import gradcheck as gc
-from .adapters import (INPUT_MUTATED, ArgumentError, LayerAdapter, LossAdapter, NNParityWarning, ProtocolError,
+from .adapters import (INPUT_MUTATED, ArgumentError, LayerAdapter, LossAdapter, NNParityWarning, ParameterMismatch,
+                       ProtocolError,
                        RandomState, UpdateAdapter, as_layer, buffers_warning, call_torch, call_user, copy_to_torch,
                        input_grad_problem, output_problem, reject_class, unmatched_torch_buffers,
                        upstream_problem)
@@ -756,6 +757,10 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     lay.bind(torch_net)
     dtypes = lay.dtypes()
     if not lay.params():
+        suggestion = lay.suggest_map(OrderedDict((k, tuple(p.shape)) for k, p in torch_net.named_parameters()))
+        if suggestion:
+            raise ParameterMismatch(f"{lay.name} has array attributes but none with a parameter name nn-parity "
+                                    f"knows: map them onto torch_net's, e.g. {suggestion} (check each pairing)")
         raise ProtocolError(f"{lay.name} has no parameters (so no floating dtype to run in): check_steps trains a "
                             "network's parameters; check a parameter-free layer with check_layer")
     if len(dtypes) != 1:

@@ -269,3 +269,46 @@ def test_check_steps_dtype_finding_then_values():
     assert first.name == "grad/fc2.bias" and first.problem.startswith("dtype mismatch: scratch float64")
     values = [c for c in trace.steps[0] if c.name == "grad/fc2.bias" and c.problem is None]
     assert values and values[0].passed   # the values, cast to float32, agree
+
+
+# --- check_steps on a network in the attribute convention, W stored (in, out) ---------------------------
+
+class AttributeNet:
+    """A learner's two-layer MLP: W1 (in, hidden), b1 (1, hidden), W2, b2 as attributes, dW1 ... as gradients."""
+
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.W1, self.b1 = rng.standard_normal((12, 16)) / 4, np.zeros((1, 16))
+        self.W2, self.b2 = rng.standard_normal((16, 5)) / 4, np.zeros((1, 5))
+
+    def forward(self, x):
+        self.x = x
+        self.h = x @ self.W1 + self.b1
+        self.a = np.maximum(self.h, 0)
+        return self.a @ self.W2 + self.b2
+
+    def backward(self, d):
+        self.dW2, self.db2 = self.a.T @ d, d.sum(0, keepdims=True)
+        dh = (d @ self.W2.T) * (self.h > 0)
+        self.dW1, self.db1 = self.x.T @ dh, dh.sum(0, keepdims=True)
+
+
+def mlp_mirror():
+    return torch.nn.Sequential(OrderedDict(fc1=torch.nn.Linear(12, 16), relu=torch.nn.ReLU(),
+                                           fc2=torch.nn.Linear(16, 5)))
+
+
+def mlp_data():
+    rng = np.random.default_rng(1)
+    return [(rng.standard_normal((8, 12)), rng.integers(0, 5, 8)) for _ in range(3)]
+
+
+def test_check_steps_with_attributes_and_a_map():
+    mp = {"W1": "fc1.weight.T", "b1": "fc1.bias", "W2": "fc2.weight.T", "b2": "fc2.bias"}
+    trace = nnparity.check_steps(AttributeNet(), softmax_ce, sgd, mlp_mirror(), torch.nn.CrossEntropyLoss(),
+                                 lambda p: torch.optim.SGD(p, lr=0.1), mlp_data(), params=mp)
+    assert trace.ok and "W1 stored (in, out) (12, 16), torch's fc1.weight is (out, in) (16, 12)" in trace.message()
+    with pytest.raises(ValueError, match=r"map them onto torch_net's, e.g. params=\{'W1': 'fc1.weight.T', "
+                                         r"'b1': 'fc1.bias', 'W2': 'fc2.weight.T', 'b2': 'fc2.bias'\}"):
+        nnparity.check_steps(AttributeNet(), softmax_ce, sgd, mlp_mirror(), torch.nn.CrossEntropyLoss(),
+                             lambda p: torch.optim.SGD(p, lr=0.1), mlp_data())
