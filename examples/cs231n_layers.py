@@ -10,7 +10,13 @@ right at stride 1, wrong at stride 2).
              =>  dw[f] = sum dout[n, f, i, j] x_pad[n, :, window (i, j)], dx_pad[window] += dout w[f]
 
 Checked in ``test_conventions.py``: the pair is passed as a tuple; nn-parity reads the
-parameters' shapes and ``conv_param`` ({stride, pad}) from the torch module.
+parameters' shapes and ``conv_param`` ({stride, pad}) from the torch module, and
+``bn_param`` ({mode, eps, momentum}: CS231n's momentum is 1 - torch's) for the batchnorm,
+whose running statistics (stored back into ``bn_param``) are compared as buffers.
+
+    batchnorm (train):  xhat = (x - mean) / sqrt(var + eps),  out = gamma xhat + beta
+             =>  dgamma = sum dout xhat,  dbeta = sum dout,  dx = (g - mean g - xhat mean(g xhat)) / sqrt(var + eps),
+                 g = dout gamma
 """
 
 import numpy as np
@@ -82,3 +88,29 @@ def conv_backward_naive_ignores_stride(dout, cache):
     db = dout.sum(axis=(0, 2, 3))
     dx = dx_pad[:, :, pad:pad + x.shape[2], pad:pad + x.shape[3]]
     return dx, dw, db
+
+
+def batchnorm_forward(x, gamma, beta, bn_param):
+    mode, eps, momentum = bn_param["mode"], bn_param.get("eps", 1e-5), bn_param.get("momentum", 0.9)
+    D = x.shape[1]
+    running_mean = bn_param.get("running_mean", np.zeros(D, dtype=x.dtype))
+    running_var = bn_param.get("running_var", np.zeros(D, dtype=x.dtype))
+    if mode == "train":
+        mu, var = x.mean(axis=0), x.var(axis=0)
+        running_mean = momentum * running_mean + (1 - momentum) * mu
+        running_var = momentum * running_var + (1 - momentum) * var   # the biased variance (CS231n's choice)
+    else:
+        mu, var = running_mean, running_var
+    xhat = (x - mu) / np.sqrt(var + eps)
+    bn_param["running_mean"], bn_param["running_var"] = running_mean, running_var
+    return gamma * xhat + beta, (xhat, gamma, var, eps, mode)
+
+
+def batchnorm_backward(dout, cache):
+    xhat, gamma, var, eps, mode = cache
+    g = dout * gamma
+    if mode == "train":
+        dx = (g - g.mean(axis=0) - xhat * (g * xhat).mean(axis=0)) / np.sqrt(var + eps)
+    else:
+        dx = g / np.sqrt(var + eps)
+    return dx, (dout * xhat).sum(axis=0), dout.sum(axis=0)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from affine_attributes import Affine, AffineWrongBias
-from cs231n_layers import (affine_backward, affine_forward, conv_backward_naive, conv_backward_naive_ignores_stride,
-                           conv_forward_naive, relu_backward, relu_forward)
+from cs231n_layers import (affine_backward, affine_forward, batchnorm_backward, batchnorm_forward, conv_backward_naive,
+                           conv_backward_naive_ignores_stride, conv_forward_naive, relu_backward, relu_forward)
 from dense_methods import DenseTanh, DenseTanhWrongDerivative
 from mapped_names import Logistic, LogisticWrongDerivative
 from nnfs_dense import Activation_ReLU, Layer_Dense, Layer_DenseFirstSampleBias
@@ -102,6 +102,20 @@ def test_cs231n_conv_ignoring_the_stride_fails_at_stride_2_only(nnparity):
     tensor, element = first_failure(e)
     assert tensor == "grad/weight" and len(element) == 4
     assert "float64: 1 of 4 failing (grad/weight)" in str(e.value)
+
+
+def test_cs231n_batchnorm_reads_bn_param_and_its_biased_running_variance_is_caught(nnparity):
+    """bn_param comes from torch.nn.BatchNorm1d; CS231n's running_var uses the biased batch variance,
+    torch's the unbiased one: the check names that buffer, and skip= states the convention away."""
+    bn = (batchnorm_forward, batchnorm_backward)
+    with pytest.raises(AssertionError) as e:
+        nnparity.layer(bn, torch.nn.BatchNorm1d(4), input_shape=(6, 4))
+    tensor, element = first_failure(e)
+    assert tensor == "buffer/running_var" and len(element) == 1
+    assert "float64: 1 of 6 failing (buffer/running_var)" in str(e.value)   # running_mean agrees
+    report = nnparity.layer(bn, torch.nn.BatchNorm1d(4), input_shape=(6, 4), skip=["buffer/running_var"])
+    assert "skipped as asked: buffer/running_var" in report.summary()
+    nnparity.layer(bn, torch.nn.BatchNorm1d(4), input_shape=(6, 4), train=False)
 
 
 # --- a name / layout map for names nn-parity cannot guess ------------------------------------------

@@ -494,8 +494,9 @@ class LayerAdapter:
                 else:
                     grads[k] = np.zeros_like(p)
         elif self.kind == "slots":
-            own = next((m for m in ("zero_grad", "flush_gradients", "zero_grads") if callable(getattr(self.obj, m, None))
-                        and not isinstance(self.obj, conventions.FunctionPair)), None)
+            own = next((m for m in ("zero_grad", "flush_gradients", "zero_grads")
+                        if callable(getattr(self.obj, m, None)) and not isinstance(self.obj, conventions.FunctionPair)),
+                       None)
             if own:   # your own reset (numpy-ml's flush_gradients also clears the inputs forward kept)
                 call_user(f"{self.name}.{own}", getattr(self.obj, own), given=f" (called as {own}())")
                 return

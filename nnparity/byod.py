@@ -44,7 +44,7 @@ from .adapters import (INPUT_MUTATED, ArgumentError, LayerAdapter, LossAdapter, 
                        RandomState, UpdateAdapter, as_layer, buffers_warning, call_torch, call_user, copy_to_torch,
                        input_grad_problem, output_problem, reject_class, unmatched_torch_buffers,
                        upstream_problem)
-from .parity import Comparison, ParityError, Tolerance, compare, quantity, tolerance_for
+from .parity import Comparison, ParityError, Tolerance, quantity, tolerance_for
 from .sides import StepResult, TorchSide, count_correct
 
 DTYPES = ("float64", "float32")
@@ -119,7 +119,8 @@ class LayerReport:
                 elif problem.startswith("dtype mismatch"):
                     hint = ("\nyour layer returned another dtype than its input's: a float64 scalar or array mixed "
                             "into a float32 computation promotes it to float64: a NumPy float64 scalar "
-                            "(np.finfo(float).eps, np.float64(1e-8), np.sqrt(n) of a float64, x.sum(dtype=np.float64)), "
+                            "(np.finfo(float).eps, np.float64(1e-8), np.sqrt(n) of a float64, "
+                            "x.sum(dtype=np.float64)), "
                             "a float64 accumulator (np.zeros(shape) without dtype=x.dtype, then += into it) or a "
                             "constant array (np.ones, np.where(mask, 1.0, a), ...); use x.dtype for each"
                             + values)
@@ -277,7 +278,7 @@ def _zero_names(allowed_zero, params) -> tuple:
     return names
 
 
-def _skip(report_or_steps, skip, names_seen) -> list:
+def _skip(skip, names_seen) -> list:
     """Drop the comparisons named in ``skip`` (``"grad/bias"`` also drops ``"grad/bias as float32"``);
     a name that matches no comparison is an error (a typo would silently skip nothing)."""
     if not skip:
@@ -378,7 +379,7 @@ def _run(lay: LayerAdapter, x, g, dtype, rs):
 def _skip_in_report(report: LayerReport, skip) -> None:
     seen = {c.name for res in report.results.values() if not isinstance(res, gc.GradcheckResult) for c in res}
     seen |= {t.name for res in report.results.values() if isinstance(res, gc.GradcheckResult) for t in res.tensors}
-    report.skipped = _skip(report, skip, seen)
+    report.skipped = _skip(skip, seen)
     for dt, res in report.results.items():
         if isinstance(res, gc.GradcheckResult):
             if any(_is_skipped(t.name, skip) for t in res.tensors):
@@ -785,7 +786,7 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     def on_step(i, trace):
         step = trace.steps[-1]
         if i == 1:
-            _skip(None, skip, {c.name for c in step})
+            _skip(skip, {c.name for c in step})
         step[:] = [c for c in step if not _is_skipped(c.name, skip)]
         for k, theirs in user.dtype_findings:   # its own finding, before the values compared after the cast
             at = next((j for j, c in enumerate(step) if c.name == k), len(step))

@@ -162,7 +162,8 @@ def layout_for(user_name: str, shape, torch_name: str, torch_shape, how=None):
             return Layout(shape, torch_shape, fits[0])
         if len(fits) > 1:
             return (f"{user_name} {shape} fits torch's {torch_name} {torch_shape} in {len(fits)} axis orders: "
-                    f"say which with params={{{user_name!r}: '{torch_name}.permute(...)'}} (your axes in torch's order)")
+                    f"say which with params={{{user_name!r}: '{torch_name}.permute(...)'}} "
+                    "(your axes in torch's order)")
     return f"{user_name} has shape {shape}, torch's {torch_name} {torch_shape}"
 
 
