@@ -14,7 +14,7 @@ The public API for checking your own derivations (``nnparity.byod``)::
 Imported lazily, so ``import nnparity.data`` does not pull in torch.
 """
 
-_API = ("check_layer", "check_loss", "check_steps")
+_API = ("check_layer", "check_loss", "check_steps", "pair", "adapt")
 
 __all__ = list(_API)
 

@@ -24,8 +24,16 @@ A *layer* (or a whole *network*: the protocol is the same) is one of:
    optional ``buffers`` (dict) and ``train(mode)`` / ``training`` as in 2.
 4. **A pair of functions** ``(forward, backward)``: ``forward(x) -> y``,
    ``backward(x, dy) -> dx``.
+5. **The from-scratch conventions** of ``nnparity.conventions`` (kind ``"slots"``):
+   attribute parameters (``self.W`` + ``self.dW``), ``params()`` / ``grads()`` methods,
+   numpy-ml's ``parameters`` / ``gradients`` dicts, the book's ``self.output`` /
+   ``self.dinputs`` / ``self.dweights``, CS231n function pairs with a cache
+   (``conventions.FunctionPair``), and any names through a ``params={"W": "weight.T"}``
+   map. ``bind(torch_module)`` names them like the module's parameters and maps their
+   layouts; from then on ``params()`` / ``grads()`` are in torch's names and layouts
+   (views of your arrays where the layout differs, so writing to them writes to yours).
 
-Parameter names are the torch equivalent's ``named_parameters()`` names
+Parameter names in 1 and 2 are the torch equivalent's ``named_parameters()`` names
 (``weight``, ``bias``, ``fc1.weight``...), PyTorch layouts included.
 
 Optional, any convention: ``kink_attrs``, a tuple naming the attributes that
@@ -54,6 +62,8 @@ import traceback
 from collections import OrderedDict
 
 import numpy as np
+
+from . import conventions
 
 
 class UsageError(Exception):
@@ -159,6 +169,20 @@ def reject_class(obj, what: str) -> None:
         raise ProtocolError(f"{what} is the class {name}, not an instance: pass {name}(...) (an object)")
 
 
+def _check_mapping(params):
+    """A ``params={"W": "weight.T", "b": "bias"}`` map: your names -> torch names (and layouts)."""
+    if params is None:
+        return None
+    if not isinstance(params, dict) or not params:
+        raise ArgumentError(f"params must be a non-empty dict {{your name: torch name}} such as "
+                            f"{{'W': 'weight.T', 'b': 'bias'}}, got {params!r}")
+    for k, v in params.items():
+        if not isinstance(k, str) or conventions.parse_target(v) is None:
+            raise ArgumentError(f"params[{k!r}] = {v!r}: each entry maps your name to a torch parameter name, "
+                                "optionally with a layout: 'bias', 'weight.T', 'weight.permute(2, 3, 1, 0)'")
+    return dict(params)
+
+
 class LayerAdapter:
     """A uniform view of a layer or network following any convention of the layer protocol.
 
@@ -168,36 +192,53 @@ class LayerAdapter:
         name: how messages name it (default: its class or function name).
     """
 
-    def __init__(self, obj, name: str | None = None):
+    def __init__(self, obj, name: str | None = None, params: dict | None = None):
         if isinstance(obj, LayerAdapter):
+            params = obj.mapping if params is None else params
             obj = obj.obj
         self.obj = obj
+        self.mapping = _check_mapping(params)
+        self.slots = None          # the parameters of a slots-kind layer (``nnparity.conventions``)
+        self.convention = None     # which convention was detected, in words
+        self.notes = []            # how names and layouts were mapped onto torch's, in words
+        self._bound = None
         reject_class(obj, "your layer")
         if isinstance(obj, (tuple, list)):
             if len(obj) != 2 or not all(callable(f) for f in obj):
                 raise ProtocolError("a layer given as functions must be a pair (forward, backward) with "
-                                    "forward(x) -> y and backward(x, dy) -> dx")
-            self.kind = "functions"
-            self._x = None
-            self.name = name or _short(obj[0])
-            return
+                                    "forward(x) -> y and backward(x, dy) -> dx, or forward(x, *params, cfg) -> "
+                                    "(out, cache) and backward(dout, cache) -> (dx, *dparams)")
+            if conventions.is_cache_pair(*obj):
+                self.obj = obj = conventions.FunctionPair(*obj)
+            else:
+                self.kind = "functions"
+                self.convention = "a pair of functions (forward(x), backward(x, dy))"
+                self._x = None
+                self.name = name or _short(obj[0])
+                return
         missing = [m for m in ("forward", "backward") if not callable(getattr(obj, m, None))]
         if missing:
             raise ProtocolError(
                 f"{_short(obj)} has no {' and no '.join(missing)} method: a layer needs forward(x) -> y and "
                 "backward(dy) -> dx (or pass a pair of functions (forward, backward) with backward(x, dy))")
+        self.name = name or _short(obj)
         if callable(getattr(obj, "named_parameters", None)):
             self.kind = "module"
-        elif hasattr(obj, "params"):
+        elif isinstance(obj, conventions.FunctionPair):
+            self.kind, self.convention = "slots", "a pair of functions with a cache (CS231n)"
+            self.slots = [conventions._dict_slot(obj, "params", "grads", n) for n in obj.param_names if n in obj.params]
+        elif hasattr(obj, "params") and not callable(obj.params):
             if not isinstance(obj.params, dict):
                 raise ProtocolError(f"{_short(obj)}.params must be a dict {{name: ndarray}}, "
                                     f"got {type(obj.params).__name__}")
-            self.kind = "dict"
+            self.kind, self.convention = "dict", "params/grads dicts"
+            if self.mapping:
+                self._use_slots()
         else:
-            self.kind = "plain"
-        self.name = name or _short(obj)
+            self._use_slots()
         buffers = getattr(obj, "buffers", None)
-        if self.kind != "module" and buffers is not None and not isinstance(buffers, dict):
+        if self.kind != "module" and buffers is not None and not isinstance(buffers, dict) and \
+                not isinstance(obj, conventions.FunctionPair):
             raise ProtocolError(
                 f"{self.name}.buffers is {'a method' if callable(buffers) else type(buffers).__name__}: the checks "
                 "read buffers (running statistics) from a dict attribute, so they would be ignored: store them "
@@ -205,6 +246,93 @@ class LayerAdapter:
         if self.kind == "module" and callable(buffers) and not callable(getattr(obj, "named_buffers", None)):
             raise ProtocolError(f"{self.name} has buffers() but no named_buffers(): the checks read buffers "
                                 "from named_buffers() yielding (name, array), so they would be ignored")
+        if self.mapping and self.kind == "module":
+            raise ProtocolError(f"params={{...}} maps the parameters of a plain layer; {self.name} is a scratch "
+                                "module (named_parameters()): name its parameters like the torch module's")
+        if self.mapping and not isinstance(obj, conventions.FunctionPair):
+            known = {s.name for s in self.slots or []}
+            unknown = [k for k in self.mapping if k not in known]
+            if unknown:
+                arrays = sorted(k for k, v in (vars(obj).items() if hasattr(obj, "__dict__") else ())
+                                if isinstance(v, np.ndarray))
+                raise ProtocolError(f"params={{...}} names {unknown}, which {self.name} does not have as an array "
+                                    f"(looked in {self.convention or 'its attributes'}); its array attributes are "
+                                    f"{arrays}")
+
+    def _use_slots(self, torch_names=()) -> None:
+        """Read the parameters through ``nnparity.conventions`` (attributes, methods, dicts)."""
+        obj = self.obj
+        names = list(self.mapping) if self.mapping else None
+        convention, slots = conventions.detect(obj, names)
+        if convention == "params()/grads() methods":
+            slots, problem = call_user(f"{self.name}.params", conventions.method_slots, obj, torch_names,
+                                       given=" (called as params())")
+            if problem:
+                raise ProtocolError(problem)
+            if names is not None:
+                slots = [s for s in slots if s.name in names or getattr(s, "attr", None) in names]
+        self.kind = "slots" if slots else "plain"
+        self.convention = convention if slots else "no parameters"
+        self.slots = slots
+
+    def bind(self, module, train: bool = True) -> None:
+        """Name (and lay out) your parameters as ``module``'s, a torch ``nn.Module`` (done once per
+        module): aliases and layouts as ``nnparity.conventions`` says; the mapping is in ``notes``."""
+        if self._bound is module or self.kind in ("module", "functions", "plain") and \
+                not isinstance(self.obj, conventions.FunctionPair):
+            return
+        torch_shapes = OrderedDict((k, tuple(p.shape)) for k, p in module.named_parameters())
+        if isinstance(self.obj, conventions.FunctionPair):
+            try:
+                self.obj.bind(module, torch_shapes, train)
+            except ValueError as e:
+                raise ProtocolError(str(e)) from None
+            self.kind, self.slots = "slots", [conventions._dict_slot(self.obj, "params", "grads", n)
+                                              for n in self.obj.param_names]
+        elif self.kind == "dict":   # torch's names and layouts, as before (a map makes it a slots layer)
+            self._bound = module
+            return
+        elif self.convention == "params()/grads() methods":
+            self._use_slots(list(torch_shapes))
+        for s in self.slots:
+            s.torch, s.layout = s.name, None
+        notes, problem = conventions.resolve_names(self.slots, torch_shapes, self.mapping)
+        if problem:
+            raise ParameterMismatch(f"{self.name}'s parameters do not fit {_short(module)}'s: {problem}")
+        self.notes = notes
+        self._bound = module
+
+    def bind_function(self, fn) -> None:
+        """A torch *function* equivalent ``fn(x, **params)``: only the ``params=`` map renames (and lays
+        out) your parameters; unmapped ones keep their names, as the function receives them."""
+        if not self.mapping or self._bound is fn or self.kind != "slots":
+            return
+        torch_shapes = OrderedDict()
+        for sl in self.slots:
+            shape = tuple(np.shape(sl.raw()))
+            target = conventions.parse_target(self.mapping[sl.name]) if sl.name in self.mapping else (sl.name, None)
+            how = target[1]
+            perm = tuple(reversed(range(len(shape)))) if how == "T" else how if isinstance(how, tuple) else None
+            torch_shapes[target[0]] = tuple(shape[i] for i in perm) if perm else shape
+        for sl in self.slots:
+            sl.torch, sl.layout = sl.name, None
+        notes, problem = conventions.resolve_names(self.slots, torch_shapes, self.mapping)
+        if problem:
+            raise ParameterMismatch(f"{self.name}'s parameters do not fit params={self.mapping}: {problem}")
+        self.notes, self._bound = notes, fn
+
+    def suggest_map(self, torch_shapes) -> str:
+        if self.kind == "dict":
+            return conventions.suggest_map([conventions._dict_slot(self.obj, "params", "grads", n)
+                                            for n in self.obj.params], torch_shapes)
+        if self.kind == "plain":   # array attributes with names nn-parity does not know
+            attrs = [k for k, v in (vars(self.obj).items() if hasattr(self.obj, "__dict__") else ())
+                     if conventions.is_float_array(v) and k not in conventions.BUFFER_NAMES]
+            return conventions.suggest_map([conventions._attr_slot(self.obj, k) for k in attrs], torch_shapes)
+        return conventions.suggest_map(self.slots or [], torch_shapes)
+
+    def _slot(self, torch_name):
+        return next(s for s in self.slots if s.torch == torch_name)
 
     # --- computation -------------------------------------------------------------
     def forward(self, x):
@@ -212,13 +340,29 @@ class LayerAdapter:
         if self.kind == "functions":
             self._x = x
             return call_user(f"{self.name} (your forward function)", self.obj[0], x, given=given)
-        return call_user(f"{self.name}.forward", self.obj.forward, x, given=given)
+        if isinstance(self.obj, conventions.FunctionPair):
+            missing = [n for n in self.obj.param_names if n not in self.obj.params]
+            if missing:
+                raise ProtocolError(f"{self.name}: no values for its parameters {missing}: without a torch module "
+                                    "to take their shapes from, pass them: "
+                                    f"nnparity.pair(forward, backward, params={{{missing[0]!r}: array, ...}})")
+            missing = [n for n in self.obj.config_names if n not in self.obj.config]
+            if missing:
+                raise ProtocolError(f"{self.name}: no value for its config {missing}: without a torch module to read "
+                                    f"it from, pass it: nnparity.pair(forward, backward, {missing[0]}={{...}})")
+        y = call_user(f"{self.name}.forward", self.obj.forward, x, given=given)
+        if y is None and isinstance(getattr(self.obj, "output", None), np.ndarray):
+            y = self.obj.output   # the "from scratch" book convention: forward stores self.output
+        return y
 
     def backward(self, dy):
         given = f" on an upstream gradient of {describe_array(dy)}"
         if self.kind == "functions":
             return call_user(f"{self.name} (your backward function)", self.obj[1], self._x, dy, given=given)
-        return call_user(f"{self.name}.backward", self.obj.backward, dy, given=given)
+        dx = call_user(f"{self.name}.backward", self.obj.backward, dy, given=given)
+        if dx is None and isinstance(getattr(self.obj, "dinputs", None), np.ndarray):
+            dx = self.obj.dinputs   # ... and backward stores self.dinputs
+        return dx
 
     def train(self, mode: bool = True) -> None:
         if self.kind == "functions":
@@ -262,6 +406,15 @@ class LayerAdapter:
                                         "value of the params dict must be a NumPy array")
                 out[k] = a
             return out
+        if self.kind == "slots":
+            out = OrderedDict()
+            for sl in self.slots:
+                v = sl.raw()
+                if not (isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.number)):
+                    raise ProtocolError(f"{self.name}: {sl.where} is {type(v).__name__}, not an array: every "
+                                        "parameter must be a NumPy array")
+                out[sl.torch] = sl.value()
+            return out
         return OrderedDict()
 
     def set_params(self, arrays: dict) -> None:
@@ -274,6 +427,9 @@ class LayerAdapter:
         elif self.kind == "dict":
             for k, a in arrays.items():
                 self.obj.params[k] = a
+        elif self.kind == "slots":
+            for k, a in arrays.items():
+                self._slot(k).set(a)
 
     def grads(self) -> "OrderedDict[str, np.ndarray]":
         """dL/d(param) after ``backward``, by name; a missing or misshapen gradient is a ``ProtocolError``."""
@@ -295,6 +451,19 @@ class LayerAdapter:
                                     f"store dL/d{nones[0]} (an array of its parameter's shape) in "
                                     f"self.grads[{nones[0]!r}]")
             out = OrderedDict((k, np.asarray(grads[k])) for k in params)
+        elif self.kind == "slots":
+            out = OrderedDict()
+            for sl in self.slots:
+                g = sl.grad()
+                if g is None:
+                    raise ProtocolError(f"{self.name}.backward stored no gradient for {sl.where}: store "
+                                        f"dL/d{sl.name} in {sl.grad_where} (an array of its shape)")
+                raw_shape, g_shape = np.shape(sl.raw()), np.shape(sl._grad())
+                if g_shape != raw_shape:
+                    raise ProtocolError(f"{self.name}: the gradient of {sl.where} has shape {g_shape}, {sl.where} "
+                                        f"has shape {raw_shape}: dL/d{sl.name} must have its parameter's shape "
+                                        "(a transposed gradient, or a sum over the wrong axis?)")
+                out[sl.torch] = np.asarray(g)
         else:
             return OrderedDict()
         for k, g in out.items():
@@ -324,21 +493,37 @@ class LayerAdapter:
                     g[...] = 0
                 else:
                     grads[k] = np.zeros_like(p)
+        elif self.kind == "slots":
+            own = next((m for m in ("zero_grad", "flush_gradients", "zero_grads")
+                        if callable(getattr(self.obj, m, None)) and not isinstance(self.obj, conventions.FunctionPair)),
+                       None)
+            if own:   # your own reset (numpy-ml's flush_gradients also clears the inputs forward kept)
+                call_user(f"{self.name}.{own}", getattr(self.obj, own), given=f" (called as {own}())")
+                return
+            for sl in self.slots:   # gradients accumulated with += start from zeros of the parameter's dtype
+                sl.zero()
 
     # --- buffers -----------------------------------------------------------------
     def buffers(self) -> "OrderedDict[str, np.ndarray]":
         if self.kind == "module" and callable(getattr(self.obj, "named_buffers", None)):
             return OrderedDict((k, np.asarray(b)) for k, b in self.obj.named_buffers())
-        if self.kind in ("dict", "plain") and isinstance(getattr(self.obj, "buffers", None), dict):
+        if self.kind in ("dict", "plain", "slots") and isinstance(getattr(self.obj, "buffers", None), dict):
             return OrderedDict((k, np.asarray(b)) for k, b in self.obj.buffers.items())
+        if self.kind in ("slots", "plain"):
+            return OrderedDict((k, np.asarray(v)) for k, (v, _) in conventions.buffer_slots(self.obj).items())
         return OrderedDict()
 
     def set_buffers(self, arrays: dict) -> None:
         """Replace buffer arrays (values and dtype)."""
         if not arrays:
             return
-        if self.kind in ("dict", "plain"):
+        if self.kind in ("dict", "plain", "slots") and isinstance(getattr(self.obj, "buffers", None), dict):
             self.obj.buffers.update(arrays)
+            return
+        if self.kind in ("slots", "plain"):
+            slots = conventions.buffer_slots(self.obj)
+            for k, a in arrays.items():
+                slots[k][1](a)
             return
         if self.kind != "module":
             return
@@ -360,6 +545,8 @@ class LayerAdapter:
             snap["grads"] = OrderedDict((k, p.grad) for k, p in self._module_params().items())
         elif self.kind == "dict" and isinstance(getattr(self.obj, "grads", None), dict):
             snap["grads"] = dict(self.obj.grads)
+        elif self.kind == "slots":
+            snap["raw"] = [(sl, sl.raw()) for sl in self.slots]
         return snap
 
     def restore(self, snap: dict) -> None:
@@ -372,6 +559,9 @@ class LayerAdapter:
             self.obj.params.update(snap["params"])
             if "grads" in snap:
                 self.obj.grads = snap["grads"]
+        elif self.kind == "slots":
+            for sl, raw in snap["raw"]:
+                sl._put(raw)
         self.set_buffers(snap["buffers"])
 
     def astype(self, dtype) -> None:
@@ -434,8 +624,11 @@ class LayerAdapter:
         return gens
 
 
-def as_layer(obj, name: str | None = None) -> LayerAdapter:
-    return obj if isinstance(obj, LayerAdapter) and name is None else LayerAdapter(obj, name)
+def as_layer(obj, name: str | None = None, params: dict | None = None) -> LayerAdapter:
+    """``obj`` read through the layer protocol; ``params`` maps your parameter names onto torch's."""
+    if isinstance(obj, LayerAdapter) and name is None and params is None:
+        return obj
+    return LayerAdapter(obj, name, params)
 
 
 class RandomState:
@@ -477,7 +670,9 @@ def check_same_parameters(layer: LayerAdapter, torch_params: dict, what: str = "
             f"  yours: {list(mine)}\n  torch: {list(theirs)}\n"
             f"  only yours: {only_m}; only torch: {only_t}\n"
             "Name your parameters like the torch module's named_parameters() (weight, bias, fc1.weight, ...), "
-            "or pass a function fn(x, **params) as the torch equivalent.")
+            + (f"or map them: {layer.suggest_map(theirs)} (your name: torch name, '.T' if stored transposed), "
+               if layer.kind in ("slots", "dict", "plain") and layer.suggest_map(theirs) else "")
+            + "or pass a function fn(x, **params) as the torch equivalent.")
     bad = [k for k in mine if mine[k] != theirs[k]]
     if bad:
         raise ParameterMismatch(
@@ -500,6 +695,7 @@ def copy_to_torch(layer: LayerAdapter, module, dtype=None) -> None:
 
     from reference.bridge import torch_dtype
 
+    layer.bind(module)
     check_same_parameters(layer, OrderedDict(module.named_parameters()))
     dtypes = layer.dtypes()
     if len(dtypes) > 1:
@@ -560,6 +756,15 @@ def torch_function_params(fn, names) -> None:
 
 # --- losses and update rules ------------------------------------------------------------
 
+def _positional_count(fn) -> int:
+    """How many positional arguments ``fn`` takes (without defaults); 0 if it cannot be told."""
+    try:
+        ps = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 0
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in ps)
+
+
 class LossAdapter:
     """``value, dinput = adapter(input, target)`` for either loss convention."""
 
@@ -586,7 +791,18 @@ class LossAdapter:
         given = f" (input {describe_array(z)}, target {describe_array(target)})"
         if self.kind == "module":
             value = call_user(f"{self.name}.forward", self.obj.forward, z, target, given=given)
-            dz = call_user(f"{self.name}.backward", self.obj.backward, given=given)
+            if np.ndim(value) and callable(getattr(self.obj, "calculate", None)):   # per-sample losses (nnfs)
+                value = call_user(f"{self.name}.calculate", self.obj.calculate, z, target, given=given)
+            if _positional_count(self.obj.backward) >= 2:
+                # the "from scratch" book: backward(dvalues, y_true) with dvalues the forward's output
+                # (self.output: a fused softmax's probabilities) or the loss's own input; sets self.dinputs
+                out = getattr(self.obj, "output", None)
+                dvalues = out if isinstance(out, np.ndarray) and out.shape == np.shape(z) else z
+                dz = call_user(f"{self.name}.backward", self.obj.backward, dvalues, target, given=given)
+            else:
+                dz = call_user(f"{self.name}.backward", self.obj.backward, given=given)
+            if dz is None and isinstance(getattr(self.obj, "dinputs", None), np.ndarray):
+                dz = self.obj.dinputs
         else:
             out = call_user(self.name, self.obj, z, target, given=given)
             if not (isinstance(out, tuple) and len(out) == 2):

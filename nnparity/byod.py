@@ -30,6 +30,7 @@ a ``NNParityWarning``). ``parity_tests/test_api_misuse.py`` is the table of misu
 from __future__ import annotations
 
 import itertools
+import math
 import numbers
 import warnings
 from collections import OrderedDict
@@ -38,11 +39,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import gradcheck as gc
-from .adapters import (INPUT_MUTATED, ArgumentError, LayerAdapter, LossAdapter, NNParityWarning, ProtocolError,
+from .adapters import (INPUT_MUTATED, ArgumentError, LayerAdapter, LossAdapter, NNParityWarning, ParameterMismatch,
+                       ProtocolError,
                        RandomState, UpdateAdapter, as_layer, buffers_warning, call_torch, call_user, copy_to_torch,
                        input_grad_problem, output_problem, reject_class, unmatched_torch_buffers,
                        upstream_problem)
-from .parity import Comparison, ParityError, compare, tolerance_for
+from .parity import Comparison, ParityError, Tolerance, quantity, tolerance_for
 from .sides import StepResult, TorchSide, count_correct
 
 DTYPES = ("float64", "float32")
@@ -72,6 +74,7 @@ class LayerReport:
     context: str
     results: "OrderedDict[str, object]" = field(default_factory=OrderedDict)
     warnings: list = field(default_factory=list)   # what a pass does not cover, in words
+    skipped: list = field(default_factory=list)    # comparisons left out on request (skip=)
 
     @staticmethod
     def _failures(res) -> list:
@@ -89,7 +92,8 @@ class LayerReport:
             bad = self._failures(res)
             n = len(res.tensors) if isinstance(res, gc.GradcheckResult) else len(res)
             parts.append(f"{dt}: " + (f"{len(bad)} of {n} failing ({', '.join(bad)})" if bad else f"all {n} pass"))
-        return "; ".join(parts) + "".join(f"\nwarning: {w}" for w in self.warnings)
+        skipped = f"; skipped as asked: {', '.join(self.skipped)}" if self.skipped else ""
+        return "; ".join(parts) + skipped + "".join(f"\nwarning: {w}" for w in self.warnings)
 
     def message(self) -> str:
         for dt, res in self.results.items():
@@ -103,13 +107,26 @@ class LayerReport:
                         if len(failed) > 1 else "")
                 hint = ""
                 problem = failed[0].problem or ""
-                if problem.startswith("dtype mismatch") and not problem.endswith(f"reference {dt}"):
+                cast = [c for c in res if c.name.endswith(f" as {dt}")]
+                values = ("" if not cast else
+                          f"; your values cast to {dt} agree ({', '.join(c.name for c in cast)}), so only the dtype "
+                          "is wrong" if all(c.passed for c in cast) else
+                          f"; your values cast to {dt} disagree too: "
+                          f"{next(c for c in cast if not c.passed).describe(self.name, dt)}")
+                if problem.startswith("dtype mismatch") and not problem.split(" (")[0].endswith(f"reference {dt}"):
                     hint = (f"\nthe torch equivalent returned another dtype than its {dt} input's: it must compute "
                             "in its input's dtype (no .float() / .double(), no new tensor without dtype=)")
                 elif problem.startswith("dtype mismatch"):
-                    hint = ("\nyour layer returned another dtype than its input's: a float64 array or constant "
-                            "array (np.ones, np.where(mask, 1.0, a), ...) mixed into a float32 computation "
-                            "promotes it to float64")
+                    hint = ("\nyour layer returned another dtype than its input's: a float64 scalar or array mixed "
+                            "into a float32 computation promotes it to float64: a NumPy float64 scalar "
+                            "(np.finfo(float).eps, np.float64(1e-8), np.sqrt(n) of a float64, "
+                            "x.sum(dtype=np.float64)), "
+                            "a float64 accumulator (np.zeros(shape) without dtype=x.dtype, then += into it) or a "
+                            "constant array (np.ones, np.where(mask, 1.0, a), ...); use x.dtype for each"
+                            + values)
+                elif failed[0].inconclusive and failed[0].quantity == "parameter gradient":
+                    hint = ("\nif this gradient is zero by construction (a bias feeding a normalisation), declare "
+                            f"it: allowed_zero=[{failed[0].name.split('/', 1)[1]!r}] compares it with zero")
                 return f"{failed[0].describe(self.name, dt)}{more}{hint}\n{self.summary()}\n{self.context}"
         return f"{self.name} against {self.reference}: {self.summary()}"
 
@@ -207,6 +224,76 @@ def _check_fd(samples, eps):
         raise ArgumentError(f"eps must be a number > 0 (the finite-difference step, e.g. 1e-5), got {eps!r}")
 
 
+def _tolerances(atol, rtol, dtypes) -> dict:
+    """{dtype: Tolerance}: the suite's, with ``atol`` / ``rtol`` (a number, or {dtype: number}) instead."""
+    def pick(what, v, dt, default):
+        if v is None:
+            return default
+        if isinstance(v, dict):
+            def name_of(k):
+                try:
+                    return np.dtype(k).name if isinstance(k, str) else None
+                except TypeError:
+                    return None
+            bad = [k for k in v if name_of(k) not in DTYPES]
+            if bad:
+                raise ArgumentError(f"{what} keys must be dtype names ('float64', 'float32'), got {list(bad)}")
+            v = {np.dtype(k).name: x for k, x in v.items()}
+            if dt not in v:
+                return default
+            v = v[dt]
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not (0 <= v < np.inf):
+            raise ArgumentError(f"{what} must be a number >= 0 (or {{dtype: number}}), got {v!r}")
+        return float(v)
+
+    out = {}
+    for dt in dtypes:
+        base = tolerance_for(dt)
+        out[dt] = Tolerance(pick("atol", atol, dt, base.atol), pick("rtol", rtol, dt, base.rtol))
+    return out
+
+
+def _names(what: str, names) -> tuple:
+    """A tuple of strings from a string or an iterable of strings (``skip=``, ``allowed_zero=``)."""
+    if names is None:
+        return ()
+    if isinstance(names, str):
+        names = (names,)
+    try:
+        names = tuple(names)
+    except TypeError:
+        raise ArgumentError(f"{what} must be a list of names, got {type(names).__name__}") from None
+    if not all(isinstance(n, str) and n for n in names):
+        raise ArgumentError(f"{what} must be a list of names (strings), got {list(names)!r}")
+    return names
+
+
+def _zero_names(allowed_zero, params) -> tuple:
+    """Parameter names declared zero by construction (``"bias"`` or ``"grad/bias"``), each one yours."""
+    names = tuple(n[len("grad/"):] if n.startswith("grad/") else n for n in _names("allowed_zero", allowed_zero))
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise ArgumentError(f"allowed_zero names {unknown}, which are not parameters of your layer: "
+                            f"it has {list(params)} (name the parameter whose gradient is zero by construction)")
+    return names
+
+
+def _skip(skip, names_seen) -> list:
+    """Drop the comparisons named in ``skip`` (``"grad/bias"`` also drops ``"grad/bias as float32"``);
+    a name that matches no comparison is an error (a typo would silently skip nothing)."""
+    if not skip:
+        return []
+    unknown = [n for n in skip if n not in names_seen]
+    if unknown:
+        raise ArgumentError(f"skip names {unknown}, which are not comparisons of this check: it compares "
+                            f"{sorted(names_seen)}")
+    return [n for n in skip]
+
+
+def _is_skipped(name: str, skip) -> bool:
+    return any(name == n or name.startswith(f"{n} as ") for n in skip)
+
+
 def _input(what: str, input_shape, given, shape_what: str = "input_shape") -> tuple:
     """The input's shape, from ``input_shape`` or the given array (``x`` / ``z``), which must agree."""
     if input_shape is None and given is None:
@@ -289,10 +376,23 @@ def _run(lay: LayerAdapter, x, g, dtype, rs):
     return y, dx, OrderedDict((k, np.array(v, copy=True)) for k, v in lay.grads().items())
 
 
-def _against_own_float64(lay, x, upstream, seed, dtype) -> list:
+def _skip_in_report(report: LayerReport, skip) -> None:
+    seen = {c.name for res in report.results.values() if not isinstance(res, gc.GradcheckResult) for c in res}
+    seen |= {t.name for res in report.results.values() if isinstance(res, gc.GradcheckResult) for t in res.tensors}
+    report.skipped = _skip(skip, seen)
+    for dt, res in report.results.items():
+        if isinstance(res, gc.GradcheckResult):
+            if any(_is_skipped(t.name, skip) for t in res.tensors):
+                raise ArgumentError(f"skip= applies to comparisons with torch, not to the finite-difference check "
+                                    f"({', '.join(skip)}): pass a torch equivalent, or check without skip")
+            continue
+        report.results[dt] = [c for c in res if not _is_skipped(c.name, skip)]
+
+
+def _against_own_float64(lay, x, upstream, seed, dtype, tol=None, zero=()) -> list:
     """No torch equivalent: your layer in ``dtype`` against your float64 run, which the
     finite-difference check verifies (same seeded input and upstream gradient)."""
-    from .layercheck import _problem
+    from .layercheck import _problem, compare_values
 
     rng = np.random.default_rng(seed)
     x64 = (rng.standard_normal(x) if isinstance(x, tuple) else np.array(x)).astype(np.float64)
@@ -310,15 +410,18 @@ def _against_own_float64(lay, x, upstream, seed, dtype) -> list:
     lay.astype(np.float64)
     if isinstance(got, list):
         return [_problem(k, p) for k, p in got]
-    tol = tolerance_for(dtype)
-    comps = [compare("out", got[0], ref[0].astype(dtype), tol), compare("din", got[1], ref[1].astype(dtype), tol)]
-    comps += [compare(f"grad/{k}", got[2][k], ref[2][k].astype(dtype), tol) for k in ref[2]]
+    tol = tol or tolerance_for(dtype)
+    comps = compare_values("out", got[0], ref[0].astype(dtype), tol) + \
+        compare_values("din", got[1], ref[1].astype(dtype), tol)
+    for k in ref[2]:
+        comps += compare_values(f"grad/{k}", got[2][k], ref[2][k].astype(dtype), tol, allowed_zero=k in zero)
     return comps
 
 
 def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=None, dtypes=DTYPES,
-                seed: int = 0, params: str = "random", train: bool = True, name: str | None = None,
-                samples: int = gc.SAMPLES, eps: float = gc.EPS, raise_on_failure: bool = True) -> LayerReport:
+                seed: int = 0, params="random", train: bool = True, name: str | None = None,
+                samples: int = gc.SAMPLES, eps: float = gc.EPS, atol=None, rtol=None, skip=(), allowed_zero=(),
+                raise_on_failure: bool = True) -> LayerReport:
     """Check your layer's forward and backward against PyTorch autograd, in float64 and float32.
 
     Args:
@@ -337,8 +440,19 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
         seed: seeds the input, the upstream gradient and the parameter values.
         params: ``"random"`` (default) sets every parameter to seeded N(0, 1) values for
             the check; ``"keep"`` checks your current values. Yours are restored after.
+            A dict maps your parameter names onto torch's, with their layout
+            (``{"W": "weight.T", "b": "bias"}``; values random): ``nnparity.conventions``
+            says what is detected without it. To keep your values with a map, pass
+            ``nnparity.adapt(mine, params={...})`` as ``mine`` and ``params="keep"``.
         train: training (default) or evaluation mode on both sides.
         samples, eps: coordinates per tensor and step of the finite-difference check.
+        atol, rtol: tolerances instead of the suite's (``|a - b| <= atol + rtol |b|``): a
+            number, or ``{"float32": 1e-3}`` per dtype (torch comparisons and float32 against
+            your own float64; the finite-difference check keeps its own).
+        skip: names of comparisons to leave out (``"buffer/running_var"``, ``"grad/bias"``);
+            they are listed as skipped in the report.
+        allowed_zero: parameters whose gradient is zero by construction (the bias of a
+            layer feeding a normalisation): compared with zero instead of being degenerate.
 
     Returns a ``LayerReport``; raises ``AssertionError`` (``ParityError``, or
     ``GradcheckError`` for finite differences) naming the first failing tensor.
@@ -350,13 +464,19 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
     from . import layercheck
 
     _check_name(name)
-    if params not in PARAMS:
-        raise ArgumentError(f"params must be one of {PARAMS}, got {params!r}")
+    mapping = params if isinstance(params, dict) else None
+    if mapping is not None:
+        params = "random"
+    elif params not in PARAMS:
+        raise ArgumentError(f"params must be one of {PARAMS} or a dict mapping your names to torch's "
+                            f"({{'W': 'weight.T', 'b': 'bias'}}), got {params!r}")
+    skip = _names("skip", skip)
     train = _check_bool("train", train)
     raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
     seed = _check_int("seed", seed, 0)
     _check_fd(samples, eps)
     dtypes = _check_dtypes(dtypes)
+    tols = _tolerances(atol, rtol, dtypes)
     _check_torch_equivalent(torch_equivalent)
     shape = _input("x", input_shape, x)
     if shape is None:
@@ -367,9 +487,16 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
         upstream = _check_array("upstream", upstream)
     if torch_equivalent is None and "float64" not in dtypes:
         dtypes.insert(0, "float64")   # the finite-difference check itself runs in float64
-    lay = as_layer(mine, name)
+        tols = _tolerances(atol, rtol, dtypes)
+    lay = as_layer(mine, name, mapping)
+    if isinstance(torch_equivalent, torch.nn.Module):
+        lay.bind(torch_equivalent, train)
+    elif torch_equivalent is not None:
+        lay.bind_function(torch_equivalent)
+    zero = _zero_names(allowed_zero, lay.params())
     ref_name = _describe_torch(torch_equivalent)
-    context = (f"(scratch = your {lay.name}, reference = {ref_name}; input {shape} "
+    layout = f"; {'; '.join(lay.notes)}" if lay.notes else ""
+    context = (f"(scratch = your {lay.name}{layout}, reference = {ref_name}; input {shape} "
                f"{'~ N(0, 1)' if x is None else 'given'}, upstream gradient "
                f"{'~ N(0, 1)' if upstream is None else 'given'}, seed {seed}; "
                + ("parameters set to seeded N(0, 1) values, params='keep' checks yours" if params == "random"
@@ -392,22 +519,25 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
                                                             eps=eps, seed=seed, train=train)
                 else:
                     lay.train(train)
-                    report.results[dt] = _against_own_float64(lay, shape if x is None else x, upstream, seed, dt)
+                    report.results[dt] = _against_own_float64(lay, shape if x is None else x, upstream, seed, dt,
+                                                              tols[dt], zero)
         else:
             for dt in dtypes:
                 report.results[dt] = layercheck.check_layer(lay, torch_equivalent, input_shape, x=x, dtype=dt,
                                                             seed=seed, train=train, upstream=upstream,
-                                                            name=lay.name, raise_on_failure=False)
+                                                            name=lay.name, tol=tols[dt], allowed_zero=zero,
+                                                            raise_on_failure=False)
     finally:
         lay.restore(snap)
+    _skip_in_report(report, skip)
     if raise_on_failure:
         report.raise_if_failed()
     return report
 
 
 def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtypes=DTYPES, seed: int = 0,
-               name: str | None = None, samples: int = gc.SAMPLES, eps: float = gc.EPS,
-               raise_on_failure: bool = True) -> LayerReport:
+               name: str | None = None, samples: int = gc.SAMPLES, eps: float = gc.EPS, atol=None, rtol=None,
+               skip=(), raise_on_failure: bool = True) -> LayerReport:
     """Check your loss (value and dL/dinput) against a torch loss, in float64 and float32.
 
     Args:
@@ -418,6 +548,7 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
         input_shape: shape of the random logits ~ 3 N(0, 1) (or give ``z``).
         target: passed to both sides; default: seeded integer class labels in
             ``[0, input_shape[-1])``.
+        atol, rtol, skip: as in ``check_layer`` (comparisons: ``loss``, ``din``).
     """
     from . import layercheck
 
@@ -426,6 +557,7 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
     seed = _check_int("seed", seed, 0)
     _check_fd(samples, eps)
     dtypes = _check_dtypes(dtypes)
+    skip = _names("skip", skip)
     if torch_loss is not None:
         _check_torch_loss(torch_loss)
     shape = _input("z", input_shape, z)
@@ -435,6 +567,7 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
         z = np.asarray(z)
     if torch_loss is None and "float64" not in dtypes:
         dtypes.insert(0, "float64")   # the finite-difference check itself runs in float64
+    tols = _tolerances(atol, rtol, dtypes)
     adapter = LossAdapter(mine, name)
     if target is None:
         if len(shape) != 2:
@@ -458,14 +591,42 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
             t = np.asarray(target)
             v64, d64 = adapter(z64.copy(), t.astype(np.float64) if np.issubdtype(t.dtype, np.floating) else t)
             v, d = adapter(z64.astype(dt), t.astype(dt) if np.issubdtype(t.dtype, np.floating) else t)
-            tol = tolerance_for(dt)
-            report.results[dt] = [compare("loss", v, v64.astype(dt), tol), compare("din", d, d64.astype(dt), tol)]
+            report.results[dt] = (layercheck.compare_values("loss", v, v64.astype(dt), tols[dt])
+                                  + layercheck.compare_values("din", d, d64.astype(dt), tols[dt]))
         else:
             report.results[dt] = layercheck.check_loss(mine, torch_loss, shape, target, z=z, dtype=dt, seed=seed,
-                                                       name=adapter.name, raise_on_failure=False)
+                                                       name=adapter.name, tol=tols[dt], raise_on_failure=False)
+    _skip_in_report(report, skip)
     if raise_on_failure:
         report.raise_if_failed()
     return report
+
+
+def pair(forward, backward, *, params=None, **config):
+    """A layer written as two functions with a cache (CS231n ``layers.py``), with its config dicts::
+
+        nnparity.check_layer(nnparity.pair(conv_forward_naive, conv_backward_naive,
+                                           conv_param={"stride": 2, "pad": 1}), torch.nn.Conv2d(...), ...)
+
+    ``forward(x, *params, cfg) -> (out, cache)``, ``backward(dout, cache) -> (dx, *dparams)``.
+    A plain tuple ``(forward, backward)`` is the same with every config dict read from the
+    torch module. ``params``: values for the parameters ({"w": array}); without them, their
+    shapes come from the torch module (needed for finite differences, which have none).
+    """
+    from .conventions import FunctionPair
+
+    for f, what in ((forward, "forward"), (backward, "backward")):
+        if not callable(f):
+            raise ArgumentError(f"pair: {what} must be a function, got {type(f).__name__}")
+    if params is not None and not isinstance(params, dict):
+        raise ArgumentError(f"pair: params must be a dict {{name: array}}, got {type(params).__name__}")
+    return FunctionPair(forward, backward, params, config)
+
+
+def adapt(layer, params=None, name=None) -> LayerAdapter:
+    """Your layer read through the layer protocol with a name/layout map
+    (``nnparity.adapt(mine, params={"W": "weight.T"})``), to combine with ``params="keep"``."""
+    return as_layer(layer, name, params)
 
 
 # --- training steps --------------------------------------------------------------------------
@@ -478,9 +639,11 @@ class UserSide:
 
     name = "yours"
 
-    def __init__(self, net: LayerAdapter, loss: LossAdapter, update: UpdateAdapter):
+    def __init__(self, net: LayerAdapter, loss: LossAdapter, update: UpdateAdapter, dtype=None):
         self.net, self.loss_fn, self.update = net, loss, update
         self.seconds = 0.0
+        self.dtype = None if dtype is None else np.dtype(dtype)
+        self.dtype_findings = []   # (record key, your dtype) of the last step, recorded cast to the run's dtype
 
     def step(self, x, y, record: bool = False, draws=None) -> StepResult:
         net = self.net
@@ -501,6 +664,12 @@ class UserSide:
             rec.update((f"param/{k}", np.array(v, copy=True)) for k, v in net.params().items())
             rec.update((f"state/{k}", np.array(v, copy=True)) for k, v in self.update.state().items())
             rec.update((f"buffer/{k}", np.array(v, copy=True)) for k, v in net.buffers().items())
+            self.dtype_findings = []
+            if self.dtype is not None:   # a wrong dtype is its own finding; the values are still compared
+                for k, v in rec.items():
+                    if np.issubdtype(v.dtype, np.floating) and v.dtype != self.dtype:
+                        self.dtype_findings.append((k, v.dtype))
+                        rec[k] = v.astype(self.dtype)
         return StepResult(float(value), len(y), count_correct(out, y), rec)
 
     def draws(self) -> dict:
@@ -536,7 +705,8 @@ def _as_batch(x, y, dtype):
 
 
 def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batches, *, steps: int | None = None,
-                name: str | None = None, raise_on_failure: bool = True):
+                name: str | None = None, params=None, atol=None, rtol=None, skip=(), allowed_zero=(),
+                raise_on_failure: bool = True):
     """Train your network and its torch mirror side by side from identical weights, comparing
     the output, the loss, dL/doutput, every gradient, every updated parameter (and the
     optimizer state and buffers you expose) after every step.
@@ -555,6 +725,13 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
         batches: an iterable of ``(x, y)`` NumPy arrays (integer labels stay int64,
             floating arrays are cast to the run's dtype).
         steps: use only the first ``steps`` batches.
+        params: a map of your parameter names onto torch's, ``{"fc1.W": "fc1.weight.T"}``
+            (``check_layer``; without it the conventions of ``nnparity.conventions`` apply).
+        atol, rtol: tolerances instead of the suite's for the run's dtype (a number).
+        skip: comparisons to leave out at every step (``"buffer/bn.running_var"``).
+        allowed_zero: parameters whose gradient is zero by construction (the bias of a Linear
+            feeding a BatchNorm): their gradient and momentum are compared with zero, as the
+            documented cnn18k declares its conv biases.
 
     Returns the ``parity.Trace``; raises ``ParityError`` naming the first divergence
     (step, tensor, element, both values) unless ``raise_on_failure`` is false.
@@ -566,7 +743,11 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     _check_name(name)
     raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
     steps = _check_int("steps", steps, 1, none_ok=True)
-    lay = as_layer(net, name)
+    if params is not None and not isinstance(params, dict):
+        raise ArgumentError(f"params must be a dict mapping your parameter names to torch's "
+                            f"({{'W1': 'fc1.weight.T'}}), got {params!r}")
+    skip = _names("skip", skip)
+    lay = as_layer(net, name, params)
     loss_a = LossAdapter(loss)
     upd = UpdateAdapter(update, lay)
     reject_class(torch_net, "torch_net")
@@ -574,8 +755,13 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
         raise ProtocolError(f"torch_net must be a torch.nn.Module (the mirror of your network), "
                             f"got {type(torch_net).__name__}")
     _check_torch_loss(torch_loss)
+    lay.bind(torch_net)
     dtypes = lay.dtypes()
     if not lay.params():
+        suggestion = lay.suggest_map(OrderedDict((k, tuple(p.shape)) for k, p in torch_net.named_parameters()))
+        if suggestion:
+            raise ParameterMismatch(f"{lay.name} has array attributes but none with a parameter name nn-parity "
+                                    f"knows: map them onto torch_net's, e.g. {suggestion} (check each pairing)")
         raise ProtocolError(f"{lay.name} has no parameters (so no floating dtype to run in): check_steps trains a "
                             "network's parameters; check a parameter-free layer with check_layer")
     if len(dtypes) != 1:
@@ -583,6 +769,8 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
                             f"found {sorted(map(str, dtypes)) or 'none'}")
     dtype = dtypes.pop()
     _check_dtypes((dtype,))
+    tol = _tolerances(atol, rtol, [np.dtype(dtype).name])[np.dtype(dtype).name]
+    zero = _zero_names(allowed_zero, lay.params())
     copy_to_torch(lay, torch_net)
     opt = _torch_optimizer(torch_optimizer, torch_net)
     try:
@@ -590,17 +778,44 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     except TypeError:
         raise ArgumentError(f"batches must be an iterable of (x, y) pairs, got {type(batches).__name__}") from None
     keep_state = upd.kind == "optimizer" and callable(getattr(upd.obj, "state_dict", None))
-    user = UserSide(lay, loss_a, upd)
+    user = UserSide(lay, loss_a, upd, dtype)
     mirror = MirrorSide(torch_net, torch_loss, opt, keep_state, lay.buffers())
     unmatched = unmatched_torch_buffers(lay, torch_net)
     data = _checked_batches(batch_iter if steps is None else itertools.islice(batch_iter, steps), dtype)
-    trace = harness_check_steps(user, mirror, data, net=lay.name, dtype=dtype)
+
+    def on_step(i, trace):
+        step = trace.steps[-1]
+        if i == 1:
+            _skip(skip, {c.name for c in step})
+        step[:] = [c for c in step if not _is_skipped(c.name, skip)]
+        for k, theirs in user.dtype_findings:   # its own finding, before the values compared after the cast
+            at = next((j for j, c in enumerate(step) if c.name == k), len(step))
+            step.insert(at, Comparison(k, quantity(k), tuple(step[at].shape) if at < len(step) else (), math.inf,
+                                       math.inf, (), math.nan, math.nan, math.inf, trace.tol, i,
+                                       problem=f"dtype mismatch: scratch {theirs}, reference {trace.dtype} (the "
+                                               f"values, cast to {trace.dtype}, are compared next)"))
+
+    trace = harness_check_steps(user, mirror, data, net=lay.name, dtype=dtype, tol=tol, allowed_zero=zero,
+                                on_step=on_step)
     if not trace.steps:
         raise ArgumentError("check_steps got no batches: pass an iterable of (x, y) arrays")
     if unmatched:
         _warn(trace.warnings, buffers_warning(lay.name, "torch_net", unmatched))
-    if raise_on_failure:
-        trace.raise_if_failed()
+    if lay.notes:
+        trace.warnings.append("layouts mapped: " + "; ".join(lay.notes))
+    if raise_on_failure and not trace.ok:
+        text = trace.message()
+        grads = [c.name.split("/", 1)[1] for c in trace.degenerate if c.name.startswith("grad/")]
+        if trace.first_failure is None and grads:
+            names = list(dict.fromkeys(grads))
+            text += (f"\nif {'these gradients are' if len(names) > 1 else 'this gradient is'} zero by construction "
+                     f"(the bias of a layer feeding a BatchNorm), declare it: allowed_zero={names!r} compares "
+                     "it with zero at every step")
+        elif trace.first_failure is not None and (trace.first_failure.problem or "").startswith("dtype mismatch"):
+            text += ("\nyour network computed in another dtype than its parameters': a NumPy float64 scalar "
+                     "(np.finfo(float).eps, np.float64(...)) or a float64 accumulator (np.zeros(shape) without "
+                     "dtype=) promotes float32 to float64; the values were compared after a cast all the same")
+        raise ParityError(text)
     return trace
 
 
@@ -648,4 +863,4 @@ def _checked_batches(batches, dtype):
         yield _as_batch(x, y, dtype)
 
 
-__all__ = ["check_layer", "check_loss", "check_steps", "LayerReport", "Comparison"]
+__all__ = ["check_layer", "check_loss", "check_steps", "pair", "adapt", "LayerReport", "Comparison"]

@@ -37,6 +37,24 @@ def _problem(name, text, shape=()) -> Comparison:
                       tol, problem=text)
 
 
+def compare_values(name, scratch, reference, tol, *, allowed_zero: bool = False) -> list:
+    """``compare``, and when the dtypes differ, two findings instead of one: the dtype (a finding of
+    its own) and the values cast to the reference's dtype (``"<name> as float32"``), so that
+    float32 numerics are judged even when a float64 scalar promoted the result."""
+    a, b = np.asarray(scratch), np.asarray(reference)
+    if allowed_zero:   # zero by construction: compared with zero (both sides' rounding noise need not agree)
+        b = np.zeros_like(b)
+    c = compare(name, a, b, tol, allowed_zero=allowed_zero)
+    if not (c.problem and c.problem.startswith("dtype mismatch")) or \
+            not (np.issubdtype(a.dtype, np.number) and np.issubdtype(b.dtype, np.number)):
+        return [c]
+    cast = compare(name, a.astype(b.dtype), b, tol, allowed_zero=allowed_zero)
+    cast.name = f"{name} as {b.dtype}"
+    c.problem += (f" (values cast to {b.dtype}: {'agree' if cast.passed else 'disagree too'}, "
+                  f"margin {cast.margin:.3g}; see {cast.name})")
+    return [c, cast]
+
+
 def _torch_name(module) -> str:
     if isinstance(module, torch.nn.Module) and type(module).__module__.startswith("torch.nn"):
         return f"torch.nn.{type(module).__name__}"
@@ -74,7 +92,7 @@ def _torch_forward(module, lay, xt):
 
 def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, seed: int = 0,
                 train: bool = True, tol: Tolerance | None = None, name: str | None = None,
-                upstream=None, raise_on_failure: bool = True) -> list[Comparison]:
+                upstream=None, allowed_zero=(), raise_on_failure: bool = True) -> list[Comparison]:
     """Forward and backward of ``layer`` (scratch) against ``module`` (torch) on one input.
 
     Args:
@@ -90,6 +108,7 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
         seed: seeds the input and the upstream gradient.
         train: run both in training (True) or evaluation mode.
         upstream: dL/d(output); default: standard normal, non-uniform.
+        allowed_zero: parameter names whose gradient is zero by construction: compared with zero.
 
     Returns the comparisons (``out``, ``din``, ``grad/<param>``, then ``buffer/<name>`` for
     every buffer the layer has, after the forward); raises ``ParityError``
@@ -104,6 +123,8 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
     tol = tol or tolerance_for(dtype)
     lay = as_layer(layer)
     name = name or lay.name
+    if isinstance(module, torch.nn.Module):
+        lay.bind(module, train)
     lay.astype(dtype)
     lay.train(train)
     if isinstance(module, torch.nn.Module):
@@ -129,7 +150,8 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
 
     xt = torch.from_numpy(x_before.copy()).requires_grad_(True)
     yt, tparams = _torch_forward(module, lay, xt)
-    out = compare("out", y, yt.detach().numpy(), tol)
+    outs = compare_values("out", y, yt.detach().numpy(), tol)
+    out = outs[0]
     if out.problem and out.problem.startswith("shape mismatch"):   # no upstream gradient fits both outputs
         comps = [out]
         _maybe_raise(comps, name, dtype, raise_on_failure)
@@ -137,15 +159,17 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
     call_torch(f"the torch equivalent {_torch_name(module)} (backward)", yt.backward, torch.from_numpy(g))
 
     din_problem = input_grad_problem(name, dx, x_before)
-    comps = [out,
-             _problem("din", din_problem) if din_problem else
-             compare("din", dx, xt.grad.numpy() if xt.grad is not None else np.zeros_like(x_before), tol)]
+    comps = list(outs)
+    comps += ([_problem("din", din_problem)] if din_problem else
+              compare_values("din", dx, xt.grad.numpy() if xt.grad is not None else np.zeros_like(x_before), tol))
     for pname, grad in grads.items():
         ref = tparams[pname].grad
-        comps.append(compare(f"grad/{pname}", grad, ref.numpy() if ref is not None else np.zeros_like(grad), tol))
+        comps += compare_values(f"grad/{pname}", grad, ref.numpy() if ref is not None else np.zeros_like(grad), tol,
+                                allowed_zero=pname in allowed_zero)
     if isinstance(module, torch.nn.Module):  # buffers after the forward (BatchNorm's running statistics)
         tbuf = OrderedDict(module.named_buffers())
-        comps += [compare(f"buffer/{k}", b, tbuf[k].detach().numpy(), tol) for k, b in lay.buffers().items()]
+        for k, b in lay.buffers().items():
+            comps += compare_values(f"buffer/{k}", b, tbuf[k].detach().numpy(), tol)
     if not np.array_equal(x, x_before, equal_nan=True):
         comps.insert(0, Comparison("input", "forward activation", x.shape, 0, 0, (), 0, 0, 0, tol,
                                    problem=INPUT_MUTATED))
@@ -183,8 +207,8 @@ def check_loss(loss, torch_loss, logits_shape, target, *, z=None, dtype=np.float
         raise ProtocolError(f"{what} returned shape {tuple(vt.shape)}, not a scalar: use a reduction "
                             "('mean' or 'sum', as your loss) so there is one loss value to compare")
     call_torch(f"{what} (backward)", vt.backward)
-    comps = [compare("loss", np.asarray(value), vt.detach().numpy(), tol),
-             compare("din", dz, zt.grad.numpy(), tol)]
+    comps = compare_values("loss", np.asarray(value), vt.detach().numpy(), tol) + \
+        compare_values("din", dz, zt.grad.numpy(), tol)
     _maybe_raise(comps, name or adapter.name, dtype, raise_on_failure)
     return comps
 

@@ -27,6 +27,8 @@ class NNParity:
 
     ``layer`` = ``check_layer``, ``loss`` = ``check_loss``, ``steps`` = ``check_steps``,
     ``gradcheck`` = ``check_layer(mine, None, ...)`` in float64 only (finite differences).
+    Every keyword of those functions passes through: the controls (``atol``, ``rtol``,
+    ``skip``, ``allowed_zero``) and the ``params={...}`` name/layout map included.
     Each raises ``AssertionError`` with the suite's message on a mismatch (a
     ``nnparity.adapters.UsageError`` naming the problem on a misuse), and returns its
     report otherwise.

@@ -488,6 +488,47 @@ MISUSES = [
     ("steps: steps a string", lambda: steps(steps="3"), "ArgumentError", r"steps must be an int >= 1 or None"),
     ("steps: steps a float", lambda: steps(steps=2.5), "ArgumentError", r"steps must be an int >= 1 or None"),
     ("steps: name not a string", lambda: steps(name=3), "ArgumentError", r"name must be a string"),
+    # --- the conventions and the controls (atol / rtol, skip, allowed_zero, params= map) ------------
+    ("layer: params map entry not a torch name", lambda: layer(params={"weight": 3}), "ArgumentError",
+     r"params\['weight'\] = 3: each entry maps your name to a torch parameter name"),
+    ("layer: params neither a mode nor a map", lambda: layer(params=5), "ArgumentError",
+     r"params must be one of \('random', 'keep'\) or a dict"),
+    ("layer: params map names an array the layer lacks", lambda: layer(mine=_AttrAffine(), params={"V": "weight"}),
+     "ProtocolError", r"names \['V'\], which _AttrAffine does not have as an array"),
+    ("layer: params map onto a torch name that is not there", lambda: layer(mine=_AttrAffine(),
+                                                                          params={"W": "kernel.T", "b": "bias"}),
+     "ParameterMismatch", r"self.W is mapped to 'kernel', which the torch module has not"),
+    ("layer: params map with the wrong layout", lambda: layer(mine=_AttrAffine(), params={"W": "weight", "b": "bias"}),
+     "ParameterMismatch", r"W has shape \(4, 3\), torch's weight \(3, 4\): map it as 'weight.T'"),
+    ("layer: attribute gradient never stored", lambda: layer(mine=_AttrAffine(store_dw=False)), "ProtocolError",
+     r"stored no gradient for self.W: store dL/dW in self.dW or self.d_W"),
+    ("layer: attribute gradient transposed", lambda: layer(mine=_AttrAffine(transposed_dw=True)), "ProtocolError",
+     r"the gradient of self.W has shape \(3, 4\), self.W has shape \(4, 3\)"),
+    ("layer: atol negative", lambda: layer(atol=-1), "ArgumentError", r"atol must be a number >= 0"),
+    ("layer: rtol keyed by something not a dtype", lambda: layer(rtol={"float17": 1e-3}), "ArgumentError",
+     r"rtol keys must be dtype names \('float64', 'float32'\), got \['float17'\]"),
+    ("layer: skip not names", lambda: layer(skip=[1]), "ArgumentError", r"skip must be a list of names"),
+    ("layer: skip a comparison that is not there", lambda: layer(skip=["grad/W"]), "ArgumentError",
+     r"skip names \['grad/W'\], which are not comparisons of this check"),
+    ("layer: allowed_zero not a parameter", lambda: layer(allowed_zero=["b"]), "ArgumentError",
+     r"allowed_zero names \['b'\], which are not parameters of your layer: it has \['weight', 'bias'\]"),
+    ("layer: CS231n pair without torch and without values", lambda: layer(mine=(_affine_fwd, _affine_bwd),
+                                                                        torch_eq=None),
+     "ProtocolError", r"no values for its parameters \['w', 'b'\].*nnparity.pair"),
+    ("layer: pair of something not a function", lambda: nnparity.pair(1, _affine_bwd), "ArgumentError",
+     r"pair: forward must be a function"),
+    ("layer: CS231n config torch cannot give", lambda: layer(mine=(_conv_fwd, _affine_bwd)), "ProtocolError",
+     r"argument 'conv_param' is a config dict nn-parity cannot read from Linear"),
+    ("loss: skip a comparison that is not there", lambda: loss(skip=["out"]), "ArgumentError",
+     r"skip names \['out'\], which are not comparisons"),
+    ("loss: atol not a number", lambda: loss(atol="small"), "ArgumentError", r"atol must be a number >= 0"),
+    ("steps: allowed_zero not a parameter", lambda: steps(allowed_zero=["fc3.bias"]), "ArgumentError",
+     r"allowed_zero names \['fc3.bias'\]"),
+    ("steps: skip a comparison that is not there", lambda: steps(skip=["grad/fc3.bias"]), "ArgumentError",
+     r"skip names \['grad/fc3.bias'\], which are not comparisons"),
+    ("steps: params map not a dict", lambda: steps(params="keep"), "ArgumentError",
+     r"params must be a dict mapping your parameter names to torch's"),
+    ("steps: rtol negative", lambda: steps(rtol=-1), "ArgumentError", r"rtol must be a number >= 0"),
 ]
 
 
@@ -541,6 +582,38 @@ def _relu_in_place(self, x):
     self.x = x.copy()
     np.maximum(x, 0, out=x)
     return x
+
+
+class _AttrAffine:
+    """The attribute convention, W stored (in, out); optional slips in where dW goes."""
+
+    def __init__(self, store_dw=True, transposed_dw=False):
+        rng = np.random.default_rng(0)
+        self.W, self.b = rng.standard_normal((4, 3)), np.zeros(3)
+        self.store_dw, self.transposed_dw = store_dw, transposed_dw
+
+    def forward(self, x):
+        self.x = x
+        return x @ self.W + self.b
+
+    def backward(self, dy):
+        if self.store_dw:
+            self.dW = (dy.T @ self.x) if self.transposed_dw else self.x.T @ dy
+        self.db = dy.sum(axis=0)
+        return dy @ self.W.T
+
+
+def _affine_fwd(x, w, b):
+    return x @ w + b, (x, w)
+
+
+def _affine_bwd(dout, cache):
+    x, w = cache
+    return dout @ w.T, x.T @ dout, dout.sum(axis=0)
+
+
+def _conv_fwd(x, w, b, conv_param):
+    return x @ w + b, (x, w)
 
 
 def _renamed_linear():
