@@ -9,10 +9,14 @@ gradient); re-run alone on the reference side's inputs, ``tanh2``'s backward is 
 culprit. Everything else is ``tanh_mlp.py``'s, imported from beside this file.
 """
 
-from tanh_mlp import RECIPE as RIGHT
-from tanh_mlp import Tanh, build as build_right, loss, torch_build, torch_loss  # noqa: F401 (the contract)
+import dataclasses
 
-RECIPE = RIGHT.replace(net="tanh_mlp_wrong", source="examples/tanh_mlp_wrong.py (tanh_mlp with a slip)")
+import tanh_mlp
+from tanh_mlp import Tanh, loss, torch_build, torch_loss  # noqa: F401 (the contract: the same as tanh_mlp's)
+
+RECIPE = tanh_mlp.RECIPE.replace(net="tanh_mlp_wrong", source="examples/tanh_mlp_wrong.py (tanh_mlp with a slip)")
+NETWORK = dataclasses.replace(tanh_mlp.NETWORK, name="tanh_mlp_wrong",
+                              summary="tanh_mlp with the square forgotten in tanh's backward (a slip, on purpose)")
 
 
 class TanhForgotTheSquare(Tanh):
@@ -25,4 +29,4 @@ class TanhForgotTheSquare(Tanh):
 def build(recipe=RECIPE, rng=None, dtype=None):
     """``tanh_mlp``'s network with ``TanhForgotTheSquare`` in both activations."""
     kwargs = {} if dtype is None else {"dtype": dtype}
-    return build_right(recipe, rng, tanh=TanhForgotTheSquare, **kwargs)
+    return tanh_mlp.build(recipe, rng, tanh=TanhForgotTheSquare, **kwargs)

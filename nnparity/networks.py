@@ -124,6 +124,7 @@ class NetworkSpecError(UnknownNetwork):
 
 _LOADED: dict = {}   # networks loaded from a file or module:attr in this process: name -> Network
 _BY_SPEC: dict = {}  # (absolute path or module, attr) -> Network, so a file is executed once
+_SPEC_OF: dict = {}  # name of a loaded network -> the spec that loads it again (another process)
 
 CONTRACT = ("RECIPE (a scratch.recipe.Recipe), build(recipe, rng, dtype), loss(recipe), "
             "torch_build(recipe) and torch_loss(recipe)")
@@ -148,7 +149,17 @@ def get(spec) -> Network:
         return _LOADED[spec]
     if not is_spec(spec):
         raise UnknownNetwork(spec)
-    return register(load(spec))
+    net = register(load(spec))
+    path, attr = _split(spec)
+    _SPEC_OF[net.name] = spec if path is None else os.path.abspath(path) + (f":{attr}" if attr else "")
+    return net
+
+
+def spec_of(name: str) -> str:
+    """What ``get`` needs to find network ``name`` in a fresh process (``bench``'s children):
+    its name for a documented network, the file (absolute path) or ``module:attr`` it was
+    loaded from otherwise."""
+    return _SPEC_OF.get(name, name) if name not in NETWORKS else name
 
 
 def is_spec(text: str) -> bool:
@@ -321,6 +332,7 @@ def _network_of(module, attr: str | None, where: str) -> Network:
             return NETWORKS[net.name]
     else:
         recipe = _recipe_of(obj, where)
+        _check_functions(obj, ("build", "loss"), where, "")  # the scratch side before the mirror
         doc = (getattr(obj, "__doc__", None) or "").strip()
         net = Network(recipe.net, doc.splitlines()[0] if doc else f"your network from {where}",
                       scratch_module=obj, reference_module=_mirror_of(obj, where))
@@ -335,7 +347,7 @@ def _recipe_of(obj, where: str) -> Recipe:
                                f"...) (from scratch.recipe import Recipe), beside {CONTRACT[len('RECIPE (a scratch.recipe.Recipe), '):]} "
                                f"({HELP})")
     if not isinstance(recipe, Recipe):
-        raise NetworkSpecError(f"network {where!r}: RECIPE is a {type(recipe).__name__}, not a "
+        raise NetworkSpecError(f"network {where!r}: RECIPE is of type {type(recipe).__name__}, not a "
                                "scratch.recipe.Recipe; make it RECIPE = Recipe(net=\"NAME\", ...)")
     return recipe
 
@@ -361,15 +373,21 @@ def _check_contract(net: Network, where: str) -> None:
         except ImportError as e:
             raise NetworkSpecError(f"network {where!r}: its {side} module cannot be imported ({e}); check "
                                    f"Network(..., {side}_module=...)") from None
-        for attr in needed:
-            fn = getattr(module, attr, None)
-            if attr == "RECIPE":
-                _recipe_of(module, where)
-            elif not callable(fn):
-                what = "missing" if fn is None else f"a {type(fn).__name__}, not a function"
-                label = ("torch_" + attr) if isinstance(module, _TorchMirror) else attr
-                raise NetworkSpecError(f"network {where!r}: {label} is {what}; the contract is {CONTRACT} "
-                                       f"({HELP})")
+        if "RECIPE" in needed:
+            _recipe_of(module, where)
+        _check_functions(module, ("build", "loss"), where, "torch_" if isinstance(module, _TorchMirror) else "")
+    if net.recipe.net != net.name:
+        raise NetworkSpecError(f"network {where!r}: NETWORK is named {net.name!r} but its RECIPE "
+                               f"{net.recipe.net!r}; give both the same name")
+
+
+def _check_functions(module, names, where: str, prefix: str) -> None:
+    for attr in names:
+        fn = getattr(module, attr, None)
+        if not callable(fn):
+            what = "missing" if fn is None else f"of type {type(fn).__name__}, not a function"
+            raise NetworkSpecError(f"network {where!r}: {prefix}{attr} is {what}; the contract is {CONTRACT} "
+                                   f"({HELP})")
 
 
 def stream(seed: int, name: str) -> np.random.Generator:
