@@ -227,7 +227,7 @@ def _split(spec: str):
     return None, None
 
 
-def _fail(where: str, exc: BaseException, user_file: str | None) -> NetworkSpecError:
+def _fail(where: str, exc: BaseException, user_file: str | None, doing: str | None = None) -> NetworkSpecError:
     """The one-line error for an exception raised while your file or module was executed:
     the exception and the line of your code it came from."""
     what = (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0]
@@ -240,8 +240,8 @@ def _fail(where: str, exc: BaseException, user_file: str | None) -> NetworkSpecE
         if frames:
             at = f" at {_shown(frames[-1].filename)} line {frames[-1].lineno}" + (
                 f": {frames[-1].line}" if frames[-1].line else "")
-    return NetworkSpecError(f"{where}: {'executing' if user_file else 'importing'} it raised {what}{at}; "
-                            "fix it there and try again")
+    doing = doing or ("executing it" if user_file else "importing it")
+    return NetworkSpecError(f"{where}: {doing} raised {what}{at}; fix it there and try again")
 
 
 def _shown(filename: str) -> str:
@@ -250,13 +250,19 @@ def _shown(filename: str) -> str:
     return filename if rel.startswith("..") else rel
 
 
+_LIBRARY = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d) + os.sep
+                 for d in ("nnparity", "scratch", "reference"))
+
+
 def _is_users(filename: str, user_file: str | None) -> bool:
-    if user_file is not None:
-        return os.path.abspath(filename) == os.path.abspath(user_file)
-    here = os.path.dirname(os.path.abspath(__file__))
-    return not (filename.startswith("<") or os.path.abspath(filename).startswith(here)
-                or "site-packages" in filename or filename.startswith(sys.prefix)
-                or filename.startswith(sys.base_prefix))
+    """Whether a traceback frame is in your code: your file, or any file that is not nn-parity's,
+    the standard library's or an installed package's."""
+    if user_file is not None and os.path.abspath(filename) == os.path.abspath(user_file):
+        return True
+    full = os.path.abspath(filename)
+    return not (filename.startswith("<") or full.startswith(_LIBRARY) or "site-packages" in full
+                or full.startswith(os.path.abspath(sys.base_prefix) + os.sep)
+                or full.startswith(os.path.abspath(sys.prefix) + os.sep))
 
 
 def _exec_file(path: str) -> ModuleType:
@@ -379,6 +385,39 @@ def _check_contract(net: Network, where: str) -> None:
     if net.recipe.net != net.name:
         raise NetworkSpecError(f"network {where!r}: NETWORK is named {net.name!r} but its RECIPE "
                                f"{net.recipe.net!r}; give both the same name")
+    _check_builds(net, where)
+
+
+def _check_builds(net: Network, where: str) -> None:
+    """Build both sides once, as every tool will, so that an error in your functions, or two
+    sides that do not line up, is one line now rather than a traceback later."""
+    from reference import bridge
+
+    recipe, torch_prefix = net.recipe, "torch_" if isinstance(net.reference, _TorchMirror) else ""
+    calls = {}
+    for label, call in ((f"build(RECIPE, rng, {recipe.dtype})",
+                         lambda: net.scratch.build(recipe, stream(0, "init"), np.dtype(recipe.dtype))),
+                        ("loss(RECIPE)", lambda: net.scratch.loss(recipe)),
+                        (f"{torch_prefix}build(RECIPE)", lambda: net.reference.build(recipe)),
+                        (f"{torch_prefix}loss(RECIPE)", lambda: net.reference.loss(recipe))):
+        try:
+            calls[label.split("(")[0]] = call()
+        except (Exception, SystemExit) as e:
+            raise _fail(f"network {where!r}", e, None, doing=f"calling {label}") from None
+    model, tmodel = calls["build"], calls[f"{torch_prefix}build"]
+    if not callable(getattr(model, "named_parameters", None)) or not callable(getattr(model, "named_state", None)):
+        raise NetworkSpecError(f"network {where!r}: build returned a {type(model).__name__}, not a scratch "
+                               "module; return a scratch.module.Module (e.g. a Sequential of scratch layers)")
+    import torch
+
+    if not isinstance(tmodel, torch.nn.Module):
+        raise NetworkSpecError(f"network {where!r}: {torch_prefix}build returned a {type(tmodel).__name__}, "
+                               "not a torch.nn.Module")
+    try:
+        bridge.mirror(model, tmodel)
+    except bridge.BridgeError as e:
+        raise NetworkSpecError(f"network {where!r}: the two sides do not line up: " + " ".join(str(e).split())
+                               + f"; give {torch_prefix}build's modules the scratch model's names and shapes") from None
 
 
 def _check_functions(module, names, where: str, prefix: str) -> None:

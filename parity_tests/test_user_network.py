@@ -3,6 +3,7 @@
 one line. The networks here are tiny and written into tmp_path, outside the package."""
 
 import json
+import re
 import sys
 import textwrap
 
@@ -157,15 +158,27 @@ def test_the_wrong_neighbour_is_diagnosed_as_its_own_error(tmp_path, registry, c
     ("x = 1\n", "net.py", "defines no RECIPE; add RECIPE = Recipe("),
     ("RECIPE = 3\n", "net.py", "RECIPE is of type int, not a scratch.recipe.Recipe"),
     ("import numpy\n\ndef f():\n    return undefined_name\n\nf()\n", "net.py",
-     "executing it raised NameError: name 'undefined_name' is not defined at {dir}/net.py line 4: "
+     "executing it raised NameError: name 'undefined_name' is not defined at {dir}/net.py line {line:return u}: "
      "return undefined_name; fix it there"),
     ("def f(:\n", "net.py", "SyntaxError: "),
     ("import no_such_module_here\n", "net.py", "ModuleNotFoundError: No module named 'no_such_module_here' at "
-                                               "{dir}/net.py line 1: import no_such_module_here"),
+                                               "{dir}/net.py line {line:import no_such}: import no_such_module_here"),
     (TINY.replace("def build", "def _build"), "net.py", "build is missing; the contract is RECIPE"),
     (TINY.replace("def torch_build", "def _b").replace("def torch_loss", "def _l"), "net.py",
      "has no torch mirror: define torch_build(recipe) and torch_loss(recipe)"),
     (TINY.replace("{name}", "mlp1000"), "net.py", "network name 'mlp1000' is a documented network's"),
+    (TINY.replace("return nn.Sequential", "return nnn.Sequential"), "net.py",
+     "calling torch_build(RECIPE) raised NameError: name 'nnn' is not defined at {dir}/net.py line {line:nnn.}: "
+     "return nnn.Sequential("),
+    (TINY.replace("model = Sequential", "model = 1 / 0; Sequential"), "net.py",
+     "calling build(RECIPE, rng, float64) raised ZeroDivisionError: division by zero at {dir}/net.py line {line:1 / 0}"),
+    (TINY.replace("return model", "return None"), "net.py", "build returned a NoneType, not a scratch module"),
+    (TINY.replace("fc2=nn.Linear", "out=nn.Linear"), "net.py",
+     "the two sides do not line up: state names differ between the scratch model and the torch model: "
+     "scratch: ['fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias'] torch: ['fc1.weight', 'fc1.bias', "
+     "'out.weight', 'out.bias']"),
+    (TINY.replace("nn.Linear(784, 8)", "nn.Linear(784, 9)"), "net.py",
+     "fc1.weight: scratch has shape (8, 784) dtype float64, torch has shape (9, 784)"),
     (TINY, "net.py:NOPE", "has no attribute 'NOPE'; it has"),
     (None, "no_such_pkg_xyz:NET", "no module named 'no_such_pkg_xyz'; run from the folder that holds it"),
     (None, "os:", "expected module:attr (both parts)"),
@@ -174,9 +187,12 @@ def test_the_wrong_neighbour_is_diagnosed_as_its_own_error(tmp_path, registry, c
 def test_a_bad_network_is_one_line_naming_the_problem_and_the_fix(tmp_path, registry, capsys, text, spec,
                                                                   expected):
     if text is not None:
-        (tmp_path / "net.py").write_text(text.replace("{name}", "tinynet").replace("{batch}", "8")
-                                         .replace("{train}", "64"))
+        text = text.replace("{name}", "tinynet").replace("{batch}", "8").replace("{train}", "64")
+        (tmp_path / "net.py").write_text(text)
         spec = f"{tmp_path}/{spec}"
+        # "{line:MARK}": the number of the file's first line containing MARK
+        expected = re.sub(r"\{line:(.+?)\}", lambda m: str(next(
+            i for i, line in enumerate(text.splitlines(), 1) if m.group(1) in line)), expected)
     with pytest.raises(SystemExit) as e:
         main(["check", spec, "--steps", "1"])
     err = capsys.readouterr().err
