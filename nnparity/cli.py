@@ -12,6 +12,9 @@
     nnparity bench [NET ...]            seconds per epoch, scratch vs torch, GFLOP/s, peak memory
     nnparity gradcheck NET [options]    finite differences vs the scratch backward (no torch); exit 1 on failure
 
+NET is a documented network's name or a network of your own: ``path/to/net.py[:ATTR]`` or
+``module:attr`` (``networks.get``; README "Your own network").
+
 Bad arguments exit with status 2 and one line naming the problem.
 """
 

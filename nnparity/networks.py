@@ -18,8 +18,9 @@ import importlib.util
 import os
 import sys
 import traceback
+import zlib
 from dataclasses import dataclass
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 
 import numpy as np
 
@@ -126,8 +127,8 @@ _LOADED: dict = {}   # networks loaded from a file or module:attr in this proces
 _BY_SPEC: dict = {}  # (absolute path or module, attr) -> Network, so a file is executed once
 _SPEC_OF: dict = {}  # name of a loaded network -> the spec that loads it again (another process)
 
-CONTRACT = ("RECIPE (a scratch.recipe.Recipe), build(recipe, rng, dtype), loss(recipe), "
-            "torch_build(recipe) and torch_loss(recipe)")
+FUNCTIONS = "build(recipe, rng, dtype), loss(recipe), torch_build(recipe) and torch_loss(recipe)"
+CONTRACT = f"RECIPE (a scratch.recipe.Recipe), {FUNCTIONS}"
 HELP = "README: Your own network"
 
 
@@ -281,7 +282,7 @@ def _exec_file(path: str) -> ModuleType:
     if known is not None:
         if os.path.abspath(getattr(known, "__file__", "") or "") == full:
             return known  # the same file, already imported (e.g. by a neighbour)
-        name = f"{name}__{abs(hash(full)):x}"
+        name = f"{name}__{zlib.crc32(full.encode()):08x}"  # another file of the same name
     spec = importlib.util.spec_from_file_location(name, full)
     module = importlib.util.module_from_spec(spec)
     folder = os.path.dirname(full)
@@ -313,8 +314,11 @@ def _import(modname: str, spec: str) -> ModuleType:
         raise _fail(f"network {spec!r}", e, None) from None
 
 
-class _TorchMirror(SimpleNamespace):
+class _TorchMirror:
     """The reference side of a one-file network: its ``torch_build`` / ``torch_loss``."""
+
+    def __init__(self, build, loss, name: str):
+        self.build, self.loss, self.__name__ = build, loss, name
 
 
 def _network_of(module, attr: str | None, where: str) -> Network:
@@ -350,8 +354,7 @@ def _recipe_of(obj, where: str) -> Recipe:
     recipe = getattr(obj, "RECIPE", None)
     if recipe is None:
         raise NetworkSpecError(f"network {where!r} defines no RECIPE; add RECIPE = Recipe(net=\"NAME\", lr=..., "
-                               f"...) (from scratch.recipe import Recipe), beside {CONTRACT[len('RECIPE (a scratch.recipe.Recipe), '):]} "
-                               f"({HELP})")
+                               f"...) (from scratch.recipe import Recipe), beside {FUNCTIONS} ({HELP})")
     if not isinstance(recipe, Recipe):
         raise NetworkSpecError(f"network {where!r}: RECIPE is of type {type(recipe).__name__}, not a "
                                "scratch.recipe.Recipe; make it RECIPE = Recipe(net=\"NAME\", ...)")
@@ -364,8 +367,7 @@ def _mirror_of(obj, where: str):
         raise NetworkSpecError(f"network {where!r} has no torch mirror: define torch_build(recipe) and "
                                "torch_loss(recipe) in it, or NETWORK = Network(..., reference_module=...) "
                                f"naming the module that has build and loss ({HELP})")
-    return _TorchMirror(build=build, loss=loss, __name__=f"{getattr(obj, '__name__', where)} (torch_build, "
-                                                          "torch_loss)")
+    return _TorchMirror(build, loss, f"{getattr(obj, '__name__', where)} (torch_build, torch_loss)")
 
 
 def _check_contract(net: Network, where: str) -> None:
@@ -373,13 +375,13 @@ def _check_contract(net: Network, where: str) -> None:
             c in net.name for c in "/\\:\0") or net.name != net.name.strip():
         raise NetworkSpecError(f"network {where!r}: its name {net.name!r} cannot name a report folder; use "
                                "letters, digits, '_', '-' or '.'")
-    for side, needed in (("scratch", ("RECIPE", "build", "loss")), ("reference", ("build", "loss"))):
+    for side in ("scratch", "reference"):
         try:
             module = getattr(net, side)
         except ImportError as e:
             raise NetworkSpecError(f"network {where!r}: its {side} module cannot be imported ({e}); check "
                                    f"Network(..., {side}_module=...)") from None
-        if "RECIPE" in needed:
+        if side == "scratch":
             _recipe_of(module, where)
         _check_functions(module, ("build", "loss"), where, "torch_" if isinstance(module, _TorchMirror) else "")
     if net.recipe.net != net.name:
@@ -394,17 +396,17 @@ def _check_builds(net: Network, where: str) -> None:
     from reference import bridge
 
     recipe, torch_prefix = net.recipe, "torch_" if isinstance(net.reference, _TorchMirror) else ""
-    calls = {}
+    built = []  # the scratch model, its loss, the torch model, its loss
     for label, call in ((f"build(RECIPE, rng, {recipe.dtype})",
                          lambda: net.scratch.build(recipe, stream(0, "init"), np.dtype(recipe.dtype))),
                         ("loss(RECIPE)", lambda: net.scratch.loss(recipe)),
                         (f"{torch_prefix}build(RECIPE)", lambda: net.reference.build(recipe)),
                         (f"{torch_prefix}loss(RECIPE)", lambda: net.reference.loss(recipe))):
         try:
-            calls[label.split("(")[0]] = call()
+            built.append(call())
         except (Exception, SystemExit) as e:
             raise _fail(f"network {where!r}", e, None, doing=f"calling {label}") from None
-    model, tmodel = calls["build"], calls[f"{torch_prefix}build"]
+    model, tmodel = built[0], built[2]
     if not callable(getattr(model, "named_parameters", None)) or not callable(getattr(model, "named_state", None)):
         raise NetworkSpecError(f"network {where!r}: build returned a {type(model).__name__}, not a scratch "
                                "module; return a scratch.module.Module (e.g. a Sequential of scratch layers)")
