@@ -26,7 +26,8 @@ from scratch.module import Sequential
 from scratch.recipe import Recipe
 
 RECIPE = Recipe(net="{name}", source="a test", lr=0.1, batch_size={batch}, epochs=1, loss="cross_entropy",
-                reduction="mean", init="uniform fan-in", train_size={train}, test_size=32)
+                reduction="mean", init="uniform fan-in", train_size={train}, test_size=32,
+                choices=("8 hidden units: small enough for a test.",))
 
 
 def build(recipe=RECIPE, rng=None, dtype=np.float64, act=ReLU):
@@ -141,6 +142,23 @@ def test_run_check_gradcheck_selftest_and_bench_take_a_network_by_path(tmp_path,
     # bench: a fresh process per network (spawn), which loads the file again by its path
     assert main(["bench", path, "--dtype", "float64", "--repeats", "1", "--out", str(tmp_path / "b.md")]) == 0
     assert "| tinynet | float64 | 1000 |" in (tmp_path / "b.md").read_text()
+
+
+def test_the_registry_parametrized_tests_take_a_new_entry_unedited(tmp_path, registry, monkeypatch, mnist):
+    """What adding a network to ``NETWORKS`` gives it without editing a test file: the generic
+    tests, called here on a temporary entry (pytest collects them over the registry)."""
+    import test_gradcheck
+    import test_metamorphic
+    import test_registry
+
+    net = networks.get(str(write(tmp_path, "tinynet", TINY)))
+    monkeypatch.setitem(networks.NETWORKS, net.name, net)
+    test_registry.test_entry_names_its_recipe_summary_and_choices(net.name)
+    for dtype in ("float64", "float32"):
+        test_registry.test_both_sides_start_from_the_same_state(net.name, dtype)
+    test_metamorphic.test_gradients_are_invariant_to_splitting_the_batch(net.name, mnist)
+    test_metamorphic.test_backward_is_linear_in_the_upstream_gradient(net.name, mnist)
+    test_gradcheck.test_every_other_documented_network_passes(net.name, mnist)
 
 
 def test_the_wrong_neighbour_is_diagnosed_as_its_own_error(tmp_path, registry, capsys):
