@@ -6,6 +6,8 @@ plugin nn-parity installs (``pytest11`` entry point); this repo also enables it 
 its root ``conftest.py``.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -69,3 +71,50 @@ def test_leaky_relu_kink_is_reported_not_failed(nnparity):
     report = nnparity.gradcheck(LeakyReLU(0.1), x=x, samples=6)
     kinks = report.results["float64"].kinks
     assert [(p.tensor, p.index, p.kink) for p in kinks] == [("din", (0, 0), ("positive",))]
+
+
+# --- tanh_mlp.py / tanh_mlp_wrong.py: a learner's whole network, given to nn-parity by path ---
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    from nnparity.data import load_mnist
+
+    return load_mnist()
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_tanh_mlp_step_parity(mnist, dtype):
+    from nnparity import check, networks
+
+    net = networks.get(str(HERE / "tanh_mlp.py"))
+    assert (net.name, net.torch_threads) == ("tanh_mlp", 1)
+    result = check.run_check(net.name, 3, dtype, 0, mnist)
+    assert result.ok, result.render()
+
+
+def test_tanh_mlp_wrong_is_diagnosed_at_tanh2_backward_as_its_own_error(mnist):
+    """The forward and the loss agree; the first tensor off is the gradient arriving at fc2's
+    output, and tanh2's backward, fed the reference side's numbers alone, is the culprit."""
+    from nnparity import check, networks
+
+    result = check.run_check(networks.get(str(HERE / "tanh_mlp_wrong.py")).name, 2, "float64", 0, mnist)
+    d = result.diagnosis
+    assert (d.step, d.layer, d.first.name, d.kind) == (1, "fc2", "dout/fc2", "own")
+    assert d.culprit.label == "tanh2 backward" and d.culprit.impl == "TanhForgotTheSquare.backward"
+    step1 = {c.name: c.passed for c in result.trace.steps[0]}
+    assert step1["loss"] and step1["out/fc3"] and step1["dout/tanh2"] and not step1["dout/fc2"]
+
+
+def test_tanh_mlp_gradcheck_passes_and_the_wrong_one_fails(mnist):
+    from nnparity import networks
+    from nnparity.gradcheck import gradcheck_network
+
+    right = gradcheck_network(networks.get(str(HERE / "tanh_mlp.py")).name, samples=3, batch_size=8, raw=mnist)
+    assert right.ok, right.message()
+    wrong = gradcheck_network(networks.get(str(HERE / "tanh_mlp_wrong.py")).name, samples=3, batch_size=8,
+                              raw=mnist)
+    assert "grad/fc1.weight" in [t.name for t in wrong.failures]
+    assert "grad/fc3.weight" not in [t.name for t in wrong.failures]  # above the slip: right

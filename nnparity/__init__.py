@@ -8,22 +8,31 @@ The public API for checking your own derivations (``nnparity.byod``)::
     nnparity.check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batches)
     nnparity.check_layer(mine, None, input_shape=(8, 16))  # no torch equivalent: finite differences
 
+``nnparity.Network`` is a registry entry, for a network of your own
+(``NETWORK = nnparity.Network(...)`` in its file: README "Your own network").
+
 ``nnparity.gradcheck`` is the finite-difference module (``gradcheck_layer``,
 ``gradcheck_model``, ``gradcheck_network``).
 
 Imported lazily, so ``import nnparity.data`` does not pull in torch.
 """
 
-_API = ("check_layer", "check_loss", "check_steps", "pair", "adapt")
+# every public name, and the module it lives in
+_HOME = {
+    **dict.fromkeys(("check_layer", "check_loss", "check_steps", "pair", "adapt"), "nnparity.byod"),
+    **dict.fromkeys(("gradcheck_layer", "gradcheck_model", "gradcheck_network"), "nnparity.gradcheck"),
+    "Network": "nnparity.networks",
+}
+_API = tuple(_HOME)
 
 __all__ = list(_API)
 
 
 def __getattr__(name):
     if name in _API:
-        from . import byod
+        from importlib import import_module
 
-        return getattr(byod, name)
+        return getattr(import_module(_HOME[name]), name)
     raise AttributeError(f"module 'nnparity' has no attribute {name!r}")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import io
-from .networks import NETWORKS, first_batches, get, prepare
+from .networks import NETWORKS, first_batches, get, prepare, spec_of
 
 # Floors of scratch / torch seconds per float32 epoch (the hardening issue).
 RATIO_FLOORS = {"mlp1000": 1.15, "cnn18k": 2.0}
@@ -77,7 +77,7 @@ def bench_network(name: str, dtype: str = "float32", repeats: int = 3, seed: int
     times = {side: [r[side]["seconds"] for r in rows] for side in ("scratch", "torch")}
     s, t = statistics.median(times["scratch"]), statistics.median(times["torch"])
     flops = train_flops_per_sample(scratch.model, ds.x_train[:1]) * len(ds.y_train)
-    return {"net": name, "dtype": dtype, "batch_size": recipe.batch_size, "samples": len(ds.y_train),
+    return {"net": net.name, "dtype": dtype, "batch_size": recipe.batch_size, "samples": len(ds.y_train),
             "scratch_s": s, "torch_s": t, "ratio": s / t, "scratch_all": times["scratch"],
             "torch_all": times["torch"], "gflop_per_epoch": flops / 1e9,
             "scratch_gflops": flops / s / 1e9, "torch_gflops": flops / t / 1e9,
@@ -117,7 +117,8 @@ def bench(names, dtypes=("float32", "float64"), repeats=3, data_dir=None, out="r
         for name in names:
             # a fresh process: its peak memory is this network's alone
             with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-                r = pool.submit(_child, (name, dtype, repeats, 0, data_dir)).result()
+                # (a network of your own by the spec it was loaded from: the child loads it again)
+                r = pool.submit(_child, (spec_of(name), dtype, repeats, 0, data_dir)).result()
             floor = RATIO_FLOORS.get(name, DEFAULT_RATIO_FLOOR) if dtype == "float32" else None
             r["floor"] = floor
             r["ok"] = None if floor is None else r["ratio"] <= floor

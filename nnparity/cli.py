@@ -14,6 +14,9 @@
     nnparity results [options]          the README's results and bench tables from the committed reports;
                                         --check exits 1 where the README disagrees, --write rewrites them
 
+NET is a documented network's name or a network of your own: ``path/to/net.py[:ATTR]`` or
+``module:attr`` (``networks.get``; README "Your own network").
+
 Bad arguments exit with status 2 and one line naming the problem.
 """
 
@@ -78,11 +81,14 @@ def fd_step(text: str) -> float:
 
 
 def network_name(text: str) -> str:
-    from .networks import NETWORKS
+    """A documented network's name, or your own network's (``path/to/net.py``, ``module:attr``),
+    loaded and registered under its name (``networks.get``); the name is what the command uses."""
+    from .networks import UnknownNetwork, get
 
-    if text not in NETWORKS:
-        raise argparse.ArgumentTypeError(f"unknown network {text!r}; known networks: {', '.join(NETWORKS)}")
-    return text
+    try:
+        return get(text).name
+    except UnknownNetwork as e:  # NetworkSpecError included: one line, the problem and the fix
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def bug_name(text: str) -> str:
@@ -101,11 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nnparity", description="Reference-parity verification of from-scratch NumPy networks "
                                              "against PyTorch.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser, metavar="COMMAND")
+    net_help = (f"one of: {', '.join(NETWORKS)}; or your own network: path/to/net.py or module:attr "
+                "(README: Your own network)")
 
     sub.add_parser("list", help="list the documented networks")
 
     def common(sp, default_dtype_help):
-        sp.add_argument("net", type=network_name, metavar="NET", help=f"one of: {', '.join(NETWORKS)}")
+        sp.add_argument("net", type=network_name, metavar="NET", help=net_help)
         sp.add_argument("--seed", type=non_negative_int, default=0, help="seed for init, batches and masks (default 0)")
         sp.add_argument("--dtype", choices=DTYPES, default=None, help=default_dtype_help)
         sp.add_argument("--data-dir", default=None,
@@ -160,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "float32 vs float64, over --steps steps (both dtypes: --dtype is not used)")
 
     st = sub.add_parser("selftest", help="inject canonical derivation bugs and show which checks kill them")
-    st.add_argument("nets", nargs="*", type=network_name, metavar="NET", help="default: all networks")
+    st.add_argument("nets", nargs="*", type=network_name, metavar="NET",
+                    help="default: all documented networks; also path/to/net.py or module:attr")
     st.add_argument("--steps", type=positive_int, default=2,
                     help="parity steps per check (default 2: momentum bugs show at step 2)")
     st.add_argument("--batch-size", type=positive_int, default=16,
@@ -174,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("gradcheck", help="central finite differences (float64) against the scratch backward, "
                                          "on every parameter tensor and the input; no torch involved")
-    g.add_argument("net", type=network_name, metavar="NET", help=f"one of: {', '.join(NETWORKS)}")
+    g.add_argument("net", type=network_name, metavar="NET", help=net_help)
     g.add_argument("--samples", type=positive_int, default=10, help="coordinates per tensor (default 10)")
     g.add_argument("--eps", type=fd_step, default=1e-5, help="finite-difference step h (default 1e-5)")
     g.add_argument("--seed", type=non_negative_int, default=0, help="seed for init, batch and sample (default 0)")
@@ -187,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     b = sub.add_parser("bench", help="time full-MNIST epochs of both sides, alternating")
-    b.add_argument("nets", nargs="*", type=network_name, metavar="NET", help="default: all networks")
+    b.add_argument("nets", nargs="*", type=network_name, metavar="NET",
+                    help="default: all documented MNIST networks; also path/to/net.py or module:attr")
     b.add_argument("--dtype", choices=DTYPES, nargs="+", default=list(DTYPES), help="default: both")
     b.add_argument("--repeats", type=positive_int, default=3, help="epochs per side; the median counts (default 3)")
     b.add_argument("--out", default="runs/bench.md",
@@ -269,15 +279,15 @@ def _flag(action) -> str:
 def _option_problem(parser, args) -> str | None:
     """A network-specific option used with another network, a generic option that does
     not apply to the network, or a bad combination: one line naming it, else None."""
-    from .networks import NETWORKS
+    from .networks import get
     from .runners import UsageError
 
-    net = NETWORKS.get(getattr(args, "net", None))
+    net = get(args.net) if getattr(args, "net", None) else None
     if args.cmd in ("check", "parity") and args.variant and net and args.variant not in net.variants:
         return (f"{net.name} has no variant {args.variant!r}" +
                 (f"; its variants: {', '.join(net.variants)}" if net.variants else "; it has a single reading"))
     if args.cmd == "bench":
-        other = [n for n in args.nets if not NETWORKS[n].mnist]
+        other = [n for n in args.nets if not get(n).mnist]
         if other:
             return f"{other[0]} does not train on MNIST and has nothing to benchmark; bench the MNIST networks"
     if args.cmd != "run":
@@ -309,7 +319,7 @@ def _option_problem(parser, args) -> str | None:
 
 
 def _dispatch(args) -> int:
-    from .networks import NETWORKS
+    from .networks import NETWORKS, get
 
     if args.cmd == "results":
         from . import results
@@ -324,8 +334,8 @@ def _dispatch(args) -> int:
         for net in NETWORKS.values():
             print(f"{net.name:10s} {net.summary}\n{'':10s} {net.recipe.summary()}")
         return 0
-    if args.cmd == "run" and NETWORKS[args.net].runner:
-        return NETWORKS[args.net].runner_module.run(args)
+    if args.cmd == "run" and get(args.net).runner:
+        return get(args.net).runner_module.run(args)
     if args.cmd == "run":
         from .run import run_network
 
@@ -344,7 +354,7 @@ def _dispatch(args) -> int:
             print(f"nnparity {args.cmd}: error: --inject and --noise-floor do not go together: the noise floor "
                   "is measured on the correct code", file=sys.stderr)
             return 2
-        net = NETWORKS[args.net]
+        net = get(args.net)
         if args.noise_floor and not net.mnist:
             print(f"nnparity {args.cmd}: error: --noise-floor measures MNIST networks; {args.net} is not one",
                   file=sys.stderr)

@@ -1,7 +1,9 @@
 """The registry of documented networks, and how to set up both sides of one.
 
 Adding a network = a scratch module (``RECIPE``, ``build``, ``loss``), a reference
-module (``build``, ``loss``) and one ``Network`` entry below. A network whose
+module (``build``, ``loss``) and one ``Network`` entry below. A network that is not
+in the registry is given by a file path or ``module:attr`` instead (``get``; the
+contract is in ``load``'s docstring and the README's "Your own network"). A network whose
 ``nnparity run`` is not the generic MNIST run (``run.run_network``) names a
 *runner* module: ``add_arguments(group)`` adds its own ``run`` options,
 ``run(args) -> exit status`` replaces the generic run, and an optional
@@ -10,7 +12,13 @@ module (``build``, ``loss``) and one ``Network`` entry below. A network whose
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import importlib.util
+import os
+import sys
+import traceback
+import zlib
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -45,6 +53,10 @@ class Network:
         torch_threads: intra-op threads for the torch side (process-wide; None leaves
             torch's default). 1 for networks too small to parallelise: on a busy 2-core
             machine a linear10 step took 11 ms with 2 threads and 0.6 ms with 1.
+        scratch_module: the scratch side: a module (or any object) with ``RECIPE``,
+            ``build`` and ``loss``, or its dotted import path; None = ``scratch.nets.NAME``.
+        reference_module: the torch mirror: a module (or any object) with ``build`` and
+            ``loss``, or its dotted import path; None = ``reference.NAME``.
     """
 
     name: str
@@ -57,14 +69,16 @@ class Network:
     torch_threads: int | None = None
     claim: str = ""
     results_row: tuple = ()
+    scratch_module: ModuleType | object | str | None = None
+    reference_module: ModuleType | object | str | None = None
 
     @property
     def scratch(self) -> ModuleType:
-        return importlib.import_module(f"scratch.nets.{self.name}")
+        return _module(self.scratch_module, f"scratch.nets.{self.name}")
 
     @property
     def reference(self) -> ModuleType:
-        return importlib.import_module(f"reference.{self.name}")
+        return _module(self.reference_module, f"reference.{self.name}")
 
     @property
     def recipe(self) -> Recipe:
@@ -120,16 +134,333 @@ NETWORKS = {n.name: n for n in (
 )}
 
 
+def _module(held, default: str):
+    """The module a ``Network`` holds: itself, imported from its dotted path, or the default path."""
+    if held is None or isinstance(held, str):
+        return importlib.import_module(held or default)
+    return held
+
+
 class UnknownNetwork(KeyError):
     def __str__(self):
-        return f"unknown network {self.args[0]!r}; known networks: {', '.join(NETWORKS)}"
+        return (f"unknown network {self.args[0]!r}; known networks: {', '.join(NETWORKS)} "
+                "(or your own: path/to/net.py or module:attr)")
 
 
-def get(name: str) -> Network:
+class NetworkSpecError(UnknownNetwork):
+    """A network given as a file or ``module:attr`` that cannot be used: ``str()`` is one
+    line naming the problem and the fix."""
+
+    def __str__(self):
+        return self.args[0]
+
+
+_LOADED: dict = {}   # networks loaded from a file or module:attr in this process: name -> Network
+_BY_SPEC: dict = {}  # (absolute path or module, attr) -> Network, so a file is executed once
+_SPEC_OF: dict = {}  # name of a loaded network -> the spec that loads it again (another process)
+
+FUNCTIONS = "build(recipe, rng, dtype), loss(recipe), torch_build(recipe) and torch_loss(recipe)"
+CONTRACT = f"RECIPE (a scratch.recipe.Recipe), {FUNCTIONS}"
+HELP = "README: Your own network"
+
+
+def get(spec) -> Network:
+    """The network named ``spec``: a documented one (``NETWORKS``), one already loaded,
+    a ``Network`` itself, or a network of your own given as a Python file
+    (``path/to/net.py``, optionally ``path/to/net.py:ATTR``) or ``module:attr``
+    (see ``load``). A loaded network is registered under its name (``register``), so
+    every tool finds it by that name for the rest of the process.
+
+    Raises ``UnknownNetwork`` for an unknown name and ``NetworkSpecError`` (one line:
+    the problem and the fix) for a file or module that cannot be loaded.
+    """
+    if isinstance(spec, Network):
+        return spec
+    if spec in NETWORKS:
+        return NETWORKS[spec]
+    if spec in _LOADED:
+        return _LOADED[spec]
+    if not is_spec(spec):
+        raise UnknownNetwork(spec)
+    net = register(load(spec))
+    path, attr = _split(spec)
+    _SPEC_OF[net.name] = spec if path is None else os.path.abspath(path) + (f":{attr}" if attr else "")
+    return net
+
+
+def spec_of(name: str) -> str:
+    """What ``get`` needs to find network ``name`` in a fresh process (``bench``'s children):
+    its name for a documented network, the file (absolute path) or ``module:attr`` it was
+    loaded from otherwise."""
+    return _SPEC_OF.get(name, name) if name not in NETWORKS else name
+
+
+def is_spec(text: str) -> bool:
+    """Whether ``text`` names a network by file or module rather than by registry name."""
+    return isinstance(text, str) and (":" in text or text.endswith(".py") or "/" in text or os.sep in text)
+
+
+def register(net: Network) -> Network:
+    """Make ``net`` findable by its name (``get(net.name)``) for the rest of the process;
+    a later network of the same name replaces it. A documented network's name is refused."""
+    if net.name in NETWORKS and NETWORKS[net.name] is not net:
+        raise NetworkSpecError(f"network name {net.name!r} is a documented network's: give yours another "
+                               "name (RECIPE = Recipe(net=..., ...))")
+    _LOADED[net.name] = net
+    return net
+
+
+def load(spec: str) -> Network:
+    """A network of your own, from a Python file (``path/to/net.py[:ATTR]``) or an
+    importable module (``module:attr``).
+
+    The contract, one file holding both sides (``examples/tanh_mlp.py``):
+
+    * ``RECIPE = Recipe(net="NAME", ...)``: the recipe; ``NAME`` names the network
+      (reports go to ``OUT/NAME/``) and must not be a documented network's;
+    * ``build(recipe, rng, dtype)`` -> the scratch model (a ``scratch.module.Module``
+      whose ``state_dict()`` names are the torch mirror's) and ``loss(recipe)`` -> the
+      scratch loss, as in ``scratch/nets/*.py``;
+    * ``torch_build(recipe)`` -> the ``torch.nn.Module`` mirror (its weights are
+      overwritten by the scratch side's) and ``torch_loss(recipe)``, as in ``reference/*.py``;
+    * optionally ``NETWORK = Network(...)`` for the registry fields (``flat=False`` for
+      (N, 1, 28, 28) images, ``allowed_zero``, ``torch_threads``, ``summary``); its
+      ``scratch_module`` / ``reference_module`` may point to other modules (objects or
+      dotted paths) instead, so that the two sides live in two files.
+
+    ``ATTR`` (``module:attr``, ``file.py:ATTR``) picks a ``Network`` object or an object
+    holding the contract (a module, a class, a namespace) instead of the whole module.
+    A file's folder is on ``sys.path`` while it is executed, so it can import its
+    neighbours. Anything wrong is a ``NetworkSpecError`` naming it, and the line of your
+    file an exception came from.
+    """
+    path, attr = _split(spec)
+    if path is not None:
+        key = (os.path.abspath(path), attr)
+        if key not in _BY_SPEC:
+            _BY_SPEC[key] = _network_of(_exec_file(path), attr, path)
+        return _BY_SPEC[key]
+    modname, _, attr = spec.partition(":")
+    if not modname or not attr:
+        raise NetworkSpecError(f"network {spec!r}: expected module:attr (both parts), or a file path "
+                               "ending in .py")
+    key = (modname, attr)
+    if key not in _BY_SPEC:
+        _BY_SPEC[key] = _network_of(_import(modname, spec), attr, spec)
+    return _BY_SPEC[key]
+
+
+def _split(spec: str):
+    """(file path, attr or None) for a file spec, (None, None) for ``module:attr``."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head.endswith(".py"):
+        return head, tail
+    if spec.endswith(".py") or "/" in spec or os.sep in spec:
+        return spec, None
+    return None, None
+
+
+def _fail(where: str, exc: BaseException, user_file: str | None, doing: str | None = None) -> NetworkSpecError:
+    """The one-line error for an exception raised while your file or module was executed:
+    the exception and the line of your code it came from."""
+    what = (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0]
+    at = ""
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        what = f"SyntaxError: {exc.msg}"
+        at = f" at {_shown(exc.filename)} line {exc.lineno}" + (f": {exc.text.strip()}" if exc.text else "")
+    else:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_users(f.filename, user_file)]
+        if frames:
+            at = f" at {_shown(frames[-1].filename)} line {frames[-1].lineno}" + (
+                f": {frames[-1].line}" if frames[-1].line else "")
+    doing = doing or ("executing it" if user_file else "importing it")
+    return NetworkSpecError(f"{where}: {doing} raised {what}{at}; fix it there and try again")
+
+
+def _shown(filename: str) -> str:
+    """A path as the user would type it: relative to the current folder when inside it."""
+    rel = os.path.relpath(filename) if os.path.isabs(filename) else filename
+    return filename if rel.startswith("..") else rel
+
+
+_LIBRARY = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d) + os.sep
+                 for d in ("nnparity", "scratch", "reference"))
+
+
+def _is_users(filename: str, user_file: str | None) -> bool:
+    """Whether a traceback frame is in your code: your file, or any file that is not nn-parity's,
+    the standard library's or an installed package's."""
+    if user_file is not None and os.path.abspath(filename) == os.path.abspath(user_file):
+        return True
+    full = os.path.abspath(filename)
+    return not (filename.startswith("<") or full.startswith(_LIBRARY) or "site-packages" in full
+                or full.startswith(os.path.abspath(sys.base_prefix) + os.sep)
+                or full.startswith(os.path.abspath(sys.prefix) + os.sep))
+
+
+def _exec_file(path: str) -> ModuleType:
+    """Execute a user file as a module (named after the file if that name is free)."""
+    if not os.path.exists(path):
+        raise NetworkSpecError(f"network file {path}: no such file; give the path of a Python file that "
+                               f"defines {CONTRACT} ({HELP})")
+    if os.path.isdir(path):
+        raise NetworkSpecError(f"network file {path}: is a folder; give the path of a Python file inside it")
+    if not path.endswith(".py"):
+        raise NetworkSpecError(f"network file {path}: not a .py file; give a Python file, or module:attr")
+    full = os.path.abspath(path)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name = stem if stem.isidentifier() else "user_network"
+    known = sys.modules.get(name)
+    if known is not None:
+        if os.path.abspath(getattr(known, "__file__", "") or "") == full:
+            return known  # the same file, already imported (e.g. by a neighbour)
+        name = f"{name}__{zlib.crc32(full.encode()):08x}"  # another file of the same name
+    spec = importlib.util.spec_from_file_location(name, full)
+    module = importlib.util.module_from_spec(spec)
+    folder = os.path.dirname(full)
+    sys.modules[name] = module  # before executing: dataclasses and pickle-free imports look it up
+    sys.path.insert(0, folder)
     try:
-        return NETWORKS[name]
-    except KeyError:
-        raise UnknownNetwork(name) from None
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as e:
+        del sys.modules[name]
+        raise _fail(f"network file {path}", e, path) from None
+    finally:
+        try:
+            sys.path.remove(folder)
+        except ValueError:
+            pass
+    return module
+
+
+def _import(modname: str, spec: str) -> ModuleType:
+    try:
+        return importlib.import_module(modname)
+    except ModuleNotFoundError as e:
+        if e.name and (modname == e.name or modname.startswith(e.name + ".")):
+            raise NetworkSpecError(f"network {spec!r}: no module named {e.name!r}; run from the folder that "
+                                   "holds it, add that folder to PYTHONPATH, or give the file's path "
+                                   "(path/to/net.py)") from None
+        raise _fail(f"network {spec!r}", e, None) from None
+    except (Exception, SystemExit) as e:
+        raise _fail(f"network {spec!r}", e, None) from None
+
+
+class _TorchMirror:
+    """The reference side of a one-file network: its ``torch_build`` / ``torch_loss``."""
+
+    def __init__(self, build, loss, name: str):
+        self.build, self.loss, self.__name__ = build, loss, name
+
+
+def _network_of(module, attr: str | None, where: str) -> Network:
+    """The ``Network`` a loaded file or module describes, checked against the contract."""
+    obj = module
+    if attr is not None:
+        if not hasattr(module, attr):
+            public = [n for n in vars(module) if not n.startswith("_")] if hasattr(module, "__dict__") else []
+            raise NetworkSpecError(f"network {where!r}: {getattr(module, '__name__', module)!r} has no attribute "
+                                   f"{attr!r}; it has {', '.join(public[:12]) or 'no public names'}")
+        obj = getattr(module, attr)
+    if not isinstance(obj, Network) and isinstance(getattr(obj, "NETWORK", None), Network):
+        obj = obj.NETWORK  # a module that declares its registry entry
+    if isinstance(obj, Network):
+        net = obj
+        if net.scratch_module is None and net.name not in NETWORKS:
+            net = dataclasses.replace(net, scratch_module=module)
+        if net.reference_module is None and net.name not in NETWORKS:
+            net = dataclasses.replace(net, reference_module=_mirror_of(module, where))
+        if net.name in NETWORKS and net == NETWORKS[net.name]:
+            return NETWORKS[net.name]
+    else:
+        recipe = _recipe_of(obj, where)
+        _check_functions(obj, ("build", "loss"), where, "")  # the scratch side before the mirror
+        doc = (getattr(obj, "__doc__", None) or "").strip()
+        net = Network(recipe.net, doc.splitlines()[0] if doc else f"your network from {where}",
+                      scratch_module=obj, reference_module=_mirror_of(obj, where))
+    _check_contract(net, where)
+    return net
+
+
+def _recipe_of(obj, where: str) -> Recipe:
+    recipe = getattr(obj, "RECIPE", None)
+    if recipe is None:
+        raise NetworkSpecError(f"network {where!r} defines no RECIPE; add RECIPE = Recipe(net=\"NAME\", lr=..., "
+                               f"...) (from scratch.recipe import Recipe), beside {FUNCTIONS} ({HELP})")
+    if not isinstance(recipe, Recipe):
+        raise NetworkSpecError(f"network {where!r}: RECIPE is of type {type(recipe).__name__}, not a "
+                               "scratch.recipe.Recipe; make it RECIPE = Recipe(net=\"NAME\", ...)")
+    return recipe
+
+
+def _mirror_of(obj, where: str):
+    build, loss = getattr(obj, "torch_build", None), getattr(obj, "torch_loss", None)
+    if build is None and loss is None:
+        raise NetworkSpecError(f"network {where!r} has no torch mirror: define torch_build(recipe) and "
+                               "torch_loss(recipe) in it, or NETWORK = Network(..., reference_module=...) "
+                               f"naming the module that has build and loss ({HELP})")
+    return _TorchMirror(build, loss, f"{getattr(obj, '__name__', where)} (torch_build, torch_loss)")
+
+
+def _check_contract(net: Network, where: str) -> None:
+    if not isinstance(net.name, str) or not net.name or net.name.startswith(".") or any(
+            c in net.name for c in "/\\:\0") or net.name != net.name.strip():
+        raise NetworkSpecError(f"network {where!r}: its name {net.name!r} cannot name a report folder; use "
+                               "letters, digits, '_', '-' or '.'")
+    for side in ("scratch", "reference"):
+        try:
+            module = getattr(net, side)
+        except ImportError as e:
+            raise NetworkSpecError(f"network {where!r}: its {side} module cannot be imported ({e}); check "
+                                   f"Network(..., {side}_module=...)") from None
+        if side == "scratch":
+            _recipe_of(module, where)
+        _check_functions(module, ("build", "loss"), where, "torch_" if isinstance(module, _TorchMirror) else "")
+    if net.recipe.net != net.name:
+        raise NetworkSpecError(f"network {where!r}: NETWORK is named {net.name!r} but its RECIPE "
+                               f"{net.recipe.net!r}; give both the same name")
+    _check_builds(net, where)
+
+
+def _check_builds(net: Network, where: str) -> None:
+    """Build both sides once, as every tool will, so that an error in your functions, or two
+    sides that do not line up, is one line now rather than a traceback later."""
+    from reference import bridge
+
+    recipe, torch_prefix = net.recipe, "torch_" if isinstance(net.reference, _TorchMirror) else ""
+    built = []  # the scratch model, its loss, the torch model, its loss
+    for label, call in ((f"build(RECIPE, rng, {recipe.dtype})",
+                         lambda: net.scratch.build(recipe, stream(0, "init"), np.dtype(recipe.dtype))),
+                        ("loss(RECIPE)", lambda: net.scratch.loss(recipe)),
+                        (f"{torch_prefix}build(RECIPE)", lambda: net.reference.build(recipe)),
+                        (f"{torch_prefix}loss(RECIPE)", lambda: net.reference.loss(recipe))):
+        try:
+            built.append(call())
+        except (Exception, SystemExit) as e:
+            raise _fail(f"network {where!r}", e, None, doing=f"calling {label}") from None
+    model, tmodel = built[0], built[2]
+    if not callable(getattr(model, "named_parameters", None)) or not callable(getattr(model, "named_state", None)):
+        raise NetworkSpecError(f"network {where!r}: build returned a {type(model).__name__}, not a scratch "
+                               "module; return a scratch.module.Module (e.g. a Sequential of scratch layers)")
+    import torch
+
+    if not isinstance(tmodel, torch.nn.Module):
+        raise NetworkSpecError(f"network {where!r}: {torch_prefix}build returned a {type(tmodel).__name__}, "
+                               "not a torch.nn.Module")
+    try:
+        bridge.mirror(model, tmodel)
+    except bridge.BridgeError as e:
+        raise NetworkSpecError(f"network {where!r}: the two sides do not line up: " + " ".join(str(e).split())
+                               + f"; give {torch_prefix}build's modules the scratch model's names and shapes") from None
+
+
+def _check_functions(module, names, where: str, prefix: str) -> None:
+    for attr in names:
+        fn = getattr(module, attr, None)
+        if not callable(fn):
+            what = "missing" if fn is None else f"of type {type(fn).__name__}, not a function"
+            raise NetworkSpecError(f"network {where!r}: {prefix}{attr} is {what}; the contract is {CONTRACT} "
+                                   f"({HELP})")
 
 
 def stream(seed: int, name: str) -> np.random.Generator:

@@ -200,6 +200,8 @@ EXECUTED = [
     ("nnparity run mlp16 --lr 1e6", [*SMALL[2:], "--epochs", "2", "--train-size", "500"], 4),
     ("nnparity check NET --noise-floor", ["--steps", "2"], 0),
     ("nnparity gradcheck cnn18k", ["--samples", "2", "--no-progress"], 0),
+    ("nnparity run examples/tanh_mlp.py --no-progress --out reports", SMALL, 0),   # a network by path
+    ("nnparity check examples/tanh_mlp_wrong.py --steps 3", ["--steps", "1"], 1),
 ]
 
 
