@@ -317,7 +317,6 @@ def _dispatch(args) -> int:
                            envelope_steps=args.envelope_steps)
     if args.cmd in ("check", "parity"):
         from . import check
-        from .data import load_mnist
 
         if args.noise_floor and args.inject:
             print(f"nnparity {args.cmd}: error: --inject and --noise-floor do not go together: the noise floor "
@@ -328,7 +327,7 @@ def _dispatch(args) -> int:
             print(f"nnparity {args.cmd}: error: --noise-floor measures MNIST networks; {args.net} is not one",
                   file=sys.stderr)
             return 2
-        raw = load_mnist(args.data_dir) if net.mnist else None
+        raw = net.data.load(args.data_dir)
         recipe = net.recipe.replace(variant=args.variant)
         if args.noise_floor:
             nf = check.noise_floor(args.net, args.steps, args.seed, raw)
@@ -354,13 +353,12 @@ def _dispatch(args) -> int:
         print(report.to_json() if args.json else report.render())
         return 0 if report.ok else 1
     if args.cmd == "gradcheck":
-        from .data import load_mnist
         from .gradcheck import GradcheckError, gradcheck_network
 
         try:
             result = gradcheck_network(args.net, samples=args.samples, eps=args.eps, seed=args.seed,
                                        batch_size=args.batch_size, burn_in=args.burn_in,
-                                       raw=load_mnist(args.data_dir),
+                                       raw=NETWORKS[args.net].data.load(args.data_dir),
                                        progress=False if args.no_progress else None)
         except GradcheckError as e:  # the check could not run (e.g. a mask that cannot be held fixed)
             print(f"nnparity gradcheck: error: {e}", file=sys.stderr)

@@ -20,7 +20,101 @@ from scratch.optim import SGD
 from scratch.recipe import Recipe
 
 from . import data as mnist
+from .parity import Tolerance, tolerance_for
 from .sides import ScratchSide, TorchSide
+
+
+@dataclass(frozen=True)
+class Option:
+    """A ``nnparity run`` option of one network only, declared by its entry: the CLI adds
+    it to ``run`` in a group "NET only" and refuses it, in one line, for any other network.
+
+    Attributes:
+        flag: the option (``--seeds``); its value is ``args.<flag without dashes>``.
+        type: the parser of its value: a callable, or the name of one of the CLI's
+            (``"positive_int"``); None with ``switch``.
+        help: one line for ``--help``.
+        choices, metavar: as argparse's.
+        switch: a flag without a value (``store_true``).
+        requires: (another option's dest, the one-line refusal when this one is given
+            without it).
+    """
+
+    flag: str
+    type: object = None
+    help: str = ""
+    choices: tuple | None = None
+    metavar: str | None = None
+    switch: bool = False
+    requires: tuple | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def default(self):
+        return False if self.switch else None
+
+
+def floats(count: int, what: str):
+    """A parser of ``count`` comma-separated finite numbers (``--weights w1,...,w8``)."""
+    import argparse
+    import math
+
+    def parse(text: str) -> tuple:
+        parts = [p for p in text.replace(" ", "").split(",")]
+        try:
+            values = tuple(float(p) for p in parts)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {count} comma-separated numbers {what}, got {text!r}") from None
+        if len(values) != count:
+            raise argparse.ArgumentTypeError(f"expected {count} comma-separated numbers {what}, "
+                                             f"got {len(values)} in {text!r}")
+        if not all(math.isfinite(v) for v in values):
+            raise argparse.ArgumentTypeError(f"expected finite numbers {what}, got {text!r}")
+        return values
+    return parse
+
+
+@dataclass(frozen=True)
+class MNISTData:
+    """The data provider of an MNIST network: the recipe's seeded subsets of MNIST
+    (``prepare``), batches in the order fixed by the seed (``first_batches``)."""
+
+    mnist = True
+    splittable = True  # a batch of many samples: the metamorphic batch-split check applies
+
+    def load(self, data_dir=None):
+        return mnist.load_mnist(data_dir)
+
+    def first_batches(self, net, recipe, raw, dtype, seed: int, steps: int, ds=None):
+        ds = ds if ds is not None else prepare(net, recipe, raw if raw is not None else self.load(), dtype, seed)
+        return first_batches(ds, recipe, seed, steps)
+
+    def describe(self, recipe, x, step: int) -> str:
+        return f"training batch {step} ({len(x)} MNIST images)"
+
+
+@dataclass(frozen=True)
+class OwnSamples:
+    """The data provider of a network that brings its own training samples (toy221):
+    ``scratch.data(recipe, dtype)``, the whole set at every step; no MNIST, no test set."""
+
+    mnist = False
+    splittable = False  # one hand-worked sample: no batch to split
+
+    def load(self, data_dir=None):
+        return None
+
+    def first_batches(self, net, recipe, raw, dtype, seed: int, steps: int | None = None, ds=None):
+        import itertools
+
+        batch = net.scratch.data(recipe, np.dtype(dtype).type)
+        return itertools.repeat(batch) if steps is None else itertools.repeat(batch, steps)
+
+    def describe(self, recipe, x, step: int) -> str:
+        return "the network's own training sample"
 
 
 @dataclass(frozen=True)
@@ -35,10 +129,13 @@ class Network:
             followed by BatchNorm); exempt from the degeneracy guard, and their
             gradients and momentum buffers are compared with zero rather than with
             the reference's rounding noise (``parity.compare_records``).
-        mnist: trained on MNIST (else it brings its own data: no bench, no loader).
+        data: its data provider: ``MNISTData()`` (the recipe's seeded subsets of MNIST) or
+            ``OwnSamples()`` (the scratch module's ``data(recipe, dtype)``, every step).
         variants: the readings of the document the scratch side can implement
             (``Recipe.variant``); the first is the default.
         runner: dotted module path of a custom ``nnparity run`` (see above), or None.
+        tolerances: ``((dtype, Tolerance), ...)``: the network's own comparison tolerance
+            per dtype, where the suite's (``parity.TOLERANCES``) does not fit it.
         torch_threads: intra-op threads for the torch side (process-wide; None leaves
             torch's default). 1 for networks too small to parallelise: on a busy 2-core
             machine a linear10 step took 11 ms with 2 threads and 0.6 ms with 1.
@@ -48,10 +145,20 @@ class Network:
     summary: str
     flat: bool = True
     allowed_zero: tuple = ()
-    mnist: bool = True
+    data: object = MNISTData()
     variants: tuple = ()
     runner: str | None = None
     torch_threads: int | None = None
+    tolerances: tuple = ()
+
+    @property
+    def mnist(self) -> bool:
+        """Trained on MNIST (else it brings its own data: no bench, no loader)."""
+        return self.data.mnist
+
+    def tolerance(self, dtype) -> Tolerance:
+        """The comparison tolerance of this network in ``dtype``: its own, else the suite's."""
+        return dict(self.tolerances).get(np.dtype(dtype).name) or tolerance_for(dtype)
 
     @property
     def scratch(self) -> ModuleType:
@@ -81,7 +188,15 @@ NETWORKS = {n.name: n for n in (
             variants=("correct", "as-documented"), runner="nnparity.runners.linear10", torch_threads=1),
     Network("toy221", 'hand-worked 2-2-2 sigmoid net, E = 1/2 sum (t - out)^2, lr sweep '
                       '(source document: "Assignment 4 - Part 1")',
-            mnist=False, runner="nnparity.runners.toy221", torch_threads=1),
+            data=OwnSamples(), runner="nnparity.runners.toy221", torch_threads=1,
+            # float64: the issue's floor, the two sides agree to 1e-12 absolute on every number.
+            # float32: the suite's pair (atol 1e-4, rtol 1e-3) is sized for MNIST nets; here atol 1e-4 is
+            # as large as the smallest gradients (dE/dw1 falls to ~8e-7 at lr 0.1), so those comparisons
+            # would prove nothing (the degeneracy guard flags them). atol is scaled to the toy's
+            # magnitudes: 1e-8, above the measured float32 noise on those gradients (scratch-f32 vs
+            # torch-f32 <= 1.3e-9, torch-f32 vs torch-f64 <= 1.3e-9 over 181 steps at lr 0.1 and 2.0) and
+            # 80x below the smallest of them. A tightening: rtol is the suite's.
+            tolerances=(("float64", Tolerance(atol=1e-12, rtol=0.0)), ("float32", Tolerance(atol=1e-8, rtol=1e-3)))),
     Network("cnn18k", '4 conv blocks (BatchNorm, dropout, max pool), GAP, log-softmax + NLL '
                       '(source document: "Assignment 4 - Part 2")',
             flat=False, allowed_zero=("conv1.bias", "conv2.bias", "conv3.bias", "conv4.bias")),
@@ -192,11 +307,8 @@ def run_parity(name: str, steps: int = 50, dtype="float64", seed: int = 0, raw: 
 
     on_step = with_parity_bars(on_step)  # a bar of ``progress.parity_bar`` follows the steps
     net = get(name)
-    custom = getattr(net.runner_module, "step_parity", None)
-    if custom is not None:
-        return custom(steps, dtype, seed, recipe=recipe, on_step=on_step)
     recipe = recipe or net.recipe
-    ds = ds or prepare(net, recipe, raw or mnist.load_mnist(), dtype, seed)
+    batches = net.data.first_batches(net, recipe, raw, dtype, seed, steps, ds=ds)
     scratch, ref = make_sides(net, recipe, dtype, seed)
-    return check_steps(scratch, ref, first_batches(ds, recipe, seed, steps), net=name, dtype=dtype,
+    return check_steps(scratch, ref, batches, net=name, dtype=dtype, tol=net.tolerance(dtype),
                        allowed_zero=net.allowed_zero, on_step=on_step, observer=observer)

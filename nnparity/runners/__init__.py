@@ -5,8 +5,8 @@ entry points here.
 A runner module defines ``add_arguments(group)`` (its own ``run`` options),
 ``check_arguments(args)`` (raise ``UsageError`` for a bad combination: the CLI turns
 it into one line and exit status 2), ``run(args) -> exit status``, optionally
-``UNSUPPORTED`` ({generic option dest: why it does not apply}) and
-``step_parity(steps, dtype, seed, recipe=None, on_step=None) -> Trace``.
+``UNSUPPORTED`` ({generic option dest: why it does not apply})
+(the step parity of every network is ``networks.run_parity``, with its data provider).
 """
 
 

@@ -32,21 +32,13 @@ from scratch.nets import toy221 as toy
 
 from .. import io
 from ..networks import apply_threads, get, make_sides
-from ..parity import Tolerance, Trace, check_steps, compare_records, tolerance_for
+from ..parity import Trace, compare_records
 from ..report import COLORS, STYLES, environment
 from ..sides import gradient_notes
 from . import UsageError, compact_json
 
 NET = "toy221"
-# The issue's floor: in float64 the two sides agree to 1e-12 absolute on every number.
-FLOOR = {"float64": 1e-12}
-# float32: the suite's pair (atol 1e-4, rtol 1e-3) is sized for MNIST nets; here atol 1e-4 is as large
-# as the smallest gradients (dE/dw1 falls to ~8e-7 at lr 0.1), so those comparisons would prove nothing
-# (the degeneracy guard flags them). atol is scaled to the toy's magnitudes: 1e-8, above the measured
-# float32 noise on those gradients (scratch-f32 vs torch-f32 <= 1.3e-9, torch-f32 vs torch-f64
-# <= 1.3e-9 over 181 steps at lr 0.1 and 2.0) and 80x below the smallest of them. A tightening: rtol is
-# the suite's.
-FLOAT32 = Tolerance(atol=1e-8, rtol=1e-3)
+FLOOR = {"float64": 1e-12}  # the tolerance of the entry (networks.py), named in the report
 SEVERAL_LRS = True  # --lr LR [LR ...]: one run each (default: 0.1 0.2 0.5 0.8 1.0 2.0)
 
 UNSUPPORTED = {
@@ -119,16 +111,6 @@ def recipe_from(args) -> toy.ToyRecipe:
     return dataclasses.replace(r, **changes)
 
 
-def tolerance(dtype) -> Tolerance:
-    """toy221's comparison tolerance: 1e-12 absolute in float64 (the floor), ``FLOAT32`` in float32."""
-    dtype = np.dtype(dtype).name
-    if dtype == "float64":
-        return Tolerance(atol=FLOOR[dtype], rtol=0.0)
-    if dtype == "float32":
-        return FLOAT32
-    return tolerance_for(dtype)
-
-
 def _names(recipe) -> tuple:
     return toy.WEIGHTS + (toy.BIASES if recipe.biases is not None else ())
 
@@ -151,7 +133,7 @@ def train_lr(recipe: toy.ToyRecipe, lr: float, dtype: str = "float64") -> dict:
     scratch, ref = make_sides(get(NET), r, dtype, seed=0)
     x, t = toy.data(r, dtype)
     names = _names(r)
-    tol = tolerance(dtype)
+    tol = get(NET).tolerance(dtype)
     trace = Trace(NET, dtype, tol)
     notes = gradient_notes(scratch.model)
     records = {"scratch": [], "torch": []}
@@ -172,14 +154,6 @@ def train_lr(recipe: toy.ToyRecipe, lr: float, dtype: str = "float64") -> dict:
     return {"lr": lr, "max_abs_diff": diff, "parity": {k: v for k, v in trace.to_dict().items() if k != "per_step"},
             "parity_ok": trace.ok, "parity_message": trace.message(), "grads_step0": grads0,
             "scratch": records["scratch"], "torch": records["torch"]}
-
-
-def step_parity(steps: int, dtype="float64", seed: int = 0, recipe=None, on_step=None) -> Trace:
-    """Step parity of toy221 on its one sample (the suite's tolerance for ``dtype``)."""
-    r = recipe or toy.RECIPE
-    scratch, ref = make_sides(get(NET), r, dtype, seed)
-    x, t = toy.data(r, dtype)
-    return check_steps(scratch, ref, [(x, t)] * steps, net=NET, dtype=dtype, tol=tolerance(dtype), on_step=on_step)
 
 
 def _table_steps(n: int) -> list:
