@@ -1,11 +1,11 @@
 """The registry of documented networks, and how to set up both sides of one.
 
 Adding a network = a scratch module (``RECIPE``, ``build``, ``loss``), a reference
-module (``build``, ``loss``) and one ``Network`` entry below. A network whose
-``nnparity run`` is not the generic MNIST run (``run.run_network``) names a
-*runner* module: ``add_arguments(group)`` adds its own ``run`` options,
-``run(args) -> exit status`` replaces the generic run, and an optional
-``step_parity(steps, dtype, seed, recipe=None)`` replaces the MNIST step parity.
+module (``build``, ``loss``) and one ``Network`` entry below. Everything a network
+needs beyond that is a field of its entry: its data provider, its tolerance, what
+one ``nnparity run`` sweeps (seeds, variants, learning rates), its own ``run``
+options, the variants whose parity is expected to fail, and a small module of its
+own report pieces (``extras``); ``nnparity.run.run_network`` reads them all.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ class Option:
         switch: a flag without a value (``store_true``).
         requires: (another option's dest, the one-line refusal when this one is given
             without it).
+        field: the recipe field its value sets (``--steps`` sets ``epochs``), or None for an
+            option the run reads itself (``--seeds``).
     """
 
     flag: str
@@ -47,6 +49,7 @@ class Option:
     metavar: str | None = None
     switch: bool = False
     requires: tuple | None = None
+    field: str | None = None
 
     @property
     def dest(self) -> str:
@@ -133,7 +136,21 @@ class Network:
             ``OwnSamples()`` (the scratch module's ``data(recipe, dtype)``, every step).
         variants: the readings of the document the scratch side can implement
             (``Recipe.variant``); the first is the default.
-        runner: dotted module path of a custom ``nnparity run`` (see above), or None.
+        sweep: what one ``nnparity run`` sweeps: ``"seeds"`` (``--seeds K`` replicates, ``seeds``
+            by default), ``"variants"`` (every variant, or the one ``--variant`` names),
+            ``"lrs"`` (``--lr`` takes several learning rates, the recipe's ``lrs`` by default,
+            one run each). Empty: one run.
+        seeds: the number of seeds of a documented run that sweeps ``"seeds"``.
+        options: ``Option``s of this network's ``run`` only, beyond those its sweep implies.
+        unsupported: ``((run option dest, why), ...)``: generic ``run`` options that do not
+            apply to this network; the CLI refuses them in one line naming why.
+        recipe_options: generic ``run`` options recorded in this network's recipe
+            (``("dtype",)``: the recipe's ``dtype`` is the run's, not the documented one).
+        expected_failure: ``((variant, why), ...)``: variants whose step parity is expected
+            to FAIL (a reading of the document with a derivation slip): the run trains them
+            anyway, and a pass (the check missed the slip) fails the run.
+        extras: dotted module path of the network's own report pieces (its story
+            paragraph, per-epoch metric, report sections and plots), or None.
         tolerances: ``((dtype, Tolerance), ...)``: the network's own comparison tolerance
             per dtype, where the suite's (``parity.TOLERANCES``) does not fit it.
         torch_threads: intra-op threads for the torch side (process-wide; None leaves
@@ -147,9 +164,15 @@ class Network:
     allowed_zero: tuple = ()
     data: object = MNISTData()
     variants: tuple = ()
-    runner: str | None = None
     torch_threads: int | None = None
     tolerances: tuple = ()
+    sweep: tuple = ()
+    seeds: int = 1
+    options: tuple = ()
+    unsupported: tuple = ()
+    recipe_options: tuple = ()
+    expected_failure: tuple = ()
+    extras: str | None = None
 
     @property
     def mnist(self) -> bool:
@@ -173,8 +196,24 @@ class Network:
         return self.scratch.RECIPE
 
     @property
-    def runner_module(self) -> ModuleType | None:
-        return importlib.import_module(self.runner) if self.runner else None
+    def extras_module(self) -> ModuleType | None:
+        return importlib.import_module(self.extras) if self.extras else None
+
+    def run_options(self) -> tuple:
+        """Every ``run`` option of this network only: those its sweep implies, then its own."""
+        implied = []
+        if "variants" in self.sweep:
+            implied.append(Option("--variant", choices=("both",) + self.variants,
+                                  help=f"both (default: the documented run), or one of: {', '.join(self.variants)}"))
+        if "seeds" in self.sweep:
+            implied.append(Option("--seeds", type="positive_int",
+                                  help=f"train each variant with this many seeds, --seed upwards "
+                                       f"(default {self.seeds})"))
+        return tuple(implied) + self.options
+
+    def expected_to_fail(self, variant) -> bool:
+        """The step parity of ``variant`` is expected to fail (``expected_failure``)."""
+        return variant in dict(self.expected_failure)
 
 
 NETWORKS = {n.name: n for n in (
@@ -185,10 +224,35 @@ NETWORKS = {n.name: n for n in (
             torch_threads=1),
     Network("linear10", "784-10 linear + ReLU, softmax cross-entropy; correct vs as-documented backward "
                         "(source document: an untitled report of a NumPy 'Neural Network library')",
-            variants=("correct", "as-documented"), runner="nnparity.runners.linear10", torch_threads=1),
+            variants=("correct", "as-documented"), torch_threads=1, sweep=("seeds", "variants"), seeds=5,
+            expected_failure=(("as-documented", "its ReLU backward passes the gradient straight through"),),
+            unsupported=(
+                ("save_every", "linear10 trains 10 runs of 200 short epochs each; rerun instead of resuming"),
+                ("resume", "linear10 trains 10 runs of 200 short epochs each; rerun instead of resuming")),
+            extras="nnparity.net_linear10"),
     Network("toy221", 'hand-worked 2-2-2 sigmoid net, E = 1/2 sum (t - out)^2, lr sweep '
                       '(source document: "Assignment 4 - Part 1")',
-            data=OwnSamples(), runner="nnparity.runners.toy221", torch_threads=1,
+            data=OwnSamples(), torch_threads=1, sweep=("lrs",), recipe_options=("dtype",),
+            options=(
+                Option("--weights", floats(8, "w1,...,w8"), metavar="W1,...,W8",
+                       field="weights", help="initial weights (default: the document's 0.15,0.2,0.25,0.3,0.4,0.45,0.5,0.55)"),
+                Option("--biases", floats(2, "b1,b2"), metavar="B1,B2", field="biases",
+                       help="add biases: b1 shared by h1, h2 and b2 by o1, o2 (default: none, as documented)"),
+                Option("--freeze-biases", switch=True, field="freeze_biases",
+                       requires=("biases", "--freeze-biases needs biases to freeze: add --biases B1,B2"),
+                       help="keep the biases constant (as Matt Mazur's example does); default: trained"),
+                Option("--steps", "positive_int", field="epochs", help="gradient-descent steps per run (default 181)")),
+            unsupported=(
+                ("epochs", "toy221 counts gradient-descent steps: use --steps N"),
+                ("train_size", "toy221 trains on its one documented sample"),
+                ("test_size", "toy221 has no test set"),
+                ("data_dir", "toy221 does not use MNIST"),
+                ("parity_steps", "toy221 compares both sides at every step of every run"),
+                ("batch_size", "toy221 trains on its one documented sample"),
+                ("save_every", "a toy221 run takes seconds: rerun it"),
+                ("resume", "a toy221 run takes seconds: rerun it"),
+                ("envelope_steps", "toy221 compares every step of every run at 1e-12; there is no drift to bound")),
+            extras="nnparity.net_toy221",
             # float64: the issue's floor, the two sides agree to 1e-12 absolute on every number.
             # float32: the suite's pair (atol 1e-4, rtol 1e-3) is sized for MNIST nets; here atol 1e-4 is
             # as large as the smallest gradients (dE/dw1 falls to ~8e-7 at lr 0.1), so those comparisons
