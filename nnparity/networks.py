@@ -150,7 +150,8 @@ class Network:
             to FAIL (a reading of the document with a derivation slip): the run trains them
             anyway, and a pass (the check missed the slip) fails the run.
         extras: dotted module path of the network's own report pieces (its story
-            paragraph, per-epoch metric, report sections and plots), or None.
+            paragraph, per-epoch metric, report sections and plots; a reporting module,
+            resolved by ``report.extras_of``), or None.
         tolerances: ``((dtype, Tolerance), ...)``: the network's own comparison tolerance
             per dtype, where the suite's (``parity.TOLERANCES``) does not fit it.
         torch_threads: intra-op threads for the torch side (process-wide; None leaves
@@ -194,10 +195,6 @@ class Network:
     @property
     def recipe(self) -> Recipe:
         return self.scratch.RECIPE
-
-    @property
-    def extras_module(self) -> ModuleType | None:
-        return importlib.import_module(self.extras) if self.extras else None
 
     def run_options(self) -> tuple:
         """Every ``run`` option of this network only: those its sweep implies, then its own."""

@@ -212,6 +212,13 @@ def run_figures(meta: dict, history: list) -> dict:
 
 
 # --- a sweep: seeds x variants (``nnparity.run``), with the network's own pieces (``extras``) -------
+def extras_of(net):
+    """The module of a network's own report pieces (``Network.extras``), or None."""
+    import importlib
+
+    return importlib.import_module(net.extras) if net.extras else None
+
+
 def mmm(s: dict, fmt=".2f") -> str:
     """mean (min - max) of a ``{"mean", "min", "max"}`` summary."""
     return f"{s['mean']:{fmt}} ({s['min']:{fmt}} - {s['max']:{fmt}})"
@@ -225,12 +232,12 @@ def _stats(values) -> dict:
 
 def _metric(net):
     """The entry's per-epoch metric: (count key, indices key), or (None, None)."""
-    return getattr(net.extras_module, "EPOCH_METRIC", (None, None))
+    return getattr(extras_of(net), "EPOCH_METRIC", (None, None))
 
 
 def summarize_sweep(net, runs: list) -> dict:
     """Mean / min / max over the seeds of each variant's final figures, per side."""
-    extras, (metric, _) = net.extras_module, _metric(net)
+    extras, (metric, _) = extras_of(net), _metric(net)
     keys = ("train_accuracy", "val_accuracy") + ((metric,) if metric else ())
     out = {}
     for variant in net.variants or (None,):
@@ -302,7 +309,7 @@ def write_sweep(out_dir, net, meta: dict, runs: list, *, final: bool) -> None:
 def sweep_figures(net, runs: list, batches: dict) -> dict:
     """Every plot of a sweep: accuracy of every seed (and the entry's own plots), the first
     seed's per-epoch and per-batch curves, the drift and the weight difference."""
-    extras = net.extras_module
+    extras = extras_of(net)
     figs = dict(plot_seeds(net, runs))
     if hasattr(extras, "METRIC_PLOT"):
         figs.update(plot_metric(net, runs))
@@ -360,7 +367,7 @@ def variant_color(net, variant) -> str:
 
 def side_label(net, variant, side: str) -> str:
     """How a side is named in a variant's plots and tables (``extras.side_label``, else the side)."""
-    hook = getattr(net.extras_module, "side_label", None)
+    hook = getattr(extras_of(net), "side_label", None)
     return hook(variant, side) if hook else side
 
 
@@ -400,7 +407,7 @@ def plot_seeds(net, runs: list) -> dict:
     from matplotlib.ticker import MaxNLocator
 
     plt = _plt()
-    document = getattr(net.extras_module, "DOCUMENT", {})
+    document = getattr(extras_of(net), "DOCUMENT", {})
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
     for ax, key, title in ((axes[0], "train", "training accuracy %"), (axes[1], "val", "validation accuracy %")):
         seen, ends = set(), []
@@ -435,7 +442,7 @@ def plot_metric(net, runs: list) -> dict:
 
     plt = _plt()
     metric, _ = _metric(net)
-    name, ylabel, title, word = net.extras_module.METRIC_PLOT
+    name, ylabel, title, word = extras_of(net).METRIC_PLOT
     variants = net.variants or (None,)
     fig, axes = plt.subplots(1, len(variants), figsize=(5.5 * len(variants), 3.6), sharey=True, squeeze=False)
     top = max([e["scratch"][metric] for r in runs for e in r["epochs"]] +
@@ -547,7 +554,7 @@ def plot_drift(net, runs: list) -> dict:
         if r.get("drift"):
             first.setdefault(r["variant"], r)
     if first:
-        titles = getattr(net.extras_module, "drift_title", None)
+        titles = getattr(extras_of(net), "drift_title", None)
         fig, axes = plt.subplots(1, len(first), figsize=(6.4 * len(first), 6.4), squeeze=False)
         for ax, variant in zip(axes[0], (v for v in net.variants or (None,) if v in first)):
             r = first[variant]
@@ -597,7 +604,7 @@ def sweep_markdown(net, meta: dict, runs: list, summary: dict, figures: list) ->
     variant (an expected failure with its diagnosis), the drift, every seed, the recipe,
     every 10th epoch of the first seed, the plots; the entry's ``extras`` add their title,
     their story and what they say about a variant."""
-    extras = net.extras_module
+    extras = extras_of(net)
     metric, indices = _metric(net)
     label = getattr(extras, "METRIC_LABEL", metric)
     short = getattr(extras, "METRIC_SHORT", metric)
@@ -756,7 +763,7 @@ def drift_section(net, runs: list, summary: dict) -> list:
         if not v:
             continue
         n, left = len(v["seeds"]), [s for s in v["leaves_at_step"] if s is not None]
-        note = getattr(net.extras_module, "drift_note", None)
+        note = getattr(extras_of(net), "drift_note", None)
         if net.expected_to_fail(variant) and note:
             L += ["", note(variant, n, left)]
         else:
@@ -792,8 +799,8 @@ def rerender(folder) -> list:
     except ValueError as e:
         raise OSError(f"{path} is not valid JSON ({e})") from None
     net = NETWORKS.get(metrics.get("net"))
-    if net is not None and hasattr(net.extras_module, "figures_from_metrics"):
-        figures = net.extras_module.figures_from_metrics(metrics, folder)
+    if net is not None and hasattr(extras_of(net), "figures_from_metrics"):
+        figures = extras_of(net).figures_from_metrics(metrics, folder)
     elif net is not None and net.sweep:
         figures = sweep_figures_from_metrics(net, metrics, folder)
     else:

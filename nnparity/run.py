@@ -35,7 +35,7 @@ from .check import run_check
 from .networks import apply_threads, get, make_sides, prepare
 from .parity import Trace, compare_records
 from .progress import parity_bar
-from .report import environment, mmm, summarize_sweep, write_report, write_sweep
+from .report import environment, extras_of, mmm, summarize_sweep, write_report, write_sweep
 from .sides import gradient_notes
 from .signals import handled_signals, interrupt_name, signals_held
 from .tape import Tape
@@ -265,7 +265,7 @@ def train_one(net, recipe, raw, dtype: str, seed: int, *, parity_steps: int, kee
     A ``KeyboardInterrupt`` (see ``nnparity.signals``) ends the run early with
     everything finished so far, ``res["interrupted"]`` set to the signal's name.
     """
-    extras = net.extras_module
+    extras = extras_of(net)
     metric, indices_key = getattr(extras, "EPOCH_METRIC", (None, None))
     variant = recipe.variant
     ds = ds if ds is not None else prepare(net, recipe, raw, dtype, seed)
@@ -402,7 +402,7 @@ def _run_sweep(net, base, dtype, variants, seeds, *, out, data_dir, parity_steps
 
 def _sweep(net, base, dtype, variants, seeds, raw, t0, folder, progress, *, command, parity_steps,
            envelope_steps) -> int:
-    extras = net.extras_module
+    extras = extras_of(net)
     out_dir = folder.path  # the run's work folder; put in place by _finish
     log(f"{net.name}: variants {', '.join(map(str, variants))}; seeds {', '.join(map(str, seeds))}; {dtype}, "
         f"{base.epochs} epochs, batch {base.batch_size}, lr {base.lr}, {base.train_size} training / "
@@ -484,7 +484,7 @@ def train_steps(net, recipe, lr: float, dtype: str = "float64") -> dict:
     """Both sides, ``recipe.epochs`` full-batch steps at ``lr`` on the network's own samples:
     the records of every step (``extras.record(step, record, weights)``), every intermediate
     compared at the entry's tolerance, and the largest difference of the recorded numbers."""
-    extras = net.extras_module
+    extras = extras_of(net)
     r = recipe.replace(lr=lr)
     scratch, ref = make_sides(net, r, dtype, seed=0)
     x, t = next(iter(net.data.first_batches(net, r, None, dtype, 0, 1)))
@@ -519,7 +519,7 @@ def _weights(side, names) -> dict:
 
 def _run_every_step(net, recipe, *, out, command) -> int:
     apply_threads(net)
-    extras = net.extras_module
+    extras = extras_of(net)
     loss = getattr(extras, "LOSS", "loss")
     dtype = recipe.dtype
     folder = io.RunFolder(out, net.name)
