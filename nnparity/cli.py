@@ -2,7 +2,8 @@
 
     nnparity list                       the documented networks
     nnparity run NET [options]          step parity, then both sides trained side by side, then a report
-                                        (linear10 and toy221 add options of their own: nnparity run --help)
+                                        (a network's entry may declare options of its own, e.g.
+                                        linear10's and toy221's: nnparity run --help)
     nnparity check NET [options]        step parity only: a per-step table, the first divergence and
                                         its culprit (own or inherited error); exit 1 on mismatch,
                                         4 if inconclusive (no mismatch, but gradients zero, or values
@@ -80,6 +81,9 @@ def fd_step(text: str) -> float:
     return v
 
 
+PARSERS = {"positive_int": positive_int, "non_negative_int": non_negative_int, "positive_float": positive_float}
+
+
 def network_name(text: str) -> str:
     """A documented network's name, or your own network's (``path/to/net.py``, ``module:attr``),
     loaded and registered under its name (``networks.get``); the name is what the command uses."""
@@ -121,35 +125,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="parity check, then train both sides and write a side-by-side report")
     common(r, "default: the recipe's documented-run dtype")
-    r.add_argument("--epochs", type=positive_int, default=None, help="default: the recipe's")
-    r.add_argument("--lr", type=positive_float, nargs="+", metavar="LR", default=None,
-                   help="learning rate (default: the recipe's); toy221 takes several, one run each")
-    r.add_argument("--batch-size", type=positive_int, default=None, help="default: the recipe's")
-    r.add_argument("--out", default="runs",
-                   help="the report goes to OUT/NET/ if the run completes, else to OUT/NET.incomplete/ "
-                        "(default runs; the committed reports are made with --out reports)")
-    r.add_argument("--parity-steps", type=non_negative_int, default=20,
-                   help="steps of step parity before training (0 skips; default 20)")
-    r.add_argument("--train-size", type=positive_int, default=None,
-                   help="train on a seeded random subset of this many images (quick tries)")
-    r.add_argument("--test-size", type=positive_int, default=None,
-                   help="evaluate on a seeded random subset of this many test images")
-    r.add_argument("--save-every", type=positive_int, default=None, metavar="K",
-                   help="write OUT/NET/checkpoint.npz (both sides, atomically) every K epochs")
-    r.add_argument("--resume", default=None, metavar="DIR",
-                   help="continue from the checkpoint in DIR (a report folder or a checkpoint.npz)")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    r.add_argument("--envelope-steps", type=non_negative_int, default=DEFAULT_ENVELOPE_STEPS,
-                   help="steps of the drift envelope measured before training, capped at the run's length "
-                        f"(0 skips; default {DEFAULT_ENVELOPE_STEPS})")
-    # options of networks with their own runner, each in a group of its own
-    p.net_options = {}
+    flags = {"seed": "--seed", "dtype": "--dtype", "data_dir": "--data-dir"}
+
+    def generic(flag, **kw):
+        flags[flag.lstrip("-").replace("-", "_")] = flag
+        r.add_argument(flag, **kw)
+
+    several = [n.name for n in NETWORKS.values() if "lrs" in n.sweep]  # their entries sweep learning rates
+    generic("--epochs", type=positive_int, default=None, help="default: the recipe's")
+    generic("--lr", type=positive_float, nargs="+" if several else None, metavar="LR", default=None,
+            help="learning rate (default: the recipe's)"
+                 + (f"; {', '.join(several)} take{'s' * (len(several) == 1)} several, one run each" if several else ""))
+    generic("--batch-size", type=positive_int, default=None, help="default: the recipe's")
+    generic("--out", default="runs",
+            help="the report goes to OUT/NET/ if the run completes, else to OUT/NET.incomplete/ "
+                 "(default runs; the committed reports are made with --out reports)")
+    generic("--parity-steps", type=non_negative_int, default=20,
+            help="steps of step parity before training (0 skips; default 20)")
+    generic("--train-size", type=positive_int, default=None,
+            help="train on a seeded random subset of this many images (quick tries)")
+    generic("--test-size", type=positive_int, default=None,
+            help="evaluate on a seeded random subset of this many test images")
+    generic("--save-every", type=positive_int, default=None, metavar="K",
+            help="write OUT/NET/checkpoint.npz (both sides, atomically) every K epochs")
+    generic("--resume", default=None, metavar="DIR",
+            help="continue from the checkpoint in DIR (a report folder or a checkpoint.npz)")
+    generic("--no-progress", action="store_true", help="no progress bar")
+    generic("--envelope-steps", type=non_negative_int, default=DEFAULT_ENVELOPE_STEPS,
+            help="steps of the drift envelope measured before training, capped at the run's length "
+                 f"(0 skips; default {DEFAULT_ENVELOPE_STEPS})")
+    # the options of one network only, declared by its entry (``Network.run_options``), each in a group
+    # named after the networks that declare it
+    owners = {}
     for net in NETWORKS.values():
-        if net.runner:
-            before = len(r._actions)
-            net.runner_module.add_arguments(r.add_argument_group(f"{net.name} only"))
-            p.net_options[net.name] = [a for a in r._actions[before:]]
-    p.run_parser = r
+        for option in net.run_options():
+            owners.setdefault(option.flag, (option, []))[1].append(net.name)
+    p.net_options, groups = {}, {}
+    for flag, (option, names) in owners.items():
+        key = ", ".join(names)
+        group = groups.get(key) or groups.setdefault(key, r.add_argument_group(f"{key} only"))
+        kw = ({"action": "store_true"} if option.switch else
+              {"type": PARSERS.get(option.type, option.type) if option.type else None, "choices": option.choices,
+               "metavar": option.metavar})
+        group.add_argument(flag, default=option.default, help=option.help,
+                           **{k: v for k, v in kw.items() if v is not None})
+        p.net_options[option.dest] = (option, names)
+    p.run_parser, p.run_flags = r, flags
 
     c = sub.add_parser("check", aliases=["parity"],
                        help="step parity only: per-step table, first divergence, own or inherited error")
@@ -272,15 +293,10 @@ def _main(argv=None) -> int:
         return 130
 
 
-def _flag(action) -> str:
-    return action.option_strings[-1] if action.option_strings else action.dest
-
-
 def _option_problem(parser, args) -> str | None:
     """A network-specific option used with another network, a generic option that does
     not apply to the network, or a bad combination: one line naming it, else None."""
     from .networks import get
-    from .runners import UsageError
 
     net = get(args.net) if getattr(args, "net", None) else None
     if args.cmd in ("check", "parity") and args.variant and net and args.variant not in net.variants:
@@ -292,29 +308,26 @@ def _option_problem(parser, args) -> str | None:
             return f"{other[0]} does not train on MNIST and has nothing to benchmark; bench the MNIST networks"
     if args.cmd != "run":
         return None
-    for owner, actions in parser.net_options.items():
-        for a in actions:
-            if owner != net.name and getattr(args, a.dest) != a.default:
-                return f"{_flag(a)} is an option of {owner} only, not of {net.name}"
-    runner = net.runner_module
+    for dest, (option, owners) in parser.net_options.items():
+        if net.name not in owners and getattr(args, dest) != option.default:
+            return f"{option.flag} is an option of {', '.join(owners)} only, not of {net.name}"
     import numpy as np
 
     dtype = args.dtype or net.recipe.dtype
     f32max = float(np.finfo(np.float32).max)
-    if dtype == "float32" and args.lr and max(args.lr) > f32max:  # torch's float32 SGD cannot take it
-        return (f"--lr {max(args.lr):g} is larger than a float32 run can hold ({f32max:.4g}); "
+    lrs = args.lr if isinstance(args.lr, list) else [args.lr] if args.lr else []
+    if dtype == "float32" and lrs and max(lrs) > f32max:  # torch's float32 SGD cannot take it
+        return (f"--lr {max(lrs):g} is larger than a float32 run can hold ({f32max:.4g}); "
                 "use a smaller --lr or --dtype float64")
-    if args.lr and len(args.lr) > 1 and not getattr(runner, "SEVERAL_LRS", False):
-        return f"--lr takes one learning rate for {net.name}, got {len(args.lr)}"
-    for dest, why in getattr(runner, "UNSUPPORTED", {}).items():
+    if len(lrs) > 1 and "lrs" not in net.sweep:
+        return f"--lr takes one learning rate for {net.name}, got {len(lrs)}"
+    for dest, why in net.unsupported:
         if getattr(args, dest) != parser.run_parser.get_default(dest):
-            flag = next(_flag(a) for a in parser.run_parser._actions if a.dest == dest)
-            return f"{flag} does not apply to {net.name}: {why}"
-    if runner is not None and hasattr(runner, "check_arguments"):
-        try:
-            runner.check_arguments(args)
-        except UsageError as e:
-            return str(e)
+            return f"{parser.run_flags[dest]} does not apply to {net.name}: {why}"
+    for option in net.run_options():
+        if option.requires and getattr(args, option.dest) != option.default \
+                and getattr(args, option.requires[0]) is None:
+            return option.requires[1]
     return None
 
 
@@ -334,12 +347,11 @@ def _dispatch(args) -> int:
         for net in NETWORKS.values():
             print(f"{net.name:10s} {net.summary}\n{'':10s} {net.recipe.summary()}")
         return 0
-    if args.cmd == "run" and get(args.net).runner:
-        return get(args.net).runner_module.run(args)
     if args.cmd == "run":
         from .run import run_network
 
-        return run_network(args.net, epochs=args.epochs, lr=args.lr[0] if args.lr else None,
+        options = {o.dest: getattr(args, o.dest) for o in get(args.net).run_options()}
+        return run_network(args.net, epochs=args.epochs, lr=args.lr, options=options,
                            batch_size=args.batch_size, seed=args.seed, dtype=args.dtype, out=args.out,
                            data_dir=args.data_dir, parity_steps=args.parity_steps,
                            progress=False if args.no_progress else None, command=args.command_line,
@@ -348,7 +360,6 @@ def _dispatch(args) -> int:
                            envelope_steps=args.envelope_steps)
     if args.cmd in ("check", "parity"):
         from . import check
-        from .data import load_mnist
 
         if args.noise_floor and args.inject:
             print(f"nnparity {args.cmd}: error: --inject and --noise-floor do not go together: the noise floor "
@@ -359,7 +370,7 @@ def _dispatch(args) -> int:
             print(f"nnparity {args.cmd}: error: --noise-floor measures MNIST networks; {args.net} is not one",
                   file=sys.stderr)
             return 2
-        raw = load_mnist(args.data_dir) if net.mnist else None
+        raw = net.data.load(args.data_dir)
         recipe = net.recipe.replace(variant=args.variant)
         if args.noise_floor:
             nf = check.noise_floor(args.net, args.steps, args.seed, raw)
@@ -385,13 +396,12 @@ def _dispatch(args) -> int:
         print(report.to_json() if args.json else report.render())
         return 0 if report.ok else 1
     if args.cmd == "gradcheck":
-        from .data import load_mnist
         from .gradcheck import GradcheckError, gradcheck_network
 
         try:
             result = gradcheck_network(args.net, samples=args.samples, eps=args.eps, seed=args.seed,
                                        batch_size=args.batch_size, burn_in=args.burn_in,
-                                       raw=load_mnist(args.data_dir),
+                                       raw=get(args.net).data.load(args.data_dir),
                                        progress=False if args.no_progress else None)
         except GradcheckError as e:  # the check could not run (e.g. a mask that cannot be held fixed)
             print(f"nnparity gradcheck: error: {e}", file=sys.stderr)

@@ -71,7 +71,6 @@ restored afterwards; ``.grad`` holds the analytic gradient of the checked batch.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import zlib
@@ -635,19 +634,13 @@ def gradcheck_network(net_name: str, *, samples: int = SAMPLES, eps: float = EPS
     from scratch.optim import SGD
 
     from . import networks
-    from .data import load_mnist
     from .sides import ScratchSide
 
     net = networks.get(net_name)
     recipe = net.recipe
-    if not net.mnist:  # a network with its own data (toy221): its one training sample, every step
-        batches = itertools.repeat(net.scratch.data(recipe, np.float64))
-        what = "the network's own training sample"
-    else:
-        if ds is None:  # (``ds``: the float64 ``networks.prepare`` of this seed, to reuse across checks)
-            ds = networks.prepare(net, recipe, raw if raw is not None else load_mnist(data_dir), "float64", seed)
-        batches = networks.first_batches(ds, recipe, seed, burn_in + 1)
-        what = None
+    if ds is None and raw is None:  # (``ds``: the float64 ``networks.prepare`` of this seed, to reuse)
+        raw = net.data.load(data_dir)
+    batches = net.data.first_batches(net, recipe, raw, "float64", seed, burn_in + 1, ds=ds)
     model = net.scratch.build(recipe, networks.stream(seed, "init"), np.float64)
     loss_fn = net.scratch.loss(recipe)
     if burn_in:
@@ -660,7 +653,7 @@ def gradcheck_network(net_name: str, *, samples: int = SAMPLES, eps: float = EPS
     result = gradcheck_model(model, loss_fn, x, y, samples=samples, eps=eps, seed=seed, threshold=threshold,
                              progress=progress,
                              name=net_name, allowed_zero=net.allowed_zero)
-    what = what or f"training batch {burn_in + 1} ({len(y)} MNIST images)"
+    what = net.data.describe(recipe, y, burn_in + 1)
     result.notes.append(f"loss ({recipe.loss}, {recipe.reduction}) of {what} "
                         f"after {burn_in} SGD step(s) from the seed-{seed} initialisation")
     return result

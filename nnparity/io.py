@@ -263,3 +263,20 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def compact_json(obj, level: int = 0) -> str:
+    """JSON like ``json.dumps(obj, indent=1)``, except that a list of records (dicts) is
+    written one record per line: per-step and per-epoch histories stay readable and
+    small. Floats are written exactly (``repr``); non-finite ones as strings, as
+    ``nnparity.io.write_json`` does."""
+    obj = finite(obj) if level == 0 else obj
+    pad, inner = " " * level, " " * (level + 1)
+    if isinstance(obj, dict) and obj:
+        items = [f"{inner}{json.dumps(str(k))}: {compact_json(v, level + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
+        return "[\n" + ",\n".join(inner + json.dumps(v) for v in obj) + f"\n{pad}]"
+    if isinstance(obj, list) and obj and any(isinstance(v, (dict, list)) for v in obj):
+        return "[\n" + ",\n".join(inner + compact_json(v, level + 1) for v in obj) + f"\n{pad}]"
+    return json.dumps(obj)

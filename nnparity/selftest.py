@@ -586,8 +586,7 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype, progress) 
             report.baseline[key] = _parity_cell(name, recipe, ds, steps, seed, dtype)
             scratch_side, _ = make_sides(net, recipe, dtype, seed)
             objects = _objects(scratch_side)
-            x0, y0 = (next(iter(first_batches(ds, recipe, seed, 1))) if net.mnist
-                      else net.scratch.data(recipe, dtype))  # toy221: its one hand-worked sample
+            x0, y0 = next(iter(net.data.first_batches(net, recipe, raw, dtype, seed, 1, ds=ds)))
             for bug in catalogue:
                 applicable = (_applies(bug, objects, scratch_side.model, recipe)
                               and _reached(bug, net, recipe, dtype, seed, x0, y0))
@@ -595,7 +594,7 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype, progress) 
                                                if applicable else Cell("n/a"))
                 cells.set_description(f"selftest {key}", refresh=False)
                 cells.update(1)
-        if not net.mnist:  # toy221 trains on its one hand-worked sample: no batch to split
+        if not net.data.splittable:  # e.g. toy221's one hand-worked sample: no batch to split
             continue
         for kind, label in (("split", "batch split: whole-batch gradients = halves' gradients combined"),
                             ("linear", "linearity: backward(a g1 + b g2) = a backward(g1) + b backward(g2)")):

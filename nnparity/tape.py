@@ -8,8 +8,8 @@ the second run replays it (``ReplayedSide``), stepping only its scratch side. Th
 replayed numbers are the recorded ones, bit for bit: the second run's torch figures
 are exactly those the first run's torch side produced.
 
-What is recorded is what ``nnparity.train.Training`` and the runner read from the torch
-side, no more:
+What is recorded is what ``nnparity.train.Training`` and the sweep (``run.train_one``)
+read from the torch side, no more:
 
 * every step's loss, batch size and number of correct predictions (the epoch's totals
   and per-batch curves), and its time (``side.seconds``);

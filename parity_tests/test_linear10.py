@@ -18,7 +18,7 @@ from nnparity import networks
 from nnparity.bugs import get_bug
 from nnparity.cli import main
 from nnparity.networks import get, make_sides, run_parity
-from nnparity.runners import linear10 as runner
+from nnparity import run as runner
 from nnparity.sides import TorchSide
 from nnparity.threads import blas_threads
 from nnparity.train import Training

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
 from nnparity import drift, report  # noqa: E402
-from nnparity.runners.linear10 import spread_labels  # noqa: E402
+from nnparity.report import spread_labels  # noqa: E402
 
 
 def _history(epochs: int) -> list:
@@ -119,7 +119,8 @@ def test_rerender_cli_names_a_folder_without_metrics(tmp_path, capsys):
 def test_linear10_per_batch_plots_name_every_line():
     import numpy as np
 
-    from nnparity.runners.linear10 import plot_first_seed
+    from nnparity.networks import get
+    from nnparity.report import plot_first_seed
 
     side = {"train_loss": 0.5, "test_loss": 0.6, "train_error": 10.0, "test_accuracy": 88.0}
     runs = [{"variant": v, "seed": 0, "epochs": [{"epoch": e, "scratch": side, "torch": side} for e in (1, 2)]}
@@ -127,7 +128,7 @@ def test_linear10_per_batch_plots_name_every_line():
     curve = (np.linspace(1, 0.1, 8, dtype=np.float32), np.linspace(50, 90, 8, dtype=np.float32))
     b = {f"{s}/{split}": curve for s in ("scratch", "torch") for split in ("train", "val")}
     b["batches_per_epoch"] = {"train": 4, "val": 4}
-    figs = plot_first_seed(runs, {"correct": b, "as-documented": b})
+    figs = plot_first_seed(get("linear10"), runs, {"correct": b, "as-documented": b})
     try:
         assert {"batch_loss.png", "epoch_loss.png"} <= set(figs)
         for name, fig in figs.items():

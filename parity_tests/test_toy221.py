@@ -10,7 +10,7 @@ import torch
 
 from nnparity.cli import main
 from nnparity.networks import get, make_sides, run_parity
-from nnparity.runners import toy221 as runner
+from nnparity import run as runner
 from reference import toy221 as ref_toy
 from scratch.layers import Sigmoid
 from scratch.nets import toy221 as toy
@@ -105,7 +105,7 @@ def test_mazur_published_numbers():
     """Matt Mazur, "A Step by Step Backpropagation Example": b1 = 0.35 and b2 = 0.60 fixed,
     lr 0.5: E_total 0.298371109 before the first step; after it w5 = 0.35891648,
     w1 = 0.149780716 (and w6..w8, w2..w4 as below); biases unchanged."""
-    res = runner.train_lr(dataclasses.replace(toy.MAZUR, epochs=1), 0.5)
+    res = runner.train_steps(get("toy221"), dataclasses.replace(toy.MAZUR, epochs=1), 0.5)
     assert res["max_abs_diff"] <= 1e-12
     step0, step1 = res["scratch"]
     assert step0["E_total"] == pytest.approx(0.298371109, abs=5e-10)
@@ -117,7 +117,7 @@ def test_mazur_published_numbers():
 
 
 def test_trainable_biases_move_and_frozen_ones_do_not():
-    trained = runner.train_lr(dataclasses.replace(toy.MAZUR, freeze_biases=False, epochs=2), 0.5)
+    trained = runner.train_steps(get("toy221"), dataclasses.replace(toy.MAZUR, freeze_biases=False, epochs=2), 0.5)
     assert trained["scratch"][2]["b1"] != 0.35 and trained["scratch"][2]["b2"] != 0.60
     assert trained["max_abs_diff"] <= 1e-12
     scratch, ref = make_sides(get("toy221"), toy.MAZUR, "float64", 0)

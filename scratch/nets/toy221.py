@@ -41,6 +41,7 @@ Choices where the document is silent (also in ``RECIPE.choices``):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,6 +79,17 @@ class ToyRecipe(Recipe):
     freeze_biases: bool = False
     inputs: tuple = (0.05, 0.10)
     targets: tuple = (0.01, 0.99)
+
+    def replace(self, **changes) -> "ToyRecipe":
+        """``Recipe.replace``; new weights or biases without a new ``init`` rewrite ``init`` to name them."""
+        r = super().replace(**changes)
+        given = {k for k, v in changes.items() if v is not None}
+        if given & {"weights", "biases"} and "init" not in given:
+            b = r.biases
+            r = dataclasses.replace(r, init=f"w1..w8 = {', '.join(map(repr, r.weights))}; " + (
+                "no biases" if b is None else
+                f"b1 = {b[0]!r}, b2 = {b[1]!r} ({'frozen' if r.freeze_biases else 'trained'})"))
+        return r
 
     def summary(self) -> str:
         bias = ("no biases" if self.biases is None else
