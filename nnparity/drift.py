@@ -156,7 +156,7 @@ def verdict(d: dict) -> str:
         return f"drift not judged: no rounding envelope was measured ({d['not_measured']})."
     if d["leaves"]:
         v = d["leaves"]
-        check = d.get("check_command", "nnparity check NET")  # a sweep names its network and options
+        check = d.get("check_command", "nnparity check NET")  # the run names its network (older reports: NET)
         return (f"drift LEAVES the rounding envelope at step {v['step']} (epoch {v['epoch']}): "
                 f"{v['drift']:.3g} > band {v['band']:.3g}. That is more difference than rounding explains: "
                 f"run `{check} --steps {v['step']} --dtype {d['dtype']}` to localise it.")

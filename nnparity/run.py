@@ -23,6 +23,7 @@ Exit statuses: 0 complete, 1 parity failed, 3 diverged, 4 collapsed, 130 interru
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from .bench import peak_rss_mib
 from . import data as mnist
 from . import drift, io
 from .check import run_check
-from .networks import apply_threads, get, make_sides, prepare
+from .networks import apply_threads, get, make_sides, prepare, spec_of
 from .parity import Trace, compare_records, gradient_notes
 from .progress import parity_bar
 from .report import environment, extras_of, mmm, summarize_sweep, write_report, write_sweep
@@ -46,6 +47,16 @@ SIDES = ("scratch", "torch")
 
 def log(msg: str = "") -> None:
     print(msg, flush=True)
+
+
+def cli_name(name: str) -> str:
+    """How a command names network ``name``: its name if documented, else the file it was
+    loaded from, relative to the working folder when it lies below it (``module:attr`` as is)."""
+    spec = spec_of(name)
+    if spec != name and os.path.isabs(spec):
+        rel = os.path.relpath(spec)
+        return spec if rel.startswith("..") else rel
+    return spec
 
 
 def finish_folder(folder: io.RunFolder, complete: bool, write) -> Path:
@@ -201,6 +212,7 @@ def _run_single(net, recipe, *, seed, dtype, out, data_dir, parity_steps, progre
         def write(path):
             if envelope is not None:
                 meta["drift"] = drift.assess(envelope, training.step_drift, training.history, steps_per_epoch, dtype)
+                meta["drift"]["check_command"] = f"nnparity check {cli_name(name)} --seed {seed}"
             meta["peak_rss_mib"] = round(peak_rss_mib())
             write_report(path, meta, training.history)
 

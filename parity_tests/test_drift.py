@@ -85,6 +85,8 @@ def test_an_error_below_the_parity_tolerance_leaves_the_envelope(small, monkeypa
     d = drift.assess(env, list(enumerate(env["impl64"], 1)), [], 4, "float64")
     assert d["leaves"]["step"] == 1 and d["impl_leaves"]["step"] == 1
     assert "LEAVES the rounding envelope at step 1 (epoch 1)" in drift.verdict(d)
+    d["check_command"] = "nnparity check mlp1000 --seed 0"
+    assert "run `nnparity check mlp1000 --seed 0 --steps 1 --dtype float64` to localise it" in drift.verdict(d)
 
 
 def test_per_epoch_points_inside_the_window_are_judged_too():
@@ -104,6 +106,7 @@ def test_run_report_shows_the_drift_with_its_envelope(tmp_path):
     d = m["drift"]
     assert d["envelope_steps"] == 2 and len(d["step_drift"]) == 2 and len(d["band"]) == 2
     assert d["leaves"] is None and d["epoch_drift"][0][:2] == [2, 1]  # drift / band measured 0.53
+    assert d["check_command"] == "nnparity check mlp1000 --seed 0"  # what a LEAVES verdict tells to run
     text = (out / "report.md").read_text()
     assert "## Drift between the sides" in text and "stays inside the rounding envelope" in text
     assert (out / "drift.png").stat().st_size > 0
