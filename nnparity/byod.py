@@ -75,6 +75,33 @@ class LayerReport:
     results: "OrderedDict[str, object]" = field(default_factory=OrderedDict)
     warnings: list = field(default_factory=list)   # what a pass does not cover, in words
     skipped: list = field(default_factory=list)    # comparisons left out on request (skip=)
+    arrays: dict = field(default_factory=dict, repr=False)   # {dtype: {name: (scratch, reference)}} of failures
+    plot_path: str | None = None                   # the heatmap written for the first failure (plot=)
+
+    def first_failure(self):
+        """``(dtype, comparison)`` of the first failing torch comparison, or None."""
+        for dt, res in self.results.items():
+            if isinstance(res, gc.GradcheckResult):
+                continue
+            c = next((c for c in res if not c.passed and c.name in self.arrays.get(dt, {})), None)
+            if c is not None:
+                return dt, c
+        return None
+
+    def plot(self, path) -> str | None:
+        """Draw the first failing comparison (scratch, reference, scratch - reference) as a PNG
+        heatmap at ``path``; returns the path, or None when nothing failed against torch."""
+        from .heatmap import draw_difference, check_path
+
+        path = check_path(path)
+        first = self.first_failure()
+        if first is None:
+            return None
+        dt, c = first
+        a, b = self.arrays[dt][c.name]
+        draw_difference(path, a, b, f"{self.name} {dt} {c.name}", c.pattern)
+        self.plot_path = path
+        return path
 
     @staticmethod
     def _failures(res) -> list:
@@ -105,6 +132,7 @@ class LayerReport:
             if failed:
                 more = (f" ({len(failed) - 1} more failing in {dt}: {', '.join(c.name for c in failed[1:])})"
                         if len(failed) > 1 else "")
+                more += "".join(f"\n{c.name}: PATTERN: {c.pattern}" for c in failed[1:] if c.pattern)
                 hint = ""
                 problem = failed[0].problem or ""
                 cast = [c for c in res if c.name.endswith(f" as {dt}")]
@@ -127,7 +155,8 @@ class LayerReport:
                 elif failed[0].inconclusive and failed[0].quantity == "parameter gradient":
                     hint = ("\nif this gradient is zero by construction (a bias feeding a normalisation), declare "
                             f"it: allowed_zero=[{failed[0].name.split('/', 1)[1]!r}] compares it with zero")
-                return f"{failed[0].describe(self.name, dt)}{more}{hint}\n{self.summary()}\n{self.context}"
+                drawn = f"\nheatmap of scratch - reference: {self.plot_path}" if self.plot_path else ""
+                return f"{failed[0].describe(self.name, dt)}{more}{hint}\n{self.summary()}\n{self.context}{drawn}"
         return f"{self.name} against {self.reference}: {self.summary()}"
 
     def raise_if_failed(self) -> "LayerReport":
@@ -421,7 +450,7 @@ def _against_own_float64(lay, x, upstream, seed, dtype, tol=None, zero=()) -> li
 def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=None, dtypes=DTYPES,
                 seed: int = 0, params="random", train: bool = True, name: str | None = None,
                 samples: int = gc.SAMPLES, eps: float = gc.EPS, atol=None, rtol=None, skip=(), allowed_zero=(),
-                raise_on_failure: bool = True) -> LayerReport:
+                plot=None, raise_on_failure: bool = True) -> LayerReport:
     """Check your layer's forward and backward against PyTorch autograd, in float64 and float32.
 
     Args:
@@ -453,6 +482,11 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
             they are listed as skipped in the report.
         allowed_zero: parameters whose gradient is zero by construction (the bias of a
             layer feeding a normalisation): compared with zero instead of being degenerate.
+        plot: a ``.png`` path: on a failure against torch, a heatmap of scratch - reference
+            over the first failing tensor is written there (and named in the message).
+
+    A failing tensor whose difference is an exact pattern (a factor N or 1/2, a transpose,
+    a shift, a crop, only the last sample: ``nnparity.patterns``) is named in the message.
 
     Returns a ``LayerReport``; raises ``AssertionError`` (``ParityError``, or
     ``GradcheckError`` for finite differences) naming the first failing tensor.
@@ -474,6 +508,10 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
     train = _check_bool("train", train)
     raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
     seed = _check_int("seed", seed, 0)
+    if plot is not None:
+        from .heatmap import check_path
+
+        plot = check_path(plot)
     _check_fd(samples, eps)
     dtypes = _check_dtypes(dtypes)
     tols = _tolerances(atol, rtol, dtypes)
@@ -523,13 +561,16 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
                                                               tols[dt], zero)
         else:
             for dt in dtypes:
+                report.arrays[dt] = {}
                 report.results[dt] = layercheck.check_layer(lay, torch_equivalent, input_shape, x=x, dtype=dt,
                                                             seed=seed, train=train, upstream=upstream,
                                                             name=lay.name, tol=tols[dt], allowed_zero=zero,
-                                                            raise_on_failure=False)
+                                                            raise_on_failure=False, arrays=report.arrays[dt])
     finally:
         lay.restore(snap)
     _skip_in_report(report, skip)
+    if plot is not None:
+        report.plot(plot)
     if raise_on_failure:
         report.raise_if_failed()
     return report

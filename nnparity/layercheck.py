@@ -15,6 +15,7 @@ gradient that is ~0 on both sides fails as degenerate.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import OrderedDict
 
@@ -24,6 +25,7 @@ import torch
 from .adapters import (INPUT_MUTATED, LossAdapter, ProtocolError, as_layer, call_torch, copy_to_torch,
                        input_grad_problem, output_problem, torch_function_params, upstream_problem)
 from .parity import Comparison, ParityError, Tolerance, compare, quantity, tolerance_for
+from .patterns import detect
 
 
 def _torch_params(module) -> "OrderedDict[str, torch.Tensor]":
@@ -92,7 +94,8 @@ def _torch_forward(module, lay, xt):
 
 def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, seed: int = 0,
                 train: bool = True, tol: Tolerance | None = None, name: str | None = None,
-                upstream=None, allowed_zero=(), raise_on_failure: bool = True) -> list[Comparison]:
+                upstream=None, allowed_zero=(), raise_on_failure: bool = True,
+                arrays: dict | None = None) -> list[Comparison]:
     """Forward and backward of ``layer`` (scratch) against ``module`` (torch) on one input.
 
     Args:
@@ -109,6 +112,11 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
         train: run both in training (True) or evaluation mode.
         upstream: dL/d(output); default: standard normal, non-uniform.
         allowed_zero: parameter names whose gradient is zero by construction: compared with zero.
+        arrays: a dict that receives ``{name: (scratch, reference)}`` of every failing
+            comparison (to draw it: ``nnparity.heatmap``).
+
+    A failing comparison whose difference is an exact pattern (a factor N, a transpose,
+    ...: ``nnparity.patterns``) carries it in ``Comparison.pattern``.
 
     Returns the comparisons (``out``, ``din``, ``grad/<param>``, then ``buffer/<name>`` for
     every buffer the layer has, after the forward); raises ``ParityError``
@@ -160,21 +168,78 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
 
     din_problem = input_grad_problem(name, dx, x_before)
     comps = list(outs)
-    comps += ([_problem("din", din_problem)] if din_problem else
-              compare_values("din", dx, xt.grad.numpy() if xt.grad is not None else np.zeros_like(x_before), tol))
+    pairs = {"out": (y, yt.detach().numpy())}
+    din_ref = xt.grad.numpy() if xt.grad is not None else np.zeros_like(x_before)
+    comps += [_problem("din", din_problem)] if din_problem else compare_values("din", dx, din_ref, tol)
+    pairs["din"] = (dx, din_ref)
     for pname, grad in grads.items():
         ref = tparams[pname].grad
-        comps += compare_values(f"grad/{pname}", grad, ref.numpy() if ref is not None else np.zeros_like(grad), tol,
-                                allowed_zero=pname in allowed_zero)
+        ref = ref.numpy() if ref is not None else np.zeros_like(grad)
+        comps += compare_values(f"grad/{pname}", grad, ref, tol, allowed_zero=pname in allowed_zero)
+        pairs[f"grad/{pname}"] = (grad, ref)
     if isinstance(module, torch.nn.Module):  # buffers after the forward (BatchNorm's running statistics)
         tbuf = OrderedDict(module.named_buffers())
         for k, b in lay.buffers().items():
             comps += compare_values(f"buffer/{k}", b, tbuf[k].detach().numpy(), tol)
+            pairs[f"buffer/{k}"] = (b, tbuf[k].detach().numpy())
+    _name_patterns(comps, pairs, tol, x_before, g, lambda: _last_sample(module, lay, x_before, g, list(grads)))
+    if arrays is not None:
+        arrays.update((c.name, pairs[c.name]) for c in comps if not c.passed and c.name in pairs)
     if not np.array_equal(x, x_before, equal_nan=True):
         comps.insert(0, Comparison("input", "forward activation", x.shape, 0, 0, (), 0, 0, 0, tol,
                                    problem=INPUT_MUTATED))
     _maybe_raise(comps, name, dtype, raise_on_failure)
     return comps
+
+
+def counts_of(shape) -> dict:
+    """The counts a factor slip is named by: the batch size N, and for maps N*H*W and H*W
+    (N*L and L for sequences)."""
+    shape = tuple(shape)
+    counts = {"N": shape[0]} if shape else {}
+    spatial = {3: "L", 4: "H*W"}.get(len(shape))
+    if spatial:
+        counts[f"N*{spatial}"] = int(np.prod(shape))
+        counts[spatial] = int(np.prod(shape[2:]))
+    return counts
+
+
+def _name_patterns(comps, pairs, tol, x, g, alternatives=None) -> None:
+    """Set ``pattern`` on every failing value comparison whose difference is an exact slip."""
+    counts = counts_of(np.shape(x))
+    alts = None
+    for c in comps:
+        if c.passed or c.inconclusive or c.name not in pairs:
+            continue
+        if c.problem and not c.problem.startswith("shape mismatch"):
+            continue
+        if alts is None and alternatives is not None and c.quantity != "forward activation":
+            try:
+                alts = alternatives() or {}
+            except Exception:  # noqa: BLE001 - a pattern is a hint: never lose the comparison to it
+                alts = {}
+        a, b = pairs[c.name]
+        c.pattern = detect(a, b, tol, counts=counts, upstream=g,
+                           alternatives={k: v[c.name] for k, v in (alts or {}).items() if c.name in v})
+
+
+def _last_sample(module, lay, x, g, grads) -> dict:
+    """The reference recomputed with only the last sample's upstream gradient (a loop over the
+    batch that assigns where it should add keeps the last sample's contribution alone)."""
+    if np.shape(g)[0] < 2 or not isinstance(module, torch.nn.Module):
+        return {}
+    m = copy.deepcopy(module)
+    m.zero_grad(set_to_none=True)
+    gl = np.zeros_like(g)
+    gl[-1] = g[-1]
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    yt = m(xt)
+    yt.backward(torch.from_numpy(gl))
+    tp = dict(m.named_parameters())
+    out = {"din": xt.grad.numpy()}
+    out.update((f"grad/{k}", tp[k].grad.numpy()) for k in grads if k in tp and tp[k].grad is not None)
+    return {"the reference of the last sample alone (the upstream gradient of every other sample set to 0): "
+            "a loop over the batch that assigns (=) where it should add (+=)": out}
 
 
 def check_loss(loss, torch_loss, logits_shape, target, *, z=None, dtype=np.float64, seed: int = 0,
@@ -209,6 +274,8 @@ def check_loss(loss, torch_loss, logits_shape, target, *, z=None, dtype=np.float
     call_torch(f"{what} (backward)", vt.backward)
     comps = compare_values("loss", np.asarray(value), vt.detach().numpy(), tol) + \
         compare_values("din", dz, zt.grad.numpy(), tol)
+    _name_patterns(comps, {"loss": (np.asarray(value), vt.detach().numpy()), "din": (dz, zt.grad.numpy())}, tol, z,
+                   None)
     _maybe_raise(comps, name or adapter.name, dtype, raise_on_failure)
     return comps
 

@@ -114,6 +114,7 @@ class Comparison:
     allowed_zero: bool = False     # declared zero by construction
     note: str | None = None        # what the tensor is, in words (dout/fc: "the input gradient of relu")
     overflow: str | None = None    # non-finite on both sides, differently (inf vs NaN): both overflowed
+    pattern: str | None = None     # the exact slip the difference is, in words (``nnparity.patterns``)
 
     @property
     def mismatch(self) -> bool:
@@ -144,9 +145,10 @@ class Comparison:
         where = f"{where} " if where else ""
         step = f"step {self.step}: " if self.step is not None else ""
         head = f"{where}{step}{self.name} ({self.quantity}{'; ' + self.note if self.note else ''})"
+        pattern = f"; PATTERN: {self.pattern}" if self.pattern else ""
         if self.problem:
             return f"{head}: {self.problem}" + (f"; BOTH SIDES OVERFLOWED, {self.overflow}: the comparison proves "
-                                               "nothing" if self.overflow else "")
+                                               "nothing" if self.overflow else "") + pattern
         idx = ", ".join(map(str, self.index))
         text = (f"{head}: max abs {self.max_abs:.3g} at ({idx}) "
                 f"(scratch {self.scratch:.10g}, reference {self.reference:.10g}), "
@@ -154,6 +156,8 @@ class Comparison:
                 f"tolerance atol {self.tol.atol:g} + rtol {self.tol.rtol:g}: margin {self.margin:.3g}")
         if self.overflow:
             text += f"; BOTH SIDES OVERFLOWED, {self.overflow}: the comparison proves nothing"
+        elif self.pattern:
+            text += pattern
         elif self.inconclusive:
             text += (f"; DEGENERATE: both sides are zero to within atol "
                      f"(max |scratch| {abs(self.scratch):.3g}) so the comparison proves nothing: "
