@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .parity import Comparison, Tolerance, _comparison_dict, compare, draws_random_mask
+from .patterns import detect
 
 PHASES = ("forward", "backward", "update")
 STATE_QUANTITIES = ("updated parameter", "optimizer state", "BatchNorm buffer", "buffer")
@@ -129,15 +130,16 @@ class Diagnosis:
         idx = ", ".join(map(str, c.index))
         head = (f"FIRST DIVERGENCE: step {self.step}, layer {self.layer}, {c.quantity} {c.name}"
                 + (f"[{idx}]" if c.index else ""))
+        pattern = [f"  PATTERN: {c.pattern}"] if c.pattern else []
         if c.problem:
-            return [head, f"  {c.problem}"]
+            return [head, f"  {c.problem}"] + pattern
         abs_err = abs(c.scratch - c.reference)
         rel_err = abs_err / abs(c.reference) if c.reference else (0.0 if abs_err == 0 else float("inf"))
         return [head,
                 f"  scratch {c.scratch:.10g}   reference {c.reference:.10g}",
                 f"  abs error {abs_err:.3g}   rel error {rel_err:.3g}   margin {c.margin:.3g} "
                 f"(tolerance atol {c.tol.atol:g} + rtol {c.tol.rtol:g} |reference|; the tensor's max abs error "
-                f"{c.max_abs:.3g}, max rel error {c.max_rel:.3g} where the reference is non-zero)"]
+                f"{c.max_abs:.3g}, max rel error {c.max_rel:.3g} where the reference is non-zero)"] + pattern
 
     def render(self) -> str:
         lines = self.first_lines()
@@ -508,12 +510,27 @@ def diagnose(step: int, x, y, scratch_side, t, pre: dict, trace, *, snapshots=No
         before = [c for c in trace.steps[step - 2] if c.quantity in STATE_QUANTITIES and c.problem is None]
         entering = max(before, key=lambda c: c.margin, default=None)
 
+    if scratch_record is not None and first.name in scratch_record and first.name in t.record:
+        first.pattern = first_pattern(first, scratch_record, t.record, trace.tol, len(y))
     culprit, kind = locate(stages, index)
     d = Diagnosis(step, first, layer_of(first.name), suspect, culprit, kind, stages, entering)
     if culprit is None and scratch_record is not None:
         d.kink = sign_flip(scratch_record, t.record)
     d.verdict = _verdict(d)
     return d
+
+
+def first_pattern(first: Comparison, srec, trec, tol: Tolerance, batch: int) -> str | None:
+    """The exact pattern of the first divergence (``nnparity.patterns``), its factors named by
+    the batch size N and, for a layer with a feature map, that map's N*H*W and H*W."""
+    counts = {"N": batch}
+    out = trec.get(f"out/{layer_of(first.name)}")
+    if out is not None and np.ndim(out) == 4:
+        counts.update({"N*H*W": int(np.size(out) // np.shape(out)[1]), "H*W": int(np.prod(np.shape(out)[2:]))})
+    try:
+        return detect(srec[first.name], trec[first.name], tol, counts=counts)
+    except Exception:  # noqa: BLE001 - a pattern is a hint: never lose the diagnosis to it
+        return None
 
 
 def locate(stages: list, index: int | None) -> tuple[Stage | None, str]:

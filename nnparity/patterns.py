@@ -6,12 +6,14 @@ so "exactly" means "to rounding", never "roughly". ``detect`` tries, in this ord
 
     shape differs   empty along an axis (a crop ``x[p:-p]`` with p = 0), a window of the
                     reference (cropped) or the reference inside a border (padding kept),
-                    an axis permutation (a transpose), the upstream gradient summed over
+                    an axis permutation (a transpose, or a reshape where a transpose is
+                    due), the upstream gradient summed over
                     other axes than the reference's
     same shape      all zero; a named factor (N, 1/N, N/(N-1), (N-1)/N, 2, 1/2, -1, for
                     each count the caller names: the batch size N, N*H*W, ...), with a
                     constant offset allowed (a running average's update); an axis
-                    permutation (a transpose of a square matrix, swapped channel axes); a
+                    permutation (a transpose of a square matrix, swapped channel axes, or
+                    the reference transposed and reshaped: a reshape for a transpose); a
                     flip of the last axes (a kernel rotated 180 degrees); a shift by 1 or 2
                     along one axis; a caller's alternative reference (``alternatives``:
                     "only the last sample", the reference recomputed with the last
@@ -104,25 +106,26 @@ def _factor(a, b, tol, counts):
     return None
 
 
-def _perms(a, b, same_shape: bool):
-    if a.ndim < 2 or a.ndim > 4:
-        return None
+def _perms(b):
+    if b.ndim < 2 or b.ndim > 4:
+        return
     for perm in itertools.permutations(range(b.ndim)):
-        if perm == tuple(range(b.ndim)) or tuple(b.shape[p] for p in perm) != a.shape:
-            continue
-        t = np.transpose(b, perm)
-        if same_shape and np.array_equal(t, b):
-            continue
-        yield perm, t
+        if perm != tuple(range(b.ndim)):
+            yield perm, np.transpose(b, perm)
 
 
 def _transpose(a, b, tol, same_shape):
-    for perm, t in _perms(a, b, same_shape) or ():
-        if _close(a, t, tol):
+    for perm, t in _perms(b):
+        if t.shape == a.shape and not (same_shape and np.array_equal(t, b)) and _close(a, t, tol):
             what = "the reference transposed" if b.ndim == 2 else f"the reference with its axes permuted {perm}"
             why = ("a missing or extra transpose (x^T dy vs dy^T x)" if b.ndim == 2 else
                    "axes swapped (e.g. the in and out channels of a conv weight gradient)")
             return f"scratch = {what}: {why}"
+    for perm, t in _perms(b):   # the right numbers in the wrong layout: reshaped where a transpose was due
+        if t.size == a.size and t.shape != a.shape and _close(a, t.reshape(a.shape), tol):
+            what = "transposed" if b.ndim == 2 else f"with its axes permuted {perm}"
+            return (f"scratch = the reference {what}, then reshaped to {a.shape}: a reshape where a transpose is "
+                    "needed (the right numbers in the wrong layout)")
     return None
 
 
