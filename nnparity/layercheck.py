@@ -211,14 +211,14 @@ def _name_patterns(comps, pairs, tol, x, g, alternatives=None) -> None:
     for c in comps:
         if c.passed or c.inconclusive or c.name not in pairs:
             continue
-        if c.problem and not c.problem.startswith("shape mismatch"):
+        a, b = pairs[c.name]
+        if c.problem and np.shape(a) == np.shape(b):   # a dtype or non-finite problem: no value pattern
             continue
         if alts is None and alternatives is not None and c.quantity != "forward activation":
             try:
                 alts = alternatives() or {}
             except Exception:  # noqa: BLE001 - a pattern is a hint: never lose the comparison to it
                 alts = {}
-        a, b = pairs[c.name]
         c.pattern = detect(a, b, tol, counts=counts, upstream=g,
                            alternatives={k: v[c.name] for k, v in (alts or {}).items() if c.name in v})
 
