@@ -7,6 +7,7 @@ The public API for checking your own derivations (``nnparity.byod``)::
     nnparity.check_loss(mine, torch_loss, input_shape=(8, 10))
     nnparity.check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batches)
     nnparity.check_layer(mine, None, input_shape=(8, 16))  # no torch equivalent: finite differences
+    nnparity.sweep_layer(lambda cfg: MyConv(**cfg), grid="conv2d")   # every configuration of a grid
 
 ``nnparity.Network`` is a registry entry, for a network of your own
 (``NETWORK = nnparity.Network(...)`` in its file: README "Your own network").
@@ -21,6 +22,7 @@ Imported lazily, so ``import nnparity.data`` does not pull in torch.
 _HOME = {
     **dict.fromkeys(("check_layer", "check_loss", "check_steps", "pair", "adapt"), "nnparity.byod"),
     **dict.fromkeys(("gradcheck_layer", "gradcheck_model", "gradcheck_network"), "nnparity.gradcheck"),
+    **dict.fromkeys(("sweep_layer", "GRIDS"), "nnparity.sweep"),
     "Network": "nnparity.networks",
 }
 _API = tuple(_HOME)

@@ -399,6 +399,10 @@ def _config_from_torch(name, module, train: bool):
     if name == "pool_param" and hasattr(module, "kernel_size"):
         k = module.kernel_size if isinstance(module.kernel_size, (tuple, list)) else (module.kernel_size,) * 2
         s = module.stride if module.stride is not None else k
+        if any(_as_pair(getattr(module, "padding", 0))) or any(d != 1 for d in _as_pair(getattr(module, "dilation", 1))):
+            raise ValueError(f"pool_param (pool_height, pool_width, stride) has no padding or dilation, and "
+                             f"{type(module).__name__} has padding={module.padding}: check with padding=0 "
+                             "(sweep_layer: axes={'padding': [0]})")
         return {"pool_height": k[0], "pool_width": k[1], "stride": one(s, "stride")}
     if name in ("bn_param", "ln_param") and hasattr(module, "eps"):
         cfg = {"mode": "train" if train else "test", "eps": module.eps}
@@ -406,6 +410,10 @@ def _config_from_torch(name, module, train: bool):
             cfg["momentum"] = 1 - module.momentum   # CS231n: running = momentum running + (1 - momentum) batch
         return cfg
     return None
+
+
+def _as_pair(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
 def is_cache_pair(forward, backward) -> bool:

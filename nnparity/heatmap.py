@@ -23,6 +23,8 @@ def check_path(path) -> str:
     path = os.fspath(path)
     if not path.lower().endswith(".png"):
         raise ArgumentError(f"plot={path!r}: the heatmap is a PNG: give a path ending in .png")
+    if os.path.isdir(path):
+        raise ArgumentError(f"plot={path!r} is a folder: give a file path ending in .png")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ArgumentError(f"plot={path!r}: the folder {folder} does not exist: create it or write elsewhere")

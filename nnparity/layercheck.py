@@ -212,15 +212,15 @@ def _name_patterns(comps, pairs, tol, x, g, alternatives=None) -> None:
         if c.passed or c.inconclusive or c.name not in pairs:
             continue
         a, b = pairs[c.name]
-        if c.problem and np.shape(a) == np.shape(b):   # a dtype or non-finite problem: no value pattern
-            continue
-        if alts is None and alternatives is not None and c.quantity != "forward activation":
-            try:
+        if not isinstance(a, (np.ndarray, np.generic)) or (c.problem and np.shape(a) == np.shape(b)):
+            continue   # not an array (its own problem), or a dtype / non-finite problem: no value pattern
+        try:   # a pattern is a hint: never lose the comparison to it
+            if alts is None and alternatives is not None and c.quantity != "forward activation":
                 alts = alternatives() or {}
-            except Exception:  # noqa: BLE001 - a pattern is a hint: never lose the comparison to it
-                alts = {}
-        c.pattern = detect(a, b, tol, counts=counts, upstream=g,
-                           alternatives={k: v[c.name] for k, v in (alts or {}).items() if c.name in v})
+            c.pattern = detect(a, b, tol, counts=counts, upstream=g,
+                               alternatives={k: v[c.name] for k, v in (alts or {}).items() if c.name in v})
+        except Exception:  # noqa: BLE001
+            alts = alts or {}
 
 
 def _last_sample(module, lay, x, g, grads) -> dict:

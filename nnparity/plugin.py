@@ -26,7 +26,8 @@ class NNParity:
     """What the ``nnparity`` fixture returns: the checks of ``nnparity.byod`` with the session's seed.
 
     ``layer`` = ``check_layer``, ``loss`` = ``check_loss``, ``steps`` = ``check_steps``,
-    ``gradcheck`` = ``check_layer(mine, None, ...)`` in float64 only (finite differences).
+    ``gradcheck`` = ``check_layer(mine, None, ...)`` in float64 only (finite differences),
+    ``sweep`` = ``sweep_layer`` (every configuration of a grid).
     Every keyword of those functions passes through: the controls (``atol``, ``rtol``,
     ``skip``, ``allowed_zero``) and the ``params={...}`` name/layout map included.
     Each raises ``AssertionError`` with the suite's message on a mismatch (a
@@ -39,13 +40,13 @@ class NNParity:
 
     def _call(self, fn_name, *args, **kwargs):
         __tracebackhide__ = True
-        from . import byod
+        from . import byod, sweep
         from .adapters import UsageError
 
         if fn_name != "check_steps":
             kwargs.setdefault("seed", self.seed)
         try:
-            return getattr(byod, fn_name)(*args, **kwargs)
+            return getattr(sweep if fn_name == "sweep_layer" else byod, fn_name)(*args, **kwargs)
         except (AssertionError, UsageError) as e:
             # a failure or a misuse: the message is the whole story; skip the harness's frames
             raise type(e)(str(e)) from None
@@ -64,6 +65,11 @@ class NNParity:
         """``nnparity.check_steps``: training steps of your network against a torch mirror."""
         __tracebackhide__ = True
         return self._call("check_steps", net, loss, update, torch_net, torch_loss, torch_optimizer, batches, **kwargs)
+
+    def sweep(self, mine, torch_equivalent=None, grid="conv2d", **kwargs):
+        """``nnparity.sweep_layer``: your layer in every configuration of a grid (``nnparity.sweep.GRIDS``)."""
+        __tracebackhide__ = True
+        return self._call("sweep_layer", mine, torch_equivalent, grid, **kwargs)
 
     def gradcheck(self, mine, input_shape=None, **kwargs):
         """Finite differences only, float64: ``check_layer(mine, None, input_shape, dtypes=("float64",))``."""
