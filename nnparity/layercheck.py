@@ -140,6 +140,7 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
         copy_to_torch(lay, module, dtype)
         module.zero_grad(set_to_none=True)  # a module checked before (other dtype) must not accumulate
     x_before = x.copy()
+    buffers_before = {k: np.array(v, copy=True) for k, v in lay.buffers().items()}
     lay.zero_grad()
     undo_input = lay.input_grad_on()
     try:
@@ -182,7 +183,8 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
         for k, b in lay.buffers().items():
             comps += compare_values(f"buffer/{k}", b, tbuf[k].detach().numpy(), tol)
             pairs[f"buffer/{k}"] = (b, tbuf[k].detach().numpy())
-    _name_patterns(comps, pairs, tol, x_before, g, lambda: _last_sample(module, lay, x_before, g, list(grads)))
+    _name_patterns(comps, pairs, tol, x_before, g, lambda: _last_sample(module, lay, x_before, g, list(grads)),
+                   {f"buffer/{k}": v for k, v in buffers_before.items()})
     if arrays is not None:
         arrays.update((c.name, pairs[c.name]) for c in comps if not c.passed and c.name in pairs)
     if not np.array_equal(x, x_before, equal_nan=True):
@@ -199,12 +201,12 @@ def counts_of(shape) -> dict:
     counts = {"N": shape[0]} if shape else {}
     spatial = {3: "L", 4: "H*W"}.get(len(shape))
     if spatial:
-        counts[f"N*{spatial}"] = int(np.prod(shape))
+        counts[f"N*{spatial}"] = int(shape[0] * np.prod(shape[2:]))
         counts[spatial] = int(np.prod(shape[2:]))
     return counts
 
 
-def _name_patterns(comps, pairs, tol, x, g, alternatives=None) -> None:
+def _name_patterns(comps, pairs, tol, x, g, alternatives=None, before=None) -> None:
     """Set ``pattern`` on every failing value comparison whose difference is an exact slip."""
     counts = counts_of(np.shape(x))
     alts = None
@@ -217,7 +219,7 @@ def _name_patterns(comps, pairs, tol, x, g, alternatives=None) -> None:
         try:   # a pattern is a hint: never lose the comparison to it
             if alts is None and alternatives is not None and c.quantity != "forward activation":
                 alts = alternatives() or {}
-            c.pattern = detect(a, b, tol, counts=counts, upstream=g,
+            c.pattern = detect(a, b, tol, counts=counts, upstream=g, before=(before or {}).get(c.name),
                                alternatives={k: v[c.name] for k, v in (alts or {}).items() if c.name in v})
         except Exception:  # noqa: BLE001
             alts = alts or {}

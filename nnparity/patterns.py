@@ -11,7 +11,8 @@ so "exactly" means "to rounding", never "roughly". ``detect`` tries, in this ord
                     other axes than the reference's
     same shape      all zero; a named factor (N, 1/N, N/(N-1), (N-1)/N, 2, 1/2, -1, for
                     each count the caller names: the batch size N, N*H*W, ...), with a
-                    constant offset allowed (a running average's update); an axis
+                    constant offset or a multiple of the value before allowed (a
+                    running average's update); an axis
                     permutation (a transpose of a square matrix, swapped channel axes, or
                     the reference transposed and reshaped: a reshape for a transpose); a
                     flip of the last axes (a kernel rotated 180 degrees); a shift by 1 or 2
@@ -56,13 +57,14 @@ def factor_names(counts: dict | None) -> list:
         n = int(n)
         if n < 2:
             continue
-        out += [(float(n), f"N = {n}" if label == "N" else f"{label} = {n}",
-                 f"a sum where the reference averages over {label} (or a missing 1/{label})"),
-                (1.0 / n, f"1/{label} = 1/{n}",
-                 f"a mean over {label} where the reference sums (or 1/{label} applied twice)"),
-                (n / (n - 1), f"{label}/({label}-1) = {n}/{n - 1}",
+        d = f"({label})" if "*" in label else label   # 1/(N*H*W), not 1/N*H*W
+        out += [(float(n), f"{label} = {n}",
+                 f"a sum where the reference averages over {label} (or a missing 1/{d})"),
+                (1.0 / n, f"1/{d} = 1/{n}",
+                 f"a mean over {label} where the reference sums (or 1/{d} applied twice)"),
+                (n / (n - 1), f"{d}/({label}-1) = {n}/{n - 1}",
                  "the unbiased variance where the reference uses the biased one (or the other way round)"),
-                ((n - 1) / n, f"({label}-1)/{label} = {n - 1}/{n}",
+                ((n - 1) / n, f"({label}-1)/{d} = {n - 1}/{n}",
                  "the biased variance where the reference uses the unbiased one (or the other way round)")]
     out += [(2.0, "2", "a term counted twice (or a derivative's 2 that should not be there)"),
             (0.5, "1/2", "half the gradient (a missing one of two equal terms, or a 0.5 x^2 whose 2 was dropped)"),
@@ -89,9 +91,16 @@ def _fit(a, b):
     return k0, float(k1), float(d1)
 
 
-def _factor(a, b, tol, counts):
+def _factor(a, b, tol, counts, before=None):
     if not np.any(np.abs(b) > tol.atol):
         return None
+    if before is not None and before.shape == b.shape and np.ptp(before) > 0:
+        # a running average: a = m before + (1 - m) k v, b = m before + (1 - m) v: a = k b + c before
+        (k, c), *_ = np.linalg.lstsq(np.stack([b.reshape(-1), before.reshape(-1)], 1), a.reshape(-1), rcond=None)
+        for f, name, why in factor_names(counts):
+            if abs(k - f) <= 1e-6 * abs(f) and _close(a, f * b + c * before, tol):
+                return (f"scratch = {name} x reference {'+' if c >= 0 else '-'} {abs(c):.6g} x the value before "
+                        f"exactly (a running average's kept part): {why}")
     k0, k1, d1 = _fit(a, b)
     for f, name, why in factor_names(counts):
         if _close(a, f * b, tol):
@@ -263,7 +272,7 @@ def _shape_patterns(a, b, tol, upstream):
 
 
 def detect(scratch, reference, tol: Tolerance, *, counts: dict | None = None, upstream=None,
-           alternatives: dict | None = None) -> str | None:
+           alternatives: dict | None = None, before=None) -> str | None:
     """The exact pattern relating ``scratch`` to ``reference``, in words, or None.
 
     Args:
@@ -274,6 +283,8 @@ def detect(scratch, reference, tol: Tolerance, *, counts: dict | None = None, up
             wrong axis).
         alternatives: ``{description: array}``: references of the slips the caller can
             compute (the reference with only the last sample's upstream gradient).
+        before: the tensor's value before the step (a running statistic's), so that a
+            factor on the update alone is found whatever the value kept.
     """
     a = np.asarray(scratch)
     b = np.asarray(reference)
@@ -289,7 +300,8 @@ def detect(scratch, reference, tol: Tolerance, *, counts: dict | None = None, up
         return None
     if not np.any(np.abs(a) > tol.atol) and np.any(np.abs(b) > tol.atol):
         return "scratch is all zero where the reference is not: a gradient never written (or overwritten by 0)"
-    for check in (lambda: _factor_named(a, b, tol, counts), lambda: _transpose(a, b, tol, True),
+    bef = None if before is None else np.asarray(before, np.float64)
+    for check in (lambda: _factor_named(a, b, tol, counts, bef), lambda: _transpose(a, b, tol, True),
                   lambda: _flip(a, b, tol), lambda: _shift(a, b, tol)):
         found = check()
         if found:
@@ -304,7 +316,7 @@ def detect(scratch, reference, tol: Tolerance, *, counts: dict | None = None, up
     return None
 
 
-def _factor_named(a, b, tol, counts):
+def _factor_named(a, b, tol, counts, before=None):
     """A named factor only (the unnamed fit comes last, after the structural patterns)."""
-    found = _factor(a, b, tol, counts)
+    found = _factor(a, b, tol, counts, before)
     return found if found and "(a constant factor)" not in found else None

@@ -186,3 +186,12 @@ def test_nnparity_check_names_the_pattern_of_the_first_divergence():
     with get_bug("linear-dW-not-transposed").applied():
         out = run_check("mlp1000", steps=1).render()
     assert "PATTERN: scratch = the reference transposed, then reshaped to (10, 1000)" in out
+
+
+def test_a_factor_on_a_running_average_whatever_the_value_kept():
+    before = RNG.uniform(0.5, 2.0, 5)
+    v = RNG.uniform(0.5, 2.0, 5)
+    torch_rv, mine = 0.9 * before + 0.1 * v, 0.9 * before + 0.1 * v * 35 / 36
+    assert detect(mine, torch_rv, T64, counts={"N*H*W": 36}) is None   # without the value before: no pattern
+    found = detect(mine, torch_rv, T64, counts={"N*H*W": 36}, before=before)
+    assert found.startswith("scratch = (N*H*W-1)/(N*H*W) = 35/36 x reference + 0.025 x the value before exactly")
