@@ -201,7 +201,9 @@ class SweepReport:
         width = max((len(r.short(vary)) for r in self.rows), default=6)
         lines = [f"  {'#':>3}  {'configuration':<{width}}  verdict  first failing tensor"]
         for i, r in enumerate(self.rows, 1):
-            lines.append(f"  {i:>3}  {r.short(vary):<{width}}  {r.status:<7}  {r.what()}".rstrip())
+            what = r.what()
+            what = what if len(what) <= 110 else what[:107] + "..."
+            lines.append(f"  {i:>3}  {r.short(vary):<{width}}  {r.status:<7}  {what}".rstrip())
         return head + "\n".join(lines)
 
     def message(self) -> str:
