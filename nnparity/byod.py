@@ -837,7 +837,7 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
                                                f"values, cast to {trace.dtype}, are compared next)"))
 
     trace = harness_check_steps(user, mirror, data, net=lay.name, dtype=dtype, tol=tol, allowed_zero=zero,
-                                on_step=on_step)
+                                on_step=on_step, observer=_FirstPattern())
     if not trace.steps:
         raise ArgumentError("check_steps got no batches: pass an iterable of (x, y) arrays")
     if unmatched:
@@ -861,6 +861,29 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
 
 
 _DONE = object()
+
+
+class _FirstPattern:
+    """Names the exact pattern (``nnparity.patterns``) of the first diverging tensor of a run."""
+
+    def __init__(self):
+        self.done = False
+
+    def before_step(self, i, x, y, scratch_side, torch_side):
+        pass
+
+    def after_step(self, i, x, y, s, t, trace):
+        from .patterns import detect
+
+        first = next((c for c in trace.steps[-1] if c.mismatch), None)
+        if self.done or first is None:
+            return
+        self.done = True
+        if first.name in s.record and first.name in t.record:
+            try:   # a pattern is a hint: never lose the divergence to it
+                first.pattern = detect(s.record[first.name], t.record[first.name], trace.tol, counts={"N": len(y)})
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def _torch_optimizer(torch_optimizer, torch_net):

@@ -195,3 +195,16 @@ def test_a_factor_on_a_running_average_whatever_the_value_kept():
     assert detect(mine, torch_rv, T64, counts={"N*H*W": 36}) is None   # without the value before: no pattern
     found = detect(mine, torch_rv, T64, counts={"N*H*W": 36}, before=before)
     assert found.startswith("scratch = (N*H*W-1)/(N*H*W) = 35/36 x reference + 0.025 x the value before exactly")
+
+
+def test_check_steps_names_the_pattern_of_the_first_divergence():
+    from parity_tests.test_byod import TwoLayerNet, batches, sgd, softmax_ce, torch_mirror
+
+    class AveragedBias(TwoLayerNet):
+        def backward(self, dout):
+            super().backward(dout)
+            self.grads["fc1.bias"] = self.grads["fc1.bias"] / len(dout)   # the slip: averaged, not summed
+
+    with pytest.raises(ParityError, match=r"step 1: grad/fc1.bias .*PATTERN: scratch = 1/N = 1/8 x reference"):
+        nnparity.check_steps(AveragedBias(), softmax_ce, sgd(0.5), torch_mirror(), torch.nn.CrossEntropyLoss(),
+                             lambda p: torch.optim.SGD(p, lr=0.5), batches())
