@@ -88,7 +88,7 @@ class LayerReport:
                 return dt, c
         return None
 
-    def plot(self, path) -> str | None:
+    def plot(self, path, where: str = "") -> str | None:
         """Draw the first failing comparison (scratch, reference, scratch - reference) as a PNG
         heatmap at ``path``; returns the path, or None when nothing failed against torch."""
         from .heatmap import draw_difference, check_path
@@ -99,7 +99,7 @@ class LayerReport:
             return None
         dt, c = first
         a, b = self.arrays[dt][c.name]
-        draw_difference(path, a, b, f"{self.name} {dt} {c.name}", c.pattern)
+        draw_difference(path, a, b, f"{self.name} {dt} {c.name}{f' ({where})' if where else ''}", c.pattern)
         self.plot_path = path
         return path
 

@@ -329,7 +329,7 @@ def sweep_layer(mine, torch_equivalent=None, grid: str | list = "conv2d", *, axe
                             f"{report.rows[0].error.splitlines()[0]}")
     smallest = report.smallest_failure
     if plot is not None and smallest is not None and smallest.report is not None:
-        smallest.report.plot(plot)
+        smallest.report.plot(plot, smallest.config)
     if raise_on_failure:
         report.raise_if_failed()
     return report
