@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,6 +78,37 @@ def summed(batch_loss: float, reduction: str, n: int) -> float:
     return batch_loss * n if reduction == "mean" else batch_loss
 
 
+class Draws(Mapping):
+    """``{layer name: mask}`` of a scratch model's last forward pass, as a dict of them was.
+
+    A mask held as an attribute (dropout, ReLU) is taken when the mapping is made; a mask
+    computed on request (a max-pool's flat indices, built from its argmax) is computed only
+    when read, which must then happen before the layer's next forward pass. The names are
+    the layers with ``draws_mask`` that hold a mask (``has_mask`` where the layer defines it,
+    so that asking builds nothing)."""
+
+    def __init__(self, model):
+        self._masks = OrderedDict()
+        for name, mod in model.named_modules():
+            if not getattr(mod, "draws_mask", False):
+                continue
+            if "mask" in vars(mod):
+                if mod.mask is not None:
+                    self._masks[name] = mod.mask
+            elif getattr(mod, "has_mask", None) or (not hasattr(mod, "has_mask") and mod.mask is not None):
+                self._masks[name] = mod  # read on access
+
+    def __getitem__(self, name):
+        mask = self._masks[name]
+        return mask.mask if not isinstance(mask, np.ndarray) else mask
+
+    def __iter__(self):
+        return iter(self._masks)
+
+    def __len__(self):
+        return len(self._masks)
+
+
 class ScratchSide:
     """A scratch model + loss + optimizer (NumPy)."""
 
@@ -119,10 +151,11 @@ class ScratchSide:
                                [k for k, _ in m.named_buffers()])
         return OrderedDict((k, np.array(values[k], copy=True)) for k in keys if k in values)
 
-    def draws(self) -> dict:
-        """The random draws of the last forward pass (dropout masks), by layer name."""
-        return {name: mod.mask for name, mod in self.model.named_modules()
-                if getattr(mod, "draws_mask", False) and getattr(mod, "mask", None) is not None}
+    def draws(self) -> "Draws":
+        """The draws of the last forward pass (dropout masks; ReLU and max-pool choices), by layer
+        name: a mapping that builds a mask only when it is read (``TorchSide`` reads only those
+        its modules use: in a training run, the dropout masks)."""
+        return Draws(self.model)
 
     def evaluate(self, x, y, batch_size: int = EVAL_BATCH) -> tuple[float, float]:
         """(mean per-sample loss, accuracy %) in eval mode."""
@@ -169,8 +202,11 @@ class TorchSide:
         return list(self.model.named_children())
 
     def _feed_draws(self, draws):
-        for name, mask in (draws or {}).items():
-            self.model.get_submodule(name).mask = torch.from_numpy(mask)
+        for name in draws or ():
+            mod = self.model.get_submodule(name)
+            # an aligned module without a tie tolerance (a training run) ignores the scratch choice
+            if getattr(mod, "tie_tol", "used") is not None:
+                mod.mask = torch.from_numpy(draws[name])
 
     def step(self, x: np.ndarray, y: np.ndarray, record: bool = False, draws=None) -> StepResult:
         t0 = time.perf_counter()

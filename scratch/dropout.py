@@ -38,7 +38,9 @@ class Dropout(Module):
         if not 0 <= p <= 1:
             raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
         self.p = float(p)
-        self._threshold = np.uint64(min(2 ** 32, int(np.ceil(self.p * 2 ** 32))))
+        # kept when bits >= ceil(p 2^32), i.e. bits > ceil(p 2^32) - 1: a uint32 bound for every p in (0, 1]
+        # (comparing uint32 with uint32, not with a uint64, spares a cast of every element)
+        self._cut = np.uint32(min(2 ** 32, int(np.ceil(self.p * 2 ** 32))) - 1) if self.p > 0 else None
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.mask = None
         self.in_shape = None
@@ -52,7 +54,11 @@ class Dropout(Module):
         # (raw bits: half the cost of drawing floats; two 32-bit draws per 64-bit output)
         size = int(np.prod(x.shape))
         bits = self.rng.bit_generator.random_raw((size + 1) // 2).view(np.uint32)[:size]
-        self.mask = (bits >= self._threshold).reshape(x.shape)
+        self.mask = bits.reshape(x.shape) > self._cut
+        # The mask and noise are C-ordered, so the output is C-contiguous whatever x's layout. Noise
+        # laid out like a channels-last x would make x * noise several times faster, but the arrays
+        # downstream would then be channels-last too, and the float64 sums over them (BatchNorm's
+        # backward, the global average pooling) would run in another order: other last bits.
         self.noise = self.mask * self._keep_scale(x.dtype)  # 0 or scale; a product, several times faster than np.where
         return x * self.noise
 

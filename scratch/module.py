@@ -67,6 +67,10 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}.__init__ must call super().__init__() "
                                f"before assigning attribute {name!r}")
+        if not isinstance(value, (Parameter, Module)) and name not in self._parameters \
+                and name not in self._buffers and name not in self._modules:
+            object.__setattr__(self, name, value)  # a plain attribute (a layer's cache): nothing to register
+            return
         for registry in (self._parameters, self._buffers, self._modules):
             registry.pop(name, None)
         if isinstance(value, Parameter):

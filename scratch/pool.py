@@ -73,6 +73,11 @@ class MaxPool2d(Module):
         cols = np.arange(wo) * k + a % k
         return np.ascontiguousarray(rows * w + cols, dtype=np.int64)
 
+    @property
+    def has_mask(self) -> bool:
+        """Whether ``mask`` is there to read (without building it)."""
+        return self.argmax is not None
+
     def _windows(self, x_nhwc):
         """The k*k strided views (N, H', W', C) of a channels-last array, one per window
         offset (u, v), in row-major (u, v) order."""
