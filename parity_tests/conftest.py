@@ -78,7 +78,7 @@ class Kept:
 @pytest.fixture(scope="session")
 def step_parity(mnist):
     """``step_parity(name, dtype) -> (trace, kept)``: ``networks.run_parity`` of the network
-    over its first ``PARITY_STEPS`` batches on the shipped MNIST, run once per session and
+    over its first ``step_parity.steps`` (``PARITY_STEPS``) batches on the shipped MNIST, run once per session and
     shared by the registry's test (``test_registry.py``) and the network's own
     (``test_cnn18k.py`` looks at the same run's dropout masks and eval mode)."""
     cache = {}
@@ -90,4 +90,5 @@ def step_parity(mnist):
             cache[name, dtype] = trace, kept
         return cache[name, dtype]
 
+    run.steps = PARITY_STEPS
     return run

@@ -12,7 +12,6 @@ import json
 import numpy as np
 import pytest
 
-from conftest import PARITY_STEPS
 from nnparity import drift, networks
 from nnparity import gradcheck as gc
 from nnparity.cli import main
@@ -75,7 +74,7 @@ def test_step_parity_50_steps(network, dtype, step_parity):
     """The first 50 training batches (the network's own data for a network that brings it),
     every recorded tensor compared after every step."""
     trace, _ = step_parity(network, dtype)
-    assert len(trace.steps) == PARITY_STEPS
+    assert len(trace.steps) == step_parity.steps
     must = compared_names(networks.get(network), dtype)
     names = {c.name for c in trace.steps[-1]}
     assert must <= names, sorted(must - names)
