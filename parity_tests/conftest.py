@@ -33,12 +33,16 @@ def registered() -> list:
     return list(networks.NETWORKS) + [n for n in dict.fromkeys(extra) if n not in networks.NETWORKS]
 
 
+def pytest_configure(config):
+    try:
+        registered()
+    except networks.UnknownNetwork as e:  # a bad extra network: one line, not a traceback
+        raise pytest.UsageError(f"{EXTRA}: {e}") from None
+
+
 def pytest_generate_tests(metafunc):
     if "network" in metafunc.fixturenames:
-        try:
-            names = registered()
-        except networks.UnknownNetwork as e:  # a bad extra network: one line, not a traceback
-            raise pytest.UsageError(f"{EXTRA}: {e}") from None
+        names = registered()
         for mark in metafunc.definition.iter_markers("networks"):
             names = [n for n in names if mark.kwargs["where"](networks.get(n))]
         metafunc.parametrize("network", names, ids=names)
