@@ -3,7 +3,7 @@
 A test that takes the argument ``network`` runs once per registered network (ids = the
 names): every entry of ``nnparity.networks.NETWORKS``, then every network named by the
 environment variable ``NNPARITY_EXTRA_NETWORKS`` (network specs as ``nnparity`` takes
-them, a ``path/to/net.py`` or a ``module:attr``, separated by ``os.pathsep``). So a new
+them, a ``path/to/net.py`` or a ``module:attr``, separated by commas). So a new
 registry entry, or your own network file, gets the registry's tests without editing a
 test file::
 
@@ -29,7 +29,7 @@ EXTRA = "NNPARITY_EXTRA_NETWORKS"
 def registered() -> list:
     """The names of every network the parametrized tests cover: the registry's, then the extras
     (loaded and registered in this process, so ``networks.get(name)`` finds them)."""
-    extra = [networks.get(spec).name for spec in os.environ.get(EXTRA, "").split(os.pathsep) if spec.strip()]
+    extra = [networks.get(spec).name for spec in os.environ.get(EXTRA, "").split(",") if spec.strip()]
     return list(networks.NETWORKS) + [n for n in dict.fromkeys(extra) if n not in networks.NETWORKS]
 
 
