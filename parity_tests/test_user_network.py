@@ -5,7 +5,6 @@ one line. The networks here are tiny and written into tmp_path, outside the pack
 import json
 import os
 import re
-import subprocess
 import sys
 import textwrap
 
@@ -168,18 +167,25 @@ def registry_tests(net):
     return ids
 
 
-def test_a_network_added_to_the_registry_gets_every_registry_test_unedited(tmp_path, registry):
+def pytest_session(pytester, *args):
+    """A new pytest session (in this process: no second start-up of torch) over the repository's
+    own configuration, conftests and test files."""
+    root = os.path.dirname(HERE)
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "--rootdir", root, "-c",
+                                        os.path.join(root, "pyproject.toml"), *args)
+
+
+def test_a_network_added_to_the_registry_gets_every_registry_test_unedited(pytester, tmp_path, registry,
+                                                                           monkeypatch):
     """A network named by NNPARITY_EXTRA_NETWORKS joins the registry the tests are parametrized
-    over (``conftest.py``): a fresh ``pytest`` collects every registry test for it, as for the
+    over (``conftest.py``): a new pytest session collects every registry test for it, as for the
     documented networks, and they pass, without a test file edited."""
     path = write(tmp_path, "tinynet", TINY)
-    env = {**os.environ, "NNPARITY_EXTRA_NETWORKS": str(path)}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--basetemp",
-                           str(tmp_path / "basetemp"), "-v", "-k", "tinynet",
-                           *(f"parity_tests/{m}.py" for m in REGISTRY_TESTS)],
-                          cwd=os.path.dirname(HERE), env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    outcomes = dict(re.findall(r"^(parity_tests/\S+\[\S*tinynet\S*\]) (\w+)", proc.stdout, re.M))
+    monkeypatch.setenv("NNPARITY_EXTRA_NETWORKS", str(path))
+    result = pytest_session(pytester, "-v", "-k", "tinynet", *(os.path.join(HERE, f"{m}.py") for m in REGISTRY_TESTS))
+    out = "\n".join(result.outlines)
+    assert result.ret == 0, out[-3000:]
+    outcomes = dict(re.findall(r"(parity_tests/\S+\[\S*tinynet\S*\]) (\w+)", out))
     expected = registry_tests(networks.get(str(path)))
     # the entry, start state and step parity in 2 dtypes, first batches, gradcheck, drift, run, metamorphic
     assert len(expected) >= 11, sorted(expected)
@@ -190,15 +196,14 @@ def test_a_network_added_to_the_registry_gets_every_registry_test_unedited(tmp_p
     assert set(outcomes.values()) == {"PASSED"}, outcomes
 
 
-def test_a_bad_extra_network_is_one_line(request, monkeypatch, tmp_path, registry):
-    conftest = request.config.pluginmanager.get_plugin(os.path.join(HERE, "conftest.py"))
+def test_a_bad_extra_network_is_one_line(pytester, tmp_path, registry, monkeypatch):
     monkeypatch.setenv("NNPARITY_EXTRA_NETWORKS", str(tmp_path / "nowhere.py"))
-    with pytest.raises(pytest.UsageError) as e:  # pytest prints it as one line "ERROR: ...", exit status 4
-        conftest.pytest_configure(request.config)
-    assert str(e.value) == (
-        f"NNPARITY_EXTRA_NETWORKS: network file {tmp_path / 'nowhere.py'}: no such file; give the path of a "
-        "Python file that defines RECIPE (a scratch.recipe.Recipe), build(recipe, rng, dtype), loss(recipe), "
-        "torch_build(recipe) and torch_loss(recipe) (README: Your own network)")
+    result = pytest_session(pytester, "--collect-only", "-q", os.path.join(HERE, "test_registry.py"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and not "".join(result.outlines).strip()
+    assert result.errlines == [
+        f"ERROR: NNPARITY_EXTRA_NETWORKS: network file {tmp_path / 'nowhere.py'}: no such file; give the path "
+        "of a Python file that defines RECIPE (a scratch.recipe.Recipe), build(recipe, rng, dtype), "
+        "loss(recipe), torch_build(recipe) and torch_loss(recipe) (README: Your own network)", ""]
 
 
 def test_the_wrong_neighbour_is_diagnosed_as_its_own_error(tmp_path, registry, capsys):
