@@ -74,15 +74,6 @@ def test_dead_units():
     np.testing.assert_array_equal(linear10.dead_units(w, b, x), [1])
 
 
-@pytest.mark.slow
-def test_step_parity_50_steps(mnist, dtype):
-    trace = run_parity("linear10", steps=50, dtype=dtype, raw=mnist)
-    assert len(trace.steps) == 50
-    assert {"out/fc", "out/relu", "loss", "dout/relu", "dout/fc", "grad/fc.weight", "param/fc.bias"} <= \
-        {c.name for c in trace.steps[-1]}
-    assert trace.ok, trace.message()
-
-
 def test_as_documented_fails_parity_at_the_relu_input_gradient(mnist, dtype):
     """The two facts: the as-documented variant fails the parity check, and the first
     failure is the ReLU's input gradient (dout/fc) at step 1, named so in the message;

@@ -1,18 +1,21 @@
 """Metamorphic checks over every registered network's scratch model (no reference needed):
-batch-split invariance of the gradients, and linearity of backward in the upstream gradient."""
+batch-split invariance of the gradients, and linearity of backward in the upstream gradient.
+(``network``: every MNIST network of the registry, extras included; see ``conftest.py``.)"""
 
 import numpy as np
 import pytest
 
 from nnparity import metamorphic, networks
-from nnparity.networks import NETWORKS
 from nnparity.parity import TOLERANCES
 from scratch.layers import ReLU
 from scratch.losses import CrossEntropyLoss
 
 TOL = TOLERANCES["float64"]
-# toy221 trains on its one hand-worked sample: there is no batch to split
-MNIST_NETS = [n for n, net in NETWORKS.items() if net.mnist]
+
+
+def mnist_net(net):
+    """toy221 trains on its one hand-worked sample: there is no batch to split."""
+    return net.mnist
 
 
 def setup(name, mnist, **changes):
@@ -30,17 +33,17 @@ def setup(name, mnist, **changes):
     return model, net.scratch.loss(recipe), x, y
 
 
-@pytest.mark.parametrize("name", MNIST_NETS)
-def test_gradients_are_invariant_to_splitting_the_batch(name, mnist):
-    model, loss, x, y = setup(name, mnist)
+@pytest.mark.networks(where=mnist_net)
+def test_gradients_are_invariant_to_splitting_the_batch(network, mnist):
+    model, loss, x, y = setup(network, mnist)
     comps = metamorphic.batch_split(model, loss, x, y, TOL)
     assert len(comps) == 1 + len(list(model.named_parameters()))
     assert all(c.passed for c in comps), [c.describe() for c in comps if not c.passed]
 
 
-@pytest.mark.parametrize("name", MNIST_NETS)
-def test_backward_is_linear_in_the_upstream_gradient(name, mnist):
-    model, _, x, _ = setup(name, mnist)
+@pytest.mark.networks(where=mnist_net)
+def test_backward_is_linear_in_the_upstream_gradient(network, mnist):
+    model, _, x, _ = setup(network, mnist)
     comps = metamorphic.linearity(model, x, TOL)
     assert {c.name for c in comps} >= {f"grad/{k}" for k, _ in model.named_parameters()}
     assert all(c.passed for c in comps), [c.describe() for c in comps if not c.passed]

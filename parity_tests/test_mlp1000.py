@@ -1,11 +1,12 @@
-"""mlp1000: step parity over 50 real MNIST training steps in float64 and float32,
-and proof that the check sees a wrong derivative at the tensor and step where it is."""
+"""mlp1000: the document's recipe, shapes and initialisation, and proof that the check sees a
+wrong derivative at the tensor and step where it is. (Its step parity over 50 steps in float64
+and float32, start state, first batches, gradcheck, drift envelope and a small run:
+``test_registry.py``, as for every registered network.)"""
 
 import numpy as np
 import pytest
 
-from nnparity import networks
-from nnparity.networks import get, make_sides, run_parity
+from nnparity.networks import run_parity
 from scratch.layers import Linear
 from scratch.nets import mlp1000
 
@@ -15,11 +16,11 @@ def test_recipe_is_the_documented_one():
     assert (r.lr, r.batch_size, r.epochs, r.reduction, r.loss) == (0.001, 100, 100, "sum", "cross_entropy")
 
 
-def test_names_and_shapes_match_torch_state_dict():
-    scratch, ref = make_sides(get("mlp1000"), mlp1000.RECIPE, "float64", seed=0)
-    s = {k: v.shape for k, v in scratch.model.state_dict().items()}
-    t = {k: tuple(v.shape) for k, v in ref.model.state_dict().items()}
-    assert s == t == {"U.weight": (1000, 784), "U.bias": (1000,), "V.weight": (10, 1000), "V.bias": (10,)}
+def test_names_and_shapes_are_the_documents():
+    """784 -> U -> ReLU -> V -> 10 (torch's names and shapes on both sides: test_registry.py)."""
+    state = mlp1000.build(rng=np.random.default_rng(0)).state_dict()
+    assert {k: v.shape for k, v in state.items()} == {"U.weight": (1000, 784), "U.bias": (1000,),
+                                                      "V.weight": (10, 1000), "V.bias": (10,)}
 
 
 def test_init_is_uniform_within_fan_in_bound():
@@ -36,13 +37,6 @@ def test_init_is_uniform_within_fan_in_bound():
         assert w.std() == pytest.approx(bound / np.sqrt(3), rel=0.02)
 
 
-@pytest.mark.slow
-def test_step_parity_50_steps(mnist, dtype):
-    trace = run_parity("mlp1000", steps=50, dtype=dtype, raw=mnist)
-    assert len(trace.steps) == 50
-    names = {c.name for c in trace.steps[-1]}
-    assert {"loss", "out/V", "grad/U.weight", "grad/V.bias", "param/U.weight", "dout/U"} <= names
-    assert trace.ok, trace.message()
 
 
 def test_parity_sees_a_bias_gradient_not_summed_over_the_batch(mnist, monkeypatch):
@@ -67,15 +61,3 @@ def test_parity_sees_a_transposed_relu_mask(mnist, monkeypatch):
     monkeypatch.setattr(ReLU, "backward", lambda self, dy: dy * self.mask[::-1])
     first = run_parity("mlp1000", steps=2, dtype="float32", raw=mnist).first_failure
     assert (first.step, first.name, first.quantity) == (1, "dout/U", "upstream gradient")
-
-
-def test_first_batches_are_the_training_batches(mnist):
-    net = get("mlp1000")
-    ds = networks.prepare(net, net.recipe, mnist, "float32", seed=3)
-    first = list(networks.first_batches(ds, net.recipe, 3, 2))
-    train = list(networks.training_batches(ds, net.recipe, 3, 1))[:2]
-    for (x1, y1), (x2, y2) in zip(first, train):
-        np.testing.assert_array_equal(x1, x2)
-        np.testing.assert_array_equal(y1, y2)
-    assert first[0][0].shape == (100, 784) and first[0][0].dtype == np.float32
-    assert 0 <= first[0][0].min() and first[0][0].max() <= 1

@@ -3,6 +3,7 @@
 one line. The networks here are tiny and written into tmp_path, outside the package."""
 
 import json
+import os
 import re
 import sys
 import textwrap
@@ -144,21 +145,65 @@ def test_run_check_gradcheck_selftest_and_bench_take_a_network_by_path(tmp_path,
     assert "| tinynet | float64 | 1000 |" in (tmp_path / "b.md").read_text()
 
 
-def test_the_registry_parametrized_tests_take_a_new_entry_unedited(tmp_path, registry, monkeypatch, mnist):
-    """What adding a network to ``NETWORKS`` gives it without editing a test file: the generic
-    tests, called here on a temporary entry (pytest collects them over the registry)."""
-    import test_gradcheck
-    import test_metamorphic
-    import test_registry
+REGISTRY_TESTS = ("test_registry", "test_metamorphic")  # the modules with tests over the registry
+HERE = os.path.dirname(os.path.abspath(__file__))
 
-    net = networks.get(str(write(tmp_path, "tinynet", TINY)))
-    monkeypatch.setitem(networks.NETWORKS, net.name, net)
-    test_registry.test_entry_names_its_recipe_summary_and_choices(net.name)
-    for dtype in ("float64", "float32"):
-        test_registry.test_both_sides_start_from_the_same_state(net.name, dtype)
-    test_metamorphic.test_gradients_are_invariant_to_splitting_the_batch(net.name, mnist)
-    test_metamorphic.test_backward_is_linear_in_the_upstream_gradient(net.name, mnist)
-    test_gradcheck.test_every_other_documented_network_passes(net.name, mnist)
+
+def registry_tests(net):
+    """``file::test[param-NET]`` of every test the registry's parametrization gives ``net``: each
+    function of ``REGISTRY_TESTS`` taking ``network`` whose ``networks`` marks admit it, once per
+    dtype if it takes ``dtype``."""
+    import importlib
+    import inspect
+
+    ids = set()
+    for name in REGISTRY_TESTS:
+        for fname, fn in inspect.getmembers(importlib.import_module(name), inspect.isfunction):
+            params = inspect.signature(fn).parameters
+            marks = [m for m in getattr(fn, "pytestmark", []) if m.name == "networks"]
+            if fname.startswith("test_") and "network" in params and all(m.kwargs["where"](net) for m in marks):
+                for dtype in (["float64", "float32"] if "dtype" in params else [None]):
+                    ids.add(f"parity_tests/{name}.py::{fname}[{f'{dtype}-' if dtype else ''}{net.name}]")
+    return ids
+
+
+def pytest_session(pytester, *args):
+    """A new pytest session (in this process: no second start-up of torch) over the repository's
+    own configuration, conftests and test files."""
+    root = os.path.dirname(HERE)
+    return pytester.runpytest_inprocess("-p", "no:cacheprovider", "--rootdir", root, "-c",
+                                        os.path.join(root, "pyproject.toml"), *args)
+
+
+def test_a_network_added_to_the_registry_gets_every_registry_test_unedited(pytester, tmp_path, registry,
+                                                                           monkeypatch):
+    """A network named by NNPARITY_EXTRA_NETWORKS joins the registry the tests are parametrized
+    over (``conftest.py``): a new pytest session collects every registry test for it, as for the
+    documented networks, and they pass, without a test file edited."""
+    path = write(tmp_path, "tinynet", TINY)
+    monkeypatch.setenv("NNPARITY_EXTRA_NETWORKS", str(path))
+    result = pytest_session(pytester, "-v", "-k", "tinynet", *(os.path.join(HERE, f"{m}.py") for m in REGISTRY_TESTS))
+    out = "\n".join(result.outlines)
+    assert result.ret == 0, out[-3000:]
+    outcomes = dict(re.findall(r"(parity_tests/\S+\[\S*tinynet\S*\]) (\w+)", out))
+    expected = registry_tests(networks.get(str(path)))
+    # the entry, start state and step parity in 2 dtypes, first batches, gradcheck, drift, run, metamorphic
+    assert len(expected) >= 11, sorted(expected)
+    # ... the same tests a documented MNIST network of the generic run gets
+    assert {t.replace("tinynet", "NET") for t in expected} == {
+        t.replace("mlp1000", "NET") for t in registry_tests(networks.get("mlp1000"))}
+    assert set(outcomes) == expected, (sorted(expected - set(outcomes)), sorted(set(outcomes) - expected))
+    assert set(outcomes.values()) == {"PASSED"}, outcomes
+
+
+def test_a_bad_extra_network_is_one_line(pytester, tmp_path, registry, monkeypatch):
+    monkeypatch.setenv("NNPARITY_EXTRA_NETWORKS", str(tmp_path / "nowhere.py"))
+    result = pytest_session(pytester, "--collect-only", "-q", os.path.join(HERE, "test_registry.py"))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR and not "".join(result.outlines).strip()
+    assert result.errlines == [
+        f"ERROR: NNPARITY_EXTRA_NETWORKS: network file {tmp_path / 'nowhere.py'}: no such file; give the path "
+        "of a Python file that defines RECIPE (a scratch.recipe.Recipe), build(recipe, rng, dtype), "
+        "loss(recipe), torch_build(recipe) and torch_loss(recipe) (README: Your own network)", ""]
 
 
 def test_the_wrong_neighbour_is_diagnosed_as_its_own_error(tmp_path, registry, capsys):
