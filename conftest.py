@@ -17,4 +17,4 @@ import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-pytest_plugins = ("nnparity.plugin", "pytester")
+pytest_plugins = ("nnparity.api.plugin", "pytester")

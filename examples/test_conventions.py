@@ -1,7 +1,7 @@
 """Each from-scratch convention, checked with the user API in a 0-3 line call: the
 correct layer passes, the deliberately wrong one fails with a message naming the wrong
 tensor and element. Which conventions are detected, and how layouts are mapped:
-``nnparity/conventions.py``; the README's "Check your own derivation" lists them."""
+``nnparity/training/conventions.py``; the README's "Check your own derivation" lists them."""
 
 import re
 
@@ -132,7 +132,7 @@ def test_mapped_names(nnparity):
 
 
 def test_unknown_names_are_refused_with_the_map_to_pass():
-    with pytest.raises(ValueError) as e:   # nnparity.adapters.ParameterMismatch
+    with pytest.raises(ValueError) as e:   # nnparity.training.adapters.ParameterMismatch
         import nnparity
         nnparity.check_layer(Logistic(5, 3), logistic_torch(), input_shape=(4, 5))
     assert "params={'theta': '0.weight.T', 'theta0': '0.bias'}" in str(e.value)

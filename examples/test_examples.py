@@ -80,14 +80,15 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="module")
 def mnist():
-    from nnparity.data import load_mnist
+    from nnparity.core.data import load_mnist
 
     return load_mnist()
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_tanh_mlp_step_parity(mnist, dtype):
-    from nnparity import check, networks
+    from nnparity.diagnosis import check
+    from nnparity.training import networks
 
     net = networks.get(str(HERE / "tanh_mlp.py"))
     assert (net.name, net.torch_threads) == ("tanh_mlp", 1)
@@ -98,7 +99,8 @@ def test_tanh_mlp_step_parity(mnist, dtype):
 def test_tanh_mlp_wrong_is_diagnosed_at_tanh2_backward_as_its_own_error(mnist):
     """The forward and the loss agree; the first tensor off is the gradient arriving at fc2's
     output, and tanh2's backward, fed the reference side's numbers alone, is the culprit."""
-    from nnparity import check, networks
+    from nnparity.diagnosis import check
+    from nnparity.training import networks
 
     result = check.run_check(networks.get(str(HERE / "tanh_mlp_wrong.py")).name, 2, "float64", 0, mnist)
     d = result.diagnosis
@@ -109,8 +111,8 @@ def test_tanh_mlp_wrong_is_diagnosed_at_tanh2_backward_as_its_own_error(mnist):
 
 
 def test_tanh_mlp_gradcheck_passes_and_the_wrong_one_fails(mnist):
-    from nnparity import networks
-    from nnparity.gradcheck import gradcheck_network
+    from nnparity.training import networks
+    from nnparity.diagnosis.gradcheck import gradcheck_network
 
     right = gradcheck_network(networks.get(str(HERE / "tanh_mlp.py")).name, samples=3, batch_size=8, raw=mnist)
     assert right.ok, right.message()

@@ -1,6 +1,6 @@
 """nn-parity: reference-parity verification of from-scratch NumPy networks against PyTorch.
 
-The public API for checking your own derivations (``nnparity.byod``)::
+The public API for checking your own derivations (``nnparity.api.byod``)::
 
     import nnparity
     nnparity.check_layer(mine, torch_equivalent, input_shape=(8, 16))
@@ -12,18 +12,18 @@ The public API for checking your own derivations (``nnparity.byod``)::
 ``nnparity.Network`` is a registry entry, for a network of your own
 (``NETWORK = nnparity.Network(...)`` in its file: README "Your own network").
 
-``nnparity.gradcheck`` is the finite-difference module (``gradcheck_layer``,
+``nnparity.diagnosis.gradcheck`` is the finite-difference module (``gradcheck_layer``,
 ``gradcheck_model``, ``gradcheck_network``).
 
-Imported lazily, so ``import nnparity.data`` does not pull in torch.
+Imported lazily, so ``import nnparity.core.data`` does not pull in torch.
 """
 
 # every public name, and the module it lives in
 _HOME = {
-    **dict.fromkeys(("check_layer", "check_loss", "check_steps", "pair", "adapt"), "nnparity.byod"),
-    **dict.fromkeys(("gradcheck_layer", "gradcheck_model", "gradcheck_network"), "nnparity.gradcheck"),
-    **dict.fromkeys(("sweep_layer", "GRIDS"), "nnparity.sweep"),
-    "Network": "nnparity.networks",
+    **dict.fromkeys(("check_layer", "check_loss", "check_steps", "pair", "adapt"), "nnparity.api.byod"),
+    **dict.fromkeys(("gradcheck_layer", "gradcheck_model", "gradcheck_network"), "nnparity.diagnosis.gradcheck"),
+    **dict.fromkeys(("sweep_layer", "GRIDS"), "nnparity.api.sweep"),
+    "Network": "nnparity.training.networks",
 }
 _API = tuple(_HOME)
 

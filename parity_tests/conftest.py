@@ -1,7 +1,7 @@
 """Fixtures of the parity tests, and the registry they are parametrized over.
 
 A test that takes the argument ``network`` runs once per registered network (ids = the
-names): every entry of ``nnparity.networks.NETWORKS``, then every network named by the
+names): every entry of ``nnparity.training.networks.NETWORKS``, then every network named by the
 environment variable ``NNPARITY_EXTRA_NETWORKS`` (network specs as ``nnparity`` takes
 them, a ``path/to/net.py`` or a ``module:attr``, separated by commas). So a new
 registry entry, or your own network file, gets the registry's tests without editing a
@@ -18,8 +18,8 @@ import os
 import numpy as np
 import pytest
 
-from nnparity import networks
-from nnparity.data import load_mnist
+from nnparity.training import networks
+from nnparity.core.data import load_mnist
 
 DTYPES = ["float64", "float32"]
 PARITY_STEPS = 50  # the step parity of every network: its first 50 training batches

@@ -31,7 +31,7 @@ import pytest
 import torch
 
 import nnparity
-from nnparity import adapters
+from nnparity.training import adapters
 
 # --- a learner's layers, losses and networks (correct unless a row breaks them) -----------------
 
@@ -231,7 +231,7 @@ def _buffered_mirror():
     return m
 
 
-# (id, call, expected exception class name in nnparity.adapters / parity / gradcheck, or "warn", phrase)
+# (id, call, expected exception class name in nnparity.training.adapters / parity / gradcheck, or "warn", phrase)
 MISUSES = [
     # --- check_layer: the layer ----------------------------------------------------------------
     ("layer: mine is None", lambda: layer(mine=None), "ProtocolError", r"NoneType has no forward"),
@@ -648,7 +648,8 @@ def _raised_by_nnparity(exc) -> bool:
 
 
 def _error_class(name):
-    from nnparity import gradcheck, parity
+    from nnparity.diagnosis import gradcheck
+    from nnparity.core import parity
 
     for module in (adapters, parity, gradcheck):
         if hasattr(module, name):

@@ -1,6 +1,6 @@
 """The benchmark's whole-run projection (no timing here: speed is measured by `nnparity bench`)."""
 
-from nnparity.bench import epochs_projections
+from nnparity.reporting.bench import epochs_projections
 
 
 def test_mlp16_run_projection_states_the_floor_and_misses_it_when_slow():

@@ -8,7 +8,9 @@ import textwrap
 
 import pytest
 
-from nnparity import bugs, selftest
+from nnparity.selftest import bugs
+
+from nnparity.selftest import kill_matrix as selftest
 
 WHOLE_METHODS = ("forward", "backward", "step", "__call__")
 MAX_LINES = 6  # statements of a helper or of a patch, its docstring and comments left out

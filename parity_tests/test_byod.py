@@ -13,9 +13,9 @@ import torch
 
 import nnparity
 import scratch
-from nnparity.adapters import ParameterMismatch, ProtocolError
-from nnparity.gradcheck import GradcheckError
-from nnparity.parity import ParityError
+from nnparity.training.adapters import ParameterMismatch, ProtocolError
+from nnparity.diagnosis.gradcheck import GradcheckError
+from nnparity.core.parity import ParityError
 
 # --- a learner's layers, in the plain-object convention (params / grads dicts) ------------------
 
@@ -298,7 +298,7 @@ def test_torch_buffers_without_a_counterpart_are_listed_in_a_warning():
         def update_running(self, mu, var, n):
             pass
 
-    with pytest.warns(nnparity.adapters.NNParityWarning, match=r"torch\.nn\.BatchNorm1d has buffers "
+    with pytest.warns(nnparity.training.adapters.NNParityWarning, match=r"torch\.nn\.BatchNorm1d has buffers "
                                                               r"\['running_mean', 'running_var'\]"):
         report = nnparity.check_layer(NoRunningStats(4), torch.nn.BatchNorm1d(4), input_shape=(6, 4))
     assert report.ok and report.warnings
@@ -310,7 +310,7 @@ def test_an_empty_batch_is_refused_not_passed():
     """A (0, 4) input made every comparison an empty one, which passes: a backward returning
     zeros (or anything) passed."""
     zeros = _with_backward(ReLU, lambda self, dy: np.zeros_like(dy))
-    with pytest.raises(nnparity.adapters.ArgumentError, match=r"input_shape \(0, 4\) has a size below 1"):
+    with pytest.raises(nnparity.training.adapters.ArgumentError, match=r"input_shape \(0, 4\) has a size below 1"):
         nnparity.check_layer(zeros(), torch.nn.ReLU(), input_shape=(0, 4))
     with pytest.raises(GradcheckError):   # the same layer on a real batch fails
         nnparity.check_layer(zeros(), None, input_shape=(2, 4))
@@ -680,10 +680,10 @@ USER_TEST = """
 
 def test_plugin_fixture_in_process(pytester):
     pytester.makepyfile(test_user=textwrap.dedent(USER_TEST))
-    result = pytester.runpytest("-p", "nnparity.plugin", "--nnparity-seed", "3")
+    result = pytester.runpytest("-p", "nnparity.api.plugin", "--nnparity-seed", "3")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*ParityError: MySoftmaxDiagonalOnly float64 din (input gradient): max abs*"])
-    assert "nnparity/layercheck.py" not in result.stdout.str()   # the message, not the harness's frames
+    assert "nnparity/diagnosis/layercheck.py" not in result.stdout.str()   # the message, not the harness's frames
 
 
 def test_plugin_fixture_reports_a_misuse_in_one_line(pytester):
@@ -700,10 +700,10 @@ def test_plugin_fixture_reports_a_misuse_in_one_line(pytester):
         def test_shape_not_a_tuple(nnparity):
             nnparity.layer(Identity(), torch.nn.Identity(), input_shape=5)
     """))
-    result = pytester.runpytest("-p", "nnparity.plugin")
+    result = pytester.runpytest("-p", "nnparity.api.plugin")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*ArgumentError: input_shape must be a tuple of ints such as (8, 16)*got 5"])
-    assert "nnparity/byod.py" not in result.stdout.str()
+    assert "nnparity/api/byod.py" not in result.stdout.str()
 
 
 def test_plugin_entry_point_and_local_registration_together(pytester, monkeypatch):
@@ -713,12 +713,12 @@ def test_plugin_entry_point_and_local_registration_together(pytester, monkeypatc
     dist = site / "fake_nnparity_plugin-0.0.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-nnparity-plugin\nVersion: 0.0\n")
-    (dist / "entry_points.txt").write_text("[pytest11]\nnnparity.plugin = nnparity.plugin\n")
+    (dist / "entry_points.txt").write_text("[pytest11]\nnnparity.api.plugin = nnparity.api.plugin\n")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), repo]))
     monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-    pytester.makeconftest('pytest_plugins = ["nnparity.plugin"]')
+    pytester.makeconftest('pytest_plugins = ["nnparity.api.plugin"]')
     pytester.makepyfile(test_user=textwrap.dedent(USER_TEST))
-    result = pytester.runpytest_subprocess("-p", "nnparity.plugin", "-k", "my_softmax and not wrong")
+    result = pytester.runpytest_subprocess("-p", "nnparity.api.plugin", "-k", "my_softmax and not wrong")
     result.assert_outcomes(passed=1)
     assert "already registered" not in result.stdout.str() + result.stderr.str()

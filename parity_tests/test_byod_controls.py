@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import nnparity
-from nnparity.adapters import ArgumentError
-from nnparity.parity import ParityError
+from nnparity.training.adapters import ArgumentError
+from nnparity.core.parity import ParityError
 
 
 # --- a learner's network whose first bias is zero by construction ----------------------------------

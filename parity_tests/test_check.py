@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import scratch
-from nnparity import networks
-from nnparity.check import run_check
-from nnparity.cli import main
-from nnparity.localize import Localizer, Stage, layer_of, locate, producer
-from nnparity.parity import Tolerance, check_steps, compare
-from nnparity.sides import ScratchSide, TorchSide
+from nnparity.training import networks
+from nnparity.diagnosis.check import run_check
+from nnparity.cli.main import main
+from nnparity.diagnosis.localize import Localizer, Stage, layer_of, locate, producer
+from nnparity.core.parity import Tolerance, check_steps, compare
+from nnparity.training.sides import ScratchSide, TorchSide
 from reference import bridge
 from scratch.layers import Linear, ReLU
 from scratch.module import Sequential
@@ -248,7 +248,7 @@ def test_dropout_backward_slip_is_found_with_the_steps_mask(monkeypatch):
 # --- the command ----------------------------------------------------------------------
 
 def test_parity_is_the_same_command_under_its_old_name():
-    from nnparity.cli import build_parser
+    from nnparity.cli.main import build_parser
 
     a = build_parser().parse_args(["parity", "mlp1000", "--steps", "3", "--json"])
     b = build_parser().parse_args(["check", "mlp1000", "--steps", "3", "--json"])
@@ -272,7 +272,7 @@ def test_cli_inject_and_noise_floor_do_not_go_together(capsys):
 
 
 def test_run_stops_before_training_and_its_report_names_the_culprit(tmp_path, monkeypatch):
-    from nnparity.run import EXIT_PARITY, run_network
+    from nnparity.cli.run import EXIT_PARITY, run_network
 
     monkeypatch.setattr(ReLU, "backward", lambda self, dy: dy)
     status = run_network("mlp1000", epochs=1, train_size=200, test_size=100, parity_steps=2, progress=False,

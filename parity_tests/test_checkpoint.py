@@ -21,14 +21,14 @@ import numpy as np
 import pytest
 from numpy.lib import format as npy
 
-import nnparity.data
-import nnparity.drift
-import nnparity.run
-from nnparity import checkpoint
-from nnparity.checkpoint import CheckpointError
-from nnparity.cli import main
-from nnparity.networks import get
-from nnparity.train import Training
+import nnparity.core.data
+import nnparity.training.drift
+import nnparity.cli.run
+from nnparity.training import checkpoint
+from nnparity.training.checkpoint import CheckpointError
+from nnparity.cli.main import main
+from nnparity.training.networks import get
+from nnparity.training.train import Training
 
 NET = "mlp16"
 TINY = ["--train-size", "200", "--test-size", "100", "--no-progress", "--epochs", "2"]
@@ -273,9 +273,9 @@ def no_work(monkeypatch):
             raise _Spied(what)
         return called
 
-    monkeypatch.setattr(nnparity.data, "load_mnist", spy("data loading"))
-    monkeypatch.setattr(nnparity.run, "run_check", spy("step parity"))
-    monkeypatch.setattr(nnparity.drift, "measure_envelope", spy("drift envelope"))
+    monkeypatch.setattr(nnparity.core.data, "load_mnist", spy("data loading"))
+    monkeypatch.setattr(nnparity.cli.run, "run_check", spy("step parity"))
+    monkeypatch.setattr(nnparity.training.drift, "measure_envelope", spy("drift envelope"))
     return calls
 
 
@@ -343,7 +343,7 @@ def test_forged_sizes_are_refused_from_the_header_without_allocating(name, base,
 def test_cli_refuses_the_zip_bomb_in_one_line_with_status_2(base, tmp_path):
     """The same through the real command (a fresh process): status 2, one stderr line."""
     bad = next(c for c in CASES if c.name == "zip-bomb").build(base, tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "nnparity.cli", "run", NET, "--out", str(tmp_path / "o"), *TINY,
+    proc = subprocess.run([sys.executable, "-m", "nnparity.cli.main", "run", NET, "--out", str(tmp_path / "o"), *TINY,
                            "--resume", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from nnparity.cli import main
+from nnparity.cli.main import main
 
 QUICK = ["--epochs", "2", "--train-size", "600", "--test-size", "300", "--parity-steps", "3", "--no-progress"]
 
@@ -50,7 +50,7 @@ def test_list():
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "nnparity.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nnparity.cli.main", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
 
 
@@ -81,7 +81,7 @@ def test_a_reader_that_closes_early_ends_the_command_quietly_with_status_141():
     size of the output). The command stops like `yes | head`: nothing on stderr (no
     "error: [Errno 32] Broken pipe", no "Exception ignored" at interpreter exit), status 141
     (128 + SIGPIPE), not the 2 of an argument or data error."""
-    p = subprocess.Popen([sys.executable, "-m", "nnparity.cli", "list"], stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-m", "nnparity.cli.main", "list"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     p.stdout.close()
     err = p.stderr.read()

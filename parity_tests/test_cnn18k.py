@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from nnparity import networks
-from nnparity.networks import get, make_sides
-from nnparity.parity import check_steps, compare, tolerance_for
-from nnparity.sides import ScratchSide
-from nnparity.train import Training
+from nnparity.training import networks
+from nnparity.training.networks import get, make_sides
+from nnparity.core.parity import check_steps, compare, tolerance_for
+from nnparity.training.sides import ScratchSide
+from nnparity.training.train import Training
 from reference import cnn18k as ref_cnn18k
 from scratch.nets import cnn18k
 from scratch.norm import BatchNorm2d
@@ -231,7 +231,7 @@ def test_a_deliberate_tie_fails_without_tie_alignment_and_passes_with_it(data, m
     float32 passes all 20 steps there, but fails at step 1 (margin 5.2) with torch's kernels at
     AVX2; on an AVX-512 Xeon float64 passed over 20 steps. That is a measured note, not
     something a test can assert.)"""
-    from nnparity import parity
+    from nnparity.core import parity
 
     if not aligned:
         monkeypatch.setattr(parity, "_tie_modules", lambda torch_side: [])  # torch keeps its own choices
@@ -279,7 +279,7 @@ def test_lr_schedule_is_validated():
 def test_bench_runs_cnn18k_with_dropout_masks_handed_across():
     """Timed epochs alternate the sides batch by batch, handing each batch's dropout masks
     to the torch side, including the short last batch."""
-    from nnparity.bench import bench_network
+    from nnparity.reporting.bench import bench_network
 
     recipe = cnn18k.RECIPE.replace(train_size=100, test_size=100)  # 6 batches of 16 + a last batch of 4
     r = bench_network("cnn18k", repeats=2, recipe=recipe)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnparity.layercheck import check_layer, check_loss
-from nnparity.parity import ParityError, assert_close
+from nnparity.diagnosis.layercheck import check_layer, check_loss
+from nnparity.core.parity import ParityError, assert_close
 from reference.layers import AlignedMaxPool2d, AlignedReLU, MaskedDropout
 from scratch import init
 from scratch.conv import Conv2d

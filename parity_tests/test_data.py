@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from nnparity import data
-from nnparity.data import DataError, load_mnist, read_idx
+from nnparity.core import data
+from nnparity.core.data import DataError, load_mnist, read_idx
 
 
 def idx_bytes(arr: np.ndarray, magic: int) -> bytes:

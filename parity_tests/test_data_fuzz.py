@@ -17,8 +17,8 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 
-from nnparity import data
-from nnparity.data import DataError, read_idx, read_mnist_file
+from nnparity.core import data
+from nnparity.core.data import DataError, read_idx, read_mnist_file
 
 SEED = 12
 LABELS = "t10k-labels-idx1-ubyte.gz"

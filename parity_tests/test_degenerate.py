@@ -13,14 +13,14 @@ import math
 import numpy as np
 import pytest
 
-from nnparity import data as mnist
-from nnparity import drift
-from nnparity.check import EXIT_INCONCLUSIVE, run_check
-from nnparity.cli import main
-from nnparity.localize import Stage, locate
-from nnparity.networks import get, prepare
-from nnparity.parity import Tolerance, Trace, compare, compare_records
-from nnparity.train import Diverged, Training, collapsed
+from nnparity.core import data as mnist
+from nnparity.training import drift
+from nnparity.diagnosis.check import EXIT_INCONCLUSIVE, run_check
+from nnparity.cli.main import main
+from nnparity.diagnosis.localize import Stage, locate
+from nnparity.training.networks import get, prepare
+from nnparity.core.parity import Tolerance, Trace, compare, compare_records
+from nnparity.training.train import Diverged, Training, collapsed
 
 TOL = Tolerance(atol=1e-6, rtol=1e-3)
 TINY = ["--train-size", "500", "--test-size", "200", "--no-progress", "--envelope-steps", "0"]
@@ -199,7 +199,7 @@ def test_the_report_calls_an_inconclusive_parity_inconclusive_not_fail(tmp_path)
 
 
 def test_a_degenerate_comparison_never_kills_a_bug_in_the_selftest():
-    from nnparity.selftest import _cell
+    from nnparity.selftest.kill_matrix import _cell
 
     zeros = np.zeros(3)
     deg = compare("grad/w", zeros, zeros, TOL, step=1)

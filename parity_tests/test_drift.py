@@ -6,7 +6,9 @@ that every run's report shows it, is checked for every registered network:
 import numpy as np
 import pytest
 
-from nnparity import drift, networks
+from nnparity.training import drift
+
+from nnparity.training import networks
 from scratch.optim import SGD
 
 

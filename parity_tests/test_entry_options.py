@@ -6,8 +6,10 @@ import dataclasses
 
 import pytest
 
-from nnparity import cli, networks
-from nnparity.run import run_recipe
+from nnparity.cli import main as cli
+
+from nnparity.training import networks
+from nnparity.cli.run import run_recipe
 
 
 @pytest.fixture

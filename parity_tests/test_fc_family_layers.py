@@ -1,13 +1,13 @@
 """The new pieces of mlp16, linear10 and toy221 against torch autograd: random inputs,
-random non-uniform upstream gradients, float64 and float32 (``nnparity.layercheck``);
+random non-uniform upstream gradients, float64 and float32 (``nnparity.diagnosis.layercheck``);
 the initialisations against their formulas and against ``torch.nn.init``."""
 
 import numpy as np
 import pytest
 import torch
 
-from nnparity.layercheck import check_layer, check_loss
-from nnparity.parity import ParityError
+from nnparity.diagnosis.layercheck import check_layer, check_loss
+from nnparity.core.parity import ParityError
 from reference import mlp16 as ref_mlp16
 from reference import toy221 as ref_toy
 from scratch import init

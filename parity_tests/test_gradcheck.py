@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import scratch
-from nnparity import gradcheck as gc
-from nnparity.cli import main
+from nnparity.diagnosis import gradcheck as gc
+from nnparity.cli.main import main
 from scratch.conv import Conv2d
 from scratch.dropout import Dropout
 from scratch.layers import Linear
@@ -386,7 +386,7 @@ def test_same_seed_same_numbers():
 
 @pytest.fixture(scope="module")
 def mlp1000_data(mnist):
-    from nnparity import networks
+    from nnparity.training import networks
 
     net = networks.get("mlp1000")
     return networks.prepare(net, net.recipe, mnist, "float64", 0)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import scratch
-from nnparity.layercheck import check_layer, check_loss
-from nnparity.parity import ParityError
+from nnparity.diagnosis.layercheck import check_layer, check_loss
+from nnparity.core.parity import ParityError
 
 
 def test_linear(dtype):

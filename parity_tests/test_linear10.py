@@ -14,14 +14,14 @@ import time
 import numpy as np
 import pytest
 
-from nnparity import networks
-from nnparity.bugs import get_bug
-from nnparity.cli import main
-from nnparity.networks import get, make_sides, run_parity
-from nnparity import run as runner
-from nnparity.sides import TorchSide
-from nnparity.threads import blas_threads
-from nnparity.train import Training
+from nnparity.training import networks
+from nnparity.selftest.bugs import get_bug
+from nnparity.cli.main import main
+from nnparity.training.networks import get, make_sides, run_parity
+from nnparity.cli import run as runner
+from nnparity.training.sides import TorchSide
+from nnparity.core.threads import blas_threads
+from nnparity.training.train import Training
 from scratch.nets import linear10
 
 AS_DOCUMENTED = linear10.RECIPE.replace(variant="as-documented")
@@ -272,7 +272,7 @@ def test_sigterm_between_runs_writes_complete_files_marked_incomplete(tmp_path, 
             # without the run's handler SIGTERM would end the test session: fail instead
             assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None), \
                 "no SIGTERM handler installed during the run"
-            os.kill(os.getpid(), signal.SIGTERM)  # nnparity.signals turns it into KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)  # nnparity.core.signals turns it into KeyboardInterrupt
             time.sleep(5)
             raise AssertionError("SIGTERM did not interrupt the run")
         return original(*args)
@@ -298,7 +298,7 @@ def test_sigterm_between_runs_writes_complete_files_marked_incomplete(tmp_path, 
 def test_sigint_during_training_leaves_complete_files_marked_incomplete(tmp_path):
     """Ctrl-C in the middle of the first run's training (SIGTERM takes the same path, see above)."""
     sig = signal.SIGINT
-    proc = subprocess.Popen([sys.executable, "-m", "nnparity.cli", "run", "linear10", "--out", str(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "nnparity.cli.main", "run", "linear10", "--out", str(tmp_path),
                              "--epochs", "200", "--seeds", "2", "--train-size", "640", "--test-size", "320",
                              "--parity-steps", "2", "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -426,7 +426,7 @@ def test_a_replay_refuses_what_was_not_recorded(mnist):
     """A tape replays only the run it recorded: another seed, or a dataset, or more drift
     steps are refused at once; a step beyond its end, an unrecorded state, a different
     evaluation raise ReplayMismatch instead of returning numbers never computed."""
-    from nnparity.tape import ReplayMismatch
+    from nnparity.training.tape import ReplayMismatch
 
     net = get("linear10")
     recipe = linear10.RECIPE.replace(epochs=1, train_size=96, test_size=64)

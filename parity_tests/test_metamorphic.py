@@ -5,8 +5,10 @@ batch-split invariance of the gradients, and linearity of backward in the upstre
 import numpy as np
 import pytest
 
-from nnparity import metamorphic, networks
-from nnparity.parity import TOLERANCES
+from nnparity.diagnosis import metamorphic
+
+from nnparity.training import networks
+from nnparity.core.parity import TOLERANCES
 from scratch.layers import ReLU
 from scratch.losses import CrossEntropyLoss
 

@@ -6,7 +6,7 @@ and float32, start state, first batches, gradcheck, drift envelope and a small r
 import numpy as np
 import pytest
 
-from nnparity.networks import run_parity
+from nnparity.training.networks import run_parity
 from scratch.layers import Linear
 from scratch.nets import mlp1000
 

@@ -6,7 +6,7 @@ registered network.)"""
 import numpy as np
 import pytest
 
-from nnparity.networks import get, run_parity
+from nnparity.training.networks import get, run_parity
 from scratch.layers import Sigmoid
 from scratch.nets import mlp16
 
@@ -64,7 +64,7 @@ def test_parity_sees_a_sigmoid_derivative_taken_at_the_input(mnist, monkeypatch)
 def test_torch_threads_follow_the_network_and_do_not_leak(monkeypatch):
     import torch
 
-    from nnparity import networks
+    from nnparity.training import networks
 
     before = torch.get_num_threads()
     # the test session runs torch on 1 thread (conftest.py): start from 2, as a fresh

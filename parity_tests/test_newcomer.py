@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import nnparity
-from nnparity.networks import NETWORKS
+from nnparity.training.networks import NETWORKS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ def test_dir_shows_the_lazy_api():
 
 
 def test_list_names_source_documents_not_seed_numbers():
-    out = subprocess.run([sys.executable, "-m", "nnparity.cli", "list"], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "nnparity.cli.main", "list"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     assert "seed 0" not in out and "seeds 0" not in out
     assert out.count("source document:") == len(NETWORKS)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnparity.parity import assert_close
+from nnparity.core.parity import assert_close
 from scratch import SGD, Parameter
 
 

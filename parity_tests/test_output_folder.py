@@ -1,4 +1,4 @@
-"""An output folder holds one complete run, whatever happens (``nnparity.io.RunFolder``).
+"""An output folder holds one complete run, whatever happens (``nnparity.core.io.RunFolder``).
 
 A run writes into a hidden work folder beside ``OUT/NET`` and swaps it in at the end; an
 interrupted, diverged or failed run leaves ``OUT/NET`` as it was and its own files, all
@@ -22,15 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from nnparity import io
-from nnparity.cli import build_parser, main
+from nnparity.core import io
+from nnparity.cli.main import build_parser, main
 
 NET = "mlp16"
 TINY = ["--train-size", "256", "--test-size", "64", "--no-progress"]
 
 
 def command(out, seed, epochs=3, *extra):
-    return [sys.executable, "-m", "nnparity.cli", "run", NET, "--out", str(out), "--seed", str(seed),
+    return [sys.executable, "-m", "nnparity.cli.main", "run", NET, "--out", str(out), "--seed", str(seed),
             "--epochs", str(epochs), "--parity-steps", "3", "--envelope-steps", "20", *TINY, *extra]
 
 
@@ -184,9 +184,9 @@ def test_an_empty_work_folder_leaves_no_trace(tmp_path):
 ])
 def test_bad_output_names_are_refused_before_any_work(tmp_path, monkeypatch, capsys, out, expected):
     monkeypatch.chdir(tmp_path)
-    import nnparity.data
+    import nnparity.core.data
 
-    monkeypatch.setattr(nnparity.data, "load_mnist", lambda *a, **k: pytest.fail("data loaded before the check"))
+    monkeypatch.setattr(nnparity.core.data, "load_mnist", lambda *a, **k: pytest.fail("data loaded before the check"))
     assert main(["run", NET, "--out", out, "--epochs", "1", *TINY]) == 2
     err = capsys.readouterr().err
     assert expected in err and len(err.strip().splitlines()) == 1
@@ -230,7 +230,7 @@ def test_the_default_output_is_not_the_committed_reports():
 def test_a_data_error_leaves_no_output_folder(tmp_path, monkeypatch, capsys):
     """The data are loaded before the run's folder is made: a mistyped --data-dir (the
     download failing, as offline) leaves nothing, neither under OUT nor under the data folder."""
-    from nnparity import data
+    from nnparity.core import data
 
     def offline(target):
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\n<urlopen error offline>")

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from nnparity.parity import ParityError, Tolerance, assert_close, compare
+from nnparity.core.parity import ParityError, Tolerance, assert_close, compare
 
 TOL = Tolerance(atol=1e-6, rtol=1e-3)
 
@@ -64,7 +64,7 @@ def test_a_flagged_cell_of_the_relative_error_table_shows_the_failing_element():
     """The relative-error column of a kind leaves out elements whose reference is 0, so a
     tensor failing at such an element used to show a tiny worst relative error flagged "!"
     (1.12e-11!). The flagged cell now shows the relative error at the failing element."""
-    from nnparity.parity import Trace, compare_records, tolerance_for
+    from nnparity.core.parity import Trace, compare_records, tolerance_for
 
     tol = tolerance_for("float64")
     scratch = {"dout/fc": np.array([1.0, 2.0, 0.05]), "grad/fc.weight": np.array([1.0, 2.0])}

@@ -1,4 +1,4 @@
-"""nnparity.patterns: every pattern on constructed inputs (exact), none on unrelated ones, and
+"""nnparity.diagnosis.patterns: every pattern on constructed inputs (exact), none on unrelated ones, and
 the patterns in the user API's messages (learner-style layers written here) and in
 ``nnparity check``'s first divergence."""
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import nnparity
-from nnparity.parity import ParityError, TOLERANCES
-from nnparity.patterns import detect
+from nnparity.core.parity import ParityError, TOLERANCES
+from nnparity.diagnosis.patterns import detect
 
 T64 = TOLERANCES["float64"]
 T32 = TOLERANCES["float32"]
@@ -180,8 +180,8 @@ def test_a_comparison_that_passes_has_no_pattern():
 
 
 def test_nnparity_check_names_the_pattern_of_the_first_divergence():
-    from nnparity.bugs import get_bug
-    from nnparity.check import run_check
+    from nnparity.selftest.bugs import get_bug
+    from nnparity.diagnosis.check import run_check
 
     with get_bug("linear-dW-not-transposed").applied():
         out = run_check("mlp1000", steps=1).render()

@@ -10,8 +10,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from nnparity import drift, report  # noqa: E402
-from nnparity.report import spread_labels  # noqa: E402
+from nnparity.reporting import report  # noqa: E402
+from nnparity.training import drift  # noqa: E402
+from nnparity.reporting.report import spread_labels  # noqa: E402
 
 
 def _history(epochs: int) -> list:
@@ -119,8 +120,8 @@ def test_rerender_cli_names_a_folder_without_metrics(tmp_path, capsys):
 def test_linear10_per_batch_plots_name_every_line():
     import numpy as np
 
-    from nnparity.networks import get
-    from nnparity.report import plot_first_seed
+    from nnparity.training.networks import get
+    from nnparity.reporting.report import plot_first_seed
 
     side = {"train_loss": 0.5, "test_loss": 0.6, "train_error": 10.0, "test_accuracy": 88.0}
     runs = [{"variant": v, "seed": 0, "epochs": [{"epoch": e, "scratch": side, "torch": side} for e in (1, 2)]}

@@ -3,10 +3,12 @@ show a bar on a terminal and, on a terminal or not, one line each with their dur
 
 import re
 
-from nnparity import drift, networks
-from nnparity.check import run_check
-from nnparity.cli import main
-from nnparity.progress import parity_bar
+from nnparity.training import drift
+
+from nnparity.training import networks
+from nnparity.diagnosis.check import run_check
+from nnparity.cli.main import main
+from nnparity.core.progress import parity_bar
 
 TINY = ["--epochs", "1", "--train-size", "64", "--test-size", "32", "--parity-steps", "2", "--envelope-steps", "2"]
 
@@ -41,7 +43,9 @@ def test_the_envelope_bar_shows_when_asked_and_not_with_no_progress(mnist, capsy
 
 
 def test_gradcheck_and_selftest_show_a_bar_only_when_asked(mnist, capsys):
-    from nnparity import bugs, gradcheck, selftest
+    from nnparity.selftest import bugs
+    from nnparity.diagnosis import gradcheck
+    from nnparity.selftest import kill_matrix as selftest
 
     ds = networks.prepare(networks.get("mlp16"), networks.get("mlp16").recipe, mnist, "float64", 0)
     gradcheck.gradcheck_network("mlp16", samples=2, batch_size=4, ds=ds, progress=True)

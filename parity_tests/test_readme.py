@@ -5,14 +5,14 @@
   root gets). A block that defines a pytest test (``def test_``) is run by pytest instead,
   with the plugin that provides the ``nnparity`` fixture.
 * The ``## Commands`` block must list every option of every subcommand of
-  ``nnparity.cli.build_parser()``, and no option that does not exist.
+  ``nnparity.cli.main.build_parser()``, and no option that does not exist.
 * Every ``nnparity ...`` command line (in the ```bash block and in inline code) is
   **parsed** by ``build_parser().parse_args`` and the CLI's option checks (placeholders
   NET / NAME become ``mlp1000``, COMMAND becomes ``run``, ``...`` values of ``--weights`` / ``--biases`` become real
   ones). Commands the README shows as ``python -m ...`` (the test suite itself, ``--rerender``
   of the committed reports) are not run here: ``--rerender`` has its own tests
   (``test_plots.py``).
-* A representative subset is **executed** (in-process ``nnparity.cli.main``, small settings,
+* A representative subset is **executed** (in-process ``nnparity.cli.main.main``, small settings,
   each stated below next to the README's command): ``list``; the quick start's ``run mlp1000``;
   the README's ``check ... --inject`` example (documented exit status 1); ``gradcheck mlp1000``;
   ``selftest`` of one network; and (``EXECUTED``) every documented run, the noise-floor check
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from nnparity import cli
+from nnparity.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -98,7 +98,7 @@ def test_python_block_runs_from_the_repository_root(index, tmp_path):
     if "def test_" in code:
         test_file = tmp_path / "test_snippet.py"
         test_file.write_text(code)
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "nnparity.plugin", "-c", str(tmp_path / "none.ini"),
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "nnparity.api.plugin", "-c", str(tmp_path / "none.ini"),
                "--rootdir", str(tmp_path), str(test_file)]
         (tmp_path / "none.ini").write_text("[pytest]\n")
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

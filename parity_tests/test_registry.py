@@ -12,9 +12,11 @@ import json
 import numpy as np
 import pytest
 
-from nnparity import drift, networks
-from nnparity import gradcheck as gc
-from nnparity.cli import main
+from nnparity.training import drift
+
+from nnparity.training import networks
+from nnparity.diagnosis import gradcheck as gc
+from nnparity.cli.main import main
 
 
 def mnist_net(net):

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from nnparity import cli, results
-from nnparity.networks import NETWORKS
+from nnparity.cli import main as cli
+
+from nnparity.reporting import results
+from nnparity.training.networks import NETWORKS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -189,6 +191,6 @@ def test_figures_read_paths_map_over_lists_and_name_what_is_missing():
 
 
 def test_results_imports_no_torch():
-    code = "import sys, nnparity.results; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, nnparity.reporting.results; sys.exit(1 if 'torch' in sys.modules else 0)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr or "importing nnparity.results imported torch"
+    assert proc.returncode == 0, proc.stderr or "importing nnparity.reporting.results imported torch"

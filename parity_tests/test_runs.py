@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from nnparity.checkpoint import CheckpointError, load
-from nnparity.cli import main
+from nnparity.training.checkpoint import CheckpointError, load
+from nnparity.cli.main import main
 
 SMALL = ["--train-size", "1000", "--test-size", "300", "--no-progress"]
 
@@ -83,7 +83,7 @@ def test_resume_refuses_corrupt_or_foreign_files(tmp_path, content, expected):
         np.savez(bad, weights=np.ones(3))  # a valid .npz, but not ours
     else:
         bad.write_bytes(content)
-    proc = subprocess.run([sys.executable, "-m", "nnparity.cli", "run", "mlp1000", "--out", str(tmp_path / "o"),
+    proc = subprocess.run([sys.executable, "-m", "nnparity.cli.main", "run", "mlp1000", "--out", str(tmp_path / "o"),
                            "--parity-steps", "0", "--resume", str(bad), *SMALL], capture_output=True, text=True)
     assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -107,7 +107,7 @@ def test_divergence_stops_at_once_and_writes_a_diverged_report(tmp_path):
 
 
 def test_sigint_leaves_complete_files_marked_incomplete(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "nnparity.cli", "run", "mlp1000", "--out", str(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "nnparity.cli.main", "run", "mlp1000", "--out", str(tmp_path),
                              "--epochs", "50", "--parity-steps", "0", "--envelope-steps", "0", "--dtype", "float32",
                              *SMALL],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -129,7 +129,7 @@ def test_sigint_leaves_complete_files_marked_incomplete(tmp_path):
 def test_unusable_output_folder_is_one_clear_line(tmp_path):
     blocker = tmp_path / "reports"
     blocker.write_text("a file where the output folder should go")  # fails even for root
-    proc = subprocess.run([sys.executable, "-m", "nnparity.cli", "run", "mlp1000", "--out", str(blocker), *SMALL],
+    proc = subprocess.run([sys.executable, "-m", "nnparity.cli.main", "run", "mlp1000", "--out", str(blocker), *SMALL],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and f"cannot create output directory {blocker / 'mlp1000'}" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

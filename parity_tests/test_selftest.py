@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-from nnparity import bugs, selftest
-from nnparity.cli import main
-from nnparity.networks import NETWORKS
+from nnparity.selftest import bugs
+
+from nnparity.selftest import kill_matrix as selftest
+from nnparity.cli.main import main
+from nnparity.training.networks import NETWORKS
 
 # the functions as they are before any selftest runs (module import time), ``also`` targets included
 ORIGINALS = {b.name: b.originals() for b in bugs.catalogue()}

@@ -9,9 +9,9 @@ import torch
 import nnparity
 from examples.cs231n_configs import (conv_backward_naive, conv_backward_naive_crops, conv_forward_naive,
                                      max_pool_backward_assigns, max_pool_backward_naive, max_pool_forward_naive)
-from nnparity.adapters import ArgumentError, ProtocolError
-from nnparity.parity import ParityError
-from nnparity.sweep import GRIDS
+from nnparity.training.adapters import ArgumentError, ProtocolError
+from nnparity.core.parity import ParityError
+from nnparity.api.sweep import GRIDS
 
 
 def _fails(report):

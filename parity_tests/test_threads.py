@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from nnparity.threads import blas_thread_count, blas_threads
+from nnparity.core.threads import blas_thread_count, blas_threads
 
 
 def test_blas_threads_limits_and_restores():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnparity.cli import main
-from nnparity.networks import get, make_sides, run_parity
-from nnparity import run as runner
+from nnparity.cli.main import main
+from nnparity.training.networks import get, make_sides, run_parity
+from nnparity.cli import run as runner
 from reference import toy221 as ref_toy
 from scratch.layers import Sigmoid
 from scratch.nets import toy221 as toy

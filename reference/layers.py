@@ -11,7 +11,7 @@ class MaskedDropout(nn.Module):
 
     Parity with dropout active needs the same mask on both sides, and parity never
     relies on two libraries drawing the same random numbers: the scratch
-    ``Dropout`` draws the mask, and ``nnparity.sides.TorchSide`` sets it here as
+    ``Dropout`` draws the mask, and ``nnparity.training.sides.TorchSide`` sets it here as
     ``.mask`` (bool, the input's shape, True = kept) before each forward pass.
 
     Everything else is torch's own dropout arithmetic (``at::native::_dropout_impl``):
@@ -71,7 +71,7 @@ class AlignedMaxPool2d(nn.MaxPool2d):
     upstream gradients disagree, and in float32 the different routing changes the
     weights and the runs drift apart within a few steps.
 
-    So, when ``tie_tol = (atol, rtol)`` is set (``nnparity.parity.check_steps`` sets
+    So, when ``tie_tol = (atol, rtol)`` is set (``nnparity.core.parity.check_steps`` sets
     the parity tolerance) and the scratch ``MaxPool2d`` handed over its choices as
     ``.mask`` (torch's ``return_indices`` convention), this module takes the scratch
     choice in every window where that element is within ``atol + rtol * |max|`` of
@@ -120,7 +120,7 @@ class AlignedReLU(nn.ReLU):
     ReLU is ``max(x, 0)``: at ``x`` within rounding of 0 the two sides can decide the kink
     differently (one passes the gradient, the other blocks it), an ulp-sized accident in
     float32 that a BatchNorm behind it then scales up. As for ``AlignedMaxPool2d``:
-    with ``tie_tol = (atol, rtol)`` set (by ``nnparity.parity.check_steps``) and the
+    with ``tie_tol = (atol, rtol)`` set (by ``nnparity.core.parity.check_steps``) and the
     scratch ``ReLU``'s ``x > 0`` handed over as ``.mask``, the elements with
     ``|x| <= atol`` follow the scratch decision (their output differs from torch's by at
     most ``atol``); every other element is torch's own ReLU. Without ``tie_tol`` (the

@@ -1,4 +1,4 @@
-"""Which catalogued slips does the pattern detector name? (``nnparity/patterns.py`` on ``nnparity/bugs.py``)
+"""Which catalogued slips does the pattern detector name? (``nnparity/diagnosis/patterns.py`` on ``nnparity/selftest/bugs.py``)
 
     python tools/pattern_catalogue.py [--nets mlp1000,mlp16,linear10,cnn18k]
 
@@ -59,7 +59,7 @@ def _grade(expected, named: list) -> str:
 
 
 def unit_row(bug):
-    from nnparity.selftest import unit_check_for
+    from nnparity.selftest.kill_matrix import unit_check_for
 
     check = unit_check_for(bug)
     if check is None:
@@ -73,8 +73,8 @@ def unit_row(bug):
 
 
 def check_row(bug, net_name):
-    from nnparity.check import run_check
-    from nnparity.networks import get
+    from nnparity.diagnosis.check import run_check
+    from nnparity.training.networks import get
 
     net = get(net_name)
     recipe = net.recipe
@@ -88,7 +88,7 @@ def check_row(bug, net_name):
 
 
 def main(argv=None) -> int:
-    from nnparity.bugs import catalogue
+    from nnparity.selftest.bugs import catalogue
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nets", default="mlp1000,mlp16,linear10,cnn18k")

@@ -3,7 +3,7 @@
 Runs four models on the same first STEPS training batches with the same dropout masks,
 all from the same float32 initial weights: scratch float32, torch float32, scratch
 float64, torch float64. The torch models keep torch's own max-pool and ReLU decisions
-(no tie alignment: that only happens inside ``nnparity.parity.check_steps``). Prints the
+(no tie alignment: that only happens inside ``nnparity.core.parity.check_steps``). Prints the
 per-step worst margins, at the float32 tolerance, of
 
     scratch32 vs torch32   what step parity would see without tie alignment
@@ -24,9 +24,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from nnparity import networks
-from nnparity.data import load_mnist
-from nnparity.parity import Trace, compare_records, tolerance_for
+from nnparity.training import networks
+from nnparity.core.data import load_mnist
+from nnparity.core.parity import Trace, compare_records, tolerance_for
 from reference import bridge
 
 steps = int(sys.argv[1]) if len(sys.argv) > 1 else 20

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from nnparity.data import load_mnist, to_inputs  # noqa: E402
+from nnparity.core.data import load_mnist, to_inputs  # noqa: E402
 
 SETTINGS = [(1.0, 32), (2.0, 32), (0.5, 32), (2.0, 64), (4.0, 64)]  # (lr, batch size)
 

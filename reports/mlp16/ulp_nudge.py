@@ -14,8 +14,8 @@ produced it.
 import numpy as np
 import torch
 
-from nnparity.data import load_mnist
-from nnparity.networks import get, make_sides, prepare, training_batches
+from nnparity.core.data import load_mnist
+from nnparity.training.networks import get, make_sides, prepare, training_batches
 
 
 def max_diff(a: dict, b: dict) -> float:

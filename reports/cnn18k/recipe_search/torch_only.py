@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnparity import networks
-from nnparity.data import load_mnist
+from nnparity.training import networks
+from nnparity.core.data import load_mnist
 from reference import bridge
 
 seed, sched = int(sys.argv[1]), sys.argv[2]

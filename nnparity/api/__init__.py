@@ -1,0 +1,1 @@
+"""The user API (check_layer, check_loss, check_steps) and the pytest fixture."""

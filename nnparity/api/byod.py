@@ -1,0 +1,930 @@
+"""Bring your own derivation: check your own NumPy layers, losses and networks against
+PyTorch autograd (or, with no torch equivalent, against finite differences).
+
+    import nnparity, torch
+    nnparity.check_layer(MyLayerNorm(16), torch.nn.LayerNorm(16), input_shape=(8, 16))
+    nnparity.check_layer(MyLeakyReLU(0.1), None, input_shape=(8, 16))     # finite differences
+    nnparity.check_loss(my_softmax_ce, torch.nn.CrossEntropyLoss(), input_shape=(8, 10))
+    nnparity.check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batches)
+
+A thin layer over the suite's harness: ``layercheck`` runs one layer against
+autograd, ``gradcheck`` runs finite differences, ``parity.check_steps`` runs
+training steps through ``sides``; the objects you pass are read through
+``adapters.LayerAdapter`` (the accepted conventions are documented there). A
+failure raises an ``AssertionError`` with the suite's message: the tensor, the
+element, both values, the errors, the tolerance. In messages, *scratch* is your
+code and *reference* is PyTorch.
+
+A misuse raises a ``nnparity.training.adapters.UsageError`` whose first line names the
+problem and the fix, with nothing from torch or NumPy chained to it:
+``ArgumentError`` (an argument's type or value: a shape that is not a tuple of
+positive ints, an empty batch, a NaN input, ``steps=-1``), ``ProtocolError`` (an
+object that does not follow the protocol: a class instead of an instance, buffers
+as a method), ``ParameterMismatch`` (the two sides' names or shapes), ``CallError``
+(your code or the torch side raised: the call, the exception, your file and line,
+what it was given). A check that passes but leaves something uncompared (a torch
+buffer your layer does not expose) says so in ``warnings`` (in the message, and as
+a ``NNParityWarning``). ``parity_tests/test_api_misuse.py`` is the table of misuses.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nnparity.diagnosis import gradcheck as gc
+from nnparity.training.adapters import (INPUT_MUTATED, ArgumentError, LayerAdapter, LossAdapter, NNParityWarning, ParameterMismatch,
+                       ProtocolError,
+                       RandomState, UpdateAdapter, as_layer, buffers_warning, call_torch, call_user, copy_to_torch,
+                       input_grad_problem, output_problem, reject_class, unmatched_torch_buffers,
+                       upstream_problem)
+from nnparity.core.parity import Comparison, ParityError, Tolerance, quantity, tolerance_for
+from nnparity.training.sides import StepResult, TorchSide, count_correct
+
+DTYPES = ("float64", "float32")
+PARAMS = ("random", "keep")
+
+
+def _describe_torch(t) -> str:
+    if t is None:
+        return "finite differences"
+    mod = type(t).__module__
+    if mod.startswith("torch.nn"):
+        return f"torch.nn.{type(t).__name__}"
+    return getattr(t, "__name__", type(t).__name__)
+
+
+@dataclass
+class LayerReport:
+    """Every comparison of one ``check_layer`` / ``check_loss`` call, per dtype.
+
+    ``results[dtype]`` is a list of ``Comparison`` (against autograd, or against your
+    own float64 run for float32 when there is no torch equivalent) or, for float64
+    without a torch equivalent, a ``GradcheckResult``.
+    """
+
+    name: str
+    reference: str
+    context: str
+    results: "OrderedDict[str, object]" = field(default_factory=OrderedDict)
+    warnings: list = field(default_factory=list)   # what a pass does not cover, in words
+    skipped: list = field(default_factory=list)    # comparisons left out on request (skip=)
+    arrays: dict = field(default_factory=dict, repr=False)   # {dtype: {name: (scratch, reference)}} of failures
+    plot_path: str | None = None                   # the heatmap written for the first failure (plot=)
+
+    def first_failure(self):
+        """``(dtype, comparison)`` of the first failing torch comparison, or None."""
+        for dt, res in self.results.items():
+            if isinstance(res, gc.GradcheckResult):
+                continue
+            c = next((c for c in res if not c.passed and c.name in self.arrays.get(dt, {})), None)
+            if c is not None:
+                return dt, c
+        return None
+
+    def plot(self, path, where: str = "") -> str | None:
+        """Draw the first failing comparison (scratch, reference, scratch - reference) as a PNG
+        heatmap at ``path``; returns the path, or None when nothing failed against torch."""
+        from nnparity.reporting.heatmap import draw_difference, check_path
+
+        path = check_path(path)
+        first = self.first_failure()
+        if first is None:
+            return None
+        dt, c = first
+        a, b = self.arrays[dt][c.name]
+        draw_difference(path, a, b, f"{self.name} {dt} {c.name}{f' ({where})' if where else ''}", c.pattern)
+        self.plot_path = path
+        return path
+
+    @staticmethod
+    def _failures(res) -> list:
+        if isinstance(res, gc.GradcheckResult):
+            return [t.name for t in res.failures]
+        return [c.name for c in res if not c.passed]
+
+    @property
+    def ok(self) -> bool:
+        return not any(self._failures(r) for r in self.results.values())
+
+    def summary(self) -> str:
+        parts = []
+        for dt, res in self.results.items():
+            bad = self._failures(res)
+            n = len(res.tensors) if isinstance(res, gc.GradcheckResult) else len(res)
+            parts.append(f"{dt}: " + (f"{len(bad)} of {n} failing ({', '.join(bad)})" if bad else f"all {n} pass"))
+        skipped = f"; skipped as asked: {', '.join(self.skipped)}" if self.skipped else ""
+        return "; ".join(parts) + skipped + "".join(f"\nwarning: {w}" for w in self.warnings)
+
+    def message(self) -> str:
+        for dt, res in self.results.items():
+            if isinstance(res, gc.GradcheckResult):
+                if not res.ok:
+                    return f"{res.message()}\n{self.summary()}\n{self.context}"
+                continue
+            failed = [c for c in res if not c.passed]
+            if failed:
+                more = (f" ({len(failed) - 1} more failing in {dt}: {', '.join(c.name for c in failed[1:])})"
+                        if len(failed) > 1 else "")
+                more += "".join(f"\n{c.name}: PATTERN: {c.pattern}" for c in failed[1:] if c.pattern)
+                hint = ""
+                problem = failed[0].problem or ""
+                cast = [c for c in res if c.name.endswith(f" as {dt}")]
+                values = ("" if not cast else
+                          f"; your values cast to {dt} agree ({', '.join(c.name for c in cast)}), so only the dtype "
+                          "is wrong" if all(c.passed for c in cast) else
+                          f"; your values cast to {dt} disagree too: "
+                          f"{next(c for c in cast if not c.passed).describe(self.name, dt)}")
+                if problem.startswith("dtype mismatch") and not problem.split(" (")[0].endswith(f"reference {dt}"):
+                    hint = (f"\nthe torch equivalent returned another dtype than its {dt} input's: it must compute "
+                            "in its input's dtype (no .float() / .double(), no new tensor without dtype=)")
+                elif problem.startswith("dtype mismatch"):
+                    hint = ("\nyour layer returned another dtype than its input's: a float64 scalar or array mixed "
+                            "into a float32 computation promotes it to float64: a NumPy float64 scalar "
+                            "(np.finfo(float).eps, np.float64(1e-8), np.sqrt(n) of a float64, "
+                            "x.sum(dtype=np.float64)), "
+                            "a float64 accumulator (np.zeros(shape) without dtype=x.dtype, then += into it) or a "
+                            "constant array (np.ones, np.where(mask, 1.0, a), ...); use x.dtype for each"
+                            + values)
+                elif failed[0].inconclusive and failed[0].quantity == "parameter gradient":
+                    hint = ("\nif this gradient is zero by construction (a bias feeding a normalisation), declare "
+                            f"it: allowed_zero=[{failed[0].name.split('/', 1)[1]!r}] compares it with zero")
+                drawn = f"\nheatmap of scratch - reference: {self.plot_path}" if self.plot_path else ""
+                return f"{failed[0].describe(self.name, dt)}{more}{hint}\n{self.summary()}\n{self.context}{drawn}"
+        return f"{self.name} against {self.reference}: {self.summary()}"
+
+    def raise_if_failed(self) -> "LayerReport":
+        if not self.ok:
+            fd = any(isinstance(r, gc.GradcheckResult) and not r.ok for r in self.results.values())
+            raise (gc.GradcheckError if fd else ParityError)(self.message())
+        return self
+
+
+def _check_dtypes(dtypes) -> list:
+    if isinstance(dtypes, (str, type, np.dtype)):
+        dtypes = [dtypes]
+    if dtypes is None or not isinstance(dtypes, (list, tuple)):
+        raise ArgumentError(f"dtypes must be a dtype or a tuple of dtypes such as ('float64', 'float32'), "
+                            f"got {type(dtypes).__name__}")
+    if not dtypes:
+        raise ArgumentError("dtypes is empty: pass e.g. ('float64', 'float32')")
+    names = []
+    for d in dtypes:
+        try:
+            if d is None:   # np.dtype(None) is float64: a None would pass for a dtype
+                raise TypeError
+            names.append(np.dtype(d).name)
+        except TypeError:
+            raise ArgumentError(f"dtypes: {d!r} is not a dtype: use 'float64' and/or 'float32'") from None
+    for d in names:
+        try:
+            tolerance_for(d)
+        except ValueError as e:
+            raise ArgumentError(str(e)) from None
+    return names
+
+
+def _check_shape(what: str, shape) -> tuple:
+    """A shape is a tuple of ints >= 1: an empty batch has nothing to compare (every
+    comparison of an empty array passes), so it is refused rather than passed."""
+    if not isinstance(shape, (tuple, list)) or not all(isinstance(n, numbers.Integral) and not isinstance(n, bool)
+                                                        for n in shape):
+        raise ArgumentError(f"{what} must be a tuple of ints such as (8, 16) (batch first), got {shape!r}")
+    shape = tuple(int(n) for n in shape)
+    if any(n < 1 for n in shape):
+        raise ArgumentError(f"{what} {shape} has a size below 1: every axis needs at least one element "
+                            "(an empty batch has nothing to compare), e.g. (8, 16)")
+    return shape
+
+
+def _check_array(what: str, a, *, empty_ok: bool = False) -> np.ndarray:
+    """A numeric, finite, non-empty array (a NaN input makes NaN on both sides, which compare equal)."""
+    try:
+        arr = np.asarray(a)
+    except Exception:  # noqa: BLE001 - a ragged list or an object NumPy cannot read
+        arr = None
+    if arr is None or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        tensor = type(a).__module__.startswith("torch")
+        raise ArgumentError(f"{what} must be an array of numbers, got {type(a).__name__}"
+                            f"{'' if arr is None else ' of dtype ' + str(arr.dtype)}"
+                            f"{': pass a NumPy array (tensor.detach().numpy())' if tensor else ''}")
+    if np.iscomplexobj(arr):
+        raise ArgumentError(f"{what} is complex ({arr.dtype}): the checks compare real arrays")
+    if arr.size == 0 and not empty_ok:
+        raise ArgumentError(f"{what} has no elements (shape {arr.shape}): there is nothing to compare; "
+                            "use at least one sample")
+    if np.issubdtype(arr.dtype, np.inexact):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            idx = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ArgumentError(f"{what} has a non-finite value ({arr[idx]}) at {idx}: the check needs finite "
+                                "values (NaN on both sides compares equal and proves nothing)")
+    return arr
+
+
+def _check_int(what: str, v, low: int, none_ok: bool = False):
+    if v is None and none_ok:
+        return None
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < low:
+        raise ArgumentError(f"{what} must be an int >= {low}{' or None' if none_ok else ''}, got {v!r}")
+    return int(v)
+
+
+def _check_bool(what: str, v) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise ArgumentError(f"{what} must be True or False, got {v!r}")
+    return bool(v)
+
+
+def _check_name(name):
+    if name is not None and not isinstance(name, str):
+        raise ArgumentError(f"name must be a string (how messages name your code), got {name!r}")
+
+
+def _check_fd(samples, eps):
+    _check_int("samples", samples, 1)
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not (0 < eps < np.inf):
+        raise ArgumentError(f"eps must be a number > 0 (the finite-difference step, e.g. 1e-5), got {eps!r}")
+
+
+def _tolerances(atol, rtol, dtypes) -> dict:
+    """{dtype: Tolerance}: the suite's, with ``atol`` / ``rtol`` (a number, or {dtype: number}) instead."""
+    def pick(what, v, dt, default):
+        if v is None:
+            return default
+        if isinstance(v, dict):
+            def name_of(k):
+                try:
+                    return np.dtype(k).name if isinstance(k, str) else None
+                except TypeError:
+                    return None
+            bad = [k for k in v if name_of(k) not in DTYPES]
+            if bad:
+                raise ArgumentError(f"{what} keys must be dtype names ('float64', 'float32'), got {list(bad)}")
+            v = {np.dtype(k).name: x for k, x in v.items()}
+            if dt not in v:
+                return default
+            v = v[dt]
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not (0 <= v < np.inf):
+            raise ArgumentError(f"{what} must be a number >= 0 (or {{dtype: number}}), got {v!r}")
+        return float(v)
+
+    out = {}
+    for dt in dtypes:
+        base = tolerance_for(dt)
+        out[dt] = Tolerance(pick("atol", atol, dt, base.atol), pick("rtol", rtol, dt, base.rtol))
+    return out
+
+
+def _names(what: str, names) -> tuple:
+    """A tuple of strings from a string or an iterable of strings (``skip=``, ``allowed_zero=``)."""
+    if names is None:
+        return ()
+    if isinstance(names, str):
+        names = (names,)
+    try:
+        names = tuple(names)
+    except TypeError:
+        raise ArgumentError(f"{what} must be a list of names, got {type(names).__name__}") from None
+    if not all(isinstance(n, str) and n for n in names):
+        raise ArgumentError(f"{what} must be a list of names (strings), got {list(names)!r}")
+    return names
+
+
+def _zero_names(allowed_zero, params) -> tuple:
+    """Parameter names declared zero by construction (``"bias"`` or ``"grad/bias"``), each one yours."""
+    names = tuple(n[len("grad/"):] if n.startswith("grad/") else n for n in _names("allowed_zero", allowed_zero))
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise ArgumentError(f"allowed_zero names {unknown}, which are not parameters of your layer: "
+                            f"it has {list(params)} (name the parameter whose gradient is zero by construction)")
+    return names
+
+
+def _skip(skip, names_seen) -> list:
+    """Drop the comparisons named in ``skip`` (``"grad/bias"`` also drops ``"grad/bias as float32"``);
+    a name that matches no comparison is an error (a typo would silently skip nothing)."""
+    if not skip:
+        return []
+    unknown = [n for n in skip if n not in names_seen]
+    if unknown:
+        raise ArgumentError(f"skip names {unknown}, which are not comparisons of this check: it compares "
+                            f"{sorted(names_seen)}")
+    return [n for n in skip]
+
+
+def _is_skipped(name: str, skip) -> bool:
+    return any(name == n or name.startswith(f"{n} as ") for n in skip)
+
+
+def _input(what: str, input_shape, given, shape_what: str = "input_shape") -> tuple:
+    """The input's shape, from ``input_shape`` or the given array (``x`` / ``z``), which must agree."""
+    if input_shape is None and given is None:
+        return None
+    shape = None if input_shape is None else _check_shape(shape_what, input_shape)
+    if given is not None:
+        arr = _check_array(what, given)
+        if shape is not None and arr.shape != shape:
+            raise ArgumentError(f"{shape_what} {shape} and {what}.shape {arr.shape} disagree: give one of them")
+        shape = arr.shape
+    return shape
+
+
+def _check_torch_equivalent(t, what: str = "the torch equivalent") -> None:
+    import torch
+
+    if t is None or isinstance(t, torch.nn.Module):
+        return
+    reject_class(t, what)
+    _reject_numpy_module(t, what)
+    if isinstance(t, np.ufunc) or (getattr(t, "__module__", None) or "").startswith("numpy"):
+        raise ProtocolError(f"{what} {getattr(t, '__name__', t)} is a NumPy function: it must compute with torch "
+                            f"on a torch tensor (e.g. torch.{getattr(t, '__name__', 'tanh')}), so autograd can "
+                            "differentiate it")
+    if not callable(t):
+        raise ProtocolError(f"{what} must be a torch.nn.Module or a function, got {type(t).__name__}")
+
+
+def _reject_numpy_module(t, what: str) -> None:
+    """A NumPy layer or loss (forward and backward, not torch) given as the torch side: it would
+    be called on torch tensors and fail inside NumPy."""
+    if (callable(getattr(t, "forward", None)) and callable(getattr(t, "backward", None))
+            and not type(t).__module__.startswith("torch")):
+        raise ProtocolError(f"{what} {type(t).__name__} has forward and backward: it is a NumPy layer or loss, not "
+                            "its torch equivalent: pass the torch module (torch.nn....) or a torch function, "
+                            "after your own code")
+
+
+def _check_torch_loss(t) -> None:
+    reject_class(t, "the torch loss")
+    _reject_numpy_module(t, "the torch loss")
+    if not callable(t):
+        raise ProtocolError(f"the torch loss must be a torch loss module or a function (input, target) -> scalar "
+                            f"tensor, such as torch.nn.CrossEntropyLoss(), got {type(t).__name__}")
+
+
+def _warn(report_warnings: list, text: str) -> None:
+    report_warnings.append(text)
+    warnings.warn(text, NNParityWarning, stacklevel=3)
+
+
+def _randomize(lay: LayerAdapter, seed: int) -> None:
+    """Seeded N(0, 1) parameter values: ones and zeros (a fresh LayerNorm's gamma and beta)
+    hide bugs, e.g. a backward that forgets to multiply by gamma."""
+    rng = np.random.default_rng([seed, 7])
+    lay.set_params({k: rng.standard_normal(v.shape).astype(np.float64) for k, v in lay.params().items()})
+
+
+def _run(lay: LayerAdapter, x, g, dtype, rs):
+    """Your layer's forward and backward in ``dtype``: ``(out, din, grads)``, or ``[(tensor, problem)]``."""
+    lay.astype(dtype)
+    xd = x.astype(dtype)
+    x_before = xd.copy()
+    lay.zero_grad()
+    undo = lay.input_grad_on()
+    try:
+        rs.replay()
+        y = lay.forward(xd)
+        problem = output_problem(lay.name, y, x_before)
+        if problem:
+            return [("out", problem)]
+        dx = lay.backward(g.astype(dtype))
+    finally:
+        undo()
+    problem = input_grad_problem(lay.name, dx, x_before)
+    if problem:
+        return [("din", problem)]
+    if not np.array_equal(xd, x_before, equal_nan=True):
+        return [("input", INPUT_MUTATED)]
+    return y, dx, OrderedDict((k, np.array(v, copy=True)) for k, v in lay.grads().items())
+
+
+def _skip_in_report(report: LayerReport, skip) -> None:
+    seen = {c.name for res in report.results.values() if not isinstance(res, gc.GradcheckResult) for c in res}
+    seen |= {t.name for res in report.results.values() if isinstance(res, gc.GradcheckResult) for t in res.tensors}
+    report.skipped = _skip(skip, seen)
+    for dt, res in report.results.items():
+        if isinstance(res, gc.GradcheckResult):
+            if any(_is_skipped(t.name, skip) for t in res.tensors):
+                raise ArgumentError(f"skip= applies to comparisons with torch, not to the finite-difference check "
+                                    f"({', '.join(skip)}): pass a torch equivalent, or check without skip")
+            continue
+        report.results[dt] = [c for c in res if not _is_skipped(c.name, skip)]
+
+
+def _against_own_float64(lay, x, upstream, seed, dtype, tol=None, zero=()) -> list:
+    """No torch equivalent: your layer in ``dtype`` against your float64 run, which the
+    finite-difference check verifies (same seeded input and upstream gradient)."""
+    from nnparity.diagnosis.layercheck import _problem, compare_values
+
+    rng = np.random.default_rng(seed)
+    x64 = (rng.standard_normal(x) if isinstance(x, tuple) else np.array(x)).astype(np.float64)
+    rs = RandomState(lay.generators())
+    lay.astype(np.float64)
+    rs.replay()
+    y = lay.forward(x64.copy())
+    problem = output_problem(lay.name, y, x64)
+    if problem:
+        return [_problem("out", problem)]
+    upstream_problem(lay.name, upstream, np.shape(y))
+    g = (rng.standard_normal(np.shape(y)) if upstream is None else np.array(upstream)).astype(np.float64)
+    ref = _run(lay, x64, g, np.float64, rs)
+    got = _run(lay, x64, g, dtype, rs) if not isinstance(ref, list) else ref
+    lay.astype(np.float64)
+    if isinstance(got, list):
+        return [_problem(k, p) for k, p in got]
+    tol = tol or tolerance_for(dtype)
+    comps = compare_values("out", got[0], ref[0].astype(dtype), tol) + \
+        compare_values("din", got[1], ref[1].astype(dtype), tol)
+    for k in ref[2]:
+        comps += compare_values(f"grad/{k}", got[2][k], ref[2][k].astype(dtype), tol, allowed_zero=k in zero)
+    return comps
+
+
+def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=None, dtypes=DTYPES,
+                seed: int = 0, params="random", train: bool = True, name: str | None = None,
+                samples: int = gc.SAMPLES, eps: float = gc.EPS, atol=None, rtol=None, skip=(), allowed_zero=(),
+                plot=None, raise_on_failure: bool = True) -> LayerReport:
+    """Check your layer's forward and backward against PyTorch autograd, in float64 and float32.
+
+    Args:
+        mine: your layer: a scratch-style module, a plain object with ``forward(x)``,
+            ``backward(dy) -> dx`` and ``params``/``grads`` dicts, a parameter-free
+            object, or a pair of functions ``(forward, backward)`` with
+            ``backward(x, dy) -> dx`` (see ``nnparity.training.adapters`` for the exact protocol).
+        torch_equivalent: a ``torch.nn.Module`` whose ``named_parameters()`` names match
+            yours (they are copied from yours), a function ``fn(x)`` (``fn(x, **params)``
+            if your layer has parameters: they arrive as torch tensors under your
+            names), or ``None`` for the finite-difference check.
+        input_shape: shape of the random standard-normal input (or give ``x``).
+        upstream: dL/d(output); default: random standard normal, never uniform (a
+            ones upstream gradient hides transposes and wrong-axis sums).
+        dtypes: the dtypes to run, each with its tolerance (``nnparity.core.parity.TOLERANCES``).
+        seed: seeds the input, the upstream gradient and the parameter values.
+        params: ``"random"`` (default) sets every parameter to seeded N(0, 1) values for
+            the check; ``"keep"`` checks your current values. Yours are restored after.
+            A dict maps your parameter names onto torch's, with their layout
+            (``{"W": "weight.T", "b": "bias"}``; values random): ``nnparity.training.conventions``
+            says what is detected without it. To keep your values with a map, pass
+            ``nnparity.adapt(mine, params={...})`` as ``mine`` and ``params="keep"``.
+        train: training (default) or evaluation mode on both sides.
+        samples, eps: coordinates per tensor and step of the finite-difference check.
+        atol, rtol: tolerances instead of the suite's (``|a - b| <= atol + rtol |b|``): a
+            number, or ``{"float32": 1e-3}`` per dtype (torch comparisons and float32 against
+            your own float64; the finite-difference check keeps its own).
+        skip: names of comparisons to leave out (``"buffer/running_var"``, ``"grad/bias"``);
+            they are listed as skipped in the report.
+        allowed_zero: parameters whose gradient is zero by construction (the bias of a
+            layer feeding a normalisation): compared with zero instead of being degenerate.
+        plot: a ``.png`` path: on a failure against torch, a heatmap of scratch - reference
+            over the first failing tensor is written there (and named in the message).
+
+    A failing tensor whose difference is an exact pattern (a factor N or 1/2, a transpose,
+    a shift, a crop, only the last sample: ``nnparity.diagnosis.patterns``) is named in the message.
+
+    Returns a ``LayerReport``; raises ``AssertionError`` (``ParityError``, or
+    ``GradcheckError`` for finite differences) naming the first failing tensor.
+    Without a torch equivalent, float64 is checked by central finite differences (always,
+    whatever ``dtypes`` says) and float32 against your own float64 run.
+    """
+    import torch
+
+    from nnparity.diagnosis import layercheck
+
+    _check_name(name)
+    mapping = params if isinstance(params, dict) else None
+    if mapping is not None:
+        params = "random"
+    elif params not in PARAMS:
+        raise ArgumentError(f"params must be one of {PARAMS} or a dict mapping your names to torch's "
+                            f"({{'W': 'weight.T', 'b': 'bias'}}), got {params!r}")
+    skip = _names("skip", skip)
+    train = _check_bool("train", train)
+    raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
+    seed = _check_int("seed", seed, 0)
+    if plot is not None:
+        from nnparity.reporting.heatmap import check_path
+
+        plot = check_path(plot)
+    _check_fd(samples, eps)
+    dtypes = _check_dtypes(dtypes)
+    tols = _tolerances(atol, rtol, dtypes)
+    _check_torch_equivalent(torch_equivalent)
+    shape = _input("x", input_shape, x)
+    if shape is None:
+        raise ArgumentError("give input_shape=(N, ...) for a random input, or the input itself as x=...")
+    if x is not None:
+        x, input_shape = np.asarray(x), None
+    if upstream is not None:
+        upstream = _check_array("upstream", upstream)
+    if torch_equivalent is None and "float64" not in dtypes:
+        dtypes.insert(0, "float64")   # the finite-difference check itself runs in float64
+        tols = _tolerances(atol, rtol, dtypes)
+    lay = as_layer(mine, name, mapping)
+    if isinstance(torch_equivalent, torch.nn.Module):
+        lay.bind(torch_equivalent, train)
+    elif torch_equivalent is not None:
+        lay.bind_function(torch_equivalent)
+    zero = _zero_names(allowed_zero, lay.params())
+    ref_name = _describe_torch(torch_equivalent)
+    layout = f"; {'; '.join(lay.notes)}" if lay.notes else ""
+    context = (f"(scratch = your {lay.name}{layout}, reference = {ref_name}; input {shape} "
+               f"{'~ N(0, 1)' if x is None else 'given'}, upstream gradient "
+               f"{'~ N(0, 1)' if upstream is None else 'given'}, seed {seed}; "
+               + ("parameters set to seeded N(0, 1) values, params='keep' checks yours" if params == "random"
+                  and lay.params() else "parameters as given")
+               + ("; float32 is compared with your own float64 run, which finite differences check)"
+                  if torch_equivalent is None else ")"))
+    report = LayerReport(lay.name, ref_name, context)
+    if isinstance(torch_equivalent, torch.nn.Module):
+        unmatched = unmatched_torch_buffers(lay, torch_equivalent)
+        if unmatched:
+            _warn(report.warnings, buffers_warning(lay.name, ref_name, unmatched))
+    snap = lay.snapshot()
+    try:
+        if params == "random":
+            _randomize(lay, seed)
+        if torch_equivalent is None:
+            for dt in dtypes:
+                if dt == "float64":
+                    report.results[dt] = gc.gradcheck_layer(lay, input_shape, x=x, upstream=upstream, samples=samples,
+                                                            eps=eps, seed=seed, train=train)
+                else:
+                    lay.train(train)
+                    report.results[dt] = _against_own_float64(lay, shape if x is None else x, upstream, seed, dt,
+                                                              tols[dt], zero)
+        else:
+            for dt in dtypes:
+                report.arrays[dt] = {}
+                report.results[dt] = layercheck.check_layer(lay, torch_equivalent, input_shape, x=x, dtype=dt,
+                                                            seed=seed, train=train, upstream=upstream,
+                                                            name=lay.name, tol=tols[dt], allowed_zero=zero,
+                                                            raise_on_failure=False, arrays=report.arrays[dt])
+    finally:
+        lay.restore(snap)
+    _skip_in_report(report, skip)
+    if plot is not None:
+        report.plot(plot)
+    if raise_on_failure:
+        report.raise_if_failed()
+    return report
+
+
+def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtypes=DTYPES, seed: int = 0,
+               name: str | None = None, samples: int = gc.SAMPLES, eps: float = gc.EPS, atol=None, rtol=None,
+               skip=(), raise_on_failure: bool = True) -> LayerReport:
+    """Check your loss (value and dL/dinput) against a torch loss, in float64 and float32.
+
+    Args:
+        mine: an object with ``forward(input, target)`` -> scalar and ``backward()`` ->
+            dL/dinput, or a function ``loss(input, target) -> (value, dL/dinput)``.
+        torch_loss: a torch loss (``torch.nn.CrossEntropyLoss()``, a function), or
+            ``None`` for finite differences.
+        input_shape: shape of the random logits ~ 3 N(0, 1) (or give ``z``).
+        target: passed to both sides; default: seeded integer class labels in
+            ``[0, input_shape[-1])``.
+        atol, rtol, skip: as in ``check_layer`` (comparisons: ``loss``, ``din``).
+    """
+    from nnparity.diagnosis import layercheck
+
+    _check_name(name)
+    raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
+    seed = _check_int("seed", seed, 0)
+    _check_fd(samples, eps)
+    dtypes = _check_dtypes(dtypes)
+    skip = _names("skip", skip)
+    if torch_loss is not None:
+        _check_torch_loss(torch_loss)
+    shape = _input("z", input_shape, z)
+    if shape is None:
+        raise ArgumentError("give input_shape=(N, C) for random logits, or the logits themselves as z=...")
+    if z is not None:
+        z = np.asarray(z)
+    if torch_loss is None and "float64" not in dtypes:
+        dtypes.insert(0, "float64")   # the finite-difference check itself runs in float64
+    tols = _tolerances(atol, rtol, dtypes)
+    adapter = LossAdapter(mine, name)
+    if target is None:
+        if len(shape) != 2:
+            raise ArgumentError(f"the default target needs logits of shape (N, C) (it draws N class labels in "
+                                f"[0, C)); got {shape}: pass target=... for other shapes")
+        target = np.random.default_rng([seed, 11]).integers(0, shape[-1], shape[0])
+    target = _check_array("target", target)
+    if target.ndim and len(shape) and target.shape[0] != shape[0]:
+        raise ArgumentError(f"target has {target.shape[0]} rows, the input {shape[0]}: one target per sample "
+                            f"(input {shape}, target {target.shape})")
+    ref_name = _describe_torch(torch_loss)
+    report = LayerReport(adapter.name, ref_name, f"(scratch = your {adapter.name}, reference = {ref_name}; "
+                                                 f"logits {shape}, seed {seed})")
+    for dt in dtypes:
+        if torch_loss is None and dt == "float64":
+            report.results[dt] = gc.gradcheck_loss(mine, shape, target, z=z, samples=samples, eps=eps, seed=seed,
+                                                   name=adapter.name)
+        elif torch_loss is None:
+            rng = np.random.default_rng(seed)
+            z64 = (rng.standard_normal(shape) * 3 if z is None else np.array(z)).astype(np.float64)
+            t = np.asarray(target)
+            v64, d64 = adapter(z64.copy(), t.astype(np.float64) if np.issubdtype(t.dtype, np.floating) else t)
+            v, d = adapter(z64.astype(dt), t.astype(dt) if np.issubdtype(t.dtype, np.floating) else t)
+            report.results[dt] = (layercheck.compare_values("loss", v, v64.astype(dt), tols[dt])
+                                  + layercheck.compare_values("din", d, d64.astype(dt), tols[dt]))
+        else:
+            report.results[dt] = layercheck.check_loss(mine, torch_loss, shape, target, z=z, dtype=dt, seed=seed,
+                                                       name=adapter.name, tol=tols[dt], raise_on_failure=False)
+    _skip_in_report(report, skip)
+    if raise_on_failure:
+        report.raise_if_failed()
+    return report
+
+
+def pair(forward, backward, *, params=None, **config):
+    """A layer written as two functions with a cache (CS231n ``layers.py``), with its config dicts::
+
+        nnparity.check_layer(nnparity.pair(conv_forward_naive, conv_backward_naive,
+                                           conv_param={"stride": 2, "pad": 1}), torch.nn.Conv2d(...), ...)
+
+    ``forward(x, *params, cfg) -> (out, cache)``, ``backward(dout, cache) -> (dx, *dparams)``.
+    A plain tuple ``(forward, backward)`` is the same with every config dict read from the
+    torch module. ``params``: values for the parameters ({"w": array}); without them, their
+    shapes come from the torch module (needed for finite differences, which have none).
+    """
+    from nnparity.training.conventions import FunctionPair
+
+    for f, what in ((forward, "forward"), (backward, "backward")):
+        if not callable(f):
+            raise ArgumentError(f"pair: {what} must be a function, got {type(f).__name__}")
+    if params is not None and not isinstance(params, dict):
+        raise ArgumentError(f"pair: params must be a dict {{name: array}}, got {type(params).__name__}")
+    return FunctionPair(forward, backward, params, config)
+
+
+def adapt(layer, params=None, name=None) -> LayerAdapter:
+    """Your layer read through the layer protocol with a name/layout map
+    (``nnparity.adapt(mine, params={"W": "weight.T"})``), to combine with ``params="keep"``."""
+    return as_layer(layer, name, params)
+
+
+# --- training steps --------------------------------------------------------------------------
+
+class UserSide:
+    """Your network + loss + update rule, driven like ``sides.ScratchSide`` and recorded under
+    the names the torch mirror uses: ``out/output``, ``loss``, ``dout/output``,
+    ``grad/<param>`` (in backward order: last parameter first), ``param/<param>``,
+    ``state/<key>`` (if your update rule has a ``state_dict()``), ``buffer/<name>``."""
+
+    name = "yours"
+
+    def __init__(self, net: LayerAdapter, loss: LossAdapter, update: UpdateAdapter, dtype=None):
+        self.net, self.loss_fn, self.update = net, loss, update
+        self.seconds = 0.0
+        self.dtype = None if dtype is None else np.dtype(dtype)
+        self.dtype_findings = []   # (record key, your dtype) of the last step, recorded cast to the run's dtype
+
+    def step(self, x, y, record: bool = False, draws=None) -> StepResult:
+        net = self.net
+        net.train(True)
+        net.zero_grad()
+        out = net.forward(x)
+        if not isinstance(out, (np.ndarray, np.generic)):
+            raise ProtocolError(output_problem(net.name, out, x))
+        value, dz = self.loss_fn(out, y)
+        net.backward(dz.copy())
+        grads = OrderedDict((k, np.array(g, copy=True)) for k, g in net.grads().items())
+        self.update.step(grads)
+        rec = None
+        if record:
+            rec = OrderedDict([("out/output", np.array(out, copy=True)), ("loss", np.array(value, copy=True)),
+                               ("dout/output", np.array(dz, copy=True))])
+            rec.update((f"grad/{k}", grads[k]) for k in reversed(list(grads)))
+            rec.update((f"param/{k}", np.array(v, copy=True)) for k, v in net.params().items())
+            rec.update((f"state/{k}", np.array(v, copy=True)) for k, v in self.update.state().items())
+            rec.update((f"buffer/{k}", np.array(v, copy=True)) for k, v in net.buffers().items())
+            self.dtype_findings = []
+            if self.dtype is not None:   # a wrong dtype is its own finding; the values are still compared
+                for k, v in rec.items():
+                    if np.issubdtype(v.dtype, np.floating) and v.dtype != self.dtype:
+                        self.dtype_findings.append((k, v.dtype))
+                        rec[k] = v.astype(self.dtype)
+        return StepResult(float(value), len(y), count_correct(out, y), rec)
+
+    def draws(self) -> dict:
+        return self.net.draws()
+
+
+class MirrorSide(TorchSide):
+    """A torch network recorded under ``UserSide``'s names: its output as ``out/output``,
+    optimizer state only when your update rule exposes its own, only your buffers."""
+
+    def __init__(self, model, loss_fn, optimizer, keep_state: bool, keep_buffers):
+        super().__init__(model, loss_fn, optimizer)
+        self.keep_state, self.keep_buffers = keep_state, set(keep_buffers)
+
+    def recorded_children(self):
+        return [("output", self.model)]
+
+    def step(self, x, y, record: bool = False, draws=None) -> StepResult:
+        return call_torch("the torch side (torch_net, torch_loss, torch_optimizer)", super().step, x, y,
+                          record=record, draws=draws)
+
+    def state(self):
+        return OrderedDict((k, v) for k, v in super().state().items()
+                           if k.startswith("param/") or (k.startswith("state/") and self.keep_state)
+                           or (k.startswith("buffer/") and k[len("buffer/"):] in self.keep_buffers))
+
+
+def _as_batch(x, y, dtype):
+    x = np.ascontiguousarray(x, dtype=dtype)
+    y = np.asarray(y)
+    y = np.ascontiguousarray(y, dtype=dtype if np.issubdtype(y.dtype, np.floating) else np.int64)
+    return x, y
+
+
+def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batches, *, steps: int | None = None,
+                name: str | None = None, params=None, atol=None, rtol=None, skip=(), allowed_zero=(),
+                raise_on_failure: bool = True):
+    """Train your network and its torch mirror side by side from identical weights, comparing
+    the output, the loss, dL/doutput, every gradient, every updated parameter (and the
+    optimizer state and buffers you expose) after every step.
+
+    Args:
+        net: your network (layer protocol, ``nnparity.training.adapters``): ``forward(x)``,
+            ``backward(dL/doutput)``, parameters and gradients by name. Its parameters
+            are copied into ``torch_net`` first; the run uses their dtype.
+        loss: ``forward(out, y)`` + ``backward()``, or ``loss(out, y) -> (value, dL/dout)``.
+        update: an optimizer object with ``step()`` (e.g. ``scratch.SGD``), or a
+            function ``update(params, grads)`` (in place, or returning the new dict).
+        torch_net: the torch mirror, an ``nn.Module`` with the same parameter names.
+        torch_loss: a torch loss ``(out, y) -> scalar``.
+        torch_optimizer: a ``torch.optim.Optimizer`` over ``torch_net``'s parameters, or
+            a function ``params -> optimizer`` (``lambda p: torch.optim.SGD(p, lr=0.1)``).
+        batches: an iterable of ``(x, y)`` NumPy arrays (integer labels stay int64,
+            floating arrays are cast to the run's dtype).
+        steps: use only the first ``steps`` batches.
+        params: a map of your parameter names onto torch's, ``{"fc1.W": "fc1.weight.T"}``
+            (``check_layer``; without it the conventions of ``nnparity.training.conventions`` apply).
+        atol, rtol: tolerances instead of the suite's for the run's dtype (a number).
+        skip: comparisons to leave out at every step (``"buffer/bn.running_var"``).
+        allowed_zero: parameters whose gradient is zero by construction (the bias of a Linear
+            feeding a BatchNorm): their gradient and momentum are compared with zero, as the
+            documented cnn18k declares its conv biases.
+
+    Returns the ``parity.Trace``; raises ``ParityError`` naming the first divergence
+    (step, tensor, element, both values) unless ``raise_on_failure`` is false.
+    """
+    import torch
+
+    from nnparity.core.parity import check_steps as harness_check_steps
+
+    _check_name(name)
+    raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
+    steps = _check_int("steps", steps, 1, none_ok=True)
+    if params is not None and not isinstance(params, dict):
+        raise ArgumentError(f"params must be a dict mapping your parameter names to torch's "
+                            f"({{'W1': 'fc1.weight.T'}}), got {params!r}")
+    skip = _names("skip", skip)
+    lay = as_layer(net, name, params)
+    loss_a = LossAdapter(loss)
+    upd = UpdateAdapter(update, lay)
+    reject_class(torch_net, "torch_net")
+    if not isinstance(torch_net, torch.nn.Module):
+        raise ProtocolError(f"torch_net must be a torch.nn.Module (the mirror of your network), "
+                            f"got {type(torch_net).__name__}")
+    _check_torch_loss(torch_loss)
+    lay.bind(torch_net)
+    dtypes = lay.dtypes()
+    if not lay.params():
+        suggestion = lay.suggest_map(OrderedDict((k, tuple(p.shape)) for k, p in torch_net.named_parameters()))
+        if suggestion:
+            raise ParameterMismatch(f"{lay.name} has array attributes but none with a parameter name nn-parity "
+                                    f"knows: map them onto torch_net's, e.g. {suggestion} (check each pairing)")
+        raise ProtocolError(f"{lay.name} has no parameters (so no floating dtype to run in): check_steps trains a "
+                            "network's parameters; check a parameter-free layer with check_layer")
+    if len(dtypes) != 1:
+        raise ProtocolError(f"{lay.name}'s parameters must share one floating dtype (float32 or float64), "
+                            f"found {sorted(map(str, dtypes)) or 'none'}")
+    dtype = dtypes.pop()
+    _check_dtypes((dtype,))
+    tol = _tolerances(atol, rtol, [np.dtype(dtype).name])[np.dtype(dtype).name]
+    zero = _zero_names(allowed_zero, lay.params())
+    copy_to_torch(lay, torch_net)
+    opt = _torch_optimizer(torch_optimizer, torch_net)
+    try:
+        batch_iter = iter(batches)
+    except TypeError:
+        raise ArgumentError(f"batches must be an iterable of (x, y) pairs, got {type(batches).__name__}") from None
+    keep_state = upd.kind == "optimizer" and callable(getattr(upd.obj, "state_dict", None))
+    user = UserSide(lay, loss_a, upd, dtype)
+    mirror = MirrorSide(torch_net, torch_loss, opt, keep_state, lay.buffers())
+    unmatched = unmatched_torch_buffers(lay, torch_net)
+    data = _checked_batches(batch_iter if steps is None else itertools.islice(batch_iter, steps), dtype)
+
+    def on_step(i, trace):
+        step = trace.steps[-1]
+        if i == 1:
+            _skip(skip, {c.name for c in step})
+        step[:] = [c for c in step if not _is_skipped(c.name, skip)]
+        for k, theirs in user.dtype_findings:   # its own finding, before the values compared after the cast
+            at = next((j for j, c in enumerate(step) if c.name == k), len(step))
+            step.insert(at, Comparison(k, quantity(k), tuple(step[at].shape) if at < len(step) else (), math.inf,
+                                       math.inf, (), math.nan, math.nan, math.inf, trace.tol, i,
+                                       problem=f"dtype mismatch: scratch {theirs}, reference {trace.dtype} (the "
+                                               f"values, cast to {trace.dtype}, are compared next)"))
+
+    trace = harness_check_steps(user, mirror, data, net=lay.name, dtype=dtype, tol=tol, allowed_zero=zero,
+                                on_step=on_step, observer=_FirstPattern())
+    if not trace.steps:
+        raise ArgumentError("check_steps got no batches: pass an iterable of (x, y) arrays")
+    if unmatched:
+        _warn(trace.warnings, buffers_warning(lay.name, "torch_net", unmatched))
+    if lay.notes:
+        trace.warnings.append("layouts mapped: " + "; ".join(lay.notes))
+    if raise_on_failure and not trace.ok:
+        text = trace.message()
+        grads = [c.name.split("/", 1)[1] for c in trace.degenerate if c.name.startswith("grad/")]
+        if trace.first_failure is None and grads:
+            names = list(dict.fromkeys(grads))
+            text += (f"\nif {'these gradients are' if len(names) > 1 else 'this gradient is'} zero by construction "
+                     f"(the bias of a layer feeding a BatchNorm), declare it: allowed_zero={names!r} compares "
+                     "it with zero at every step")
+        elif trace.first_failure is not None and (trace.first_failure.problem or "").startswith("dtype mismatch"):
+            text += ("\nyour network computed in another dtype than its parameters': a NumPy float64 scalar "
+                     "(np.finfo(float).eps, np.float64(...)) or a float64 accumulator (np.zeros(shape) without "
+                     "dtype=) promotes float32 to float64; the values were compared after a cast all the same")
+        raise ParityError(text)
+    return trace
+
+
+_DONE = object()
+
+
+class _FirstPattern:
+    """Names the exact pattern (``nnparity.diagnosis.patterns``) of the first diverging tensor of a run."""
+
+    def __init__(self):
+        self.done = False
+
+    def before_step(self, i, x, y, scratch_side, torch_side):
+        pass
+
+    def after_step(self, i, x, y, s, t, trace):
+        from nnparity.diagnosis.patterns import detect
+
+        first = next((c for c in trace.steps[-1] if c.mismatch), None)
+        if self.done or first is None:
+            return
+        self.done = True
+        if first.name in s.record and first.name in t.record:
+            try:   # a pattern is a hint: never lose the divergence to it
+                first.pattern = detect(s.record[first.name], t.record[first.name], trace.tol, counts={"N": len(y)})
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def _torch_optimizer(torch_optimizer, torch_net):
+    """The torch optimizer, built from a function if need be; it must update ``torch_net``'s
+    parameters (one over another model's leaves the mirror untrained: every step diverges)."""
+    import torch
+
+    reject_class(torch_optimizer, "torch_optimizer")
+    if isinstance(torch_optimizer, torch.optim.Optimizer):
+        opt = torch_optimizer
+    elif callable(torch_optimizer):
+        opt = call_torch("torch_optimizer(params)", torch_optimizer, torch_net.parameters())
+        if not isinstance(opt, torch.optim.Optimizer):
+            raise ProtocolError(f"torch_optimizer(params) returned {type(opt).__name__}, not a torch.optim.Optimizer: "
+                                "pass a function such as lambda p: torch.optim.SGD(p, lr=0.1)")
+    else:
+        raise ProtocolError("torch_optimizer must be a torch.optim.Optimizer or a function params -> optimizer "
+                            f"(lambda p: torch.optim.SGD(p, lr=0.1)), got {type(torch_optimizer).__name__}")
+    updated = {id(p) for group in opt.param_groups for p in group["params"]}
+    missing = [k for k, p in torch_net.named_parameters() if id(p) not in updated]
+    if missing:
+        raise ProtocolError(f"torch_optimizer does not update torch_net's parameters {missing}: build it over "
+                            "torch_net.parameters(), or pass a function params -> optimizer")
+    return opt
+
+
+def _checked_batches(batches, dtype):
+    """Each batch a pair of finite, non-empty arrays with one label per sample, cast to ``dtype``
+    (an exception of your batch generator is one ``CallError`` line)."""
+    for i in itertools.count(1):
+        batch = call_user(f"batches (getting batch {i})", next, batches, _DONE)
+        if batch is _DONE:
+            return
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise ArgumentError(f"batch {i} is {type(batch).__name__}, not a pair (x, y): batches must yield "
+                                "(input, labels) pairs")
+        x = _check_array(f"batch {i}: x", batch[0])
+        y = _check_array(f"batch {i}: y", batch[1])
+        if x.ndim and y.ndim and len(x) != len(y):
+            raise ArgumentError(f"batch {i}: x has {len(x)} rows, y {len(y)}: one label (or target row) per sample")
+        yield _as_batch(x, y, dtype)
+
+
+__all__ = ["check_layer", "check_loss", "check_steps", "pair", "adapt", "LayerReport", "Comparison"]

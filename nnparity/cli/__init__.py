@@ -1,0 +1,1 @@
+"""The command line: nnparity run, check, gradcheck, selftest, bench, ...."""

@@ -1,0 +1,66 @@
+"""SIGINT (Ctrl-C) and SIGTERM (kill) end a command cleanly: both raise
+``KeyboardInterrupt`` carrying the signal's name, from the first line of ``main`` to
+the last file a run writes; while a run's final files are written and put in place
+the signals are held (``signals_held``), so a folder never holds half a report.
+
+Standard library only: ``nnparity.cli.main`` installs the handlers before it imports NumPy
+or torch.
+"""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+
+_held = None  # while the final files are written: the signals received, held until they are in place
+
+
+def _interrupt(signum, frame):
+    name = signal.Signals(signum).name
+    if _held is not None:
+        _held.append(name)
+        return
+    raise KeyboardInterrupt(name)
+
+
+def catch_interrupts():
+    """From now on SIGINT (Ctrl-C) and SIGTERM (kill) both raise ``KeyboardInterrupt``
+    carrying the signal's name, even where the shell started the process with SIGINT
+    ignored (a background job of a non-interactive shell, as in CI), so that a run can
+    catch it and write its files marked incomplete. Returns the function that puts the
+    previous handlers back (call it in a ``finally``)."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore():
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
+@contextmanager
+def handled_signals():
+    """``catch_interrupts`` for the duration of a ``with`` block."""
+    restore = catch_interrupts()
+    try:
+        yield
+    finally:
+        restore()
+
+
+@contextmanager
+def signals_held():
+    """While the final files are written and put in place, a SIGINT or SIGTERM is held
+    (the list yielded collects their names) instead of cutting the writing short: the
+    folder then holds one complete, consistent set of files whatever arrives."""
+    global _held
+    _held = []
+    try:
+        yield _held
+    finally:
+        _held = None
+
+
+def interrupt_name(e: KeyboardInterrupt) -> str:
+    """The signal behind a ``KeyboardInterrupt`` (a plain Ctrl-C carries no name: SIGINT)."""
+    return e.args[0] if e.args else "SIGINT"

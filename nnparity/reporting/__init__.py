@@ -1,0 +1,1 @@
+"""Report.md, plots, the benchmark and the results table."""

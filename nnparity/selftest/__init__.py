@@ -1,0 +1,1 @@
+"""The catalogue of deliberate slips and the kill matrix of the checks."""

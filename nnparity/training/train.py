@@ -1,0 +1,258 @@
+"""Train both sides side by side: same initial weights, same batches, same order.
+
+The two sides alternate batch by batch (scratch step, then torch step on the
+same batch), each timed on its own, so a full run is also a fair speed
+comparison and dropout masks can be handed from one side to the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scratch.recipe import Recipe
+
+from nnparity.training.networks import Dataset, Network, make_sides, training_batches
+from nnparity.training.sides import summed
+from nnparity.training.tape import RecordingSide, ReplayedSide, Same, Tape
+from nnparity.core.threads import blas_threads
+
+
+class Diverged(RuntimeError):
+    """A loss, gradient or parameter became NaN or infinite."""
+
+    def __init__(self, message: str, epoch: int, step: int):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
+def _tensors(side, result):
+    """(key, array) of everything a step leaves behind: loss, every gradient, every parameter,
+    optimizer state and buffer."""
+    return [("loss", result.loss), *side.grads().items(), *side.state().items()]
+
+
+def _nonfinite(side, result) -> str:
+    """Which of the side's loss, gradients and parameters are NaN or infinite, in that order,
+    or "" if none is.
+
+    Cheap enough for every step: one sum per tensor, added up (a NaN or inf anywhere makes
+    the total non-finite); only then are the tensors looked at element by element (a total
+    of large finite values can also overflow: then nothing is reported)."""
+    tensors = _tensors(side, result)
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = sum(float(a.sum()) if isinstance(a, np.ndarray) else float(a) for _, a in tensors)
+    if math.isfinite(total):
+        return ""
+    found = []
+    for key, arr in tensors:
+        a = np.asarray(arr)
+        bad = ~np.isfinite(a)
+        if bad.any():
+            first = tuple(int(i) for i in np.unravel_index(int(np.flatnonzero(bad)[0]), a.shape))
+            where = f" ({int(bad.sum())} of {a.size} elements, first {a.flat[np.flatnonzero(bad)[0]]} at {first})" \
+                if a.ndim else f" = {float(a)}"
+            found.append(key + where)
+    more = f"; and {len(found) - 4} more tensors" if len(found) > 5 else ""
+    return "; ".join(found[:4] if more else found) + more
+
+
+def rounding_noise_keys(net) -> frozenset:
+    """State keys that hold rounding noise only: the momentum buffers of gradients that
+    are zero by construction (``Network.allowed_zero``, e.g. cnn18k's conv biases before
+    BatchNorm). Each side's buffer there is a sum of ~1e-17 (float64) or ~1e-9 (float32)
+    residues, so their *relative* difference is O(1) or 1e8 whatever the implementations
+    do; parity compares them with zero instead, and drift leaves them out."""
+    return frozenset(f"state/{k}.momentum_buffer" for k in net.allowed_zero)
+
+
+def weight_difference(scratch_state, torch_state, skip=frozenset()) -> tuple[float, float, str]:
+    """(max |a - b|, max over tensors of max|a - b| / max|b|, worst tensor) over all
+    parameters, optimizer state and buffers, except the keys in ``skip``."""
+    worst_abs, worst_rel, worst_name = 0.0, 0.0, ""
+    for k, a in scratch_state.items():
+        if k in skip:
+            continue
+        a = np.asarray(a, dtype=np.float64)
+        b = np.asarray(torch_state[k], dtype=np.float64)
+        d = float(np.abs(a - b).max()) if a.size else 0.0
+        scale = float(np.abs(b).max()) if b.size else 0.0
+        rel = d / scale if scale else (0.0 if d == 0 else math.inf)
+        if d > worst_abs:
+            worst_abs = d
+        if rel > worst_rel or not worst_name:
+            worst_rel, worst_name = rel, k
+    return worst_abs, worst_rel, worst_name
+
+
+@dataclass
+class Training:
+    """Both sides of one network, trained epoch by epoch on a shared dataset."""
+
+    net: Network
+    recipe: Recipe
+    ds: Dataset
+    dtype: str
+    seed: int
+    per_batch: bool = False
+    history: list = field(default_factory=list)
+    drift_steps: int = 0                              # record the drift after each of the first N steps
+    step_drift: list = field(default_factory=list)    # [(step, max relative weight difference)]
+    # the torch side shared with a second run (``nnparity.training.tape``): ``record_ref`` keeps its
+    # trajectory in ``self.ref_tape``; ``replay_ref`` (an earlier run's ``ref_tape``) replays it
+    # instead of training it, for a run whose torch side is the same computation
+    record_ref: bool = False
+    replay_ref: "Tape | None" = None
+
+    def __post_init__(self):
+        self.scratch, self.ref = make_sides(self.net, self.recipe, self.dtype, self.seed)
+        self.step_count = 0
+        self.ref_tape = None
+        key = self._ref_key()
+        if self.replay_ref is not None:
+            why = self.replay_ref.mismatch(key, self.drift_steps)
+            if why:
+                raise ValueError(f"{self.net.name}: the recorded torch side is not this run's: different {why}; "
+                                 "replay only a tape of the same recipe, dtype, seed and dataset")
+            self.ref = ReplayedSide(self.replay_ref)
+        elif self.record_ref:
+            self.ref_tape = Tape(key, self.ref.name, self.ref.loss_fn.reduction, self.drift_steps,
+                                 math.ceil(len(self.ds.y_train) / self.recipe.batch_size))
+            self.ref = RecordingSide(self.ref, self.ref_tape)
+
+    def _ref_key(self) -> dict:
+        """What the torch side's computation depends on: the recipe except its variant
+        (a variant changes the scratch side; the caller shares a tape only where the
+        torch side ignores it), dtype, seed and the very same dataset."""
+        return {"network": self.net.name, "recipe": dataclasses.replace(self.recipe, variant=""),
+                "dtype": str(np.dtype(self.dtype)), "seed": self.seed, "dataset": Same(self.ds)}
+
+    @property
+    def sides(self):
+        return (self.scratch, self.ref)
+
+    def _step(self, x, y, epoch, totals, curves):
+        # scratch first: it draws the dropout masks that the torch side reuses
+        results = [(self.scratch, self.scratch.step(x, y))]
+        results.append((self.ref, self.ref.step(x, y, draws=self.scratch.draws())))
+        # every step, both sides: loss, every gradient, every parameter (a weight that became
+        # inf at this step shows in the loss only at the next one)
+        # (a replayed side replays only steps that passed this check when they were recorded)
+        bad = [(side, _nonfinite(side, r)) for side, r in results if not getattr(side, "replayed", False)]
+        bad = [(side, what) for side, what in bad if what]
+        if bad:
+            raise Diverged(f"{self.net.name} diverged at epoch {epoch}, step {self.step_count}: "
+                           + "; ".join(f"{side.name} side non-finite {what}" for side, what in bad),
+                           epoch, self.step_count)
+        if self.ref_tape is not None:
+            self.ref_tape.checked = self.step_count
+        for side, r in results:
+            t = totals[side.name]
+            t["loss"] += summed(r.loss, side.loss_fn.reduction, r.n)
+            t["correct"] += r.correct
+            t["n"] += r.n
+            if curves is not None:
+                curves[side.name].append((r.loss, 100.0 * r.correct / r.n))
+
+    def _params(self) -> dict:
+        """A copy of both sides' parameters, ``{side: {key: array}}`` (to see what an epoch changed)."""
+        return {side.name: {k: np.array(v, copy=True) for k, v in side.state().items() if k.startswith("param/")}
+                for side in self.sides}
+
+    def _frozen(self, before: dict) -> list:
+        """Parameters that an epoch left exactly as they were, on both sides (not those whose
+        gradient is zero by construction, ``Network.allowed_zero``)."""
+        now = {side.name: side.state() for side in self.sides}
+        return [k for k in before[self.scratch.name]
+                if k.split("/", 1)[1] not in self.net.allowed_zero
+                and all(np.array_equal(before[n][k], now[n][k]) for n in before)]
+
+    def evaluate(self) -> dict:
+        out = {}
+        for side in self.sides:
+            loss, acc = side.evaluate(self.ds.x_test, self.ds.y_test)
+            out[side.name] = {"test_loss": loss, "test_accuracy": acc}
+        return out
+
+    def set_lr(self, lr: float) -> None:
+        """Set the learning rate of both sides' optimizers (the recipe's ``lr_schedule``)."""
+        self.scratch.optimizer.lr = lr
+        if getattr(self.ref, "replayed", False):  # its lr was the same recipe's when it was recorded
+            return
+        for group in self.ref.optimizer.param_groups:
+            group["lr"] = lr
+
+    def run_epoch(self, epoch: int, progress: bool | None = None) -> dict:
+        """Train one epoch on both sides; return its metrics (accuracy and error in %)."""
+        from tqdm.auto import tqdm
+
+        lr = self.recipe.lr_at(epoch)
+        self.set_lr(lr)
+        n_batches = math.ceil(len(self.ds.y_train) / self.recipe.batch_size)
+        totals = {s.name: {"loss": 0.0, "correct": 0, "n": 0} for s in self.sides}
+        secs0 = {s.name: s.seconds for s in self.sides}
+        curves = {s.name: [] for s in self.sides} if self.per_batch else None
+        before = self._params()
+        bar = tqdm(training_batches(self.ds, self.recipe, self.seed, epoch), total=n_batches,
+                   desc=f"{self.net.name} epoch {epoch}/{self.recipe.epochs}", leave=False,
+                   disable=None if progress is None else not progress, unit="batch")
+        with blas_threads(1):  # alternating NumPy and torch steps: see nnparity/core/threads.py
+            for x, y in bar:
+                self.step_count += 1
+                with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected just below
+                    self._step(x, y, epoch, totals, curves)
+                if self.step_count <= self.drift_steps:
+                    self.step_drift.append((self.step_count, weight_difference(
+                        self.scratch.state(), self.ref.state(), rounding_noise_keys(self.net))[1]))
+        bar.close()
+        test = self.evaluate()
+        s_state, t_state = self.scratch.state(), self.ref.state()
+        diff_abs, diff_rel, diff_name = weight_difference(s_state, t_state, rounding_noise_keys(self.net))
+        p_abs, p_rel, p_name = weight_difference({k: v for k, v in s_state.items() if k.startswith("param/")},
+                                                 t_state)
+        row = {"epoch": epoch, "lr": lr}
+        for side in self.sides:
+            t = totals[side.name]
+            row[side.name] = {
+                "train_loss": t["loss"] / t["n"],
+                "train_error": 100.0 * (1 - t["correct"] / t["n"]),
+                **test[side.name],
+                "seconds": side.seconds - secs0[side.name],
+            }
+        row.update(max_abs_weight_diff=diff_abs, max_rel_weight_diff=diff_rel, worst_tensor=diff_name,
+                   max_abs_param_diff=p_abs, max_rel_param_diff=p_rel, worst_param=p_name,
+                   frozen=self._frozen(before))
+        if curves is not None:
+            row["per_batch"] = curves
+        self.history.append(row)
+        return row
+
+
+def collapsed(history) -> str | None:
+    """Why a finished run has *collapsed*, or None: its last epoch left some parameter tensor
+    exactly unchanged on both sides (every one of its gradients was zero: a saturated
+    sigmoid, a layer of dead ReLU units), so training no longer trains it. Both sides agree,
+    so this is no derivation bug, and no parity check can judge those gradients.
+
+    Test accuracy at chance alone is not the criterion: a healthy run of a few steps can be
+    there too; it is reported alongside."""
+    if not history:
+        return None
+    last = history[-1]
+    frozen = last.get("frozen") or []
+    if not frozen:
+        return None
+    names = [k.split("/", 1)[1] for k in frozen]
+    acc = " | ".join(f"{last[s]['test_accuracy']:.2f}%" for s in ("scratch", "torch") if s in last)
+    since = last["epoch"]
+    for row in reversed(history[:-1]):  # the first epoch of the unbroken run of frozen epochs
+        if not set(frozen) <= set(row.get("frozen") or []):
+            break
+        since = row["epoch"]
+    return (f"training no longer changes {', '.join(names)} on either side (unchanged over epoch"
+            f"{'s ' + str(since) + '-' if since != last['epoch'] else ' '}{last['epoch']}: every gradient of "
+            f"{'it' if len(names) == 1 else 'them'} was zero, both sides agree); test accuracy {acc} "
+            "(scratch | torch)")
