@@ -23,6 +23,7 @@ _HOME = {
     **dict.fromkeys(("check_layer", "check_loss", "check_steps", "pair", "adapt"), "nnparity.byod"),
     **dict.fromkeys(("gradcheck_layer", "gradcheck_model", "gradcheck_network"), "nnparity.gradcheck"),
     **dict.fromkeys(("sweep_layer", "GRIDS"), "nnparity.sweep"),
+    "check_mask_statistics": "nnparity.masks",
     "Network": "nnparity.networks",
 }
 _API = tuple(_HOME)

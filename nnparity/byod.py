@@ -527,12 +527,17 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
         dtypes.insert(0, "float64")   # the finite-difference check itself runs in float64
         tols = _tolerances(atol, rtol, dtypes)
     lay = as_layer(mine, name, mapping)
+    ref_name = _describe_torch(torch_equivalent)
+    if train and type(torch_equivalent) is torch.nn.Dropout:   # the mask protocol: torch applies your mask
+        from .masks import torch_mask_dropout
+
+        ref_name = f"torch.nn.Dropout(p={torch_equivalent.p}) with your mask"
+        torch_equivalent = torch_mask_dropout(lay, float(torch_equivalent.p))
     if isinstance(torch_equivalent, torch.nn.Module):
         lay.bind(torch_equivalent, train)
     elif torch_equivalent is not None:
         lay.bind_function(torch_equivalent)
     zero = _zero_names(allowed_zero, lay.params())
-    ref_name = _describe_torch(torch_equivalent)
     layout = f"; {'; '.join(lay.notes)}" if lay.notes else ""
     context = (f"(scratch = your {lay.name}{layout}, reference = {ref_name}; input {shape} "
                f"{'~ N(0, 1)' if x is None else 'given'}, upstream gradient "

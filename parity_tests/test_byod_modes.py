@@ -1,0 +1,190 @@
+"""Modes and shapes of user layers: the dropout mask protocol and the statistical check of masks
+(issue 14 item 4). The layers here are learner-style, written for these tests."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import nnparity
+from nnparity.masks import ALPHA, binomial_interval, binomial_rejects, check_mask_statistics, find_mask
+
+
+class Dropout:
+    """A correct inverted dropout (torch's p = drop probability), mask stored as self.mask."""
+
+    def __init__(self, p, seed=0):
+        self.p, self.training, self.rng = p, True, np.random.default_rng(seed)
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        self.mask = self.rng.random(x.shape) >= self.p
+        return x * self.mask / (1 - self.p)
+
+    def backward(self, dy):
+        return dy * self.mask / (1 - self.p) if self.training else dy
+
+
+class BatchMaskDropout(Dropout):
+    """The slip: one mask for the whole batch (a mask of the features' shape, broadcast)."""
+
+    def forward(self, x):
+        self.mask = np.broadcast_to(self.rng.random(x.shape[1:]) >= self.p, x.shape)
+        return x * self.mask / (1 - self.p)
+
+
+class UnscaledDropout(Dropout):
+    """The slip: the mask without the 1/(1-p) scale on the forward (backward scales)."""
+
+    def forward(self, x):
+        self.mask = self.rng.random(x.shape) >= self.p
+        return x * self.mask
+
+
+def dropout_forward(x, dropout_param):
+    """CS231n style; the slip of the CS231n handout read with torch's p: p kept as the keep probability,
+    and one mask (of the features' shape) for the whole batch."""
+    p = dropout_param["p"]
+    mask = (np.random.rand(*x.shape[1:]) < p) / p
+    out = x * mask
+    return out, (dropout_param, mask)
+
+
+def dropout_backward(dout, cache):
+    _, mask = cache
+    return dout * mask
+
+
+def dropout_forward_ok(x, dropout_param):
+    p = dropout_param["p"]
+    mask = ((np.random.rand(*x.shape) >= p) / (1 - p)).astype(x.dtype)
+    return x * mask, (dropout_param, mask)
+
+
+def test_a_correct_dropout_passes_every_mask_test():
+    r = check_mask_statistics(Dropout(0.3), p=0.3, input_shape=(64, 32))
+    assert r.ok and [n for n, _, _ in r.tests] == ["scale", "keep rate", "independence across samples",
+                                                   "independence across features", "independence across draws"]
+
+
+def test_a_correct_cs231n_pair_passes():
+    assert check_mask_statistics(nnparity.pair(dropout_forward_ok, dropout_backward, dropout_param={"p": 0.3}),
+                                 p=0.3).ok
+
+
+def test_the_cs231n_slip_is_caught_and_named():
+    """One mask for the whole batch and p read as the keep probability: both named."""
+    lay = nnparity.pair(dropout_forward, dropout_backward, dropout_param={"p": 0.3})
+    with pytest.raises(AssertionError) as e:
+        check_mask_statistics(lay, p=0.3)
+    msg = str(e.value)
+    assert "FAIL keep rate" in msg and "that is p, not 1-p" in msg
+    assert "FAIL independence across samples" in msg and "one mask shared by the whole batch" in msg
+    assert "FAIL scale" in msg and "not 1/(1-p)" in msg
+    assert "ok   independence across features" in msg
+
+
+def test_a_batch_shared_mask_is_caught_with_the_right_scale():
+    r = check_mask_statistics(BatchMaskDropout(0.3), p=0.3, raise_on_failure=False)
+    verdict = {n: ok for n, ok, _ in r.tests}
+    # the keep-rate count assumes independent positions, so it may fail too; scale and features hold
+    assert not verdict["independence across samples"] and verdict["scale"] and verdict["independence across features"]
+    assert "the same everywhere: one mask shared by the whole batch" in r.message()
+
+
+def test_a_missing_scale_is_caught():
+    r = check_mask_statistics(UnscaledDropout(0.3), p=0.3, raise_on_failure=False)
+    assert [n for n, ok, _ in r.tests if not ok] == ["scale"]
+
+
+def test_the_same_mask_on_every_draw_is_caught():
+    class Reseeded(Dropout):
+        def forward(self, x):
+            self.rng = np.random.default_rng(0)
+            return super().forward(x)
+    r = check_mask_statistics(Reseeded(0.3), p=0.3, raise_on_failure=False)
+    verdict = {n: ok for n, ok, _ in r.tests}
+    assert not verdict["independence across draws"] and verdict["scale"] and "a generator re-seeded?" in r.message()
+
+
+def test_false_alarms_over_many_seeds():
+    """A correct layer over 50 seeds: never rejected (the bound says P <= 4e-9 per run)."""
+    fails = [s for s in range(50) if not check_mask_statistics(Dropout(0.2, seed=s), p=0.2, seed=s,
+                                                               input_shape=(16, 8), draws=8,
+                                                               raise_on_failure=False).ok]
+    assert fails == []
+
+
+def test_the_bound_is_the_chernoff_bound():
+    """The accepted interval's tails have exact binomial probability below alpha / 2 each."""
+    def pmf(k, n, r):
+        return math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+                        + k * math.log(r) + (n - k) * math.log(1 - r))
+    n, r = 2000, 0.7
+    lo, hi = binomial_interval(n, r, 1e-6)
+    below = sum(pmf(k, n, r) for k in range(0, math.ceil(lo * n)))       # P(rejected low)
+    above = sum(pmf(k, n, r) for k in range(math.floor(hi * n) + 1, n + 1))
+    assert 0 < below <= 0.5e-6 and 0 < above <= 0.5e-6
+    assert not binomial_rejects(round(n * r), n, r) and binomial_rejects(round(n * 0.3), n, r)
+
+
+def test_mask_protocol_gives_torch_your_mask():
+    """check_layer with torch.nn.Dropout in training mode: torch applies your mask; a backward
+    that forgets the scale is found against autograd on that mask."""
+    r = nnparity.check_layer(Dropout(0.3), torch.nn.Dropout(0.3), input_shape=(8, 16))
+    assert r.ok and "with your mask" in r.context
+
+    class NoScaleBackward(Dropout):
+        def backward(self, dy):
+            return dy * self.mask
+    with pytest.raises(AssertionError, match="din"):
+        nnparity.check_layer(NoScaleBackward(0.3), torch.nn.Dropout(0.3), input_shape=(8, 16))
+
+
+def test_mask_protocol_reads_a_cs231n_cache():
+    lay = nnparity.pair(dropout_forward_ok, dropout_backward, dropout_param={"p": 0.25, "mode": "train"})
+    assert nnparity.check_layer(lay, torch.nn.Dropout(0.25), input_shape=(8, 16)).ok
+
+
+def test_no_mask_is_one_clear_line():
+    class Hidden(Dropout):
+        def forward(self, x):
+            m = self.rng.random(x.shape) >= self.p
+            self._keep = m
+            return x * m / (1 - self.p)
+
+        def backward(self, dy):
+            return dy * self._keep / (1 - self.p)
+    with pytest.raises(nnparity.adapters.ProtocolError, match="store it as self.mask"):
+        nnparity.check_layer(Hidden(0.3), torch.nn.Dropout(0.3), input_shape=(8, 16))
+
+
+def test_find_mask_names():
+    x = np.ones((2, 3))
+    o = type("O", (), {})()
+    o._cache = {"dropout_mask": np.ones((2, 3))}
+    assert find_mask(o, (2, 3))[1] == "_cache['dropout_mask']"
+    o2 = type("O", (), {})()
+    o2.cache = (x, np.zeros((2, 3)))
+    assert find_mask(o2, (2, 3), x)[1] == "cache"
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, "0.3", True])
+def test_bad_p(bad):
+    with pytest.raises(nnparity.adapters.ArgumentError, match="drop probability"):
+        check_mask_statistics(Dropout(0.3), p=bad)
+
+
+def test_a_mask_of_the_features_shape_is_named():
+    class FeatureMask(Dropout):
+        def forward(self, x):
+            self.mask = self.rng.random(x.shape[1:]) >= self.p
+            return x * self.mask / (1 - self.p)
+    with pytest.raises(nnparity.adapters.ProtocolError, match="one mask for the whole batch"):
+        nnparity.check_layer(FeatureMask(0.3), torch.nn.Dropout(0.3), input_shape=(8, 16))
+
+
+def test_eval_mode_dropout_is_the_identity_on_both_sides():
+    assert nnparity.check_layer(Dropout(0.3), torch.nn.Dropout(0.3), input_shape=(8, 16), train=False).ok
