@@ -372,10 +372,22 @@ class LayerAdapter:
         elif hasattr(self.obj, "training"):
             call_user(f"setting {self.name}.training", setattr, self.obj, "training", mode,
                       given=" (the checks switch training and evaluation mode through it)")
+        elif callable(getattr(self.obj, "freeze", None)) and callable(getattr(self.obj, "unfreeze", None)):
+            call_user(f"{self.name}.{'unfreeze' if mode else 'freeze'}",   # numpy-ml: frozen = eval
+                      self.obj.unfreeze if mode else self.obj.freeze, given="")
+        elif isinstance(getattr(self.obj, "trainable", None), bool):
+            self.obj.trainable = mode
 
     @property
     def training(self):
-        return getattr(self.obj, "training", None)
+        """The layer's mode as it says (``training``, numpy-ml's ``trainable``), or None."""
+        if self.kind == "functions":
+            return None
+        if isinstance(self.obj, conventions.FunctionPair):
+            return getattr(self.obj, "training", None)
+        t = getattr(self.obj, "training", None)
+        return t if t is not None else getattr(self.obj, "trainable", None) \
+            if isinstance(getattr(self.obj, "trainable", None), bool) else None
 
     # --- parameters --------------------------------------------------------------
     def _module_params(self):

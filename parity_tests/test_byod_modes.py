@@ -188,3 +188,128 @@ def test_a_mask_of_the_features_shape_is_named():
 
 def test_eval_mode_dropout_is_the_identity_on_both_sides():
     assert nnparity.check_layer(Dropout(0.3), torch.nn.Dropout(0.3), input_shape=(8, 16), train=False).ok
+
+
+# --- train and eval modes -------------------------------------------------------------------
+
+def batchnorm_forward(x, gamma, beta, bn_param):
+    """CS231n style, with torch's unbiased running variance; test mode keeps no cache."""
+    mode, eps, momentum = bn_param["mode"], bn_param.get("eps", 1e-5), bn_param.get("momentum", 0.9)
+    n, d = x.shape
+    running_mean = bn_param.get("running_mean", np.zeros(d, dtype=x.dtype))
+    running_var = bn_param.get("running_var", np.ones(d, dtype=x.dtype))
+    if mode == "train":
+        mu, var = x.mean(axis=0), x.var(axis=0)
+        xhat = (x - mu) / np.sqrt(var + eps)
+        out, cache = gamma * xhat + beta, (xhat, gamma, var, eps)
+        running_mean = momentum * running_mean + (1 - momentum) * mu
+        running_var = momentum * running_var + (1 - momentum) * var * (n / (n - 1))
+    else:
+        out, cache = gamma * (x - running_mean) / np.sqrt(running_var + eps) + beta, None
+    bn_param["running_mean"], bn_param["running_var"] = running_mean, running_var
+    return out, cache
+
+
+def batchnorm_backward(dout, cache):
+    xhat, gamma, var, eps = cache            # test mode: cache is None, as in CS231n (no eval backward)
+    n = dout.shape[0]
+    dxhat = dout * gamma
+    dx = (n * dxhat - dxhat.sum(0) - xhat * (dxhat * xhat).sum(0)) / (n * np.sqrt(var + eps))
+    return dx, (dout * xhat).sum(0), dout.sum(0)
+
+
+def batchnorm_forward_batch_stats_in_eval(x, gamma, beta, bn_param):
+    """The slip: test mode normalises with the batch's statistics."""
+    if bn_param["mode"] == "train":
+        return batchnorm_forward(x, gamma, beta, bn_param)
+    return batchnorm_forward(x, gamma, beta, dict(bn_param, mode="train"))
+
+
+def batchnorm_forward_momentum_swapped(x, gamma, beta, bn_param):
+    """The slip: running = (1 - momentum) running + momentum batch (torch's momentum read as CS231n's)."""
+    m = bn_param.get("momentum", 0.9)
+    bn_param["momentum"] = 1 - m
+    try:
+        return batchnorm_forward(x, gamma, beta, bn_param)
+    finally:
+        bn_param["momentum"] = m
+
+
+def test_cs231n_batchnorm_in_both_modes_eval_forward_only():
+    bn = nnparity.pair(batchnorm_forward, batchnorm_backward)
+    with pytest.warns(nnparity.adapters.NNParityWarning, match="no backward in evaluation mode"):
+        r = nnparity.check_layer(bn, torch.nn.BatchNorm1d(4), input_shape=(6, 4), modes=("train", "eval"))
+    assert r.ok and list(r.results) == ["float64 train", "float32 train", "float64 eval", "float32 eval"]
+    assert [c.name for c in r.results["float64 eval"]] == [
+        "buffer/running_mean after 3 training steps", "buffer/running_var after 3 training steps",
+        "out", "buffer/running_mean", "buffer/running_var"]
+    assert [c.name for c in r.results["float64 train"]][:2] == ["out", "din"]
+
+
+def test_eval_with_batch_statistics_is_caught_in_eval_only():
+    bn = nnparity.pair(batchnorm_forward_batch_stats_in_eval, batchnorm_backward)
+    nnparity.check_layer(bn, torch.nn.BatchNorm1d(4), input_shape=(6, 4), mode="train")
+    with pytest.raises(AssertionError, match=r"float64 eval out \(forward activation\)"):
+        nnparity.check_layer(bn, torch.nn.BatchNorm1d(4), input_shape=(6, 4), modes=("train", "eval"))
+
+
+def test_a_swapped_momentum_is_caught_after_training_steps():
+    """One training forward from running_mean 0 hides nothing here either, but the steps make it plain."""
+    bn = nnparity.pair(batchnorm_forward_momentum_swapped, batchnorm_backward)
+    with pytest.raises(AssertionError, match="buffer/running_mean after 3 training steps"):
+        nnparity.check_layer(bn, torch.nn.BatchNorm1d(4), input_shape=(6, 4), mode="eval")
+
+
+class FrozenBatchNorm:
+    """numpy-ml style: parameters dict, freeze()/unfreeze() and trainable; frozen uses running
+    statistics and its backward raises."""
+
+    def __init__(self, d, momentum=0.9, eps=1e-5):
+        self.parameters = {"scaler": np.ones(d), "intercept": np.zeros(d),
+                           "running_mean": np.zeros(d), "running_var": np.ones(d)}
+        self.gradients = {"scaler": np.zeros(d), "intercept": np.zeros(d)}
+        self.momentum, self.epsilon, self.trainable = momentum, eps, True
+
+    def freeze(self):
+        self.trainable = False
+
+    def unfreeze(self):
+        self.trainable = True
+
+    def forward(self, x):
+        p = self.parameters
+        if not self.trainable:
+            return p["scaler"] * (x - p["running_mean"]) / np.sqrt(p["running_var"] + self.epsilon) + p["intercept"]
+        n = x.shape[0]
+        mu, var = x.mean(0), x.var(0)
+        p["running_mean"] = self.momentum * p["running_mean"] + (1 - self.momentum) * mu
+        p["running_var"] = self.momentum * p["running_var"] + (1 - self.momentum) * var * (n / (n - 1))
+        self.x, self.mu, self.var = x, mu, var
+        return p["scaler"] * (x - mu) / np.sqrt(var + self.epsilon) + p["intercept"]
+
+    def backward(self, dy):
+        if not self.trainable:
+            raise RuntimeError("Layer is frozen")
+        n, p = dy.shape[0], self.parameters
+        xhat = (self.x - self.mu) / np.sqrt(self.var + self.epsilon)
+        self.gradients["scaler"] = (dy * xhat).sum(0)
+        self.gradients["intercept"] = dy.sum(0)
+        dxhat = dy * p["scaler"]
+        return (n * dxhat - dxhat.sum(0) - xhat * (dxhat * xhat).sum(0)) / (n * np.sqrt(self.var + self.epsilon))
+
+
+def test_numpy_ml_frozen_layer_is_eval():
+    lay = FrozenBatchNorm(4)
+    with pytest.warns(nnparity.adapters.NNParityWarning, match="Layer is frozen"):
+        r = nnparity.check_layer(lay, torch.nn.BatchNorm1d(4), input_shape=(6, 4), modes=("train", "eval"))
+    assert r.ok and "out" in [c.name for c in r.results["float64 eval"]]
+    assert lay.trainable   # the check puts your layer back in the mode it found it in
+
+@pytest.mark.parametrize("kwargs, match", [({"mode": "test"}, "mode must be 'train' or 'eval'"),
+                                           ({"mode": "eval", "modes": ("train",)}, "not both"),
+                                           ({"modes": "eval"}, "modes must be a tuple"),
+                                           ({"modes": ("train", "train")}, "modes must be a tuple"),
+                                           ({"train": False, "mode": "train"}, "contradict")])
+def test_bad_modes(kwargs, match):
+    with pytest.raises(nnparity.adapters.ArgumentError, match=match):
+        nnparity.check_layer(Dropout(0.3), torch.nn.Dropout(0.3), input_shape=(8, 16), **kwargs)
