@@ -451,7 +451,7 @@ def _against_own_float64(lay, x, upstream, seed, dtype, tol=None, zero=()) -> li
 def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=None, dtypes=DTYPES,
                 seed: int = 0, params="random", train: bool = True, name: str | None = None,
                 samples: int = gc.SAMPLES, eps: float = gc.EPS, atol=None, rtol=None, skip=(), allowed_zero=(),
-                plot=None, mode: str | None = None, modes=None, train_steps: int = 3,
+                plot=None, mode: str | None = None, modes=None, train_steps: int = 3, forward_kwargs=None,
                 raise_on_failure: bool = True) -> LayerReport:
     """Check your layer's forward and backward against PyTorch autograd, in float64 and float32.
 
@@ -493,6 +493,9 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
             they are listed as skipped in the report.
         allowed_zero: parameters whose gradient is zero by construction (the bias of a
             layer feeding a normalisation): compared with zero instead of being degenerate.
+        forward_kwargs: extra keyword arguments of every forward call (``{"retain_derived": True}``).
+            A forward argument named ``training``, ``train``, ``is_training`` or ``train_mode``
+            (``forward(x, training)``) is given the mode by itself, no lambda needed.
         plot: a ``.png`` path: on a failure against torch, a heatmap of scratch - reference
             over the first failing tensor is written there (and named in the message).
 
@@ -540,6 +543,7 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
         dtypes.insert(0, "float64")   # the finite-difference check itself runs in float64
         tols = _tolerances(atol, rtol, dtypes)
     lay = as_layer(mine, name, mapping)
+    lay.set_forward_kwargs(forward_kwargs)
     ref_name = _describe_torch(torch_equivalent)
     equivalent = dict.fromkeys(run_modes, torch_equivalent)
     if "train" in run_modes and type(torch_equivalent) is torch.nn.Dropout:   # the mask protocol: torch applies your mask

@@ -192,7 +192,7 @@ def _pair_agreement(m, axis: int):
 
 
 def check_mask_statistics(mine, p: float, input_shape=(64, 32), *, draws: int = DRAWS, seed: int = 0,
-                          alpha: float = ALPHA, name: str | None = None,
+                          alpha: float = ALPHA, name: str | None = None, forward_kwargs=None,
                           raise_on_failure: bool = True) -> MaskReport:
     """Test how your dropout layer draws its masks (keep rate, independence, scale) over ``draws``
     forward passes in training mode; see the module docstring for the tests and their bound.
@@ -204,6 +204,8 @@ def check_mask_statistics(mine, p: float, input_shape=(64, 32), *, draws: int = 
         input_shape: (N, features...) of the input; N >= 2 and at least 2 features.
         draws: forward passes; seed: seeds NumPy's global generator and the input.
         alpha: false-alarm probability of each test (default 1e-9).
+        forward_kwargs: extra keyword arguments of your forward (a ``training`` argument is
+            given True by itself).
     """
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
         raise ArgumentError(f"p must be the drop probability, a number with 0 < p < 1, got {p!r}")
@@ -213,6 +215,7 @@ def check_mask_statistics(mine, p: float, input_shape=(64, 32), *, draws: int = 
     if not isinstance(draws, int) or draws < 2:
         raise ArgumentError(f"draws must be an int >= 2, got {draws!r}")
     lay = as_layer(mine, name)
+    lay.set_forward_kwargs(forward_kwargs)
     lay.train(True)
     q = 1.0 - p
     scale = 1.0 / q

@@ -256,7 +256,8 @@ def test_eval_with_batch_statistics_is_caught_in_eval_only():
 def test_a_swapped_momentum_is_caught_after_training_steps():
     """One training forward from running_mean 0 hides nothing here either, but the steps make it plain."""
     bn = nnparity.pair(batchnorm_forward_momentum_swapped, batchnorm_backward)
-    with pytest.raises(AssertionError, match="buffer/running_mean after 3 training steps"):
+    with pytest.warns(nnparity.adapters.NNParityWarning, match="no backward in evaluation mode"), \
+            pytest.raises(AssertionError, match="buffer/running_mean after 3 training steps"):
         nnparity.check_layer(bn, torch.nn.BatchNorm1d(4), input_shape=(6, 4), mode="eval")
 
 
@@ -313,3 +314,49 @@ def test_numpy_ml_frozen_layer_is_eval():
 def test_bad_modes(kwargs, match):
     with pytest.raises(nnparity.adapters.ArgumentError, match=match):
         nnparity.check_layer(Dropout(0.3), torch.nn.Dropout(0.3), input_shape=(8, 16), **kwargs)
+
+
+# --- extra forward arguments ------------------------------------------------------------------
+
+class ArgDropout(Dropout):
+    """forward(x, training): the mode as an argument, not an attribute."""
+
+    def __init__(self, p, seed=0):
+        super().__init__(p, seed)
+        del self.training
+
+    def forward(self, x, training):
+        self.on = training
+        if not training:
+            return x
+        self.mask = self.rng.random(x.shape) >= self.p
+        return x * self.mask / (1 - self.p)
+
+    def backward(self, dy):
+        return dy * self.mask / (1 - self.p) if self.on else dy
+
+
+def test_a_training_argument_is_given_the_mode():
+    r = nnparity.check_layer(ArgDropout(0.3), torch.nn.Dropout(0.3), input_shape=(8, 16), modes=("train", "eval"))
+    assert r.ok and "forward's 'training' argument is given the mode" in r.context
+    assert check_mask_statistics(ArgDropout(0.3), p=0.3).ok
+
+
+def test_forward_kwargs_reach_forward():
+    class Scaled:
+        def forward(self, x, retain_derived=False, scale=1.0):
+            self.s = scale
+            return x * scale
+
+        def backward(self, dy):
+            return dy * self.s
+    nnparity.check_layer(Scaled(), lambda x: 2.0 * x, input_shape=(3, 4), forward_kwargs={"scale": 2.0})
+    with pytest.raises(AssertionError, match="out"):
+        nnparity.check_layer(Scaled(), lambda x: 2.0 * x, input_shape=(3, 4))
+    with pytest.raises(nnparity.adapters.ArgumentError, match="forward_kwargs must be a dict"):
+        nnparity.check_layer(Scaled(), lambda x: 2.0 * x, input_shape=(3, 4), forward_kwargs=["scale"])
+
+
+def test_forward_kwargs_a_forward_does_not_take_is_one_line():
+    with pytest.raises(nnparity.adapters.CallError, match="unexpected keyword argument 'scale'"):
+        nnparity.check_layer(Dropout(0.3), torch.nn.Dropout(0.3), input_shape=(8, 16), forward_kwargs={"scale": 2})
