@@ -360,3 +360,9 @@ def test_forward_kwargs_reach_forward():
 def test_forward_kwargs_a_forward_does_not_take_is_one_line():
     with pytest.raises(nnparity.adapters.CallError, match="unexpected keyword argument 'scale'"):
         nnparity.check_layer(Dropout(0.3), torch.nn.Dropout(0.3), input_shape=(8, 16), forward_kwargs={"scale": 2})
+
+
+def test_the_fixture_checks_masks(nnparity):
+    nnparity.masks(Dropout(0.3), 0.3)
+    with pytest.raises(AssertionError, match="one mask shared by the whole batch"):
+        nnparity.masks(BatchMaskDropout(0.3), 0.3)
