@@ -464,7 +464,9 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
             yours (they are copied from yours), a function ``fn(x)`` (``fn(x, **params)``
             if your layer has parameters: they arrive as torch tensors under your
             names), or ``None`` for the finite-difference check.
-        input_shape: shape of the random standard-normal input (or give ``x``).
+        input_shape: shape of the random standard-normal input (or give ``x``). Several inputs
+            (``forward(a, b)``): a list of shapes, or ``x=(a, b)``; several outputs are returned
+            as a tuple: packed side by side as one layer (``nnparity.multiio``).
         upstream: dL/d(output); default: random standard normal, never uniform (a
             ones upstream gradient hides transposes and wrong-axis sums).
         dtypes: the dtypes to run, each with its tolerance (``nnparity.parity.TOLERANCES``).
@@ -532,6 +534,16 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
     dtypes = _check_dtypes(dtypes)
     tols = _tolerances(atol, rtol, dtypes)
     _check_torch_equivalent(torch_equivalent)
+    multi = None
+    from . import multiio
+
+    if multiio.is_multi(input_shape, x):   # several inputs: packed side by side (nnparity.multiio)
+        if upstream is not None:
+            raise ArgumentError("upstream= is for a one-output layer; several inputs or outputs take random ones")
+        x, multi = multiio.inputs(input_shape, x, seed)
+        input_shape = None
+        if torch_equivalent is not None:
+            torch_equivalent = multiio.torch_packed(torch_equivalent, multi)
     shape = _input("x", input_shape, x)
     if shape is None:
         raise ArgumentError("give input_shape=(N, ...) for a random input, or the input itself as x=...")
@@ -542,7 +554,7 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
     if torch_equivalent is None and "float64" not in dtypes:
         dtypes.insert(0, "float64")   # the finite-difference check itself runs in float64
         tols = _tolerances(atol, rtol, dtypes)
-    lay = as_layer(mine, name, mapping)
+    lay = as_layer(mine, name, mapping) if multi is None else multiio.PackedLayer(mine, multi, name, mapping)
     lay.set_forward_kwargs(forward_kwargs)
     ref_name = _describe_torch(torch_equivalent)
     equivalent = dict.fromkeys(run_modes, torch_equivalent)
@@ -603,6 +615,8 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
         lay.restore(snap)
         if isinstance(was_training, bool):   # your layer back in the mode it was in
             lay.train(was_training)
+    if multi is not None and lay.outputs_note():
+        report.context = f"{report.context[:-1]}; {lay.outputs_note()})"
     _skip_in_report(report, skip)
     if plot is not None:
         report.plot(plot)

@@ -366,3 +366,75 @@ def test_the_fixture_checks_masks(nnparity):
     nnparity.masks(Dropout(0.3), 0.3)
     with pytest.raises(AssertionError, match="one mask shared by the whole batch"):
         nnparity.masks(BatchMaskDropout(0.3), 0.3)
+
+
+# --- several inputs and outputs ---------------------------------------------------------------
+
+class Bilinear:
+    """y = a W b^T + bias per sample (torch.nn.Bilinear with one output feature per k)."""
+
+    def __init__(self, n1, n2, k, bug=False):
+        rng = np.random.default_rng(0)
+        self.weight, self.bias = rng.standard_normal((k, n1, n2)), np.zeros(k)
+        self.dweight, self.dbias, self.bug = np.zeros_like(self.weight), np.zeros_like(self.bias), bug
+
+    def forward(self, a, b):
+        self.a, self.b = a, b
+        return np.einsum("ni,kij,nj->nk", a, self.weight, b) + self.bias
+
+    def backward(self, dy):
+        self.dweight = np.einsum("nk,ni,nj->kij", dy, self.a, self.b)
+        self.dbias = dy.sum(0)
+        da = np.einsum("nk,kij,nj->ni", dy, self.weight, self.b)
+        db = np.einsum("nk,kij,ni->nj", dy, self.weight, self.a)
+        return (da, db * 2) if self.bug else (da, db)
+
+
+def test_two_inputs_against_torch_bilinear():
+    r = nnparity.check_layer(Bilinear(3, 4, 2), torch.nn.Bilinear(3, 4, 2), input_shape=[(5, 3), (5, 4)])
+    assert r.ok and "inputs packed as columns: x0 (5, 3) [0:3), x1 (5, 4) [3:7)" in r.context
+    with pytest.raises(AssertionError, match="din") as e:
+        nnparity.check_layer(Bilinear(3, 4, 2, bug=True), torch.nn.Bilinear(3, 4, 2), input_shape=[(5, 3), (5, 4)])
+    assert "x1 (5, 4) [3:7)" in str(e.value)
+
+
+class SplitHalves:
+    """Two outputs: twice the first half of the features, tanh of the second; backward(dy1, dy2)."""
+
+    def __init__(self, bug=False):
+        self.bug = bug
+
+    def forward(self, x):
+        h = x.shape[1] // 2
+        self.t = np.tanh(x[:, h:])
+        return x[:, :h] * 2.0, self.t
+
+    def backward(self, dy1, dy2):
+        return np.concatenate([dy1 * 2.0, dy2 if self.bug else dy2 * (1 - self.t ** 2)], axis=1)
+
+
+def test_two_outputs_against_a_torch_function_and_finite_differences():
+    def torch_split(x):
+        h = x.shape[1] // 2
+        return x[:, :h] * 2.0, torch.tanh(x[:, h:])
+    x = [np.linspace(-1, 1, 24).reshape(4, 6)]
+    r = nnparity.check_layer(SplitHalves(), torch_split, x=x)
+    assert r.ok and "outputs packed as columns: y0 (4, 3) [0:3), y1 (4, 3) [3:6)" in r.context
+    assert nnparity.check_layer(SplitHalves(), None, x=x).ok
+    with pytest.raises(AssertionError, match="din"):
+        nnparity.check_layer(SplitHalves(bug=True), torch_split, x=x)
+    with pytest.raises(AssertionError):
+        nnparity.check_layer(SplitHalves(bug=True), None, x=x)
+
+
+def test_several_inputs_need_one_batch_size():
+    with pytest.raises(nnparity.adapters.ArgumentError, match="same batch size"):
+        nnparity.check_layer(Bilinear(3, 4, 2), torch.nn.Bilinear(3, 4, 2), input_shape=[(5, 3), (6, 4)])
+
+
+def test_backward_must_return_one_gradient_per_input():
+    class OneGrad(Bilinear):
+        def backward(self, dy):
+            return super().backward(dy)[0]
+    with pytest.raises(nnparity.adapters.ProtocolError, match="one gradient per input"):
+        nnparity.check_layer(OneGrad(3, 4, 2), torch.nn.Bilinear(3, 4, 2), input_shape=[(5, 3), (5, 4)])
