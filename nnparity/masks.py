@@ -12,7 +12,8 @@ works too):
   ``self._cache``, or the scratch book's), and for a CS231n function pair
   ``dropout_forward(x, dropout_param) -> (out, cache)`` the cache it returned
   (``cache = (dropout_param, mask)``);
-- a dict of derived variables (numpy-ml's ``derived_variables["dropout_mask"]``).
+- a dict of derived variables (numpy-ml's ``_wrapper_derived_variables["dropout_mask"]``, a list
+  with one mask per forward: the last is used).
 
 ``torch_mask_dropout(layer, p)`` is then the torch equivalent ``x * keep / (1 - p)``
 with your mask's kept positions: ``check_layer(mine, torch.nn.Dropout(p), ...)`` uses it
@@ -81,9 +82,9 @@ def find_mask(obj, shape, x=None):
         v = getattr(obj, name, None)
         if isinstance(v, dict):   # by name first: {"dropout_mask": ...}
             for k in ("dropout_mask",) + MASK_NAMES:
-                for a in _arrays_in(v.get(k)):
-                    if a.shape == shape:
-                        return (a[-1] if a.ndim > len(shape) else a), f"{name}[{k!r}]"
+                hits = [a for a in _arrays_in(v.get(k)) if a.shape == shape]
+                if hits:   # numpy-ml appends a mask per forward: the last one is this forward's
+                    return hits[-1], f"{name}[{k!r}]"
         if isinstance(v, dict) and name in DERIVED_NAMES:
             continue
         for a in _arrays_in(v):

@@ -166,6 +166,10 @@ def test_find_mask_names():
     o = type("O", (), {})()
     o._cache = {"dropout_mask": np.ones((2, 3))}
     assert find_mask(o, (2, 3))[1] == "_cache['dropout_mask']"
+    ml = type("O", (), {})()   # numpy-ml's wrapper appends one mask per forward
+    ml._wrapper_derived_variables = {"dropout_mask": [np.zeros((2, 3)), np.ones((2, 3))]}
+    mask, where = find_mask(ml, (2, 3))
+    assert where == "_wrapper_derived_variables['dropout_mask']" and mask.all()
     o2 = type("O", (), {})()
     o2.cache = (x, np.zeros((2, 3)))
     assert find_mask(o2, (2, 3), x)[1] == "cache"
