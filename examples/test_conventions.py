@@ -115,7 +115,9 @@ def test_cs231n_batchnorm_reads_bn_param_and_its_biased_running_variance_is_caug
     assert "float64: 1 of 6 failing (buffer/running_var)" in str(e.value)   # running_mean agrees
     report = nnparity.layer(bn, torch.nn.BatchNorm1d(4), input_shape=(6, 4), skip=["buffer/running_var"])
     assert "skipped as asked: buffer/running_var" in report.summary()
-    nnparity.layer(bn, torch.nn.BatchNorm1d(4), input_shape=(6, 4), train=False)
+    with pytest.raises(AssertionError, match="buffer/running_var after 3 training steps"):   # eval: after training
+        nnparity.layer(bn, torch.nn.BatchNorm1d(4), input_shape=(6, 4), train=False)
+    nnparity.layer(bn, torch.nn.BatchNorm1d(4), input_shape=(6, 4), train=False, skip=["buffer/running_var"])
 
 
 # --- a name / layout map for names nn-parity cannot guess ------------------------------------------

@@ -23,6 +23,7 @@ _HOME = {
     **dict.fromkeys(("check_layer", "check_loss", "check_steps", "pair", "adapt"), "nnparity.api.byod"),
     **dict.fromkeys(("gradcheck_layer", "gradcheck_model", "gradcheck_network"), "nnparity.diagnosis.gradcheck"),
     **dict.fromkeys(("sweep_layer", "GRIDS"), "nnparity.api.sweep"),
+    "check_mask_statistics": "nnparity.training.masks",
     "Network": "nnparity.training.networks",
 }
 _API = tuple(_HOME)

@@ -135,14 +135,15 @@ class LayerReport:
                 more += "".join(f"\n{c.name}: PATTERN: {c.pattern}" for c in failed[1:] if c.pattern)
                 hint = ""
                 problem = failed[0].problem or ""
-                cast = [c for c in res if c.name.endswith(f" as {dt}")]
+                d = dt.split()[0]   # the dtype of a "float64 eval" key (modes=)
+                cast = [c for c in res if c.name.endswith(f" as {d}")]
                 values = ("" if not cast else
-                          f"; your values cast to {dt} agree ({', '.join(c.name for c in cast)}), so only the dtype "
+                          f"; your values cast to {d} agree ({', '.join(c.name for c in cast)}), so only the dtype "
                           "is wrong" if all(c.passed for c in cast) else
-                          f"; your values cast to {dt} disagree too: "
-                          f"{next(c for c in cast if not c.passed).describe(self.name, dt)}")
-                if problem.startswith("dtype mismatch") and not problem.split(" (")[0].endswith(f"reference {dt}"):
-                    hint = (f"\nthe torch equivalent returned another dtype than its {dt} input's: it must compute "
+                          f"; your values cast to {d} disagree too: "
+                          f"{next(c for c in cast if not c.passed).describe(self.name, d)}")
+                if problem.startswith("dtype mismatch") and not problem.split(" (")[0].endswith(f"reference {d}"):
+                    hint = (f"\nthe torch equivalent returned another dtype than its {d} input's: it must compute "
                             "in its input's dtype (no .float() / .double(), no new tensor without dtype=)")
                 elif problem.startswith("dtype mismatch"):
                     hint = ("\nyour layer returned another dtype than its input's: a float64 scalar or array mixed "
@@ -320,7 +321,7 @@ def _skip(skip, names_seen) -> list:
 
 
 def _is_skipped(name: str, skip) -> bool:
-    return any(name == n or name.startswith(f"{n} as ") for n in skip)
+    return any(name == n or name.startswith((f"{n} as ", f"{n} after ")) for n in skip)
 
 
 def _input(what: str, input_shape, given, shape_what: str = "input_shape") -> tuple:
@@ -450,7 +451,8 @@ def _against_own_float64(lay, x, upstream, seed, dtype, tol=None, zero=()) -> li
 def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=None, dtypes=DTYPES,
                 seed: int = 0, params="random", train: bool = True, name: str | None = None,
                 samples: int = gc.SAMPLES, eps: float = gc.EPS, atol=None, rtol=None, skip=(), allowed_zero=(),
-                plot=None, raise_on_failure: bool = True) -> LayerReport:
+                plot=None, mode: str | None = None, modes=None, train_steps: int = 3, forward_kwargs=None,
+                raise_on_failure: bool = True) -> LayerReport:
     """Check your layer's forward and backward against PyTorch autograd, in float64 and float32.
 
     Args:
@@ -462,7 +464,9 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
             yours (they are copied from yours), a function ``fn(x)`` (``fn(x, **params)``
             if your layer has parameters: they arrive as torch tensors under your
             names), or ``None`` for the finite-difference check.
-        input_shape: shape of the random standard-normal input (or give ``x``).
+        input_shape: shape of the random standard-normal input (or give ``x``). Several inputs
+            (``forward(a, b)``): a list of shapes, or ``x=(a, b)``; several outputs are returned
+            as a tuple: packed side by side as one layer (``nnparity.training.multiio``).
         upstream: dL/d(output); default: random standard normal, never uniform (a
             ones upstream gradient hides transposes and wrong-axis sums).
         dtypes: the dtypes to run, each with its tolerance (``nnparity.core.parity.TOLERANCES``).
@@ -474,6 +478,15 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
             says what is detected without it. To keep your values with a map, pass
             ``nnparity.adapt(mine, params={...})`` as ``mine`` and ``params="keep"``.
         train: training (default) or evaluation mode on both sides.
+        mode, modes: ``mode="eval"`` is ``train=False``; ``modes=("train", "eval")`` checks both
+            (results keyed ``"float64 train"``, ``"float64 eval"``, ...). Each side is switched
+            through ``train()`` / ``eval()``, a ``training`` attribute, numpy-ml's
+            ``freeze()`` / ``unfreeze()`` or ``trainable``, a CS231n ``bn_param["mode"]``. In eval,
+            a backward that raises (no eval backward) leaves a forward-only check, said in
+            ``warnings``; with a torch module whose buffers your layer has (running statistics),
+            both sides first run ``train_steps`` training forwards on the same seeded batches
+            (mean 0.5, std 2) and the buffers are compared (``buffer/running_var after 3 training
+            steps``), then the eval forward runs on them.
         samples, eps: coordinates per tensor and step of the finite-difference check.
         atol, rtol: tolerances instead of the suite's (``|a - b| <= atol + rtol |b|``): a
             number, or ``{"float32": 1e-3}`` per dtype (torch comparisons and float32 against
@@ -482,6 +495,9 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
             they are listed as skipped in the report.
         allowed_zero: parameters whose gradient is zero by construction (the bias of a
             layer feeding a normalisation): compared with zero instead of being degenerate.
+        forward_kwargs: extra keyword arguments of every forward call (``{"retain_derived": True}``).
+            A forward argument named ``training``, ``train``, ``is_training`` or ``train_mode``
+            (``forward(x, training)``) is given the mode by itself, no lambda needed.
         plot: a ``.png`` path: on a failure against torch, a heatmap of scratch - reference
             over the first failing tensor is written there (and named in the message).
 
@@ -506,6 +522,8 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
                             f"({{'W': 'weight.T', 'b': 'bias'}}), got {params!r}")
     skip = _names("skip", skip)
     train = _check_bool("train", train)
+    run_modes = _modes(mode, modes, train)
+    train_steps = _check_int("train_steps", train_steps, 0)
     raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
     seed = _check_int("seed", seed, 0)
     if plot is not None:
@@ -516,6 +534,16 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
     dtypes = _check_dtypes(dtypes)
     tols = _tolerances(atol, rtol, dtypes)
     _check_torch_equivalent(torch_equivalent)
+    multi = None
+    from nnparity.training import multiio
+
+    if multiio.is_multi(input_shape, x):   # several inputs: packed side by side (nnparity.training.multiio)
+        if upstream is not None:
+            raise ArgumentError("upstream= is for a one-output layer; several inputs or outputs take random ones")
+        x, multi = multiio.inputs(input_shape, x, seed)
+        input_shape = None
+        if torch_equivalent is not None:
+            torch_equivalent = multiio.torch_packed(torch_equivalent, multi)
     shape = _input("x", input_shape, x)
     if shape is None:
         raise ArgumentError("give input_shape=(N, ...) for a random input, or the input itself as x=...")
@@ -526,13 +554,21 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
     if torch_equivalent is None and "float64" not in dtypes:
         dtypes.insert(0, "float64")   # the finite-difference check itself runs in float64
         tols = _tolerances(atol, rtol, dtypes)
-    lay = as_layer(mine, name, mapping)
+    lay = as_layer(mine, name, mapping) if multi is None else multiio.PackedLayer(mine, multi, name, mapping)
+    lay.set_forward_kwargs(forward_kwargs)
+    ref_name = _describe_torch(torch_equivalent)
+    equivalent = dict.fromkeys(run_modes, torch_equivalent)
+    if "train" in run_modes and type(torch_equivalent) is torch.nn.Dropout:   # the mask protocol: torch applies your mask
+        from nnparity.training.masks import torch_mask_dropout
+
+        ref_name = f"torch.nn.Dropout(p={torch_equivalent.p}){' with your mask' if len(run_modes) == 1 else ''}"
+        equivalent["train"] = torch_mask_dropout(lay, float(torch_equivalent.p))
+    train = run_modes[0] == "train"
     if isinstance(torch_equivalent, torch.nn.Module):
         lay.bind(torch_equivalent, train)
     elif torch_equivalent is not None:
         lay.bind_function(torch_equivalent)
     zero = _zero_names(allowed_zero, lay.params())
-    ref_name = _describe_torch(torch_equivalent)
     layout = f"; {'; '.join(lay.notes)}" if lay.notes else ""
     context = (f"(scratch = your {lay.name}{layout}, reference = {ref_name}; input {shape} "
                f"{'~ N(0, 1)' if x is None else 'given'}, upstream gradient "
@@ -546,34 +582,96 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
         unmatched = unmatched_torch_buffers(lay, torch_equivalent)
         if unmatched:
             _warn(report.warnings, buffers_warning(lay.name, ref_name, unmatched))
-    snap = lay.snapshot()
+    snap, was_training = lay.snapshot(), lay.training
     try:
         if params == "random":
             _randomize(lay, seed)
-        if torch_equivalent is None:
+        for md in run_modes:
+            train = md == "train"
             for dt in dtypes:
-                if dt == "float64":
-                    report.results[dt] = gc.gradcheck_layer(lay, input_shape, x=x, upstream=upstream, samples=samples,
-                                                            eps=eps, seed=seed, train=train)
-                else:
+                key = dt if len(run_modes) == 1 else f"{dt} {md}"
+                if torch_equivalent is None and dt == "float64":
+                    report.results[key] = gc.gradcheck_layer(lay, input_shape, x=x, upstream=upstream,
+                                                             samples=samples, eps=eps, seed=seed, train=train)
+                elif torch_equivalent is None:
                     lay.train(train)
-                    report.results[dt] = _against_own_float64(lay, shape if x is None else x, upstream, seed, dt,
-                                                              tols[dt], zero)
-        else:
-            for dt in dtypes:
-                report.arrays[dt] = {}
-                report.results[dt] = layercheck.check_layer(lay, torch_equivalent, input_shape, x=x, dtype=dt,
-                                                            seed=seed, train=train, upstream=upstream,
-                                                            name=lay.name, tol=tols[dt], allowed_zero=zero,
-                                                            raise_on_failure=False, arrays=report.arrays[dt])
+                    report.results[key] = _against_own_float64(lay, shape if x is None else x, upstream, seed, dt,
+                                                               tols[dt], zero)
+                else:
+                    comps, notes = [], []
+                    if not train and train_steps and isinstance(torch_equivalent, torch.nn.Module) and lay.buffers():
+                        comps = _after_training_steps(lay, torch_equivalent, shape, dt, seed, train_steps, tols[dt])
+                    report.arrays[key] = {}
+                    comps += layercheck.check_layer(lay, equivalent[md], input_shape, x=x, dtype=dt,
+                                                    seed=seed, train=train, upstream=upstream,
+                                                    name=lay.name, tol=tols[dt], allowed_zero=zero,
+                                                    raise_on_failure=False, arrays=report.arrays[key],
+                                                    forward_only=notes)
+                    for n in notes:
+                        if n not in report.warnings:
+                            _warn(report.warnings, n)
+                    report.results[key] = comps
     finally:
         lay.restore(snap)
+        if isinstance(was_training, bool):   # your layer back in the mode it was in
+            lay.train(was_training)
+    if multi is not None and lay.outputs_note():
+        report.context = f"{report.context[:-1]}; {lay.outputs_note()})"
     _skip_in_report(report, skip)
     if plot is not None:
         report.plot(plot)
     if raise_on_failure:
         report.raise_if_failed()
     return report
+
+
+MODES = ("train", "eval")
+
+
+def _modes(mode, modes, train: bool) -> list:
+    """The modes to check, from ``mode=`` / ``modes=`` / ``train=``."""
+    if mode is not None and modes is not None:
+        raise ArgumentError("give mode='eval' (one mode) or modes=('train', 'eval') (several), not both")
+    if mode is not None:
+        if mode not in MODES:
+            raise ArgumentError(f"mode must be 'train' or 'eval', got {mode!r}")
+        if not train and mode == "train":
+            raise ArgumentError("train=False and mode='train' contradict each other: give one of them")
+        return [mode]
+    if modes is None:
+        return ["train" if train else "eval"]
+    if isinstance(modes, str) or not isinstance(modes, (tuple, list)) or not modes or \
+            any(m not in MODES for m in modes) or len(set(modes)) != len(modes):
+        raise ArgumentError(f"modes must be a tuple of distinct 'train' / 'eval', e.g. modes=('train', 'eval'), "
+                            f"got {modes!r}")
+    return list(modes)
+
+
+def _after_training_steps(lay: LayerAdapter, module, shape, dtype, seed: int, steps: int, tol) -> list:
+    """Both sides run ``steps`` training forwards on the same seeded batches (mean 0.5, std 2: the running
+    statistics move away from their initial 0 and 1), from the same buffers; the buffers are compared."""
+    import torch
+
+    from nnparity.diagnosis.layercheck import compare_values
+
+    dtype = np.dtype(dtype)
+    lay.astype(dtype)
+    lay.train(True)
+    module.train(True)
+    copy_to_torch(lay, module, dtype)
+    rng = np.random.default_rng([seed, 13])
+    for _ in range(steps):
+        xb = (0.5 + 2.0 * rng.standard_normal(shape)).astype(dtype)
+        call_user(f"{lay.name}.forward", lay.forward, xb.copy(), given=f" (training step before the eval check)")
+        with torch.no_grad():
+            call_torch(f"the torch equivalent {_describe_torch(module)}", module, torch.from_numpy(xb.copy()))
+    tbuf = OrderedDict(module.named_buffers())
+    comps = []
+    for k, b in lay.buffers().items():
+        if k in tbuf:
+            comps += compare_values(f"buffer/{k} after {steps} training steps", np.array(b, copy=True),
+                                    tbuf[k].detach().numpy(), tol)
+    return comps
 
 
 def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtypes=DTYPES, seed: int = 0,

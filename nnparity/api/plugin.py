@@ -27,7 +27,8 @@ class NNParity:
 
     ``layer`` = ``check_layer``, ``loss`` = ``check_loss``, ``steps`` = ``check_steps``,
     ``gradcheck`` = ``check_layer(mine, None, ...)`` in float64 only (finite differences),
-    ``sweep`` = ``sweep_layer`` (every configuration of a grid).
+    ``sweep`` = ``sweep_layer`` (every configuration of a grid), ``masks`` =
+    ``check_mask_statistics`` (a dropout layer's masks).
     Every keyword of those functions passes through: the controls (``atol``, ``rtol``,
     ``skip``, ``allowed_zero``) and the ``params={...}`` name/layout map included.
     Each raises ``AssertionError`` with the suite's message on a mismatch (a
@@ -41,13 +42,15 @@ class NNParity:
     def _call(self, fn_name, *args, **kwargs):
         __tracebackhide__ = True
         from nnparity.api import byod
+        from nnparity.training import masks
         from nnparity.api import sweep
         from nnparity.training.adapters import UsageError
 
         if fn_name != "check_steps":
             kwargs.setdefault("seed", self.seed)
+        home = sweep if fn_name == "sweep_layer" else masks if fn_name == "check_mask_statistics" else byod
         try:
-            return getattr(sweep if fn_name == "sweep_layer" else byod, fn_name)(*args, **kwargs)
+            return getattr(home, fn_name)(*args, **kwargs)
         except (AssertionError, UsageError) as e:
             # a failure or a misuse: the message is the whole story; skip the harness's frames
             raise type(e)(str(e)) from None
@@ -71,6 +74,11 @@ class NNParity:
         """``nnparity.sweep_layer``: your layer in every configuration of a grid (``nnparity.api.sweep.GRIDS``)."""
         __tracebackhide__ = True
         return self._call("sweep_layer", mine, torch_equivalent, grid, **kwargs)
+
+    def masks(self, mine, p, input_shape=(64, 32), **kwargs):
+        """``nnparity.check_mask_statistics``: how your dropout draws its masks (keep rate, independence, scale)."""
+        __tracebackhide__ = True
+        return self._call("check_mask_statistics", mine, p, input_shape, **kwargs)
 
     def gradcheck(self, mine, input_shape=None, **kwargs):
         """Finite differences only, float64: ``check_layer(mine, None, input_shape, dtypes=("float64",))``."""

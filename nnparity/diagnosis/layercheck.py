@@ -22,7 +22,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from nnparity.training.adapters import (INPUT_MUTATED, LossAdapter, ProtocolError, as_layer, call_torch, copy_to_torch,
+from nnparity.training.adapters import (INPUT_MUTATED, CallError, LossAdapter, ProtocolError, as_layer, call_torch, copy_to_torch,
                        input_grad_problem, output_problem, torch_function_params, upstream_problem)
 from nnparity.core.parity import Comparison, ParityError, Tolerance, compare, quantity, tolerance_for
 from nnparity.diagnosis.patterns import detect
@@ -95,7 +95,7 @@ def _torch_forward(module, lay, xt):
 def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, seed: int = 0,
                 train: bool = True, tol: Tolerance | None = None, name: str | None = None,
                 upstream=None, allowed_zero=(), raise_on_failure: bool = True,
-                arrays: dict | None = None) -> list[Comparison]:
+                arrays: dict | None = None, forward_only: list | None = None) -> list[Comparison]:
     """Forward and backward of ``layer`` (scratch) against ``module`` (torch) on one input.
 
     Args:
@@ -114,6 +114,8 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
         allowed_zero: parameter names whose gradient is zero by construction: compared with zero.
         arrays: a dict that receives ``{name: (scratch, reference)}`` of every failing
             comparison (to draw it: ``nnparity.reporting.heatmap``).
+        forward_only: a list: in evaluation mode, a backward that raises is noted there (in words)
+            and only the output and buffers are compared; without it, the error is raised.
 
     A failing comparison whose difference is an exact pattern (a factor N, a transpose,
     ...: ``nnparity.diagnosis.patterns``) carries it in ``Comparison.pattern``.
@@ -143,6 +145,7 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
     buffers_before = {k: np.array(v, copy=True) for k, v in lay.buffers().items()}
     lay.zero_grad()
     undo_input = lay.input_grad_on()
+    no_backward = False
     try:
         y = lay.forward(x)
         problem = output_problem(name, y, x_before)
@@ -152,10 +155,17 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
             return comps
         upstream_problem(name, upstream, np.shape(y))
         g = rng.standard_normal(np.shape(y)).astype(dtype) if upstream is None else np.asarray(upstream, dtype)
-        dx = lay.backward(g.copy())
+        try:
+            dx = lay.backward(g.copy())
+        except CallError as e:   # no eval backward (CS231n's test-mode cache, numpy-ml's frozen layer)
+            if train or forward_only is None:
+                raise
+            forward_only.append(f"{name} has no backward in evaluation mode, so only its forward (and buffers) "
+                                f"were compared in eval: {str(e).splitlines()[0]}")
+            dx, no_backward = None, True
     finally:
         undo_input()
-    grads = lay.grads()
+    grads = lay.grads() if not no_backward else OrderedDict()
 
     xt = torch.from_numpy(x_before.copy()).requires_grad_(True)
     yt, tparams = _torch_forward(module, lay, xt)
@@ -165,14 +175,14 @@ def check_layer(layer, module, input_shape=None, *, x=None, dtype=np.float64, se
         comps = [out]
         _maybe_raise(comps, name, dtype, raise_on_failure)
         return comps
-    call_torch(f"the torch equivalent {_torch_name(module)} (backward)", yt.backward, torch.from_numpy(g))
-
-    din_problem = input_grad_problem(name, dx, x_before)
     comps = list(outs)
     pairs = {"out": (y, yt.detach().numpy())}
-    din_ref = xt.grad.numpy() if xt.grad is not None else np.zeros_like(x_before)
-    comps += [_problem("din", din_problem)] if din_problem else compare_values("din", dx, din_ref, tol)
-    pairs["din"] = (dx, din_ref)
+    if not no_backward:
+        call_torch(f"the torch equivalent {_torch_name(module)} (backward)", yt.backward, torch.from_numpy(g))
+        din_problem = input_grad_problem(name, dx, x_before)
+        din_ref = xt.grad.numpy() if xt.grad is not None else np.zeros_like(x_before)
+        comps += [_problem("din", din_problem)] if din_problem else compare_values("din", dx, din_ref, tol)
+        pairs["din"] = (dx, din_ref)
     for pname, grad in grads.items():
         ref = tparams[pname].grad
         ref = ref.numpy() if ref is not None else np.zeros_like(grad)

@@ -54,6 +54,7 @@ optimizer's state), or a function ``update(params, grads)`` that changes the
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sys
@@ -203,6 +204,8 @@ class LayerAdapter:
         self.convention = None     # which convention was detected, in words
         self.notes = []            # how names and layouts were mapped onto torch's, in words
         self._bound = None
+        self.forward_kwargs = {}   # extra keyword arguments of every forward call (forward_kwargs=)
+        self._mode = True          # the mode handed to a forward(x, training) argument
         reject_class(obj, "your layer")
         if isinstance(obj, (tuple, list)):
             if len(obj) != 2 or not all(callable(f) for f in obj):
@@ -336,11 +339,33 @@ class LayerAdapter:
         return next(s for s in self.slots if s.torch == torch_name)
 
     # --- computation -------------------------------------------------------------
+    def set_forward_kwargs(self, kwargs) -> None:
+        """Extra keyword arguments for every forward call (``forward(x, **kwargs)``)."""
+        if kwargs is None:
+            kwargs = {}
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise ArgumentError(f"forward_kwargs must be a dict of keyword arguments of your forward, e.g. "
+                                f"forward_kwargs={{'retain_derived': True}}, got {_short(kwargs)}")
+        self.forward_kwargs = dict(kwargs)
+        fn = self.obj[0] if self.kind == "functions" else getattr(self.obj, "forward", None)
+        arg = mode_argument(fn)
+        if arg is not None and arg not in self.forward_kwargs:
+            self.notes.append(f"forward's {arg!r} argument is given the mode (True in training)")
+
+    def _with_arguments(self, fn):
+        """``fn`` with ``forward_kwargs`` and, if its signature has one (``forward(x, training)``), the mode."""
+        kw = dict(self.forward_kwargs)
+        arg = mode_argument(fn)
+        if arg is not None and arg not in kw:
+            kw[arg] = self._mode
+        return functools.partial(fn, **kw) if kw else fn
+
     def forward(self, x):
         given = f" on an input of {describe_array(x)}"
         if self.kind == "functions":
             self._x = x
-            return call_user(f"{self.name} (your forward function)", self.obj[0], x, given=given)
+            return call_user(f"{self.name} (your forward function)", self._with_arguments(self.obj[0]), x,
+                             given=given)
         if isinstance(self.obj, conventions.FunctionPair):
             missing = [n for n in self.obj.param_names if n not in self.obj.params]
             if missing:
@@ -351,7 +376,7 @@ class LayerAdapter:
             if missing:
                 raise ProtocolError(f"{self.name}: no value for its config {missing}: without a torch module to read "
                                     f"it from, pass it: nnparity.pair(forward, backward, {missing[0]}={{...}})")
-        y = call_user(f"{self.name}.forward", self.obj.forward, x, given=given)
+        y = call_user(f"{self.name}.forward", self._with_arguments(self.obj.forward), x, given=given)
         if y is None and isinstance(getattr(self.obj, "output", None), np.ndarray):
             y = self.obj.output   # the "from scratch" book convention: forward stores self.output
         return y
@@ -366,6 +391,7 @@ class LayerAdapter:
         return dx
 
     def train(self, mode: bool = True) -> None:
+        self._mode = bool(mode)
         if self.kind == "functions":
             return
         if callable(getattr(self.obj, "train", None)):
@@ -373,10 +399,22 @@ class LayerAdapter:
         elif hasattr(self.obj, "training"):
             call_user(f"setting {self.name}.training", setattr, self.obj, "training", mode,
                       given=" (the checks switch training and evaluation mode through it)")
+        elif callable(getattr(self.obj, "freeze", None)) and callable(getattr(self.obj, "unfreeze", None)):
+            call_user(f"{self.name}.{'unfreeze' if mode else 'freeze'}",   # numpy-ml: frozen = eval
+                      self.obj.unfreeze if mode else self.obj.freeze, given="")
+        elif isinstance(getattr(self.obj, "trainable", None), bool):
+            self.obj.trainable = mode
 
     @property
     def training(self):
-        return getattr(self.obj, "training", None)
+        """The layer's mode as it says (``training``, numpy-ml's ``trainable``), or None."""
+        if self.kind == "functions":
+            return None
+        if isinstance(self.obj, conventions.FunctionPair):
+            return getattr(self.obj, "training", None)
+        t = getattr(self.obj, "training", None)
+        return t if t is not None else getattr(self.obj, "trainable", None) \
+            if isinstance(getattr(self.obj, "trainable", None), bool) else None
 
     # --- parameters --------------------------------------------------------------
     def _module_params(self):
@@ -623,6 +661,19 @@ class LayerAdapter:
                     seen.add(id(v))
                     gens.append(v)
         return gens
+
+
+MODE_ARGUMENTS = ("training", "train", "is_training", "train_mode")
+
+
+def mode_argument(fn) -> str | None:
+    """The name of ``fn``'s mode argument after the input (``forward(x, training)``), or None."""
+    try:
+        names = [p.name for p in inspect.signature(fn).parameters.values()
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except (TypeError, ValueError):
+        return None
+    return next((n for n in names[1:] if n in MODE_ARGUMENTS), None)
 
 
 def as_layer(obj, name: str | None = None, params: dict | None = None) -> LayerAdapter:
