@@ -75,6 +75,7 @@ import json
 import math
 import zlib
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -483,6 +484,48 @@ def _float64_copy(x):
     return np.array(x, dtype=np.float64, copy=True)
 
 
+@contextmanager
+def _in_float64(lay, train: bool):
+    """``lay`` in float64 and in the given mode, its random draws replayable (the yielded
+    ``RandomState``); its parameters, dtype, mode, input-gradient switch and generators are
+    restored afterwards, whatever happens."""
+    snap = lay.snapshot()
+    was_training = lay.training
+    undo_input = lay.input_grad_on()
+    rs = None
+    try:
+        lay.astype(np.float64)
+        lay.train(train)
+        rs = RandomState(lay.generators())
+        yield rs
+    finally:
+        if rs is not None:
+            rs.replay()
+        lay.restore(snap)
+        undo_input()
+        if was_training is not None:
+            lay.train(was_training)
+
+
+def _first_pass(lay, x, upstream_of):
+    """One forward and backward at ``x``, with ``upstream_of(out)`` as dL/d(out): returns
+    (that upstream gradient, dx, the analytic gradients by record name, the tensors they are
+    of). Refuses a bad output and an input the layer changed."""
+    lay.zero_grad()
+    x_before = x.copy()
+    out = lay.forward(x)
+    problem = output_problem(lay.name, out, x)
+    if problem:
+        raise GradcheckError(problem)
+    g = upstream_of(out)
+    dx = lay.backward(g.copy())
+    if not np.array_equal(x, x_before):
+        raise GradcheckError(f"{lay.name}: {INPUT_MUTATED}")
+    analytic = OrderedDict((f"grad/{k}", np.array(v, dtype=np.float64)) for k, v in lay.grads().items())
+    tensors = OrderedDict((f"grad/{k}", a) for k, a in lay.params().items())
+    return g, dx, analytic, tensors
+
+
 def gradcheck_model(model, loss_fn, x, y, *, samples: int = SAMPLES, eps: float = EPS, seed: int = 0,
                     threshold: float = THRESHOLD, name: str | None = None, allowed_zero=(),
                     check_input: bool = True, progress: bool | None = False) -> GradcheckResult:
@@ -495,29 +538,12 @@ def gradcheck_model(model, loss_fn, x, y, *, samples: int = SAMPLES, eps: float 
     """
     lay = as_layer(model, name)
     loss = LossAdapter(loss_fn)
-    snap = lay.snapshot()
-    was_training = lay.training
-    undo_input = lay.input_grad_on()
     x = _float64_copy(x)
     y = np.asarray(y)
     if np.issubdtype(y.dtype, np.floating):
         y = y.astype(np.float64)
-    try:
-        lay.astype(np.float64)
-        lay.train(True)
-        rs = RandomState(lay.generators())
-        lay.zero_grad()
-        x_before = x.copy()
-        out = lay.forward(x)
-        problem = output_problem(lay.name, out, x)
-        if problem:
-            raise GradcheckError(problem)
-        _, dz = loss(out, y)
-        dx = lay.backward(dz.copy())
-        if not np.array_equal(x, x_before):
-            raise GradcheckError(f"{lay.name}: {INPUT_MUTATED}")
-        analytic = OrderedDict((f"grad/{k}", np.array(g, dtype=np.float64)) for k, g in lay.grads().items())
-        tensors = OrderedDict((f"grad/{k}", a) for k, a in lay.params().items())
+    with _in_float64(lay, True) as rs:
+        _, dx, analytic, tensors = _first_pass(lay, x, lambda out: loss(out, y)[1])
         if check_input:
             problem = input_grad_problem(lay.name, dx, x)
             if problem:
@@ -542,13 +568,6 @@ def gradcheck_model(model, loss_fn, x, y, *, samples: int = SAMPLES, eps: float 
         return finite_differences(objective, tensors, analytic, eps=eps, samples=samples, seed=seed,
                                   kink_state=lay.kink_state, threshold=threshold, name=lay.name,
                                   allowed_zero=tuple(f"grad/{k}" for k in allowed_zero), progress=progress)
-    finally:
-        if "rs" in locals():
-            rs.replay()
-        lay.restore(snap)
-        undo_input()
-        if was_training is not None:
-            lay.train(was_training)
 
 
 def gradcheck_layer(layer, input_shape=None, *, x=None, upstream=None, samples: int = SAMPLES, eps: float = EPS,
@@ -559,30 +578,17 @@ def gradcheck_layer(layer, input_shape=None, *, x=None, upstream=None, samples: 
     lay = as_layer(layer, name)
     rng = np.random.default_rng(seed)
     x = _float64_copy(rng.standard_normal(input_shape) if x is None else x)
-    snap = lay.snapshot()
-    was_training = lay.training
-    undo_input = lay.input_grad_on()
-    try:
-        lay.astype(np.float64)
-        lay.train(train)
-        rs = RandomState(lay.generators())
-        lay.zero_grad()
-        x_before = x.copy()
-        out = lay.forward(x)
-        problem = output_problem(lay.name, out, x)
-        if problem:
-            raise GradcheckError(problem)
+
+    def upstream_of(out):
         upstream_problem(lay.name, upstream, np.shape(out))
-        g = rng.standard_normal(np.shape(out)) if upstream is None else _float64_copy(upstream)
-        dx = lay.backward(g.copy())
-        if not np.array_equal(x, x_before):
-            raise GradcheckError(f"{lay.name}: {INPUT_MUTATED}")
+        return rng.standard_normal(np.shape(out)) if upstream is None else _float64_copy(upstream)
+
+    with _in_float64(lay, train) as rs:
+        g, dx, analytic, tensors = _first_pass(lay, x, upstream_of)
         problem = input_grad_problem(lay.name, dx, x)
         if problem:
             raise GradcheckError(problem)
-        analytic = OrderedDict((f"grad/{k}", np.array(v, dtype=np.float64)) for k, v in lay.grads().items())
         analytic["din"] = np.array(dx, dtype=np.float64)
-        tensors = OrderedDict((f"grad/{k}", a) for k, a in lay.params().items())
         tensors["din"] = x
 
         def objective():
@@ -592,13 +598,6 @@ def gradcheck_layer(layer, input_shape=None, *, x=None, upstream=None, samples: 
 
         return finite_differences(objective, tensors, analytic, eps=eps, samples=samples, seed=seed,
                                   kink_state=lay.kink_state, threshold=threshold, name=lay.name)
-    finally:
-        if "rs" in locals():
-            rs.replay()
-        lay.restore(snap)
-        undo_input()
-        if was_training is not None:
-            lay.train(was_training)
 
 
 def gradcheck_loss(loss_fn, logits_shape=None, target=None, *, z=None, samples: int = SAMPLES, eps: float = EPS,
