@@ -772,37 +772,80 @@ def adapt(layer, params=None, name=None) -> LayerAdapter:
 
 class UserSide:
     """Your network + loss + update rule, driven like ``sides.ScratchSide`` and recorded under
-    the names the torch mirror uses: ``out/output``, ``loss``, ``dout/output``,
-    ``grad/<param>`` (in backward order: last parameter first), ``param/<param>``,
-    ``state/<key>`` (if your update rule has a ``state_dict()``), ``buffer/<name>``."""
+    the names the torch mirror uses: ``out/<layer>`` (``out/output`` for a network checked as
+    one piece), ``loss``, ``dout/<layer>``, ``grad/<param>`` (in backward order: last parameter
+    first), ``param/<param>``, ``state/<key>`` (if your update rule has a ``state_dict()``),
+    ``buffer/<name>``.
+
+    ``layers`` ({name: your layer object}, ``nnparity.training.layered.find_layers``): each one's
+    output and upstream gradient are recorded as it passes (your network's own forward and
+    backward run), and ``isolate`` re-runs each alone for the own-or-inherited analysis."""
 
     name = "yours"
 
-    def __init__(self, net: LayerAdapter, loss: LossAdapter, update: UpdateAdapter, dtype=None):
+    def __init__(self, net: LayerAdapter, loss: LossAdapter, update: UpdateAdapter, dtype=None, *, layers=None,
+                 torch_net=None, mode: str = "train"):
         self.net, self.loss_fn, self.update = net, loss, update
         self.seconds = 0.0
         self.dtype = None if dtype is None else np.dtype(dtype)
         self.dtype_findings = []   # (record key, your dtype) of the last step, recorded cast to the run's dtype
+        self.layers = layers
+        self.torch_net = torch_net
+        self.torch_children = dict(torch_net.named_children()) if torch_net is not None else {}
+        self.training = mode == "train"
+        self.unlayered = None      # why the layers could not be followed (then the network is one piece)
+
+    def layer_names(self) -> list:
+        return list(self.layers) if self.layers else ["output"]
+
+    def random_layers(self) -> dict:
+        """Layers holding a random generator, copied before a step (a re-run alone draws the same)."""
+        import copy
+
+        return {n: copy.deepcopy(obj) for n, obj in (self.layers or {}).items() if as_layer(obj).generators()}
+
+    def isolate(self, x, y, t, pre, tol, step, *, snapshots=None, allowed_zero=()):
+        from nnparity.diagnosis.localize import isolate_network
+
+        return isolate_network(self, x, y, t, pre, tol, step, snapshots=snapshots, allowed_zero=allowed_zero)
 
     def step(self, x, y, record: bool = False, draws=None) -> StepResult:
+        from nnparity.training.layered import LayerTap
+        from nnparity.training.sides import canonical_order
+
         net = self.net
-        net.train(True)
+        net.train(self.training)
         net.zero_grad()
-        out = net.forward(x)
-        if not isinstance(out, (np.ndarray, np.generic)):
-            raise ProtocolError(output_problem(net.name, out, x))
-        value, dz = self.loss_fn(out, y)
-        net.backward(dz.copy())
+        tap = LayerTap(self.layers if record and self.layers else {})
+        with tap:
+            out = net.forward(x)
+            if not isinstance(out, (np.ndarray, np.generic)):
+                raise ProtocolError(output_problem(net.name, out, x))
+            value, dz = self.loss_fn(out, y)
+            net.backward(dz.copy())
         grads = OrderedDict((k, np.array(g, copy=True)) for k, g in net.grads().items())
         self.update.step(grads)
         rec = None
         if record:
-            rec = OrderedDict([("out/output", np.array(out, copy=True)), ("loss", np.array(value, copy=True)),
-                               ("dout/output", np.array(dz, copy=True))])
-            rec.update((f"grad/{k}", grads[k]) for k in reversed(list(grads)))
-            rec.update((f"param/{k}", np.array(v, copy=True)) for k, v in net.params().items())
-            rec.update((f"state/{k}", np.array(v, copy=True)) for k, v in self.update.state().items())
-            rec.update((f"buffer/{k}", np.array(v, copy=True)) for k, v in net.buffers().items())
+            if self.layers and not tap.complete():   # followed as one piece from now on (the mirror too)
+                self.unlayered, self.layers = tap.problem(), None
+            outs = tap.outputs if self.layers else {"output": out}
+            douts = tap.upstream if self.layers else {"output": dz}
+            values = {f"out/{k}": v for k, v in outs.items()}
+            values["loss"] = value
+            values.update((f"dout/{k}", v) for k, v in douts.items())
+            values.update((f"grad/{k}", g) for k, g in grads.items())
+            values.update((f"param/{k}", v) for k, v in net.params().items())
+            state, buffers = self.update.state(), net.buffers()
+            values.update((f"state/{k}", v) for k, v in state.items())
+            values.update((f"buffer/{k}", v) for k, v in buffers.items())
+            if self.layers:
+                keys = canonical_order(list(outs), list(grads), list(state), list(buffers))
+            else:   # one piece: its gradients in backward order, last parameter first
+                keys = (["out/output", "loss", "dout/output"] + [f"grad/{k}" for k in reversed(grads)]
+                        + [f"param/{k}" for k in net.params()] + [f"state/{k}" for k in state]
+                        + [f"buffer/{k}" for k in buffers])
+            rec = OrderedDict((k, np.array(values[k], copy=True)) for k in keys if k in values)
             self.dtype_findings = []
             if self.dtype is not None:   # a wrong dtype is its own finding; the values are still compared
                 for k, v in rec.items():
@@ -816,15 +859,23 @@ class UserSide:
 
 
 class MirrorSide(TorchSide):
-    """A torch network recorded under ``UserSide``'s names: its output as ``out/output``,
-    optimizer state only when your update rule exposes its own, only your buffers."""
+    """A torch network recorded under ``UserSide``'s names: its top-level children when your
+    network's layers are followed (else its output as ``out/output``), optimizer state only when
+    your update rule exposes its own, only your buffers; in ``mode`` (train or eval) at every step."""
 
-    def __init__(self, model, loss_fn, optimizer, keep_state: bool, keep_buffers):
+    def __init__(self, model, loss_fn, optimizer, keep_state: bool, keep_buffers, user: UserSide = None):
         super().__init__(model, loss_fn, optimizer)
         self.keep_state, self.keep_buffers = keep_state, set(keep_buffers)
+        self.user = user
 
     def recorded_children(self):
+        if self.user is not None and self.user.layers:
+            return list(self.model.named_children())
         return [("output", self.model)]
+
+    @property
+    def training(self):
+        return self.user is None or self.user.training
 
     def step(self, x, y, record: bool = False, draws=None) -> StepResult:
         return call_torch("the torch side (torch_net, torch_loss, torch_optimizer)", super().step, x, y,
@@ -845,7 +896,7 @@ def _as_batch(x, y, dtype):
 
 def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batches, *, steps: int | None = None,
                 name: str | None = None, params=None, atol=None, rtol=None, skip=(), allowed_zero=(),
-                raise_on_failure: bool = True):
+                mode: str = "train", raise_on_failure: bool = True):
     """Train your network and its torch mirror side by side from identical weights, comparing
     the output, the loss, dL/doutput, every gradient, every updated parameter (and the
     optimizer state and buffers you expose) after every step.
@@ -871,6 +922,19 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
         allowed_zero: parameters whose gradient is zero by construction (the bias of a Linear
             feeding a BatchNorm): their gradient and momentum are compared with zero, as the
             documented cnn18k declares its conv biases.
+        mode: ``"train"`` (default) or ``"eval"``: every step in that mode on both sides (eval:
+            a BatchNorm normalises with its running statistics and leaves them alone, dropout is
+            off: fine-tuning with frozen statistics).
+
+    Own or inherited: when your network's layers can be matched with ``torch_net``'s top-level
+    children (a ``layers`` list or dict, attributes named like them, a scratch ``Sequential``:
+    ``nnparity.training.layered``), each layer's output and upstream gradient are compared too,
+    and at the first failing step every stage (each layer's forward and backward, the loss,
+    the update) is re-run alone on the torch side's inputs, upstream gradients and pre-step
+    weights, as ``nnparity check`` does: the message and ``trace.diagnosis``
+    (``nnparity.diagnosis.localize.Diagnosis``) say which stage is wrong on its own (the
+    CULPRIT) and which only passed the error on (inherited). Without layers the network is one
+    stage, ``output``, beside the loss and the update.
 
     Returns the ``parity.Trace``; raises ``ParityError`` naming the first divergence
     (step, tensor, element, both values) unless ``raise_on_failure`` is false.
@@ -879,14 +943,24 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
 
     from nnparity.core.parity import check_steps as harness_check_steps
 
+    from nnparity.diagnosis.localize import Localizer
+    from nnparity.training.layered import LayeredNetwork, find_layers
+
     _check_name(name)
     raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
     steps = _check_int("steps", steps, 1, none_ok=True)
+    if mode not in MODES:
+        raise ArgumentError(f"mode must be 'train' or 'eval' (the mode of every step), got {mode!r}")
     if params is not None and not isinstance(params, dict):
         raise ArgumentError(f"params must be a dict mapping your parameter names to torch's "
                             f"({{'W1': 'fc1.weight.T'}}), got {params!r}")
     skip = _names("skip", skip)
     lay = as_layer(net, name, params)
+    layers = None
+    if isinstance(torch_net, torch.nn.Module) and not isinstance(net, LayerAdapter):
+        layers = find_layers(net, torch_net)
+        if layers and params is None and lay.kind == "plain":   # the parameters live in the layers
+            lay = LayeredNetwork(net, layers, name)
     loss_a = LossAdapter(loss)
     upd = UpdateAdapter(update, lay)
     reject_class(torch_net, "torch_net")
@@ -917,8 +991,8 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     except TypeError:
         raise ArgumentError(f"batches must be an iterable of (x, y) pairs, got {type(batches).__name__}") from None
     keep_state = upd.kind == "optimizer" and callable(getattr(upd.obj, "state_dict", None))
-    user = UserSide(lay, loss_a, upd, dtype)
-    mirror = MirrorSide(torch_net, torch_loss, opt, keep_state, lay.buffers())
+    user = UserSide(lay, loss_a, upd, dtype, layers=layers, torch_net=torch_net, mode=mode)
+    mirror = MirrorSide(torch_net, torch_loss, opt, keep_state, lay.buffers(), user)
     unmatched = unmatched_torch_buffers(lay, torch_net)
     data = _checked_batches(batch_iter if steps is None else itertools.islice(batch_iter, steps), dtype)
 
@@ -934,10 +1008,15 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
                                        problem=f"dtype mismatch: scratch {theirs}, reference {trace.dtype} (the "
                                                f"values, cast to {trace.dtype}, are compared next)"))
 
+    loc = Localizer(allowed_zero=zero)
     trace = harness_check_steps(user, mirror, data, net=lay.name, dtype=dtype, tol=tol, allowed_zero=zero,
-                                on_step=on_step, observer=_FirstPattern())
+                                on_step=on_step, observer=loc)
     if not trace.steps:
         raise ArgumentError("check_steps got no batches: pass an iterable of (x, y) arrays")
+    trace.diagnosis = loc.diagnosis
+    if user.unlayered:
+        trace.warnings.append(f"your network's layers were not followed one by one ({user.unlayered}): it was "
+                              "compared, and re-run at a divergence, as one piece")
     if unmatched:
         _warn(trace.warnings, buffers_warning(lay.name, "torch_net", unmatched))
     if lay.notes:
@@ -954,6 +1033,8 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
             text += ("\nyour network computed in another dtype than its parameters': a NumPy float64 scalar "
                      "(np.finfo(float).eps, np.float64(...)) or a float64 accumulator (np.zeros(shape) without "
                      "dtype=) promotes float32 to float64; the values were compared after a cast all the same")
+        if trace.diagnosis is not None:
+            text += "\n\n" + own_or_inherited(trace.diagnosis)
         raise ParityError(text)
     return trace
 
@@ -961,27 +1042,10 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
 _DONE = object()
 
 
-class _FirstPattern:
-    """Names the exact pattern (``nnparity.diagnosis.patterns``) of the first diverging tensor of a run."""
-
-    def __init__(self):
-        self.done = False
-
-    def before_step(self, i, x, y, scratch_side, torch_side):
-        pass
-
-    def after_step(self, i, x, y, s, t, trace):
-        from nnparity.diagnosis.patterns import detect
-
-        first = next((c for c in trace.steps[-1] if c.mismatch), None)
-        if self.done or first is None:
-            return
-        self.done = True
-        if first.name in s.record and first.name in t.record:
-            try:   # a pattern is a hint: never lose the divergence to it
-                first.pattern = detect(s.record[first.name], t.record[first.name], trace.tol, counts={"N": len(y)})
-            except Exception:  # noqa: BLE001
-                pass
+def own_or_inherited(d) -> str:
+    """The analysis part of a ``Diagnosis`` (its table and verdict; the first divergence is above it)."""
+    lines = d.render().splitlines()
+    return "\n".join(lines[next(i for i, line in enumerate(lines) if line.startswith("OWN OR INHERITED")):])
 
 
 def _torch_optimizer(torch_optimizer, torch_net):

@@ -1,0 +1,153 @@
+"""``check_steps``' own-or-inherited analysis for a user's network (``nnparity.training.layered``,
+``nnparity.diagnosis.localize.isolate_network``): at the first failing step every stage is re-run
+alone on the torch side's numbers; the stage wrong alone is the culprit, the stages after it
+that are right alone inherited the error. Learner-style networks written here, each with one slip."""
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+
+import nnparity
+import scratch
+from examples.steps_mlp import Dense, Network, ReLU, Tanh, batches, sgd, softmax_cross_entropy, torch_mirror
+from nnparity.core.parity import ParityError
+
+
+def run(net, update=None, mirror=None, **kwargs):
+    return nnparity.check_steps(net, softmax_cross_entropy, update or sgd(0.1), mirror or torch_mirror(),
+                                torch.nn.CrossEntropyLoss(), lambda p: torch.optim.SGD(p, lr=0.1), batches(),
+                                raise_on_failure=False, **kwargs)
+
+
+def layers(rng, act2=ReLU):
+    return [Dense(12, 16, rng), Tanh(), Dense(16, 16, rng), act2(), Dense(16, 5, rng)]
+
+
+class LeakyForward(ReLU):
+    """A ReLU whose forward leaks 0.01 x below zero while its backward is the ReLU's."""
+
+    def forward(self, x):
+        self.positive = x > 0
+        return np.where(self.positive, x, 0.01 * x)   # BUG: this is LeakyReLU, the mirror has ReLU
+
+
+def test_a_forward_slip_deep_inside_is_its_own_and_every_later_output_inherits_it():
+    trace = run(Network(layers(np.random.default_rng(0), LeakyForward)))
+    d = trace.diagnosis
+    assert (d.step, d.first.name, d.kind, d.culprit.label) == (1, "out/act2", "own", "act2 forward")
+    assert d.culprit.impl == "LeakyForward.forward"
+    # what the forward computes after act2 is right when fed torch's numbers: inherited
+    assert d.inherited == ["fc3 forward", "loss forward", "loss backward", "fc3 backward", "act2 backward",
+                           "fc2 backward", "act1 backward", "fc1 backward", "optimizer update"]
+    assert [s.label for s in d.stages if s.off] == ["act2 forward"]
+
+
+class AttributeNet:
+    """Layers as attributes named like the mirror's children, and a forward written out by hand."""
+
+    def __init__(self, rng):
+        self.fc1, self.act1, self.fc2, self.act2, self.fc3 = layers(rng)
+
+    def forward(self, x):
+        return self.fc3.forward(self.act2.forward(self.fc2.forward(self.act1.forward(self.fc1.forward(x)))))
+
+    def backward(self, dy):
+        return self.fc1.backward(self.act1.backward(self.fc2.backward(self.act2.backward(self.fc3.backward(dy)))))
+
+
+def test_layers_named_like_the_mirrors_children_are_followed_and_a_wrong_update_is_the_culprit():
+    def lr_twice(params, grads):
+        for k in params:
+            params[k] -= 0.2 * grads[k]   # BUG: the mirror's lr is 0.1
+
+    assert run(AttributeNet(np.random.default_rng(0))).ok
+    d = run(AttributeNet(np.random.default_rng(0)), lr_twice).diagnosis
+    assert (d.first.name, d.kind, d.culprit.label) == ("param/fc1.weight", "own", "optimizer update")
+    assert all(not s.off for s in d.stages[:-1])
+
+
+class OnePiece:
+    """A network with its parameters in one dict and no layer objects: one stage, ``output``."""
+
+    def __init__(self, rng):
+        self.params = {"fc1.weight": rng.standard_normal((16, 12)) * 0.3, "fc1.bias": np.zeros(16),
+                       "fc2.weight": rng.standard_normal((5, 16)) * 0.3, "fc2.bias": np.zeros(5)}
+        self.grads = {}
+
+    def forward(self, x):
+        p = self.params
+        self.x, self.h = x, x @ p["fc1.weight"].T + p["fc1.bias"]
+        return np.maximum(self.h, 0) @ p["fc2.weight"].T + p["fc2.bias"]
+
+    def backward(self, dy):
+        p, g = self.params, self.grads
+        a = np.maximum(self.h, 0)
+        g["fc2.weight"], g["fc2.bias"] = dy.T @ a, dy.sum(axis=0)
+        dh = dy @ p["fc2.weight"] * (self.h > 0)
+        g["fc1.weight"], g["fc1.bias"] = dh.T @ self.x, dh.mean(axis=0)   # BUG: a mean where the sum is due
+
+
+def mlp_mirror():
+    return torch.nn.Sequential(OrderedDict(fc1=torch.nn.Linear(12, 16), relu=torch.nn.ReLU(),
+                                           fc2=torch.nn.Linear(16, 5)))
+
+
+def test_a_network_in_one_piece_is_one_stage_and_its_backward_is_the_culprit():
+    trace = run(OnePiece(np.random.default_rng(0)), mirror=mlp_mirror())
+    d = trace.diagnosis
+    assert (d.first.name, d.kind, d.culprit.label, d.culprit.impl) == ("grad/fc1.bias", "own", "output backward",
+                                                                      "OnePiece.backward")
+    assert [s.label for s in d.stages] == ["output forward", "loss forward", "loss backward", "output backward",
+                                           "optimizer update"]
+    assert d.inherited == ["optimizer update"]
+    assert d.first.pattern.startswith("scratch = 1/N = 1/8 x reference exactly")
+
+
+def test_the_message_carries_the_table_and_the_verdict():
+    with pytest.raises(ParityError) as e:
+        nnparity.check_steps(OnePiece(np.random.default_rng(0)), softmax_cross_entropy, sgd(0.1), mlp_mirror(),
+                             torch.nn.CrossEntropyLoss(), lambda p: torch.optim.SGD(p, lr=0.1), batches())
+    msg = str(e.value)
+    assert "OWN OR INHERITED: every stage of step 1 re-run alone" in msg
+    assert "output backward          OnePiece.backward" in msg and "<- suspect, CULPRIT" in msg
+    assert "optimizer update" in msg and "ok alone, inherited" in msg
+
+
+def test_a_scratch_sequential_and_its_optimizer_are_re_run_alone():
+    class SlowSGD(scratch.SGD):
+        def step(self):
+            super().step()
+            for p in self.params.values():
+                p.data += 0.01 * p.grad   # BUG: gives back a tenth of the step
+
+    net = scratch.Sequential(OrderedDict(fc1=scratch.Linear(12, 16), relu=scratch.ReLU(), fc2=scratch.Linear(16, 5)))
+    rng = np.random.default_rng(0)
+    for _, p in net.named_parameters():
+        p.data[...] = rng.standard_normal(p.shape) * 0.3
+    trace = nnparity.check_steps(net, scratch.CrossEntropyLoss("mean"), SlowSGD(net.named_parameters(), 0.1),
+                                 mlp_mirror(), torch.nn.CrossEntropyLoss(), lambda p: torch.optim.SGD(p, lr=0.1),
+                                 batches(), raise_on_failure=False)
+    d = trace.diagnosis
+    assert [c.name for c in trace.steps[0]][:3] == ["out/fc1", "out/relu", "out/fc2"]
+    assert (d.kind, d.culprit.label, d.culprit.impl) == ("own", "optimizer update", "SlowSGD.step")
+
+
+class Bypass(Network):
+    """Calls the last layer's arithmetic directly instead of its forward: the layers cannot be followed."""
+
+    def forward(self, x):
+        for layer in self.layers[:-1]:
+            x = layer.forward(x)
+        last = self.layers[-1]
+        last.x = x
+        return x @ last.W + last.b
+
+
+def test_a_network_whose_layers_cannot_be_followed_is_one_piece_and_says_so():
+    trace = run(Bypass(layers(np.random.default_rng(0))))
+    assert trace.ok
+    assert any("layers were not followed one by one (layer fc3's forward or backward was not called through the "
+               "layer object)" in w for w in trace.warnings)
+    assert [c.name for c in trace.steps[-1]][:3] == ["out/output", "loss", "dout/output"]
