@@ -151,3 +151,87 @@ def test_a_network_whose_layers_cannot_be_followed_is_one_piece_and_says_so():
     assert any("layers were not followed one by one (layer fc3's forward or backward was not called through the "
                "layer object)" in w for w in trace.warnings)
     assert [c.name for c in trace.steps[-1]][:3] == ["out/output", "loss", "dout/output"]
+
+
+# --- mode="eval": every step in evaluation mode on both sides -------------------------------------
+
+class BatchNorm:
+    """A learner's BatchNorm1d: gamma, beta, running statistics as attributes, ``training`` flag."""
+
+    def __init__(self, n, rng, momentum=0.1, eps=1e-5):
+        self.gamma, self.beta = 1 + 0.1 * rng.standard_normal(n), 0.1 * rng.standard_normal(n)
+        self.running_mean, self.running_var = rng.standard_normal(n), 1 + rng.random(n)
+        self.momentum, self.eps, self.training = momentum, eps, True
+
+    def stats(self, x):
+        if not self.training:
+            return self.running_mean, self.running_var
+        mu, var = x.mean(axis=0), x.var(axis=0)
+        m = self.momentum
+        self.running_mean = (1 - m) * self.running_mean + m * mu
+        self.running_var = (1 - m) * self.running_var + m * var * len(x) / (len(x) - 1)
+        return mu, var
+
+    def forward(self, x):
+        mu, var = self.stats(x)
+        self.inv = 1 / np.sqrt(var + self.eps)
+        self.xhat = (x - mu) * self.inv
+        return self.gamma * self.xhat + self.beta
+
+    def backward(self, dy):
+        # train: dx = inv (g - mean g - xhat mean(g xhat)), g = gamma dy;  eval: dx = inv g
+        self.dgamma, self.dbeta = (dy * self.xhat).sum(axis=0), dy.sum(axis=0)
+        g = dy * self.gamma
+        if not self.training:
+            return self.inv * g
+        return self.inv * (g - g.mean(axis=0) - self.xhat * (g * self.xhat).mean(axis=0))
+
+
+class BatchStatsInEval(BatchNorm):
+    """Normalises with the batch's statistics in eval too (the running ones are only kept)."""
+
+    def stats(self, x):
+        mu, var = x.mean(axis=0), x.var(axis=0)   # BUG: eval must use running_mean / running_var
+        if self.training:
+            m = self.momentum
+            self.running_mean = (1 - m) * self.running_mean + m * mu
+            self.running_var = (1 - m) * self.running_var + m * var * len(x) / (len(x) - 1)
+        return mu, var
+
+
+def bn_net(bn=BatchNorm):
+    rng = np.random.default_rng(0)
+    return Network([Dense(12, 16, rng), bn(16, rng), ReLU(), Dense(16, 5, rng)])
+
+
+def bn_mirror():
+    return torch.nn.Sequential(OrderedDict(fc1=torch.nn.Linear(12, 16), bn=torch.nn.BatchNorm1d(16),
+                                           act=torch.nn.ReLU(), fc2=torch.nn.Linear(16, 5)))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_batchnorm_network_passes_in_either_mode(mode):
+    # in training, fc1's bias feeds a BatchNorm: its gradient is zero by construction
+    trace = run(bn_net(), mirror=bn_mirror(), mode=mode, allowed_zero=["fc1.bias"] if mode == "train" else ())
+    assert trace.ok, trace.message()
+    last = {c.name: c for c in trace.steps[-1]}
+    assert "buffer/bn.running_var" in last and "out/bn" in last
+
+
+def test_batch_statistics_in_eval_pass_in_training_and_fail_in_eval_at_the_batchnorm_forward():
+    assert run(bn_net(BatchStatsInEval), mirror=bn_mirror(), allowed_zero=["fc1.bias"]).ok
+    d = run(bn_net(BatchStatsInEval), mirror=bn_mirror(), mode="eval").diagnosis
+    assert (d.step, d.first.name, d.kind, d.culprit.label) == (1, "out/bn", "own", "bn forward")
+    assert d.culprit.impl == "BatchStatsInEval.forward"
+
+
+def test_eval_steps_leave_the_running_statistics_alone_on_both_sides():
+    net = bn_net()
+    before = net.layers[1].running_var.copy()
+    trace = run(net, mirror=bn_mirror(), mode="eval")
+    assert trace.ok and np.array_equal(net.layers[1].running_var, before)
+
+
+def test_an_unknown_mode_is_one_line():
+    with pytest.raises(nnparity.training.adapters.ArgumentError, match=r"^mode must be 'train' or 'eval'"):
+        run(bn_net(), mirror=bn_mirror(), mode="test")

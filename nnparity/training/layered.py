@@ -33,7 +33,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from nnparity.training.adapters import LayerAdapter, describe_array
+from nnparity.training.adapters import LayerAdapter
 
 
 def _is_layer(v) -> bool:
@@ -207,7 +207,3 @@ class LayerTap:
         if missing:
             return f"layer {missing[0]}'s forward or backward was not called through the layer object"
         return f"the layers ran in the order {list(self.outputs)}, not {list(self.layers)}"
-
-
-def shapes_note(tap: LayerTap) -> str:
-    return ", ".join(f"{n}: {describe_array(v)}" for n, v in tap.outputs.items())
