@@ -452,7 +452,7 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
                 seed: int = 0, params="random", train: bool = True, name: str | None = None,
                 samples: int = gc.SAMPLES, eps: float = gc.EPS, atol=None, rtol=None, skip=(), allowed_zero=(),
                 plot=None, mode: str | None = None, modes=None, train_steps: int = 3, forward_kwargs=None,
-                raise_on_failure: bool = True) -> LayerReport:
+                conventions=(), raise_on_failure: bool = True) -> LayerReport:
     """Check your layer's forward and backward against PyTorch autograd, in float64 and float32.
 
     Args:
@@ -500,6 +500,10 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
             (``forward(x, training)``) is given the mode by itself, no lambda needed.
         plot: a ``.png`` path: on a failure against torch, a heatmap of scratch - reference
             over the first failing tensor is written there (and named in the message).
+        conventions: your documented choices where torch differs, which the reference then follows
+            (``nnparity.training.disagreements``): ``("biased_running_var",)``, ``("eps_outside_sqrt",)``,
+            ``{"l2_in_grad": 1e-3}`` (your weight gradient has ``+ 1e-3 * W``); the tensors are still
+            compared, against torch doing what you documented.
 
     A failing tensor whose difference is an exact pattern (a factor N or 1/2, a transpose,
     a shift, a crop, only the last sample: ``nnparity.diagnosis.patterns``) is named in the message.
@@ -513,7 +517,10 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
 
     from nnparity.diagnosis import layercheck
 
+    from nnparity.training import disagreements
+
     _check_name(name)
+    agreed = disagreements.parse(conventions)
     mapping = params if isinstance(params, dict) else None
     if mapping is not None:
         params = "random"
@@ -582,8 +589,13 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
         unmatched = unmatched_torch_buffers(lay, torch_equivalent)
         if unmatched:
             _warn(report.warnings, buffers_warning(lay.name, ref_name, unmatched))
+    if agreed:
+        report.context = f"{report.context[:-1]}; the reference follows your conventions: {', '.join(agreed)})"
     snap, was_training = lay.snapshot(), lay.training
+    follow = disagreements.follow(agreed, module=torch_equivalent if isinstance(torch_equivalent, torch.nn.Module)
+                                  else None)
     try:
+        follow.__enter__()
         if params == "random":
             _randomize(lay, seed)
         for md in run_modes:
@@ -612,6 +624,7 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
                             _warn(report.warnings, n)
                     report.results[key] = comps
     finally:
+        follow.__exit__(None, None, None)
         lay.restore(snap)
         if isinstance(was_training, bool):   # your layer back in the mode it was in
             lay.train(was_training)
@@ -676,7 +689,7 @@ def _after_training_steps(lay: LayerAdapter, module, shape, dtype, seed: int, st
 
 def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtypes=DTYPES, seed: int = 0,
                name: str | None = None, samples: int = gc.SAMPLES, eps: float = gc.EPS, atol=None, rtol=None,
-               skip=(), raise_on_failure: bool = True) -> LayerReport:
+               skip=(), conventions=(), raise_on_failure: bool = True) -> LayerReport:
     """Check your loss (value and dL/dinput) against a torch loss, in float64 and float32.
 
     Args:
@@ -688,10 +701,13 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
         target: passed to both sides; default: seeded integer class labels in
             ``[0, input_shape[-1])``.
         atol, rtol, skip: as in ``check_layer`` (comparisons: ``loss``, ``din``).
+        conventions: ``{"eps_in_log": 1e-7}``: your loss takes ``log(p + 1e-7)``, and the torch loss
+            is made to as well (``nnparity.training.disagreements``).
     """
-    from nnparity.diagnosis import layercheck
+    from nnparity.training import disagreements
 
     _check_name(name)
+    agreed = disagreements.parse(conventions)
     raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
     seed = _check_int("seed", seed, 0)
     _check_fd(samples, eps)
@@ -719,7 +735,20 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
                             f"(input {shape}, target {target.shape})")
     ref_name = _describe_torch(torch_loss)
     report = LayerReport(adapter.name, ref_name, f"(scratch = your {adapter.name}, reference = {ref_name}; "
-                                                 f"logits {shape}, seed {seed})")
+                                                 f"logits {shape}, seed {seed}"
+                                                 + (f"; the reference follows your conventions: {', '.join(agreed)})"
+                                                    if agreed else ")"))
+    with disagreements.follow(agreed, loss=torch_loss) as torch_loss:
+        _loss_checks(report, mine, adapter, torch_loss, shape, target, z, dtypes, tols, seed, samples, eps)
+    _skip_in_report(report, skip)
+    if raise_on_failure:
+        report.raise_if_failed()
+    return report
+
+
+def _loss_checks(report, mine, adapter, torch_loss, shape, target, z, dtypes, tols, seed, samples, eps) -> None:
+    from nnparity.diagnosis import layercheck
+
     for dt in dtypes:
         if torch_loss is None and dt == "float64":
             report.results[dt] = gc.gradcheck_loss(mine, shape, target, z=z, samples=samples, eps=eps, seed=seed,
@@ -735,10 +764,6 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
         else:
             report.results[dt] = layercheck.check_loss(mine, torch_loss, shape, target, z=z, dtype=dt, seed=seed,
                                                        name=adapter.name, tol=tols[dt], raise_on_failure=False)
-    _skip_in_report(report, skip)
-    if raise_on_failure:
-        report.raise_if_failed()
-    return report
 
 
 def pair(forward, backward, *, params=None, **config):
@@ -896,7 +921,7 @@ def _as_batch(x, y, dtype):
 
 def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batches, *, steps: int | None = None,
                 name: str | None = None, params=None, atol=None, rtol=None, skip=(), allowed_zero=(),
-                mode: str = "train", raise_on_failure: bool = True):
+                mode: str = "train", conventions=(), raise_on_failure: bool = True):
     """Train your network and its torch mirror side by side from identical weights, comparing
     the output, the loss, dL/doutput, every gradient, every updated parameter (and the
     optimizer state and buffers you expose) after every step.
@@ -922,6 +947,9 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
         allowed_zero: parameters whose gradient is zero by construction (the bias of a Linear
             feeding a BatchNorm): their gradient and momentum are compared with zero, as the
             documented cnn18k declares its conv biases.
+        conventions: your documented choices where torch differs, followed by the torch side
+            (``biased_running_var``, ``eps_outside_sqrt``, ``{"eps_in_log": eps}``, ``{"l2_in_grad":
+            lambda}``: ``nnparity.training.disagreements``), as in ``check_layer`` and ``check_loss``.
         mode: ``"train"`` (default) or ``"eval"``: every step in that mode on both sides (eval:
             a BatchNorm normalises with its running statistics and leaves them alone, dropout is
             off: fine-tuning with frozen statistics).
@@ -944,9 +972,11 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     from nnparity.core.parity import check_steps as harness_check_steps
 
     from nnparity.diagnosis.localize import Localizer
+    from nnparity.training import disagreements
     from nnparity.training.layered import LayeredNetwork, find_layers
 
     _check_name(name)
+    agreed = disagreements.parse(conventions)
     raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
     steps = _check_int("steps", steps, 1, none_ok=True)
     if mode not in MODES:
@@ -1009,8 +1039,11 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
                                                f"values, cast to {trace.dtype}, are compared next)"))
 
     loc = Localizer(allowed_zero=zero)
-    trace = harness_check_steps(user, mirror, data, net=lay.name, dtype=dtype, tol=tol, allowed_zero=zero,
-                                on_step=on_step, observer=loc)
+    with disagreements.follow(agreed, module=torch_net, loss=torch_loss) as mirror.loss_fn:
+        trace = harness_check_steps(user, mirror, data, net=lay.name, dtype=dtype, tol=tol, allowed_zero=zero,
+                                    on_step=on_step, observer=loc)
+    if agreed:
+        trace.warnings.append(f"the reference followed your conventions: {', '.join(agreed)}")
     if not trace.steps:
         raise ArgumentError("check_steps got no batches: pass an iterable of (x, y) arrays")
     trace.diagnosis = loc.diagnosis
