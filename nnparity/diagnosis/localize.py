@@ -373,6 +373,39 @@ def _masks(module, layer: str, draws: dict) -> dict:
     return out
 
 
+def _rerun(fst: Stage, bst: Stage, name: str, prev, rec, tol, step, forward, backward, allowed_zero=(),
+           cast=lambda a, ref: a) -> None:
+    """One layer's forward and backward alone, each compared with the torch side's record.
+
+    ``forward()`` runs the forward and returns ``{record key: array}`` to compare (``out/<name>``,
+    buffers), or None when it set ``fst.note`` instead; ``backward(dout)`` returns ``(dx, {grad key:
+    array})``, dx compared with ``prev`` (the previous layer's ``dout/``). ``cast``: your arrays in
+    the record's dtype. An exception becomes the stage's note: a broken layer must not hide the
+    others' verdicts."""
+    try:
+        for key, a in (forward() or {}).items():
+            if key in rec:
+                fst.comparisons.append(compare(key, cast(a, rec[key]), rec[key], tol, step=step))
+    except Exception as e:  # noqa: BLE001
+        fst.note = f"could not be re-run alone: {_why(e)}"
+        bst.note = "not re-run: its forward failed"
+        return
+    try:
+        key = f"dout/{name}"
+        if key not in rec:
+            bst.note = "no upstream gradient recorded"
+            return
+        dx, grads = backward(np.array(rec[key], copy=True))
+        for k, g in grads.items():
+            if k in rec:
+                bst.comparisons.append(compare(k, cast(g, rec[k]), rec[k], tol, step=step,
+                                               allowed_zero=k.split("/", 1)[1] in allowed_zero))
+        if prev and prev in rec and isinstance(dx, np.ndarray):
+            bst.comparisons.append(compare(prev, cast(dx, rec[prev]), rec[prev], tol, step=step))
+    except Exception as e:  # noqa: BLE001
+        bst.note = f"could not be re-run alone: {_why(e)}"
+
+
 def _isolate_layers(model, x, t, pre, tol, step, snapshots, draws, allowed_zero) -> tuple[list, list]:
     names = list(model._modules)
     rec = t.record
@@ -384,8 +417,9 @@ def _isolate_layers(model, x, t, pre, tol, step, snapshots, draws, allowed_zero)
         bst = Stage(name, "backward", f"{type(mod).__name__}.backward")
         forward.append(fst)
         backward.append(bst)
-        try:
-            iso = copy.deepcopy(snapshots.get(name, mod))
+        iso = copy.deepcopy(snapshots.get(name, mod))
+
+        def run_forward(i=i, name=name, iso=iso, fst=fst):
             _load(iso, name, pre)
             iso.train()
             if hasattr(iso, "zero_grad"):
@@ -401,32 +435,15 @@ def _isolate_layers(model, x, t, pre, tol, step, snapshots, draws, allowed_zero)
                 fst.note = "its random mask could not be drawn again: forward not compared"
                 for m, v in masks.items():
                     m.mask = np.array(v, copy=True)
-            else:
-                fst.comparisons.append(compare(f"out/{name}", out, rec[f"out/{name}"], tol, step=step))
-                for bname, b in iso.named_buffers():
-                    key = f"buffer/{name}.{bname}"
-                    if key in rec:
-                        fst.comparisons.append(compare(key, b, rec[key], tol, step=step))
-        except Exception as e:  # a broken layer must not hide the others' verdicts
-            fst.note = f"could not be re-run alone: {_why(e)}"
-            bst.note = "not re-run: its forward failed"
-            continue
-        try:
-            key = f"dout/{name}"
-            if key not in rec:
-                bst.note = "no upstream gradient recorded"
-                continue
-            dx = iso.backward(np.array(rec[key], copy=True))
-            for pname, p in iso.named_parameters():
-                k = f"grad/{name}.{pname}"
-                if k in rec:
-                    bst.comparisons.append(compare(k, p.grad, rec[k], tol, step=step,
-                                                   allowed_zero=f"{name}.{pname}" in allowed_zero))
-            prev = f"dout/{names[i - 1]}" if i > 0 else None
-            if prev and prev in rec and dx is not None:
-                bst.comparisons.append(compare(prev, dx, rec[prev], tol, step=step))
-        except Exception as e:
-            bst.note = f"could not be re-run alone: {_why(e)}"
+                return None
+            return {f"out/{name}": out, **{f"buffer/{name}.{b}": v for b, v in iso.named_buffers()}}
+
+        def run_backward(dout, name=name, iso=iso):
+            dx = iso.backward(dout)
+            return dx, {f"grad/{name}.{p}": q.grad for p, q in iso.named_parameters()}
+
+        _rerun(fst, bst, name, f"dout/{names[i - 1]}" if i > 0 else None, rec, tol, step, run_forward, run_backward,
+               allowed_zero)
     return forward, backward
 
 
@@ -674,7 +691,8 @@ def isolate_network(user, x, y, t, pre: dict, tol: Tolerance, step: int, *, snap
         forward.append(fst)
         backward.append(bst)
         prefix = f"{name}." if user.layers else ""
-        try:
+
+        def run_forward(i=i, name=name, lay=lay, module=module, prefix=prefix):
             lay.bind(module)
             lay.set_params({k: np.array(pre[f"param/{prefix}{k}"], copy=True) for k in lay.params()
                             if f"param/{prefix}{k}" in pre})
@@ -682,37 +700,18 @@ def isolate_network(user, x, y, t, pre: dict, tol: Tolerance, step: int, *, snap
                              if f"buffer/{prefix}{k}" in pre})
             lay.train(user.training)
             lay.zero_grad()
-            undo = lay.input_grad_on() if i > 0 else (lambda: None)
-            xin = inputs.get(name) if user.layers else x
-            xin = x if xin is None else xin
-            out = lay.forward(np.array(xin, copy=True))
-            fst.comparisons.append(compare(f"out/{name}", _cast_like(out, rec[f"out/{name}"]), rec[f"out/{name}"],
-                                           tol, step=step))
-            for k, b in lay.buffers().items():
-                key = f"buffer/{prefix}{k}"
-                if key in rec:
-                    fst.comparisons.append(compare(key, _cast_like(b, rec[key]), rec[key], tol, step=step))
-        except Exception as e:  # a broken layer must not hide the others' verdicts
-            fst.note = f"could not be re-run alone: {_why(e)}"
-            bst.note = "not re-run: its forward failed"
-            continue
-        try:
-            key = f"dout/{name}"
-            if key not in rec:
-                bst.note = "no upstream gradient recorded"
-                continue
-            dx = lay.backward(np.array(rec[key], copy=True))
-            undo()
-            for k, g in lay.grads().items():
-                gk = f"grad/{prefix}{k}"
-                if gk in rec:
-                    bst.comparisons.append(compare(gk, _cast_like(g, rec[gk]), rec[gk], tol, step=step,
-                                                   allowed_zero=f"{prefix}{k}" in allowed_zero))
-            prev = f"dout/{names[i - 1]}" if i > 0 else None
-            if prev and prev in rec and isinstance(dx, np.ndarray):
-                bst.comparisons.append(compare(prev, _cast_like(dx, rec[prev]), rec[prev], tol, step=step))
-        except Exception as e:
-            bst.note = f"could not be re-run alone: {_why(e)}"
+            if i > 0:   # a copy: the switch is not undone
+                lay.input_grad_on()
+            xin = inputs.get(name) if user.layers else None
+            out = lay.forward(np.array(x if xin is None else xin, copy=True))
+            return {f"out/{name}": out, **{f"buffer/{prefix}{k}": b for k, b in lay.buffers().items()}}
+
+        def run_backward(dout, lay=lay, prefix=prefix):
+            dx = lay.backward(dout)
+            return dx, {f"grad/{prefix}{k}": g for k, g in lay.grads().items()}
+
+        _rerun(fst, bst, name, f"dout/{names[i - 1]}" if i > 0 else None, rec, tol, step, run_forward, run_backward,
+               allowed_zero, _cast_like)
     loss_f, loss_b = Stage("loss", "forward", f"{user.loss_fn.name}"), Stage("loss", "backward", user.loss_fn.name)
     try:
         logits = f"out/{names[-1]}"
