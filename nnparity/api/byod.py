@@ -827,7 +827,14 @@ class UserSide:
         """Layers holding a random generator, copied before a step (a re-run alone draws the same)."""
         import copy
 
-        return {n: copy.deepcopy(obj) for n, obj in (self.layers or {}).items() if as_layer(obj).generators()}
+        out = {}
+        for n, obj in (self.layers or {}).items():
+            try:   # a hint for the analysis: a layer that cannot be read here is re-run from its state after
+                if as_layer(obj).generators():
+                    out[n] = copy.deepcopy(obj)
+            except Exception:  # noqa: BLE001
+                pass
+        return out
 
     def isolate(self, x, y, t, pre, tol, step, *, snapshots=None, allowed_zero=()):
         from nnparity.diagnosis.localize import isolate_network

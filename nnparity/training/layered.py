@@ -160,10 +160,13 @@ class LayerTap:
         self._saved = []
 
     def __enter__(self):
+        self.unwatchable = None
         for name, obj in self.layers.items():
+            if not hasattr(obj, "__dict__"):   # __slots__: nothing can be put in front of its methods
+                self.unwatchable = name
+                continue
             for method, wrap in (("forward", self._forward), ("backward", self._backward)):
-                own = vars(obj).get(method, None) if hasattr(obj, "__dict__") else None
-                self._saved.append((obj, method, own))
+                self._saved.append((obj, method, vars(obj).get(method)))
                 object.__setattr__(obj, method, wrap(name, obj, getattr(obj, method)))
         return self
 
@@ -198,9 +201,12 @@ class LayerTap:
     def complete(self) -> bool:
         """Every layer was seen once, forward and backward."""
         names = list(self.layers)
-        return not self.reused and list(self.outputs) == names and set(self.upstream) == set(names)
+        return not self.reused and not getattr(self, "unwatchable", None) and list(self.outputs) == names \
+            and set(self.upstream) == set(names)
 
     def problem(self) -> str:
+        if getattr(self, "unwatchable", None):
+            return f"layer {self.unwatchable} has __slots__, so its calls cannot be watched"
         if self.reused:
             return f"layer {self.reused[0]} ran more than once in a step"
         missing = [n for n in self.layers if n not in self.outputs or n not in self.upstream]
