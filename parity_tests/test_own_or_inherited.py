@@ -235,3 +235,25 @@ def test_eval_steps_leave_the_running_statistics_alone_on_both_sides():
 def test_an_unknown_mode_is_one_line():
     with pytest.raises(nnparity.training.adapters.ArgumentError, match=r"^mode must be 'train' or 'eval'"):
         run(bn_net(), mirror=bn_mirror(), mode="test")
+
+
+def test_a_skipped_tensor_is_never_diagnosed_and_a_convention_compares_it():
+    """skip= leaves the BatchNorm's running_var out before the analysis sees the step: with a
+    biased running variance skipped the run passes and holds no diagnosis; named as a convention,
+    running_var is compared (torch follows) and passes."""
+    class BiasedRunningVar(BatchNorm):
+        def stats(self, x):
+            mu, var = x.mean(axis=0), x.var(axis=0)
+            m = self.momentum
+            self.running_mean = (1 - m) * self.running_mean + m * mu
+            self.running_var = (1 - m) * self.running_var + m * var   # biased (CS231n's choice)
+            return mu, var
+
+    d = run(bn_net(BiasedRunningVar), mirror=bn_mirror(), allowed_zero=["fc1.bias"]).diagnosis
+    assert (d.first.name, d.culprit.label) == ("buffer/bn.running_var", "bn forward")
+    trace = run(bn_net(BiasedRunningVar), mirror=bn_mirror(), allowed_zero=["fc1.bias"],
+                skip=["buffer/bn.running_var"])
+    assert trace.ok and trace.diagnosis is None
+    trace = run(bn_net(BiasedRunningVar), mirror=bn_mirror(), allowed_zero=["fc1.bias"],
+                conventions=("biased_running_var",))
+    assert trace.ok and "buffer/bn.running_var" in {c.name for c in trace.steps[-1]}

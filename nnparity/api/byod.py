@@ -1033,11 +1033,14 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     unmatched = unmatched_torch_buffers(lay, torch_net)
     data = _checked_batches(batch_iter if steps is None else itertools.islice(batch_iter, steps), dtype)
 
-    def on_step(i, trace):
+    def leave_out(i, trace):
         step = trace.steps[-1]
         if i == 1:
             _skip(skip, {c.name for c in step})
         step[:] = [c for c in step if not _is_skipped(c.name, skip)]
+
+    def add_dtype_findings(i, trace):
+        step = trace.steps[-1]
         for k, theirs in user.dtype_findings:   # its own finding, before the values compared after the cast
             at = next((j for j, c in enumerate(step) if c.name == k), len(step))
             step.insert(at, Comparison(k, quantity(k), tuple(step[at].shape) if at < len(step) else (), math.inf,
@@ -1048,7 +1051,7 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     loc = Localizer(allowed_zero=zero)
     with disagreements.follow(agreed, module=torch_net, loss=torch_loss) as mirror.loss_fn:
         trace = harness_check_steps(user, mirror, data, net=lay.name, dtype=dtype, tol=tol, allowed_zero=zero,
-                                    on_step=on_step, observer=loc)
+                                    observer=_Observed(loc, leave_out, add_dtype_findings))
     if agreed:
         trace.warnings.append(f"the reference followed your conventions: {', '.join(agreed)}")
     if not trace.steps:
@@ -1080,6 +1083,23 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
 
 
 _DONE = object()
+
+
+class _Observed:
+    """The ``Localizer`` sees each step after ``skip=`` left its comparisons out (a skipped tensor is
+    never diagnosed) and before the dtype findings are added (a dtype is its own finding; the
+    analysis is of the values, compared after the cast)."""
+
+    def __init__(self, localizer, leave_out, add_findings):
+        self.localizer, self.leave_out, self.add_findings = localizer, leave_out, add_findings
+
+    def before_step(self, i, x, y, scratch_side, torch_side):
+        self.localizer.before_step(i, x, y, scratch_side, torch_side)
+
+    def after_step(self, i, x, y, s, t, trace):
+        self.leave_out(i, trace)
+        self.localizer.after_step(i, x, y, s, t, trace)
+        self.add_findings(i, trace)
 
 
 def own_or_inherited(d) -> str:
