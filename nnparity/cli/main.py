@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--inject", metavar="BUG", type=bug_name, default=None,
                    help="run with one of the selftest's canonical bugs patched in, to see how a slip is reported "
                         "(nnparity selftest lists them)")
+    c.add_argument("--plot", metavar="DIR", default=None,
+                   help="on a mismatch, write heatmaps (scratch, reference, scratch - reference) of the failing "
+                        "tensors at the first failing step into DIR, as PNGs (made if its parent exists)")
     c.add_argument("--noise-floor", action="store_true",
                    help="measure the noise floor instead: scratch vs torch in float64 and float32, and torch "
                         "float32 vs float64, over --steps steps (both dtypes: --dtype is not used)")
@@ -366,6 +369,19 @@ def _dispatch(args) -> int:
                   "is measured on the correct code", file=sys.stderr)
             return 2
         net = get(args.net)
+        if args.plot is not None and args.noise_floor:
+            print(f"nnparity {args.cmd}: error: --plot draws a failing check; --noise-floor measures instead",
+                  file=sys.stderr)
+            return 2
+        if args.plot is not None:
+            from nnparity.reporting.heatmap import check_folder
+            from nnparity.training.adapters import ArgumentError
+
+            try:
+                check_folder(args.plot)
+            except ArgumentError as e:
+                print(f"nnparity {args.cmd}: error: {e}", file=sys.stderr)
+                return 2
         if args.noise_floor and not net.mnist:
             print(f"nnparity {args.cmd}: error: --noise-floor measures MNIST networks; {args.net} is not one",
                   file=sys.stderr)
@@ -384,6 +400,10 @@ def _dispatch(args) -> int:
         with bug.applied() if bug else nullcontext():
             result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw, recipe=recipe)
         result.injected = bug
+        if args.plot is not None and result.diagnosis is not None:
+            from nnparity.reporting.heatmap import draw_divergence
+
+            result.plots = draw_divergence(args.plot, result.diagnosis, result.trace.net, result.trace.dtype)
         print(result.to_json() if args.json else result.render())
         return result.exit_status  # 1 only on a real mismatch; 4 when inconclusive (degenerate)
     if args.cmd == "selftest":
