@@ -10,7 +10,8 @@
                                         overflowed, on both sides)
                                         (``nnparity parity`` is the same command under its old name)
     nnparity selftest [NET ...]         inject canonical derivation bugs; print the kill matrix
-    nnparity bench [NET ...]            seconds per epoch, scratch vs torch, GFLOP/s, peak memory
+    nnparity bench [NET ...]            each side alone (whole machine, one core), the run modes, the GEMM
+                                        peak and the load, in one run; runs/bench.md and .json
     nnparity gradcheck NET [options]    finite differences vs the scratch backward (no torch); exit 1 on failure
     nnparity results [options]          the README's results and bench tables from the committed reports;
                                         --check exits 1 where the README disagrees, --write rewrites them
@@ -216,13 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=None)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    b = sub.add_parser("bench", help="time full-MNIST epochs of both sides, alternating")
+    b = sub.add_parser("bench", help="each side alone (whole machine, one core), the run modes and the GEMM "
+                                     "peak, in one run, with the machine's load")
     b.add_argument("nets", nargs="*", type=network_name, metavar="NET",
                     help="default: all documented MNIST networks; also path/to/net.py or module:attr")
     b.add_argument("--dtype", choices=DTYPES, nargs="+", default=list(DTYPES), help="default: both")
-    b.add_argument("--repeats", type=positive_int, default=3, help="epochs per side; the median counts (default 3)")
+    b.add_argument("--repeats", type=positive_int, default=3,
+                   help="interleaved rounds of every measurement; the minimum counts (default 3)")
+    b.add_argument("--steps", type=positive_int, default=None,
+                   help="time the first N steps of an epoch instead of a whole epoch (s/epoch is extrapolated)")
     b.add_argument("--out", default="runs/bench.md",
-                   help="markdown table (default runs/bench.md; the committed one: --out reports/bench.md)")
+                   help="markdown report, with its figures as JSON beside it (default runs/bench.md and "
+                        "runs/bench.json; the committed one: --out reports/bench.md)")
     b.add_argument("--data-dir", default=None)
 
     res = sub.add_parser("results", help="the README's results table and bench summary, from the committed reports")
@@ -422,7 +428,7 @@ def _dispatch(args) -> int:
         from nnparity.reporting.bench import bench
 
         return bench(args.nets or [n for n, net in NETWORKS.items() if net.mnist], dtypes=args.dtype,
-                     repeats=args.repeats, data_dir=args.data_dir,
+                     repeats=args.repeats, steps=args.steps, data_dir=args.data_dir,
                      out=args.out, command=args.command_line)
     raise AssertionError(args.cmd)
 
