@@ -252,11 +252,12 @@ class _Window:
 
 
 def bench_network(name: str, dtype: str = "float32", repeats: int = 3, steps: int | None = None, seed: int = 0,
-                  data_dir=None, recipe=None) -> dict:
+                  data_dir=None, recipe=None, gemm_n: int = GEMM_N) -> dict:
     """Every measurement of one network in ``dtype``, ``repeats`` interleaved rounds (see the
     module doc). ``steps``: the timed window's batches (default: one full epoch of
     ``recipe``, the network's own by default); ``recipe`` with ``train_size`` set times
-    an epoch of that many images."""
+    an epoch of that many images. ``gemm_n``: the GEMM peak's matrix size (smaller: a
+    quicker, lower peak; for tests)."""
     from nnparity.core import data as mnist
     from nnparity.training.networks import apply_threads, make_sides, prepare
 
@@ -281,7 +282,7 @@ def bench_network(name: str, dtype: str = "float32", repeats: int = 3, steps: in
         for c in configs[r % len(configs):] + configs[:r % len(configs)]:
             if c.startswith("gemm_"):
                 _, d, t = c.split("_")
-                rounds[c].append(gemm_gflops(d, whole if t == "whole" else 1))
+                rounds[c].append(gemm_gflops(d, whole if t == "whole" else 1, n=gemm_n))
             elif c in modes:
                 wall, sides = w.mode(c)
                 rounds[c].append(wall)
@@ -368,7 +369,7 @@ def json_path(md: Path) -> Path:
 
 
 def bench(names, dtypes=("float32", "float64"), repeats=3, steps=None, data_dir=None, out="runs/bench.md",
-          command="nnparity bench") -> int:
+          command="nnparity bench", gemm_n: int = GEMM_N) -> int:
     """``nnparity bench``: exit 0, or 1 when a floor is missed (the report names it)."""
     names = [n for n in names if getattr(get(n), "mnist", True)]
     path = _output_file(out)  # found unusable before any timing, not after
@@ -384,7 +385,7 @@ def bench(names, dtypes=("float32", "float64"), repeats=3, steps=None, data_dir=
     for dtype in dtypes:
         for name in names:
             watch.start()
-            r = _in_child((spec_of(name), dtype, repeats, steps, 0, data_dir))
+            r = _in_child((spec_of(name), dtype, repeats, steps, 0, data_dir, None, gemm_n))
             watch.stop(f"{name} {dtype}")
             watch.read(f"after {name} {dtype}")
             rows.append(r)
@@ -395,7 +396,7 @@ def bench(names, dtypes=("float32", "float64"), repeats=3, steps=None, data_dir=
               "window": "one full epoch" if not steps else f"the first {steps} steps of an epoch (at most one epoch)",
               "concurrent": {"available": conc, **({} if conc else {
                   "why": "this version's Training has no concurrent field (both sides in two processes)"})},
-              "load": load, "labels": LABELS, "json": json_path(path).name, "rows": rows}
+              "load": load, "labels": LABELS, "json": json_path(path).name, "gemm_n": gemm_n, "rows": rows}
     record["floors"] = floors(rows)
     record["projections"] = epochs_projections([{"net": r["net"], "dtype": r["dtype"],
                                                  "scratch_s": r["s_per_epoch"]["scratch_whole"]} for r in rows])
@@ -503,7 +504,7 @@ def markdown(record: dict) -> str:
     for r in record["rows"]:
         for k, v in r["gemm_gflops"].items():
             peaks[k] = max(peaks.get(k, 0.0), v)
-    lines += ["", f"GEMM peak measured in this run (NumPy, {GEMM_N}x{GEMM_N} matmul, best of every round): "
+    lines += ["", f"GEMM peak measured in this run (NumPy, {record['gemm_n']}x{record['gemm_n']} matmul, best of every round): "
               + ", ".join(f"{d} {peaks[f'{d}_one']:.0f} GFLOP/s on one thread, {peaks[f'{d}_whole']:.0f} on "
                           f"the whole machine" for d in ("float32", "float64") if f"{d}_one" in peaks)
               + "; each row's % of peak uses the peak of its own process and dtype. GFLOP/s counts the training "
