@@ -455,11 +455,15 @@ def _dispatch(args) -> int:
                             for line in result.message().splitlines()))
         return 0 if result.ok else 1
     if args.cmd == "bench":
-        from nnparity.reporting.bench import bench
+        from nnparity.reporting.bench import BenchError, bench
 
-        return bench(args.nets or [n for n, net in NETWORKS.items() if net.mnist], dtypes=args.dtype,
-                     repeats=args.repeats, steps=args.steps, data_dir=args.data_dir,
-                     out=args.out, command=args.command_line)
+        try:
+            return bench(args.nets or [n for n, net in NETWORKS.items() if net.mnist], dtypes=args.dtype,
+                         repeats=args.repeats, steps=args.steps, data_dir=args.data_dir,
+                         out=args.out, command=args.command_line)
+        except BenchError as e:
+            print(f"nnparity bench: error: {e}", file=sys.stderr)
+            return 2
     raise AssertionError(args.cmd)
 
 

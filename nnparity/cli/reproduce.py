@@ -236,6 +236,7 @@ def reproduce(out=DEFAULT_OUT, only=None, epochs=None, train_size=None, test_siz
               progress=None, command: str = "nnparity reproduce") -> int:
     """``nnparity reproduce``: returns 0 when every run completed, 130 when interrupted, else
     the first failed run's exit status (the other runs still ran)."""
+    t0 = time.perf_counter()
     names = documented_runs(only)
     out_dir = io.ensure_writable_dir(io.check_path_text(out, DEFAULT_OUT))
     smoke = {"epochs": epochs, "train_size": train_size, "test_size": test_size}
@@ -249,7 +250,6 @@ def reproduce(out=DEFAULT_OUT, only=None, epochs=None, train_size=None, test_siz
                      "command": f"nnparity run {name} --out {shlex.quote(str(out))}" + (f" {flags}" if flags else "")})
         plan.append((name, planned_epochs(net, recipe), expected_seconds(name, recipe)))
     started = time.time()
-    t0 = time.perf_counter()
     record = {"command": command, "out": str(out), "smoke": is_smoke,
               "smoke_options": {k: v for k, v in smoke.items() if v is not None}, "started": started,
               "runs": [], "status": "incomplete"}

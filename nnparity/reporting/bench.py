@@ -318,6 +318,10 @@ def summarize(name, dtype, batch_size, window, steps_per_epoch, samples, flops_s
     return row
 
 
+class BenchError(RuntimeError):
+    """A network's benchmark process failed or ended without a result: one line naming it."""
+
+
 def _in_child(args) -> dict:
     """``bench_network(*args)`` in a fresh spawned process (its peak memory its own; not a
     daemon, so a concurrent run mode can start its own worker)."""
@@ -333,7 +337,7 @@ def _in_child(args) -> dict:
     finally:
         p.join()
     if kind == "error":
-        raise RuntimeError(value)
+        raise BenchError(f"{args[0]} {args[1]}: {value}")
     return value
 
 
