@@ -391,10 +391,11 @@ def bench(names, dtypes=("float32", "float64"), repeats=3, steps=None, data_dir=
             watch.start()
             r = _in_child((spec_of(name), dtype, repeats, steps, 0, data_dir, None, gemm_n))
             watch.stop(f"{name} {dtype}")
-            watch.read(f"after {name} {dtype}")
             rows.append(r)
             print(row_line(r), flush=True)
-    watch.readings[-1]["when"] = "after"
+            if (dtype, name) != (dtypes[-1], names[-1]):
+                watch.read(f"after {name} {dtype}")
+    watch.read("after")
     load = watch.summary()
     record = {"command": command, "machine": info, "statistic": STATISTIC, "repeats": repeats,
               "window": "one full epoch" if not steps else f"the first {steps} steps of an epoch (at most one epoch)",
