@@ -42,6 +42,8 @@ def test_a_smoke_reproduction_runs_each_network_through_the_run_path_and_writes_
     assert record["status"] == "complete" and record["smoke"] and record["seconds"] > 0
     assert [(r["net"], r["status"]) for r in record["runs"]] == [("mlp16", "complete"), ("toy221", "complete")]
     assert all(r["seconds"] > 0 and isinstance(r["load_before"], float) for r in record["runs"])
+    assert record["load"]["readings"][0]["when"] == "before" and record["load"]["readings"][-1]["when"] == "after"
+    assert ("Warning: figures taken under load" in (out / "reproduce.md").read_text()) == record["load"]["under_load"]
     assert record["runs"][1]["command"] == f"nnparity run toy221 --out {out} --steps 1"
     md = (out / "reproduce.md").read_text()
     assert "A smoke run (epochs 1, train size 96, test size 48)" in md

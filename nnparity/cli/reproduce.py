@@ -35,6 +35,7 @@ from nnparity.cli.run import EXIT_INTERRUPTED, run_network, run_recipe
 from nnparity.core import io
 from nnparity.core.signals import interrupt_name, signals_held
 from nnparity.reporting import results
+from nnparity.reporting.bench import LoadWatch
 from nnparity.training.networks import NETWORKS, get
 
 DEFAULT_OUT = "runs/reproduce"
@@ -255,6 +256,8 @@ def reproduce(out=DEFAULT_OUT, only=None, epochs=None, train_size=None, test_siz
               "runs": [], "status": "incomplete"}
     stdout = sys.stdout
     status, current = 0, 0
+    watch = LoadWatch()  # the load, and the CPU other processes took during each run (as nnparity bench)
+    watch.read("before")
     with open(out_dir / "reproduce.log", "w", encoding="utf-8") as log, Progress(plan, progress) as bar:
         try:
             for current, run in enumerate(runs):
@@ -262,13 +265,16 @@ def reproduce(out=DEFAULT_OUT, only=None, epochs=None, train_size=None, test_siz
                 bar.start(i)
                 before, t_run = load1(), time.perf_counter()
                 print(f"===== {run['command']}", file=log, flush=True)
+                watch.start()
                 with redirect_stdout(_LogLines(log, bar)):
                     code = run_network(run["net"], out=str(out), data_dir=data_dir, progress=False,
                                        command=run["command"], **run["kwargs"])
+                watch.stop(run["net"])
                 seconds = time.perf_counter() - t_run
                 bar.finish(seconds)
                 done = {"net": run["net"], "command": run["command"], "exit": code, "status": STATUS.get(code, code),
                         "seconds": round(seconds, 1), "load_before": before, "load_after": load1(),
+                        "others_cores": next((o["cores"] for o in watch.others if o["during"] == run["net"]), None),
                         "folder": str(out_dir / (run["net"] if code in (0, 4) else f"{run['net']}.incomplete"))}
                 record["runs"].append(done)
                 bar.done(f"{run['net']}: {done['status']} in {clock(seconds)} (load {before} -> {done['load_after']}); "
@@ -281,6 +287,8 @@ def reproduce(out=DEFAULT_OUT, only=None, epochs=None, train_size=None, test_siz
             record["interrupted"] = (f"{interrupt_name(e)} during run {current + 1} of {len(runs)}, "
                                      f"{runs[current]['net']}; the runs after it did not start")
             status = EXIT_INTERRUPTED
+    watch.read("after")
+    record["load"] = watch.summary()
     record["seconds"] = round(time.perf_counter() - t0, 1)
     record["status"] = "interrupted" if status == EXIT_INTERRUPTED else ("complete" if status == 0 else "failed")
     complete = [r["net"] for r in record["runs"] if r["exit"] == 0]
@@ -294,6 +302,8 @@ def reproduce(out=DEFAULT_OUT, only=None, epochs=None, train_size=None, test_siz
     print(f"total wall time {clock(record['seconds'])} ({record['seconds']:.0f} s) for {len(record['runs'])} of "
           f"{len(runs)} runs; {out_dir / 'reproduce.md'}" + (f" ({', '.join(held)} held while it was written)"
                                                              if held else ""), file=stdout)
+    if record["load"]["under_load"]:
+        print(f"WARNING: {record['load']['warning']}", file=stdout)
     if status == EXIT_INTERRUPTED:
         print(f"nnparity reproduce: interrupted ({record['interrupted']})", file=sys.stderr)
     return status
@@ -304,10 +314,16 @@ def markdown(record: dict) -> str:
              f"Made by `{record['command']}`: {len(record['runs'])} runs, total wall time "
              f"{clock(record['seconds'])} ({record['seconds']:.0f} s); status {record['status']}"
              + (f" ({record['interrupted']})" if record.get("interrupted") else "") + ". Each run's own output is in "
-             "`reproduce.log`; the load is `os.getloadavg()`'s 1-minute figure before and after each run.", "",
-             "| run | status | wall time | s | load before / after | command |", "|---|---|---|---|---|---|"]
+             "`reproduce.log`; the load is `os.getloadavg()`'s 1-minute figure before and after each run (a run's "
+             "own threads count in it), beside the cores' worth of CPU other processes took while it ran "
+             "(`/proc/stat`, as `nnparity bench` measures it).", ""]
+    if record["load"]["under_load"]:
+        lines += [f"**Warning: {record['load']['warning']}.**", ""]
+    lines += ["| run | status | wall time | s | load before / after | other processes, cores | command |",
+              "|---|---|---|---|---|---|---|"]
     lines += [f"| `{r['net']}` | {r['status']} | {clock(r['seconds'])} | {r['seconds']:.0f} | {r['load_before']} / "
-              f"{r['load_after']} | `{r['command']}` |" for r in record["runs"]]
+              f"{r['load_after']} | {'n/a' if r['others_cores'] is None else r['others_cores']} | `{r['command']}` |"
+              for r in record["runs"]]
     lines += ["", "## Results table", ""]
     if record["smoke"]:
         opts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in record["smoke_options"].items())
