@@ -1,6 +1,10 @@
-"""The benchmark's whole-run projection (no timing here: speed is measured by `nnparity bench`)."""
+"""``nnparity bench``: what it measures and what it says about the machine it ran on
+(structure and honesty only: speed is measured by the command, never asserted here)."""
 
-from nnparity.reporting.bench import epochs_projections
+import json
+
+from nnparity.reporting import bench, results
+from nnparity.reporting.bench import epochs_projections, judge_load
 
 
 def test_mlp16_run_projection_states_the_floor_and_misses_it_when_slow():
@@ -10,3 +14,50 @@ def test_mlp16_run_projection_states_the_floor_and_misses_it_when_slow():
     assert fast == ["mlp16 float32: 100 epochs on the scratch side = 100 x 0.50 s = 50 s (floor < 120 s: ok)"]
     slow = epochs_projections([dict(rows[0], scratch_s=1.3)])
     assert slow[0].endswith("(floor < 120 s: MISSED)")
+
+
+def readings(*loads):
+    return [{"when": w, "loadavg": [v, v, v]} for w, v in zip(("before", "after mlp16 float32", "after"), loads)]
+
+
+def test_a_load_at_half_a_core_or_more_anywhere_is_a_warning_in_words():
+    quiet = judge_load(readings(0.1, 1.8, 1.9), [{"during": "mlp16 float32", "cores": 0.1, "seconds": 9.0}], 2)
+    assert not quiet["under_load"] and quiet["warning"] is None  # the readings after count the bench itself
+    busy_before = judge_load(readings(1.2, 1.8, 1.9), [{"during": "mlp16 float32", "cores": 0.1, "seconds": 9}], 2)
+    assert busy_before["under_load"] and busy_before["warning"].startswith(bench.UNDER_LOAD)
+    assert "1-minute load 1.20 before" in busy_before["warning"]
+    others = judge_load(readings(0.1, 1.8), [{"during": "cnn18k float32", "cores": 1.3, "seconds": 60.0}], 2)
+    assert others["under_load"] and "other processes used 1.30 cores during cnn18k float32" in others["warning"]
+    # without a measure of the other processes, every reading is judged as it is (it can only err towards a warning)
+    unmeasured = judge_load(readings(0.1, 1.8), [], 2)
+    assert unmeasured["under_load"] and "after mlp16 float32" in unmeasured["warning"]
+
+
+def test_the_bench_records_every_measurement_and_the_load_and_warns_under_a_faked_high_load(tmp_path, monkeypatch,
+                                                                                             capsys):
+    monkeypatch.setattr(bench.os, "getloadavg", lambda: (3.0, 2.5, 2.0))
+    out = tmp_path / "bench.md"
+    status = bench.bench(["mlp16"], dtypes=("float32",), repeats=2, steps=3, out=str(out), command="test",
+                         gemm_n=128)
+    assert status in (0, 1)  # 1: a floor missed (speed is not asserted here)
+    md, record = out.read_text(), json.loads((tmp_path / "bench.json").read_text())
+    assert f"**Warning: {bench.UNDER_LOAD}" in md and "WARNING: " + bench.UNDER_LOAD in capsys.readouterr().out
+    load = record["load"]
+    assert load["under_load"] and load["readings"][0] == {"when": "before", "loadavg": [3.0, 2.5, 2.0]}
+    assert load["readings"][-1]["when"] == "after"
+    assert record["statistic"] == "minimum" and record["repeats"] == 2 and record["machine"]["cores"] >= 1
+    assert any(p["user_api"] == "blas" for p in record["machine"]["threadpools"])
+    (row,) = record["rows"]
+    assert (row["net"], row["window_steps"], row["steps_per_epoch"]) == ("mlp16", 3, 1875)
+    modes = ["alternating"] + (["concurrent"] if bench.concurrent_available() else [])
+    assert set(row["ms_per_step"]) == set(bench.SIDE_CONFIGS) | set(modes)
+    assert set(row["gemm_gflops"]) == {f"{d}_{t}" for d in ("float32", "float64") for t in ("whole", "one")}
+    assert all(len(v) == 2 for v in row["rounds"].values())  # every measurement in every round
+    # the figure is the minimum of its rounds, and each ratio is between figures of this run
+    assert row["ms_per_step"]["scratch_whole"] == 1000 * min(row["rounds"]["scratch_whole"]) / 3
+    assert row["ratio_whole"] == row["ms_per_step"]["scratch_whole"] / row["ms_per_step"]["torch_whole"]
+    if not bench.concurrent_available():
+        assert "not available" in md and record["concurrent"]["why"]
+    # nnparity results reads it, warning included
+    summary = results.bench_summary_json(tmp_path)
+    assert "| `mlp16` | float32 | 32 |" in summary and bench.UNDER_LOAD in summary

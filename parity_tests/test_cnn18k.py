@@ -276,12 +276,14 @@ def test_lr_schedule_is_validated():
         cnn18k.RECIPE.replace(lr_schedule=((5, 0.0),))
 
 
-def test_bench_runs_cnn18k_with_dropout_masks_handed_across():
-    """Timed epochs alternate the sides batch by batch, handing each batch's dropout masks
-    to the torch side, including the short last batch."""
+def test_bench_runs_cnn18k_alone_and_alternating_with_dropout_masks():
+    """The bench's epoch of cnn18k: each side alone drawing its own dropout masks (the torch
+    side through ``MaskedDropout.draw_own_mask``), and the alternating mode handing each
+    batch's masks across, the short last batch included."""
     from nnparity.reporting.bench import bench_network
 
     recipe = cnn18k.RECIPE.replace(train_size=100, test_size=100)  # 6 batches of 16 + a last batch of 4
-    r = bench_network("cnn18k", repeats=2, recipe=recipe)
-    assert r["samples"] == 100 and len(r["scratch_all"]) == len(r["torch_all"]) == 2
-    assert r["gflop_per_epoch"] > 0 and r["scratch_s"] > 0 and r["torch_s"] > 0
+    r = bench_network("cnn18k", repeats=1, recipe=recipe, gemm_n=128)
+    assert r["samples"] == 100 and r["window_steps"] == r["steps_per_epoch"] == 7
+    assert all(len(v) == 1 and v[0] > 0 for v in r["rounds"].values())
+    assert r["gflop_per_step"] > 0 and r["mode_sides"]["alternating"]["torch"] > 0

@@ -155,7 +155,74 @@ def test_a_missing_or_broken_report_is_one_line_naming_the_file(tmp_path, capsys
     assert "toy221/metrics.json is missing" in err and "nnparity run toy221" in err
     (reports / results.BENCH_FILE).unlink()
     shutil.copy(REPORTS / "toy221" / "metrics.json", reports / "toy221" / "metrics.json")
-    assert "bench.md is missing" in one_line_error(["results", "--reports", str(reports)], capsys)
+    err = one_line_error(["results", "--check", str(README), "--reports", str(reports)], capsys)
+    assert "bench.md is missing" in err
+
+
+def test_a_folder_without_a_benchmark_prints_the_results_table_and_says_so(tmp_path, capsys):
+    """``nnparity results --reports DIR`` of a folder that ``nnparity reproduce`` wrote: the
+    results table, and one line saying there is no benchmark (checking a README needs one)."""
+    reports = copy_reports(tmp_path)
+    (reports / results.BENCH_FILE).unlink()
+    assert cli.main(["results", "--reports", str(reports)]) == 0
+    out = capsys.readouterr().out
+    assert results.begin_marker("results") in out and results.begin_marker("bench") not in out
+    assert f"no benchmark in {reports}" in out
+
+
+def bench_record() -> dict:
+    """A bench.json as ``nnparity bench`` writes it (``bench.summarize`` over made-up rounds:
+    the figures are arithmetic here, nothing is timed)."""
+    from nnparity.reporting import bench
+
+    rounds = {"scratch_whole": [2.0, 1.5], "torch_whole": [1.0, 1.2], "scratch_one": [3.0, 2.5],
+              "torch_one": [2.0, 2.2], "alternating": [4.0, 4.5],
+              **{f"gemm_{d}_{t}": [100.0, 120.0] for d in ("float32", "float64") for t in ("whole", "one")}}
+    row = bench.summarize("mlp1000", "float32", 100, 600, 600, 60000, 4.8e8, rounds, {}, 2) | {"peak_rss_mib": 900.0}
+    load = bench.judge_load([{"when": "before", "loadavg": [0.2, 0.3, 0.3]},
+                             {"when": "after", "loadavg": [1.9, 0.9, 0.5]}],
+                            [{"during": "mlp1000 float32", "cores": 0.05, "seconds": 30.0}], 2)
+    return {"command": "nnparity bench mlp1000", "machine": {"cpu": "Some CPU", "cores": 2}, "statistic": "minimum",
+            "repeats": 2, "load": load, "rows": [row]}
+
+
+def test_a_bench_json_gives_the_bench_summary_and_a_changed_figure_fails_the_check(tmp_path, capsys):
+    reports = copy_reports(tmp_path)
+    record = bench_record()
+    (reports / results.BENCH_JSON).write_text(json.dumps(record))
+    summary = results.generate(reports)["bench"]
+    # the minimum of the rounds, per full epoch: 1.5 s / 1.0 s alone on the whole machine, ratio 1.50
+    assert "| `mlp1000` | float32 | 100 | 1.50 / 1.00 | 1.50 | 2.50 / 2.00 | 1.25 | 4.00 / n/a |" in summary, summary
+    assert "1-minute load 0.2 before, 1.9 after" in summary and "Warning" not in summary
+    readme = tmp_path / "README.md"
+    shutil.copy(README, readme)
+    assert cli.main(["results", "--write", str(readme), "--reports", str(reports)]) == 0
+    assert cli.main(["results", "--check", str(readme), "--reports", str(reports)]) == 0
+    record["rows"][0]["s_per_epoch"]["torch_whole"] = 1.25
+    (reports / results.BENCH_JSON).write_text(json.dumps(record))
+    assert cli.main(["results", "--check", str(readme), "--reports", str(reports)]) == 1
+    err = capsys.readouterr().err
+    assert "row `mlp1000`, column 's/epoch alone, whole machine: scratch / torch', says '1.50 / 1.00'" in err, err
+
+
+def test_a_bench_taken_under_load_carries_its_warning_into_the_summary(tmp_path):
+    reports = copy_reports(tmp_path)
+    record = bench_record()
+    from nnparity.reporting.bench import judge_load
+
+    record["load"] = judge_load([{"when": "before", "loadavg": [1.6, 1.0, 0.5]},
+                                 {"when": "after", "loadavg": [2.0, 1.2, 0.6]}], [], 2)
+    assert record["load"]["under_load"]
+    (reports / results.BENCH_JSON).write_text(json.dumps(record))
+    assert "not a clean figure" in results.generate(reports)["bench"]
+
+
+def test_a_broken_bench_json_is_one_line(tmp_path, capsys):
+    reports = copy_reports(tmp_path)
+    (reports / results.BENCH_JSON).write_text('{"rows": ')
+    assert "bench.json is not valid JSON" in one_line_error(["results", "--reports", str(reports)], capsys)
+    (reports / results.BENCH_JSON).write_text('{"rows": [{"dtype": "float32"}]}')
+    assert "bench.json lacks a figure" in one_line_error(["results", "--reports", str(reports)], capsys)
 
 
 def test_a_report_without_a_figure_a_template_reads_names_it(tmp_path, capsys):

@@ -10,10 +10,13 @@
                                         overflowed, on both sides)
                                         (``nnparity parity`` is the same command under its old name)
     nnparity selftest [NET ...]         inject canonical derivation bugs; print the kill matrix
-    nnparity bench [NET ...]            seconds per epoch, scratch vs torch, GFLOP/s, peak memory
+    nnparity bench [NET ...]            each side alone (whole machine, one core), the run modes, the GEMM
+                                        peak and the load, in one run; runs/bench.md and .json
     nnparity gradcheck NET [options]    finite differences vs the scratch backward (no torch); exit 1 on failure
     nnparity results [options]          the README's results and bench tables from the committed reports;
                                         --check exits 1 where the README disagrees, --write rewrites them
+    nnparity reproduce [options]        every documented run into one folder (default runs/reproduce), one
+                                        progress display, then its results table and the total wall time
 
 NET is a documented network's name or a network of your own: ``path/to/net.py[:ATTR]`` or
 ``module:attr`` (``networks.get``; README "Your own network").
@@ -93,6 +96,12 @@ def network_name(text: str) -> str:
         return get(text).name
     except UnknownNetwork as e:  # NetworkSpecError included: one line, the problem and the fix
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def run_names(text: str) -> list:
+    from nnparity.cli.reproduce import network_list
+
+    return network_list(text)
 
 
 def bug_name(text: str) -> str:
@@ -219,14 +228,35 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=None)
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    b = sub.add_parser("bench", help="time full-MNIST epochs of both sides, alternating")
+    b = sub.add_parser("bench", help="each side alone (whole machine, one core), the run modes and the GEMM "
+                                     "peak, in one run, with the machine's load")
     b.add_argument("nets", nargs="*", type=network_name, metavar="NET",
                     help="default: all documented MNIST networks; also path/to/net.py or module:attr")
     b.add_argument("--dtype", choices=DTYPES, nargs="+", default=list(DTYPES), help="default: both")
-    b.add_argument("--repeats", type=positive_int, default=3, help="epochs per side; the median counts (default 3)")
+    b.add_argument("--repeats", type=positive_int, default=3,
+                   help="interleaved rounds of every measurement; the minimum counts (default 3)")
+    b.add_argument("--steps", type=positive_int, default=None,
+                   help="time the first N steps of an epoch instead of a whole epoch (s/epoch is extrapolated)")
     b.add_argument("--out", default="runs/bench.md",
-                   help="markdown table (default runs/bench.md; the committed one: --out reports/bench.md)")
+                   help="markdown report, with its figures as JSON beside it (default runs/bench.md and "
+                        "runs/bench.json; the committed one: --out reports/bench.md)")
     b.add_argument("--data-dir", default=None)
+
+    rp = sub.add_parser("reproduce", help="every documented run into one folder, with one progress display, "
+                                          "then the folder's results table and the total wall time")
+    rp.add_argument("--out", default="runs/reproduce",
+                    help="OUT/NET/ for each run, OUT/reproduce.md, .json and .log (default runs/reproduce)")
+    rp.add_argument("--only", type=run_names, default=None, metavar="NET,...",
+                    help="these documented runs only, comma-separated (default: all of them)")
+    rp.add_argument("--epochs", type=positive_int, default=None,
+                    help="a smoke run: every run trains N epochs (toy221: N steps); the table says so")
+    rp.add_argument("--train-size", type=positive_int, default=None,
+                    help="a smoke run: every MNIST run trains on a seeded subset of N images")
+    rp.add_argument("--test-size", type=positive_int, default=None,
+                    help="a smoke run: every MNIST run evaluates on a seeded subset of N test images")
+    rp.add_argument("--data-dir", default=None,
+                    help="folder with the MNIST files (else $NNPARITY_DATA_DIR, else the shipped copy)")
+    rp.add_argument("--no-progress", action="store_true", help="no progress display")
 
     res = sub.add_parser("results", help="the README's results table and bench summary, from the committed reports")
     res.add_argument("--reports", default="reports", metavar="DIR",
@@ -346,6 +376,12 @@ def _dispatch(args) -> int:
         except results.ResultsError as e:
             print(f"nnparity results: error: {e}", file=sys.stderr)
             return 2
+    if args.cmd == "reproduce":
+        from nnparity.cli.reproduce import reproduce
+
+        return reproduce(out=args.out, only=args.only, epochs=args.epochs, train_size=args.train_size,
+                         test_size=args.test_size, data_dir=args.data_dir,
+                         progress=False if args.no_progress else None, command=args.command_line)
     if args.cmd == "list":
         for net in NETWORKS.values():
             print(f"{net.name:10s} {net.summary}\n{'':10s} {net.recipe.summary()}")
@@ -439,11 +475,15 @@ def _dispatch(args) -> int:
                             for line in result.message().splitlines()))
         return 0 if result.ok else 1
     if args.cmd == "bench":
-        from nnparity.reporting.bench import bench
+        from nnparity.reporting.bench import BenchError, bench
 
-        return bench(args.nets or [n for n, net in NETWORKS.items() if net.mnist], dtypes=args.dtype,
-                     repeats=args.repeats, data_dir=args.data_dir,
-                     out=args.out, command=args.command_line)
+        try:
+            return bench(args.nets or [n for n, net in NETWORKS.items() if net.mnist], dtypes=args.dtype,
+                         repeats=args.repeats, steps=args.steps, data_dir=args.data_dir,
+                         out=args.out, command=args.command_line)
+        except BenchError as e:
+            print(f"nnparity bench: error: {e}", file=sys.stderr)
+            return 2
     raise AssertionError(args.cmd)
 
 

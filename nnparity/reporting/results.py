@@ -5,7 +5,10 @@ Two blocks of README.md are generated, each between HTML comment markers that a
 markdown viewer does not show::
 
     <!-- results:begin -->     one row per registered network, from reports/NET/metrics.json
-    <!-- bench:begin -->       the float32 rows of reports/bench.md and its GEMM peak
+    <!-- bench:begin -->       the float32 rows of the benchmark, its GEMM peak and its load:
+                               reports/bench.json (``nnparity bench``'s figures), or, for a
+                               benchmark made before bench.json existed, the table of
+                               reports/bench.md
 
 ``nnparity results`` prints them, ``--write README.md`` rewrites them in place (the text
 around the markers is left as it is) and ``--check`` exits 1 naming the first cell where
@@ -54,9 +57,34 @@ DEFAULT_ROW = {
     "command": "`{command}`",
 }
 
-# The bench summary: the rows of this dtype in reports/bench.md, these of its columns.
+# The bench summary: the rows of this dtype in reports/bench.json, these of its figures.
 BENCH_FILE = "bench.md"
+BENCH_JSON = "bench.json"
 BENCH_DTYPE = "float32"
+
+
+def _both(a: str, b: str, fmt: str = ".2f"):
+    """A cell "a / b" of two figures of a bench.json row (``b`` may be absent: "n/a")."""
+    def cell(row: dict) -> str:
+        first = format(row["s_per_epoch"][a], fmt)
+        return f"{first} / {format(row['s_per_epoch'][b], fmt) if b in row['s_per_epoch'] else 'n/a'}"
+    return cell
+
+
+BENCH_FIGURES = (  # (README header, cell of a bench.json row)
+    ("network", lambda r: f"`{r['net']}`"),
+    ("dtype", lambda r: r["dtype"]),
+    ("batch", lambda r: str(r["batch_size"])),
+    ("s/epoch alone, whole machine: scratch / torch", _both("scratch_whole", "torch_whole")),
+    ("ratio", lambda r: f"{r['ratio_whole']:.2f}"),
+    ("s/epoch alone, one core: scratch / torch", _both("scratch_one", "torch_one")),
+    ("ratio, one core", lambda r: f"{r['ratio_one']:.2f}"),
+    ("s/epoch of a run: alternating / concurrent", _both("alternating", "concurrent")),
+    ("scratch % of GEMM peak", lambda r: f"{r['pct_peak_whole']:.0f}%"),
+    ("peak memory MiB", lambda r: f"{r['peak_rss_mib']:.0f}"),
+)
+# A benchmark made before bench.json (the committed reports/bench.md of the first bench):
+# these columns of its markdown table.
 BENCH_COLUMNS = (  # (README header, template over the bench.md row, keyed by its headers)
     ("network", "`{net}`"),
     ("dtype", "{dtype}"),
@@ -231,9 +259,11 @@ def markdown_table(headers, rows) -> str:
     return "\n".join(lines)
 
 
-def results_table(reports: Path) -> str:
-    """The README's results table: one row per registered network, in registry order."""
-    return markdown_table([h for _, h in COLUMNS], [network_row(net, reports) for net in NETWORKS.values()])
+def results_table(reports: Path, names=None) -> str:
+    """The README's results table: one row per registered network (or per network of
+    ``names``), in registry order."""
+    nets = [net for net in NETWORKS.values() if names is None or net.name in names]
+    return markdown_table([h for _, h in COLUMNS], [network_row(net, reports) for net in nets])
 
 
 def read_bench(reports: Path) -> tuple[list, dict]:
@@ -267,7 +297,10 @@ def _cells(line: str) -> list:
 
 
 def bench_summary(reports: Path) -> str:
-    """The README's bench summary: the float32 rows of reports/bench.md and where they come from."""
+    """The README's bench summary: the float32 rows of the benchmark in ``reports`` and where
+    they come from (``bench.json``; else the table of a ``bench.md`` made before it)."""
+    if (reports / BENCH_JSON).exists():
+        return bench_summary_json(reports)
     rows, facts = read_bench(reports)
     picked = [r for r in rows if r.get("dtype") == BENCH_DTYPE]
     if not picked:
@@ -283,13 +316,57 @@ def bench_summary(reports: Path) -> str:
             f"NumPy's {BENCH_DTYPE} GEMM peak measured in the same run: {facts['peak']} GFLOP/s.)")
 
 
-def generate(reports) -> dict:
-    """Block name -> its generated text, from the reports in ``reports``."""
+def read_bench_json(reports: Path) -> dict:
+    """``reports/bench.json``, the figures of ``nnparity bench``, or a ``ResultsError`` naming it."""
+    path = reports / BENCH_JSON
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{path} cannot be read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path} is not valid JSON ({e}): re-make it with nnparity bench") from None
+    if not isinstance(record, dict) or not isinstance(record.get("rows"), list):
+        raise ResultsError(f"{path} has no rows: re-make it with nnparity bench")
+    return record
+
+
+def bench_summary_json(reports: Path) -> str:
+    record = read_bench_json(reports)
+    path = reports / BENCH_JSON
+    picked = [r for r in record["rows"] if r.get("dtype") == BENCH_DTYPE]
+    if not picked:
+        raise ResultsError(f"{path} has no {BENCH_DTYPE} rows")
+    try:
+        cells = [[cell(r) for _, cell in BENCH_FIGURES] for r in picked]
+        load, m = record["load"], record["machine"]
+        before, after = load["readings"][0]["loadavg"][0], load["readings"][-1]["loadavg"][0]
+        peak = max(r["gemm_gflops"][f"{BENCH_DTYPE}_whole"] for r in picked)
+        facts = (f"(Made by `{record['command']}` on {m['cpu']}, {m['cores']} cores; the {record['statistic']} of "
+                 f"{record['repeats']} interleaved rounds; 1-minute load {before} before, {after} after; NumPy's "
+                 f"{BENCH_DTYPE} GEMM peak on the whole machine, measured in the same run: {peak:.0f} GFLOP/s.)")
+        if load["under_load"]:
+            facts = f"**Warning: {load['warning']}.**\n\n{facts}"
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise ResultsError(f"{path} lacks a figure the summary shows ({type(e).__name__}: {e}): re-make it with "
+                           "nnparity bench") from None
+    return f"{markdown_table([h for h, _ in BENCH_FIGURES], cells)}\n\n{facts}"
+
+
+def has_bench(reports: Path) -> bool:
+    return (reports / BENCH_JSON).exists() or (reports / BENCH_FILE).exists()
+
+
+def generate(reports, need_bench: bool = True) -> dict:
+    """Block name -> its generated text, from the reports in ``reports``; without
+    ``need_bench``, a folder with no benchmark (``nnparity reproduce``'s) gives no bench block."""
     reports = Path(reports)
     if not reports.is_dir():
         raise ResultsError(f"--reports {reports}: {'not a folder' if reports.exists() else 'no such folder'} "
                            "(the committed reports are in reports/ at the repository root)")
-    return {"results": results_table(reports), "bench": bench_summary(reports)}
+    blocks = {"results": results_table(reports)}
+    if need_bench or has_bench(reports):
+        blocks["bench"] = bench_summary(reports)
+    return blocks
 
 
 def _span(text: str, block: str, where: str) -> tuple[int, int]:
@@ -360,7 +437,7 @@ def command(reports="reports", check=None, write=None, out=print, err=print) -> 
     """``nnparity results``: print the blocks (exit 0), or check a README's against them (exit 1
     and one line to ``err`` at the first difference), or rewrite them. Raises ``ResultsError``
     when the reports or the README cannot give the tables (the CLI's exit 2)."""
-    blocks = generate(reports)
+    blocks = generate(reports, need_bench=bool(check or write))
     if check:
         problem = first_difference(read_readme(check), blocks, str(check), str(reports))
         if problem:
@@ -377,5 +454,8 @@ def command(reports="reports", check=None, write=None, out=print, err=print) -> 
             f"from {reports}")
         return 0
     for block in BLOCKS:
-        out(f"{begin_marker(block)}\n\n{blocks[block]}\n\n{end_marker(block)}\n")
+        if block in blocks:
+            out(f"{begin_marker(block)}\n\n{blocks[block]}\n\n{end_marker(block)}\n")
+        else:
+            out(f"(no benchmark in {reports}: nnparity bench --out {Path(reports) / BENCH_FILE} makes one)")
     return 0

@@ -36,8 +36,7 @@ import time
 
 import numpy as np
 
-from nnparity.training.networks import first_batches, make_sides
-from nnparity.core.threads import blas_threads
+from nnparity.training.networks import first_batches, make_sides, side_threads
 from nnparity.training.train import rounding_noise_keys, weight_difference
 
 DEFAULT_STEPS = 200
@@ -77,7 +76,10 @@ def measure_envelope(net, recipe, ds, seed: int, steps: int, progress: bool | No
     impl, chaos = [], []
     skip = rounding_noise_keys(net)  # momentum buffers of zero-by-construction gradients: noise only
     batches = bar(first_batches(ds, recipe, seed, steps), total=steps, desc="drift envelope", progress=progress)
-    with blas_threads(1):  # NumPy and torch steps alternate, as in training: see nnparity/core/threads.py
+    # one thread per library, the rule of training: NumPy and torch steps alternate, and neither's idle
+    # workers may spin against the other's (nnparity/core/threads.py); torch at 2 threads beside a busy
+    # core collapsed to 33-66 ms per mlp1000 step against 2.7-3.0 at one thread (issue 15)
+    with side_threads(1):
         for x, y in batches:
             x64 = np.asarray(x, dtype=np.float64)
             s64.step(x64, y)

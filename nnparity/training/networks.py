@@ -19,6 +19,7 @@ import os
 import sys
 import traceback
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -657,6 +658,25 @@ def apply_threads(net: Network) -> None:
     wanted = net.torch_threads or _default_threads[0]
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
+
+
+@contextmanager
+def side_threads(n: int):
+    """The block runs with ``n`` threads in each library, NumPy's BLAS (``threadpoolctl``) and
+    torch's intra-op pool; both counts are put back after it. ``side_threads(1)`` is the rule
+    of a process that steps one side after the other: neither library's idle workers spin
+    against the other's (``nnparity/core/threads.py``)."""
+    import torch
+
+    from nnparity.core.threads import blas_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with blas_threads(n):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def make_sides(net: Network, recipe: Recipe, dtype, seed: int) -> tuple[ScratchSide, TorchSide]:
