@@ -4,8 +4,9 @@
     nnparity run NET [options]          step parity, then both sides trained side by side, then a report
                                         (a network's entry may declare options of its own, e.g.
                                         linear10's and toy221's: nnparity run --help)
-    nnparity check NET [options]        step parity only: a per-step table, the first divergence and
-                                        its culprit (own or inherited error); exit 1 on mismatch,
+    nnparity check NET [options]        step parity: a per-step table, the first divergence and its
+                                        culprit (own or inherited error), then the battery on every
+                                        layer kind NET uses (--no-battery: parity only); exit 1 on mismatch,
                                         4 if inconclusive (no mismatch, but gradients zero, or values
                                         overflowed, on both sides)
                                         (``nnparity parity`` is the same command under its old name)
@@ -184,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--inject", metavar="BUG", type=bug_name, default=None,
                    help="run with one of the selftest's canonical bugs patched in, to see how a slip is reported "
                         "(nnparity selftest lists them)")
+    c.add_argument("--no-battery", action="store_true",
+                   help="step parity only: leave out the battery on every layer kind the network uses")
     c.add_argument("--noise-floor", action="store_true",
                    help="measure the noise floor instead: scratch vs torch in float64 and float32, and torch "
                         "float32 vs float64, over --steps steps (both dtypes: --dtype is not used)")
@@ -382,7 +385,8 @@ def _dispatch(args) -> int:
 
         bug = get_bug(args.inject) if args.inject else None
         with bug.applied() if bug else nullcontext():
-            result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw, recipe=recipe)
+            result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw, recipe=recipe,
+                                     battery=not args.no_battery)
         result.injected = bug
         print(result.to_json() if args.json else result.render())
         return result.exit_status  # 1 only on a real mismatch; 4 when inconclusive (degenerate)

@@ -41,15 +41,39 @@ class CheckResult:
     seed: int = 0
     injected: object = None   # the selftest bug patched in (``--inject``): a ``bugs.Bug``
     vanished: Vanished | None = None
+    battery: list | None = None   # ``BatteryReport`` per layer kind the network uses (None: not run)
+    battery_seconds: float = 0.0
+
+    @property
+    def battery_mismatches(self) -> list:
+        return [c for r in self.battery or () for c in r.mismatches]
 
     @property
     def ok(self) -> bool:
-        return self.trace.ok
+        return self.trace.ok and not self.battery_mismatches
 
     @property
     def status(self) -> str:
-        """``pass``, ``mismatch`` or ``degenerate`` (inconclusive: see ``Trace.status``)."""
-        return self.trace.status
+        """``pass``, ``mismatch`` or ``degenerate`` (inconclusive: see ``Trace.status``); a real
+        mismatch of the battery section is a mismatch too."""
+        return "mismatch" if self.battery_mismatches else self.trace.status
+
+    def battery_lines(self) -> list[str]:
+        if self.battery is None:
+            return []
+        n = sum(len(r.comparisons) for r in self.battery)
+        bad = [r for r in self.battery if not r.ok]
+        lines = ["", f"BATTERY: every layer kind {self.trace.net} uses, in its configurations and the sweep around "
+                     f"them (nnparity.diagnosis.battery: autograd float64/float32, finite differences, two "
+                     f"accumulating backwards, non-finite routing, float32 on long reductions, train/eval, init "
+                     f"statistics); {len(self.battery)} kinds, {n} comparisons, {self.battery_seconds:.1f} s"]
+        for r in self.battery:
+            lines.append(f"  {'FAIL' if not r.ok else 'pass'}  {r.name}: {len(r.comparisons)} comparisons"
+                         + (f", {len(r.failures)} failing" if not r.ok else "")
+                         + (f", {len(r.na)} configurations not applicable" if r.na else ""))
+        for r in bad:
+            lines += ["", r.message()]
+        return lines
 
     @property
     def exit_status(self) -> int:
@@ -70,7 +94,10 @@ class CheckResult:
         if self.injected:
             bug = self.injected
             lines.insert(1, f"injected bug {bug.name}: {bug.description} [{bug.target}]")
-        if tr.ok:
+        if tr.ok and self.battery_mismatches:
+            lines.append(f"FAIL: step parity passes (worst margin {tr.worst_margin():.3g}), the battery does not "
+                         f"({len(self.battery_mismatches)} mismatching comparisons, below)")
+        elif tr.ok:
             lines.append(f"PASS: all {len(tr.comparisons)} comparisons within tolerance; "
                          f"worst margin {tr.worst_margin():.3g} (<= 1 passes)")
         elif tr.status == "degenerate":
@@ -91,7 +118,7 @@ class CheckResult:
                 lines.append(tr.message())
             if self.vanished is not None:
                 lines += [""] + self.vanished_lines()
-        return "\n".join(lines)
+        return "\n".join(lines + self.battery_lines())
 
     def to_dict(self) -> dict:
         d = self.trace.to_dict()
@@ -100,6 +127,12 @@ class CheckResult:
         d["summary"] = self.trace.summary()
         d["diagnosis"] = self.diagnosis.to_dict() if self.diagnosis else None
         d["vanished"] = self.vanished.to_dict() if self.vanished else None
+        d["status"] = self.status
+        d["battery"] = None if self.battery is None else {
+            "seconds": self.battery_seconds,
+            "kinds": [{"kind": r.name, "ok": r.ok, "comparisons": len(r.comparisons),
+                       "failing": [c.describe() for c in r.failures[:20]], "not_applicable": r.na}
+                      for r in self.battery]}
         return d
 
     def to_json(self) -> str:
@@ -107,12 +140,22 @@ class CheckResult:
 
 
 def run_check(name: str, steps: int = 50, dtype="float64", seed: int = 0, raw=None, *, recipe=None,
-              ds=None) -> CheckResult:
-    """Step parity of a documented network, localising the first divergence if any."""
+              ds=None, battery: bool = True) -> CheckResult:
+    """Step parity of a documented network, localising the first divergence if any; then (unless
+    ``battery`` is false) the battery on every layer kind it uses (``nnparity.diagnosis.battery``)."""
+    import time
+
     net = get(name)
     loc = Localizer(allowed_zero=net.allowed_zero)
     trace = run_parity(name, steps, dtype, seed, raw, recipe=recipe, ds=ds, observer=loc)
-    return CheckResult(trace, loc.diagnosis, seed, vanished=loc.vanished)
+    result = CheckResult(trace, loc.diagnosis, seed, vanished=loc.vanished)
+    if battery:
+        from nnparity.diagnosis.battery import network_battery
+
+        t0 = time.perf_counter()
+        result.battery = network_battery(name, seed=seed)
+        result.battery_seconds = time.perf_counter() - t0
+    return result
 
 
 # --- the noise floor ------------------------------------------------------------------

@@ -106,6 +106,11 @@ GRIDS = {
                         {"num_features": [3]},
                         lambda c: [(1, 3, 2, 3), (2, 3, 4, 5), (3, 3, 3, 3)],
                         None, "batch 1 (statistics over H*W only), batch equal to the channel count, non-square"),
+}
+
+# The sweeps of the kinds without a torch.nn class to sweep by name: GRIDS plus these, the table's
+SWEEPS = {
+    **GRIDS,
     "elementwise": Grid("", {}, {}, _shapes((1, 5), (3, 7), (2, 3, 4, 5)), None,
                         "batch 1, an odd batch, images (any shape goes through an elementwise layer)"),
     "images": Grid("", {}, {}, _shapes((1, 2, 3, 5), (3, 4, 5, 2)), None, "batch 1, odd and non-square maps"),
@@ -201,7 +206,7 @@ class LayerCase:
         cls: ``"module.Class"`` of the scratch class (what a network's module is matched by, exactly).
         build: ``(cfg, dtype) -> scratch object``.
         torch: ``(cfg, scratch object) -> torch equivalent`` (a module, or a function for the mask protocol).
-        grid: the sweep (a key of ``GRIDS``).
+        grid: the sweep (a key of ``SWEEPS``: ``GRIDS``, the public grids of ``sweep_layer``, and the table's own).
         config_of: ``scratch module -> cfg``, to read a documented network's configuration.
         modes: the modes checked (``("train", "eval")`` where they differ).
         inputs: extra named inputs ``{name: (rng, shape) -> x}`` checked in float64 beside the
@@ -238,7 +243,7 @@ class LayerCase:
         return getattr(importlib.import_module(mod), name)
 
     def sweep(self) -> list:
-        return GRIDS[self.grid].cases()
+        return SWEEPS[self.grid].cases()
 
     def make_input(self, rng, shape, name: str | None = None):
         return (self.inputs[name] if name else _randn)(rng, shape)
@@ -279,6 +284,15 @@ def _dropout_torch(cfg, layer):
             self.ref.train(self.training)
             return self.ref(x)
     return WithScratchMask()
+
+
+def _maxpool(cfg, dtype):
+    """The scratch MaxPool2d has no padding (0 is what it does) and refuses a stride other than its kernel."""
+    from scratch.pool import MaxPool2d
+
+    if cfg.get("padding", 0):
+        raise ValueError(f"MaxPool2d has no padding, got padding={cfg['padding']}")
+    return MaxPool2d(cfg["kernel_size"], cfg.get("stride"))
 
 
 def _bn_buffers(layer, rng):
@@ -346,7 +360,7 @@ def _case_list():
                   _torch_nn("BatchNorm2d"), "batchnorm2d", _attrs("num_features", "eps", "momentum"),
                   modes=("train", "eval"), inputs={"offset": _offset},
                   accumulation=lambda c: ((64, c["num_features"], 25, 25), 40.0), prepare=_bn_buffers),
-        LayerCase("maxpool2d", "layer", "scratch.pool.MaxPool2d", _scratch("scratch.pool.MaxPool2d"),
+        LayerCase("maxpool2d", "layer", "scratch.pool.MaxPool2d", _maxpool,
                   _torch_nn("MaxPool2d"), "maxpool2d", _attrs("kernel_size"), inputs={"ties": _ties}, routes=True),
         LayerCase("globalavgpool2d", "layer", "scratch.pool.GlobalAvgPool2d", _scratch("scratch.pool.GlobalAvgPool2d"),
                   lambda c, layer: _torch_nn("AdaptiveAvgPool2d")({"output_size": 1}, layer), "images",
@@ -378,10 +392,10 @@ def _case_list():
 
 
 # the sweeps of losses and of the optimizer: the reductions, batch 1, an odd batch
-GRIDS["loss_rows"] = Grid("", {}, {"reduction": ["mean", "sum"]}, _shapes((1, 10), (7, 10)), None,
+SWEEPS["loss_rows"] = Grid("", {}, {"reduction": ["mean", "sum"]}, _shapes((1, 10), (7, 10)), None,
                           "both reductions, batch 1, an odd batch")
-GRIDS["loss_sum"] = Grid("", {}, {}, _shapes((1, 2), (7, 2)), None, "batch 1, an odd batch")
-GRIDS["sgd"] = Grid("", {}, {"lr": [0.1], "momentum": [0.0, 0.9]}, _shapes((3, 4)), None,
+SWEEPS["loss_sum"] = Grid("", {}, {}, _shapes((1, 2), (7, 2)), None, "batch 1, an odd batch")
+SWEEPS["sgd"] = Grid("", {}, {"lr": [0.1], "momentum": [0.0, 0.9]}, _shapes((3, 4)), None,
                     "plain SGD and momentum (lr 0.1: lr applied twice is invisible at lr 1)")
 
 _CASES = None
@@ -473,5 +487,5 @@ def documented_configs() -> "dict[str, list]":
     return merged
 
 
-__all__ = ["GRIDS", "Grid", "Init", "LayerCase", "cases", "case_of", "describe_config", "config_size",
+__all__ = ["GRIDS", "SWEEPS", "Grid", "Init", "LayerCase", "cases", "case_of", "describe_config", "config_size",
            "documented_configs", "get_case", "inits", "network_configs"]

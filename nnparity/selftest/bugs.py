@@ -334,7 +334,7 @@ def _conv_dw_swapped_axes(original):
 # accumulation, initialisation of a conv shape
 
 def _conv_grad_assigned(original):
-    def accumulate(self, param, grad):
+    def accumulate(self, param: Parameter, grad) -> None:  # noqa: F821 (the annotation is a string)
         param.grad[...] = grad  # BUG: = where += is due: a second backward overwrites the first's gradient
     return accumulate
 
@@ -353,7 +353,7 @@ def _linear_db_float32_sum(original):
 
 
 def _fans_without_receptive_field(original):
-    def fans(weight):
+    def fans(weight) -> tuple[int, int]:
         return weight.shape[1], weight.shape[0]  # BUG: fan_in = C_in, the kernel's kH * kW forgotten
     return fans
 

@@ -506,3 +506,23 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype, progress) 
     cells.close()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def kill_rates(report: SelfTest) -> dict:
+    """Which bugs of the catalogue each way of checking kills, from one kill matrix:
+
+    * ``suite``: the test suite's (``parity_tests/test_selftest.py``, ``test_bugs.py``): any floor
+      column, the unit column (the battery on the bug's kind), every network's battery column and
+      every step-parity column, variants included;
+    * ``check``: ``nnparity check NET`` over every documented network: the documented recipe's step
+      parity or NET's battery section (what the command runs).
+    """
+    def killed(bug, keys):
+        return any(report.cells[bug.name][k].status == "killed" for k in keys if k in report.cells[bug.name])
+
+    floors = [c.key for c in report.checks if report.required(c)]
+    check_cols = [k for net in report.nets for k in (net, f"{net}:battery")]
+    suite = [b.name for b in report.bugs if killed(b, floors)]
+    check = [b.name for b in report.bugs if killed(b, check_cols)]
+    return {"bugs": [b.name for b in report.bugs], "suite": suite, "check": check,
+            "only_suite": [b for b in suite if b not in check], "only_check": [b for b in check if b not in suite]}
