@@ -26,7 +26,7 @@ and once per kind:
   standard deviation of the scratch draw against torch's, at six standard errors.
 
 Every check returns ``Comparison``s (``nnparity.core.parity``), named
-``"<configuration> | <check>: <tensor>"``, so messages and patterns work unchanged.
+``"<configuration>: <check>: <tensor>"``, so messages and patterns work unchanged.
 """
 
 from __future__ import annotations
@@ -149,36 +149,44 @@ def _fd(sub, train) -> list:
 
     lay, _ = sub.fresh()
     r = gc.gradcheck_layer(lay, sub.shape, samples=FD_SAMPLES, seed=sub.seed, train=train)
-    out = []
-    for t in r.tensors:
-        w = t.worst
-        tol = Tolerance(0.0, r.threshold)
-        if t.problem or w is None:
-            out.append(Comparison(t.name, "finite differences", t.shape, math.nan, math.nan, (), math.nan, math.nan,
-                                  0.0, tol, degenerate=t.degenerate, problem=None if t.degenerate else t.problem))
-            continue
-        margin = 0.0 if t.zero_by_construction else w.rel / r.threshold
-        out.append(Comparison(t.name, "finite differences", t.shape, w.abs_err, w.rel, w.index, w.analytic,
-                              w.numeric, margin, tol))
-    return out
+    return [_fd_comparison(t, r.threshold) for t in r.tensors]
+
+
+def _fd_comparison(t, threshold) -> Comparison:
+    """One tensor of a finite-difference check as a ``Comparison``: its worst coordinate, analytic
+    (scratch) against numeric (reference), margin = relative error / the failing threshold."""
+    w = t.worst
+    tol = Tolerance(0.0, threshold)
+    if t.problem or w is None:
+        return Comparison(t.name, "finite differences", t.shape, math.nan, math.nan, (), math.nan, math.nan,
+                          0.0, tol, degenerate=t.degenerate, problem=None if t.degenerate else t.problem)
+    margin = 0.0 if t.zero_by_construction else w.rel / threshold
+    return Comparison(t.name, "finite differences", t.shape, w.abs_err, w.rel, w.index, w.analytic, w.numeric,
+                      margin, tol)
+
+
+def _both_sides(sub, dtype):
+    """Fresh scratch and torch objects in ``dtype``, training mode, the parameters copied across."""
+    from nnparity.training.adapters import copy_to_torch
+
+    lay, module = sub.fresh(dtype)
+    lay.astype(dtype)
+    lay.train(True)
+    module.train(True)
+    copy_to_torch(lay, module, dtype)
+    return lay, module
 
 
 def _accumulate(sub, dtype=np.float64) -> list:
     """Two forward/backward calls, no zero_grad between: the gradients must add up, as torch's do."""
     import torch
 
-    from nnparity.training.adapters import copy_to_torch
-
-    lay, module = sub.fresh(dtype)
+    lay, module = _both_sides(sub, dtype)
     if not lay.params():
         return []
     tol = tolerance_for(dtype)
     rng = np.random.default_rng([sub.seed, 2])
     xs = [rng.standard_normal(sub.shape).astype(dtype) for _ in range(2)]
-    lay.astype(dtype)
-    lay.train(True)
-    module.train(True)
-    copy_to_torch(lay, module, dtype)
     lay.zero_grad()
     module.zero_grad(set_to_none=True)
     for x in xs:
@@ -196,8 +204,6 @@ def _nonfinite(sub, dtype=np.float64) -> list:
     must be non-finite at the same positions as torch's, and agree elsewhere (``compare``)."""
     import torch
 
-    from nnparity.training.adapters import copy_to_torch
-
     rng = np.random.default_rng([sub.seed, 3])
     tol = tolerance_for(dtype)
 
@@ -211,11 +217,7 @@ def _nonfinite(sub, dtype=np.float64) -> list:
     x = rng.standard_normal(sub.shape).astype(dtype)
     out = []
     for what, bad_input in (("non-finite input", True), ("non-finite upstream", False)):
-        lay, module = sub.fresh(dtype)
-        lay.astype(dtype)
-        lay.train(True)
-        module.train(True)
-        copy_to_torch(lay, module, dtype)
+        lay, module = _both_sides(sub, dtype)
         xin = poison(x) if bad_input else x.copy()
         undo = lay.input_grad_on()
         try:
@@ -239,17 +241,11 @@ def _f32_accumulation(sub, shape, offset) -> list:
     order matters; tolerance = NOISE_FACTOR x torch float32's own error (the noise floor)."""
     import torch
 
-    from nnparity.training.adapters import copy_to_torch
-
     rng = np.random.default_rng([sub.seed, 4])
     x = rng.standard_normal(shape) + offset
     runs = {}
     for dt in (np.float32, np.float64):
-        lay, module = sub.fresh(np.float64)
-        lay.astype(dt)
-        lay.train(True)
-        module.train(True)
-        copy_to_torch(lay, module, dt)
+        lay, module = _both_sides(sub, dt)
         xd = x.astype(dt)
         if xd.ndim == 4:   # channels-last memory, as a convolution's output is laid out
             xd = np.ascontiguousarray(xd.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
@@ -351,11 +347,7 @@ def _loss_checks(case, cfg, shape, seed) -> list:
         out += _named(check_loss(case.build(dict(cfg), np.dtype(dt)), case.torch(dict(cfg), None), shape, target,
                                  dtype=dt, seed=seed, raise_on_failure=False), dt[:1] + dt[-2:])
     r = gc.gradcheck_loss(case.build(dict(cfg), np.float64), shape, target, samples=FD_SAMPLES, seed=seed)
-    t = r.tensors[0]
-    w = t.worst
-    out.append(Comparison("fd: din", "finite differences", t.shape, w.abs_err, w.rel, w.index, w.analytic,
-                          w.numeric, w.rel / r.threshold, Tolerance(0.0, r.threshold), problem=t.problem))
-    return out
+    return out + _named([_fd_comparison(t, r.threshold) for t in r.tensors], "fd")
 
 
 def _sgd_checks(cfg, seed) -> list:

@@ -63,10 +63,14 @@ class CheckResult:
             return []
         n = sum(len(r.comparisons) for r in self.battery)
         bad = [r for r in self.battery if not r.ok]
-        lines = ["", f"BATTERY: every layer kind {self.trace.net} uses, in its configurations and the sweep around "
-                     f"them (nnparity.diagnosis.battery: autograd float64/float32, finite differences, two "
-                     f"accumulating backwards, non-finite routing, float32 on long reductions, train/eval, init "
-                     f"statistics); {len(self.battery)} kinds, {n} comparisons, {self.battery_seconds:.1f} s"]
+        import textwrap
+
+        head = (f"BATTERY ({len(self.battery)} kinds, {n} comparisons, {self.battery_seconds:.1f} s): every layer "
+                f"kind {self.trace.net} uses, in its configurations and the sweep around them "
+                f"(nnparity.diagnosis.battery: autograd in float64 and float32, finite differences, two "
+                f"accumulating backwards, non-finite routing, float32 on long reductions, train and eval, "
+                f"init statistics)")
+        lines = ["", *textwrap.wrap(head, 100, subsequent_indent="  ")]
         for r in self.battery:
             lines.append(f"  {'FAIL' if not r.ok else 'pass'}  {r.name}: {len(r.comparisons)} comparisons"
                          + (f", {len(r.failures)} failing" if not r.ok else "")
