@@ -85,7 +85,7 @@ def check_row(bug, net_name):
     if bug.requires is not None and not bug.requires.met(recipe):
         recipe = bug.requires.apply(recipe)
     with bug.applied():
-        res = run_check(net_name, steps=1, recipe=recipe, battery=False)
+        res = run_check(net_name, steps=1, recipe=recipe)
     if res.trace.ok or res.diagnosis is None:
         return None
     return res.diagnosis.first

@@ -144,9 +144,10 @@ class CheckResult:
 
 
 def run_check(name: str, steps: int = 50, dtype="float64", seed: int = 0, raw=None, *, recipe=None,
-              ds=None, battery: bool = True) -> CheckResult:
-    """Step parity of a documented network, localising the first divergence if any; then (unless
-    ``battery`` is false) the battery on every layer kind it uses (``nnparity.diagnosis.battery``)."""
+              ds=None, battery: bool = False) -> CheckResult:
+    """Step parity of a documented network, localising the first divergence if any; with ``battery``
+    (what ``nnparity check`` does unless ``--no-battery``), then the battery on every layer kind it
+    uses (``nnparity.diagnosis.battery``). ``nnparity run``'s parity gate is step parity alone."""
     import time
 
     net = get(name)

@@ -16,6 +16,7 @@ battery section, ``nnparity.sweep_layer`` (``GRIDS``) and ``nnparity.check_batte
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import numbers
@@ -437,10 +438,12 @@ def cases_of_class(cls) -> list:
 BATCH = 3   # the batch of a documented configuration (odd; the sweeps have batch 1)
 
 
+@functools.lru_cache(maxsize=None)
 def network_configs(name: str) -> "dict[str, list]":
     """``{kind: [(cfg, input shape), ...]}`` of every table kind a documented network uses (its
     layers as built, their input shapes from one forward pass of a batch of ``BATCH``; its loss;
-    its optimizer with the recipe's lr and momentum), distinct configurations in network order."""
+    its optimizer with the recipe's lr and momentum), distinct configurations in network order.
+    Built once per network and process (do not change the lists)."""
     from nnparity.training.networks import get, stream
 
     net = get(name)
