@@ -452,7 +452,7 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
                 seed: int = 0, params="random", train: bool = True, name: str | None = None,
                 samples: int = gc.SAMPLES, eps: float = gc.EPS, atol=None, rtol=None, skip=(), allowed_zero=(),
                 plot=None, mode: str | None = None, modes=None, train_steps: int = 3, forward_kwargs=None,
-                raise_on_failure: bool = True) -> LayerReport:
+                conventions=(), raise_on_failure: bool = True) -> LayerReport:
     """Check your layer's forward and backward against PyTorch autograd, in float64 and float32.
 
     Args:
@@ -500,6 +500,10 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
             (``forward(x, training)``) is given the mode by itself, no lambda needed.
         plot: a ``.png`` path: on a failure against torch, a heatmap of scratch - reference
             over the first failing tensor is written there (and named in the message).
+        conventions: your documented choices where torch differs, which the reference then follows
+            (``nnparity.training.disagreements``): ``("biased_running_var",)``, ``("eps_outside_sqrt",)``,
+            ``{"l2_in_grad": 1e-3}`` (your weight gradient has ``+ 1e-3 * W``); the tensors are still
+            compared, against torch doing what you documented.
 
     A failing tensor whose difference is an exact pattern (a factor N or 1/2, a transpose,
     a shift, a crop, only the last sample: ``nnparity.diagnosis.patterns``) is named in the message.
@@ -513,7 +517,10 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
 
     from nnparity.diagnosis import layercheck
 
+    from nnparity.training import disagreements
+
     _check_name(name)
+    agreed = disagreements.parse(conventions)
     mapping = params if isinstance(params, dict) else None
     if mapping is not None:
         params = "random"
@@ -582,8 +589,13 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
         unmatched = unmatched_torch_buffers(lay, torch_equivalent)
         if unmatched:
             _warn(report.warnings, buffers_warning(lay.name, ref_name, unmatched))
+    if agreed:
+        report.context = f"{report.context[:-1]}; the reference follows your conventions: {', '.join(agreed)})"
     snap, was_training = lay.snapshot(), lay.training
+    follow = disagreements.follow(agreed, module=torch_equivalent if isinstance(torch_equivalent, torch.nn.Module)
+                                  else None)
     try:
+        follow.__enter__()
         if params == "random":
             _randomize(lay, seed)
         for md in run_modes:
@@ -612,6 +624,7 @@ def check_layer(mine, torch_equivalent, input_shape=None, *, x=None, upstream=No
                             _warn(report.warnings, n)
                     report.results[key] = comps
     finally:
+        follow.__exit__(None, None, None)
         lay.restore(snap)
         if isinstance(was_training, bool):   # your layer back in the mode it was in
             lay.train(was_training)
@@ -676,7 +689,7 @@ def _after_training_steps(lay: LayerAdapter, module, shape, dtype, seed: int, st
 
 def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtypes=DTYPES, seed: int = 0,
                name: str | None = None, samples: int = gc.SAMPLES, eps: float = gc.EPS, atol=None, rtol=None,
-               skip=(), raise_on_failure: bool = True) -> LayerReport:
+               skip=(), conventions=(), raise_on_failure: bool = True) -> LayerReport:
     """Check your loss (value and dL/dinput) against a torch loss, in float64 and float32.
 
     Args:
@@ -688,10 +701,13 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
         target: passed to both sides; default: seeded integer class labels in
             ``[0, input_shape[-1])``.
         atol, rtol, skip: as in ``check_layer`` (comparisons: ``loss``, ``din``).
+        conventions: ``{"eps_in_log": 1e-7}``: your loss takes ``log(p + 1e-7)``, and the torch loss
+            is made to as well (``nnparity.training.disagreements``).
     """
-    from nnparity.diagnosis import layercheck
+    from nnparity.training import disagreements
 
     _check_name(name)
+    agreed = disagreements.parse(conventions)
     raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
     seed = _check_int("seed", seed, 0)
     _check_fd(samples, eps)
@@ -719,7 +735,20 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
                             f"(input {shape}, target {target.shape})")
     ref_name = _describe_torch(torch_loss)
     report = LayerReport(adapter.name, ref_name, f"(scratch = your {adapter.name}, reference = {ref_name}; "
-                                                 f"logits {shape}, seed {seed})")
+                                                 f"logits {shape}, seed {seed}"
+                                                 + (f"; the reference follows your conventions: {', '.join(agreed)})"
+                                                    if agreed else ")"))
+    with disagreements.follow(agreed, loss=torch_loss) as torch_loss:
+        _loss_checks(report, mine, adapter, torch_loss, shape, target, z, dtypes, tols, seed, samples, eps)
+    _skip_in_report(report, skip)
+    if raise_on_failure:
+        report.raise_if_failed()
+    return report
+
+
+def _loss_checks(report, mine, adapter, torch_loss, shape, target, z, dtypes, tols, seed, samples, eps) -> None:
+    from nnparity.diagnosis import layercheck
+
     for dt in dtypes:
         if torch_loss is None and dt == "float64":
             report.results[dt] = gc.gradcheck_loss(mine, shape, target, z=z, samples=samples, eps=eps, seed=seed,
@@ -735,10 +764,6 @@ def check_loss(mine, torch_loss, input_shape=None, target=None, *, z=None, dtype
         else:
             report.results[dt] = layercheck.check_loss(mine, torch_loss, shape, target, z=z, dtype=dt, seed=seed,
                                                        name=adapter.name, tol=tols[dt], raise_on_failure=False)
-    _skip_in_report(report, skip)
-    if raise_on_failure:
-        report.raise_if_failed()
-    return report
 
 
 def pair(forward, backward, *, params=None, **config):
@@ -772,37 +797,87 @@ def adapt(layer, params=None, name=None) -> LayerAdapter:
 
 class UserSide:
     """Your network + loss + update rule, driven like ``sides.ScratchSide`` and recorded under
-    the names the torch mirror uses: ``out/output``, ``loss``, ``dout/output``,
-    ``grad/<param>`` (in backward order: last parameter first), ``param/<param>``,
-    ``state/<key>`` (if your update rule has a ``state_dict()``), ``buffer/<name>``."""
+    the names the torch mirror uses: ``out/<layer>`` (``out/output`` for a network checked as
+    one piece), ``loss``, ``dout/<layer>``, ``grad/<param>`` (in backward order: last parameter
+    first), ``param/<param>``, ``state/<key>`` (if your update rule has a ``state_dict()``),
+    ``buffer/<name>``.
+
+    ``layers`` ({name: your layer object}, ``nnparity.training.layered.find_layers``): each one's
+    output and upstream gradient are recorded as it passes (your network's own forward and
+    backward run), and ``isolate`` re-runs each alone for the own-or-inherited analysis."""
 
     name = "yours"
 
-    def __init__(self, net: LayerAdapter, loss: LossAdapter, update: UpdateAdapter, dtype=None):
+    def __init__(self, net: LayerAdapter, loss: LossAdapter, update: UpdateAdapter, dtype=None, *, layers=None,
+                 torch_net=None, mode: str = "train"):
         self.net, self.loss_fn, self.update = net, loss, update
         self.seconds = 0.0
         self.dtype = None if dtype is None else np.dtype(dtype)
         self.dtype_findings = []   # (record key, your dtype) of the last step, recorded cast to the run's dtype
+        self.layers = layers
+        self.torch_net = torch_net
+        self.torch_children = dict(torch_net.named_children()) if torch_net is not None else {}
+        self.training = mode == "train"
+        self.unlayered = None      # why the layers could not be followed (then the network is one piece)
+
+    def layer_names(self) -> list:
+        return list(self.layers) if self.layers else ["output"]
+
+    def random_layers(self) -> dict:
+        """Layers holding a random generator, copied before a step (a re-run alone draws the same)."""
+        import copy
+
+        out = {}
+        for n, obj in (self.layers or {}).items():
+            try:   # a hint for the analysis: a layer that cannot be read here is re-run from its state after
+                if as_layer(obj).generators():
+                    out[n] = copy.deepcopy(obj)
+            except Exception:  # noqa: BLE001
+                pass
+        return out
+
+    def isolate(self, x, y, t, pre, tol, step, *, snapshots=None, allowed_zero=()):
+        from nnparity.diagnosis.localize import isolate_network
+
+        return isolate_network(self, x, y, t, pre, tol, step, snapshots=snapshots, allowed_zero=allowed_zero)
 
     def step(self, x, y, record: bool = False, draws=None) -> StepResult:
+        from nnparity.training.layered import LayerTap
+        from nnparity.training.sides import canonical_order
+
         net = self.net
-        net.train(True)
+        net.train(self.training)
         net.zero_grad()
-        out = net.forward(x)
-        if not isinstance(out, (np.ndarray, np.generic)):
-            raise ProtocolError(output_problem(net.name, out, x))
-        value, dz = self.loss_fn(out, y)
-        net.backward(dz.copy())
+        tap = LayerTap(self.layers if record and self.layers else {})
+        with tap:
+            out = net.forward(x)
+            if not isinstance(out, (np.ndarray, np.generic)):
+                raise ProtocolError(output_problem(net.name, out, x))
+            value, dz = self.loss_fn(out, y)
+            net.backward(dz.copy())
         grads = OrderedDict((k, np.array(g, copy=True)) for k, g in net.grads().items())
         self.update.step(grads)
         rec = None
         if record:
-            rec = OrderedDict([("out/output", np.array(out, copy=True)), ("loss", np.array(value, copy=True)),
-                               ("dout/output", np.array(dz, copy=True))])
-            rec.update((f"grad/{k}", grads[k]) for k in reversed(list(grads)))
-            rec.update((f"param/{k}", np.array(v, copy=True)) for k, v in net.params().items())
-            rec.update((f"state/{k}", np.array(v, copy=True)) for k, v in self.update.state().items())
-            rec.update((f"buffer/{k}", np.array(v, copy=True)) for k, v in net.buffers().items())
+            if self.layers and not tap.complete():   # followed as one piece from now on (the mirror too)
+                self.unlayered, self.layers = tap.problem(), None
+            outs = tap.outputs if self.layers else {"output": out}
+            douts = tap.upstream if self.layers else {"output": dz}
+            values = {f"out/{k}": v for k, v in outs.items()}
+            values["loss"] = value
+            values.update((f"dout/{k}", v) for k, v in douts.items())
+            values.update((f"grad/{k}", g) for k, g in grads.items())
+            values.update((f"param/{k}", v) for k, v in net.params().items())
+            state, buffers = self.update.state(), net.buffers()
+            values.update((f"state/{k}", v) for k, v in state.items())
+            values.update((f"buffer/{k}", v) for k, v in buffers.items())
+            if self.layers:
+                keys = canonical_order(list(outs), list(grads), list(state), list(buffers))
+            else:   # one piece: its gradients in backward order, last parameter first
+                keys = (["out/output", "loss", "dout/output"] + [f"grad/{k}" for k in reversed(grads)]
+                        + [f"param/{k}" for k in net.params()] + [f"state/{k}" for k in state]
+                        + [f"buffer/{k}" for k in buffers])
+            rec = OrderedDict((k, np.array(values[k], copy=True)) for k in keys if k in values)
             self.dtype_findings = []
             if self.dtype is not None:   # a wrong dtype is its own finding; the values are still compared
                 for k, v in rec.items():
@@ -816,15 +891,23 @@ class UserSide:
 
 
 class MirrorSide(TorchSide):
-    """A torch network recorded under ``UserSide``'s names: its output as ``out/output``,
-    optimizer state only when your update rule exposes its own, only your buffers."""
+    """A torch network recorded under ``UserSide``'s names: its top-level children when your
+    network's layers are followed (else its output as ``out/output``), optimizer state only when
+    your update rule exposes its own, only your buffers; in ``mode`` (train or eval) at every step."""
 
-    def __init__(self, model, loss_fn, optimizer, keep_state: bool, keep_buffers):
+    def __init__(self, model, loss_fn, optimizer, keep_state: bool, keep_buffers, user: UserSide = None):
         super().__init__(model, loss_fn, optimizer)
         self.keep_state, self.keep_buffers = keep_state, set(keep_buffers)
+        self.user = user
 
     def recorded_children(self):
+        if self.user is not None and self.user.layers:
+            return list(self.model.named_children())
         return [("output", self.model)]
+
+    @property
+    def training(self):
+        return self.user is None or self.user.training
 
     def step(self, x, y, record: bool = False, draws=None) -> StepResult:
         return call_torch("the torch side (torch_net, torch_loss, torch_optimizer)", super().step, x, y,
@@ -845,7 +928,7 @@ def _as_batch(x, y, dtype):
 
 def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batches, *, steps: int | None = None,
                 name: str | None = None, params=None, atol=None, rtol=None, skip=(), allowed_zero=(),
-                raise_on_failure: bool = True):
+                mode: str = "train", conventions=(), raise_on_failure: bool = True):
     """Train your network and its torch mirror side by side from identical weights, comparing
     the output, the loss, dL/doutput, every gradient, every updated parameter (and the
     optimizer state and buffers you expose) after every step.
@@ -871,6 +954,22 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
         allowed_zero: parameters whose gradient is zero by construction (the bias of a Linear
             feeding a BatchNorm): their gradient and momentum are compared with zero, as the
             documented cnn18k declares its conv biases.
+        conventions: your documented choices where torch differs, followed by the torch side
+            (``biased_running_var``, ``eps_outside_sqrt``, ``{"eps_in_log": eps}``, ``{"l2_in_grad":
+            lambda}``: ``nnparity.training.disagreements``), as in ``check_layer`` and ``check_loss``.
+        mode: ``"train"`` (default) or ``"eval"``: every step in that mode on both sides (eval:
+            a BatchNorm normalises with its running statistics and leaves them alone, dropout is
+            off: fine-tuning with frozen statistics).
+
+    Own or inherited: when your network's layers can be matched with ``torch_net``'s top-level
+    children (a ``layers`` list or dict, attributes named like them, a scratch ``Sequential``:
+    ``nnparity.training.layered``), each layer's output and upstream gradient are compared too,
+    and at the first failing step every stage (each layer's forward and backward, the loss,
+    the update) is re-run alone on the torch side's inputs, upstream gradients and pre-step
+    weights, as ``nnparity check`` does: the message and ``trace.diagnosis``
+    (``nnparity.diagnosis.localize.Diagnosis``) say which stage is wrong on its own (the
+    CULPRIT) and which only passed the error on (inherited). Without layers the network is one
+    stage, ``output``, beside the loss and the update.
 
     Returns the ``parity.Trace``; raises ``ParityError`` naming the first divergence
     (step, tensor, element, both values) unless ``raise_on_failure`` is false.
@@ -879,14 +978,26 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
 
     from nnparity.core.parity import check_steps as harness_check_steps
 
+    from nnparity.diagnosis.localize import Localizer
+    from nnparity.training import disagreements
+    from nnparity.training.layered import LayeredNetwork, find_layers
+
     _check_name(name)
+    agreed = disagreements.parse(conventions)
     raise_on_failure = _check_bool("raise_on_failure", raise_on_failure)
     steps = _check_int("steps", steps, 1, none_ok=True)
+    if mode not in MODES:
+        raise ArgumentError(f"mode must be 'train' or 'eval' (the mode of every step), got {mode!r}")
     if params is not None and not isinstance(params, dict):
         raise ArgumentError(f"params must be a dict mapping your parameter names to torch's "
                             f"({{'W1': 'fc1.weight.T'}}), got {params!r}")
     skip = _names("skip", skip)
     lay = as_layer(net, name, params)
+    layers = None
+    if isinstance(torch_net, torch.nn.Module) and not isinstance(net, LayerAdapter):
+        layers = find_layers(net, torch_net)
+        if layers and params is None and lay.kind == "plain":   # the parameters live in the layers
+            lay = LayeredNetwork(net, layers, name)
     loss_a = LossAdapter(loss)
     upd = UpdateAdapter(update, lay)
     reject_class(torch_net, "torch_net")
@@ -917,16 +1028,19 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     except TypeError:
         raise ArgumentError(f"batches must be an iterable of (x, y) pairs, got {type(batches).__name__}") from None
     keep_state = upd.kind == "optimizer" and callable(getattr(upd.obj, "state_dict", None))
-    user = UserSide(lay, loss_a, upd, dtype)
-    mirror = MirrorSide(torch_net, torch_loss, opt, keep_state, lay.buffers())
+    user = UserSide(lay, loss_a, upd, dtype, layers=layers, torch_net=torch_net, mode=mode)
+    mirror = MirrorSide(torch_net, torch_loss, opt, keep_state, lay.buffers(), user)
     unmatched = unmatched_torch_buffers(lay, torch_net)
     data = _checked_batches(batch_iter if steps is None else itertools.islice(batch_iter, steps), dtype)
 
-    def on_step(i, trace):
+    def leave_out(i, trace):
         step = trace.steps[-1]
         if i == 1:
             _skip(skip, {c.name for c in step})
         step[:] = [c for c in step if not _is_skipped(c.name, skip)]
+
+    def add_dtype_findings(i, trace):
+        step = trace.steps[-1]
         for k, theirs in user.dtype_findings:   # its own finding, before the values compared after the cast
             at = next((j for j, c in enumerate(step) if c.name == k), len(step))
             step.insert(at, Comparison(k, quantity(k), tuple(step[at].shape) if at < len(step) else (), math.inf,
@@ -934,10 +1048,18 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
                                        problem=f"dtype mismatch: scratch {theirs}, reference {trace.dtype} (the "
                                                f"values, cast to {trace.dtype}, are compared next)"))
 
-    trace = harness_check_steps(user, mirror, data, net=lay.name, dtype=dtype, tol=tol, allowed_zero=zero,
-                                on_step=on_step, observer=_FirstPattern())
+    loc = Localizer(allowed_zero=zero)
+    with disagreements.follow(agreed, module=torch_net, loss=torch_loss) as mirror.loss_fn:
+        trace = harness_check_steps(user, mirror, data, net=lay.name, dtype=dtype, tol=tol, allowed_zero=zero,
+                                    observer=_Observed(loc, leave_out, add_dtype_findings))
+    if agreed:
+        trace.warnings.append(f"the reference followed your conventions: {', '.join(agreed)}")
     if not trace.steps:
         raise ArgumentError("check_steps got no batches: pass an iterable of (x, y) arrays")
+    trace.diagnosis = loc.diagnosis
+    if user.unlayered:
+        trace.warnings.append(f"your network's layers were not followed one by one ({user.unlayered}): it was "
+                              "compared, and re-run at a divergence, as one piece")
     if unmatched:
         _warn(trace.warnings, buffers_warning(lay.name, "torch_net", unmatched))
     if lay.notes:
@@ -954,6 +1076,8 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
             text += ("\nyour network computed in another dtype than its parameters': a NumPy float64 scalar "
                      "(np.finfo(float).eps, np.float64(...)) or a float64 accumulator (np.zeros(shape) without "
                      "dtype=) promotes float32 to float64; the values were compared after a cast all the same")
+        if trace.diagnosis is not None:
+            text += "\n\n" + own_or_inherited(trace.diagnosis)
         raise ParityError(text)
     return trace
 
@@ -961,27 +1085,27 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
 _DONE = object()
 
 
-class _FirstPattern:
-    """Names the exact pattern (``nnparity.diagnosis.patterns``) of the first diverging tensor of a run."""
+class _Observed:
+    """The ``Localizer`` sees each step after ``skip=`` left its comparisons out (a skipped tensor is
+    never diagnosed) and before the dtype findings are added (a dtype is its own finding; the
+    analysis is of the values, compared after the cast)."""
 
-    def __init__(self):
-        self.done = False
+    def __init__(self, localizer, leave_out, add_findings):
+        self.localizer, self.leave_out, self.add_findings = localizer, leave_out, add_findings
 
     def before_step(self, i, x, y, scratch_side, torch_side):
-        pass
+        self.localizer.before_step(i, x, y, scratch_side, torch_side)
 
     def after_step(self, i, x, y, s, t, trace):
-        from nnparity.diagnosis.patterns import detect
+        self.leave_out(i, trace)
+        self.localizer.after_step(i, x, y, s, t, trace)
+        self.add_findings(i, trace)
 
-        first = next((c for c in trace.steps[-1] if c.mismatch), None)
-        if self.done or first is None:
-            return
-        self.done = True
-        if first.name in s.record and first.name in t.record:
-            try:   # a pattern is a hint: never lose the divergence to it
-                first.pattern = detect(s.record[first.name], t.record[first.name], trace.tol, counts={"N": len(y)})
-            except Exception:  # noqa: BLE001
-                pass
+
+def own_or_inherited(d) -> str:
+    """The analysis part of a ``Diagnosis`` (its table and verdict; the first divergence is above it)."""
+    lines = d.render().splitlines()
+    return "\n".join(lines[next(i for i, line in enumerate(lines) if line.startswith("OWN OR INHERITED")):])
 
 
 def _torch_optimizer(torch_optimizer, torch_net):

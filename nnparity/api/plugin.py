@@ -30,7 +30,7 @@ class NNParity:
     ``sweep`` = ``sweep_layer`` (every configuration of a grid), ``masks`` =
     ``check_mask_statistics`` (a dropout layer's masks).
     Every keyword of those functions passes through: the controls (``atol``, ``rtol``,
-    ``skip``, ``allowed_zero``) and the ``params={...}`` name/layout map included.
+    ``skip``, ``allowed_zero``), ``conventions=``, ``mode=`` and the ``params={...}`` name/layout map included.
     Each raises ``AssertionError`` with the suite's message on a mismatch (a
     ``nnparity.training.adapters.UsageError`` naming the problem on a misuse), and returns its
     report otherwise.

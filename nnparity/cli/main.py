@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(nnparity selftest lists them)")
     c.add_argument("--no-battery", action="store_true",
                    help="step parity only: leave out the battery on every layer kind the network uses")
+    c.add_argument("--plot", metavar="DIR", default=None,
+                   help="on a mismatch, write heatmaps (scratch, reference, scratch - reference) of the failing "
+                        "tensors at the first failing step into DIR, as PNGs (made if its parent exists)")
     c.add_argument("--noise-floor", action="store_true",
                    help="measure the noise floor instead: scratch vs torch in float64 and float32, and torch "
                         "float32 vs float64, over --steps steps (both dtypes: --dtype is not used)")
@@ -369,6 +372,19 @@ def _dispatch(args) -> int:
                   "is measured on the correct code", file=sys.stderr)
             return 2
         net = get(args.net)
+        if args.plot is not None and args.noise_floor:
+            print(f"nnparity {args.cmd}: error: --plot draws a failing check; --noise-floor measures instead",
+                  file=sys.stderr)
+            return 2
+        if args.plot is not None:
+            from nnparity.reporting.heatmap import check_folder
+            from nnparity.training.adapters import ArgumentError
+
+            try:
+                check_folder(args.plot)
+            except ArgumentError as e:
+                print(f"nnparity {args.cmd}: error: {e}", file=sys.stderr)
+                return 2
         if args.noise_floor and not net.mnist:
             print(f"nnparity {args.cmd}: error: --noise-floor measures MNIST networks; {args.net} is not one",
                   file=sys.stderr)
@@ -388,6 +404,10 @@ def _dispatch(args) -> int:
             result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw, recipe=recipe,
                                      battery=not args.no_battery)
         result.injected = bug
+        if args.plot is not None and result.diagnosis is not None:
+            from nnparity.reporting.heatmap import draw_divergence
+
+            result.plots = draw_divergence(args.plot, result.diagnosis, result.trace.net, result.trace.dtype)
         print(result.to_json() if args.json else result.render())
         return result.exit_status  # 1 only on a real mismatch; 4 when inconclusive (degenerate)
     if args.cmd == "selftest":

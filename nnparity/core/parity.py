@@ -253,6 +253,7 @@ class Trace:
     tol: Tolerance
     steps: list = field(default_factory=list)
     warnings: list = field(default_factory=list)   # what the comparisons do not cover, in words
+    diagnosis: object = None   # the first divergence's own-or-inherited analysis, where a caller made one
 
     @property
     def comparisons(self):

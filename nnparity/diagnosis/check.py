@@ -41,6 +41,7 @@ class CheckResult:
     seed: int = 0
     injected: object = None   # the selftest bug patched in (``--inject``): a ``bugs.Bug``
     vanished: Vanished | None = None
+    plots: list = None        # heatmaps written of the failing tensors (``--plot DIR``)
     battery: list | None = None   # ``BatteryReport`` per layer kind the network uses (None: not run)
     battery_seconds: float = 0.0
 
@@ -122,6 +123,7 @@ class CheckResult:
                 lines.append(tr.message())
             if self.vanished is not None:
                 lines += [""] + self.vanished_lines()
+        lines += [f"heatmap of scratch - reference: {p}" for p in self.plots or []]
         return "\n".join(lines + self.battery_lines())
 
     def to_dict(self) -> dict:
@@ -131,6 +133,7 @@ class CheckResult:
         d["summary"] = self.trace.summary()
         d["diagnosis"] = self.diagnosis.to_dict() if self.diagnosis else None
         d["vanished"] = self.vanished.to_dict() if self.vanished else None
+        d["plots"] = list(self.plots or [])
         d["status"] = self.status
         d["battery"] = None if self.battery is None else {
             "seconds": self.battery_seconds,

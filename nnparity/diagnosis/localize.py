@@ -91,15 +91,24 @@ def producer(name: str, layers: list) -> tuple[str, str] | None:
     if head == "out":
         return (rest, "forward")
     if head == "buffer":
-        return (rest.split(".")[0], "forward")
+        return (_owner(rest, layers), "forward")
     if head == "grad":
-        return (rest.split(".")[0], "backward")
+        return (_owner(rest, layers), "backward")
     if head == "dout" and rest in layers:
         i = layers.index(rest)
         return ("loss", "backward") if i == len(layers) - 1 else (layers[i + 1], "backward")
     if head == "din" and layers:
         return (layers[0], "backward")
     return None
+
+
+def _owner(param: str, layers: list) -> str:
+    """The layer a parameter or buffer belongs to: the one whose name prefixes it, else the only
+    layer (a network checked as one piece, ``output``), else the name's first part."""
+    mine = next((n for n in layers if param.startswith(n + ".")), None)
+    if mine is not None:
+        return mine
+    return layers[0] if len(layers) == 1 else param.split(".")[0]
 
 
 def _has_draws(module) -> bool:
@@ -124,6 +133,8 @@ class Diagnosis:
     entering: Comparison | None   # worst state difference entering the step (step > 1)
     kink: dict | None = None      # forward activations on opposite sides of 0 (a branch taken differently)
     verdict: str = ""
+    inherited: list = field(default_factory=list)   # stages right alone whose output diverged in the run
+    arrays: dict = field(default_factory=dict, repr=False)   # {tensor: (scratch, reference)} at the step
 
     def first_lines(self) -> list[str]:
         c = self.first
@@ -152,7 +163,8 @@ class Diagnosis:
                 tags.append("suspect")
             if s is self.culprit:
                 tags.append("CULPRIT")
-            verdict = "OFF" if s.off else ("n/a" if not s.comparisons else "ok")
+            verdict = "OFF" if s.off else ("n/a" if not s.comparisons else
+                                            "ok alone, inherited" if s.label in self.inherited else "ok")
             w = s.worst()
             where = f" ({w.name})" if s.off and w is not None else ""
             note = f"  [{s.note}]" if s.note else ""
@@ -167,7 +179,7 @@ class Diagnosis:
                 "suspect": self.suspect.label if self.suspect else None,
                 "culprit": self.culprit.label if self.culprit else None,
                 "culprit_impl": self.culprit.impl if self.culprit else None,
-                "kind": self.kind, "verdict": self.verdict,
+                "kind": self.kind, "verdict": self.verdict, "inherited": self.inherited,
                 "entering_state": _comparison_dict(self.entering) if self.entering else None,
                 "kink": self.kink,
                 "stages": [s.to_dict() for s in self.stages]}
@@ -300,16 +312,19 @@ class Localizer:
             self._pre_torch = _copy_state(torch_side.state())
         # layers that draw random masks are copied before the step, random generator
         # included, so that a re-run draws the step's masks again
-        self._snapshots = {n: copy.deepcopy(m) for n, m in scratch_side.model.named_children()
-                           if _has_draws(m)}
+        if hasattr(scratch_side, "random_layers"):
+            self._snapshots = scratch_side.random_layers()
+        else:
+            self._snapshots = {n: copy.deepcopy(m) for n, m in scratch_side.model.named_children()
+                               if _has_draws(m)}
 
     def after_step(self, i, x, y, s, t, trace):
         if self.diagnosis is not None:
             return
         if any(c.inconclusive for c in trace.steps[-1]):
             if self.vanished is None:
-                self.vanished = explain_vanished(i, trace.steps[-1], s.record, t.record, self.scratch_side.model,
-                                                 trace.tol)
+                self.vanished = explain_vanished(i, trace.steps[-1], s.record, t.record,
+                                                 getattr(self.scratch_side, "model", None), trace.tol)
             else:
                 self.vanished.steps.append(i)
         if any(c.mismatch for c in trace.steps[-1]):
@@ -358,6 +373,39 @@ def _masks(module, layer: str, draws: dict) -> dict:
     return out
 
 
+def _rerun(fst: Stage, bst: Stage, name: str, prev, rec, tol, step, forward, backward, allowed_zero=(),
+           cast=lambda a, ref: a) -> None:
+    """One layer's forward and backward alone, each compared with the torch side's record.
+
+    ``forward()`` runs the forward and returns ``{record key: array}`` to compare (``out/<name>``,
+    buffers), or None when it set ``fst.note`` instead; ``backward(dout)`` returns ``(dx, {grad key:
+    array})``, dx compared with ``prev`` (the previous layer's ``dout/``). ``cast``: your arrays in
+    the record's dtype. An exception becomes the stage's note: a broken layer must not hide the
+    others' verdicts."""
+    try:
+        for key, a in (forward() or {}).items():
+            if key in rec:
+                fst.comparisons.append(compare(key, cast(a, rec[key]), rec[key], tol, step=step))
+    except Exception as e:  # noqa: BLE001
+        fst.note = f"could not be re-run alone: {_why(e)}"
+        bst.note = "not re-run: its forward failed"
+        return
+    try:
+        key = f"dout/{name}"
+        if key not in rec:
+            bst.note = "no upstream gradient recorded"
+            return
+        dx, grads = backward(np.array(rec[key], copy=True))
+        for k, g in grads.items():
+            if k in rec:
+                bst.comparisons.append(compare(k, cast(g, rec[k]), rec[k], tol, step=step,
+                                               allowed_zero=k.split("/", 1)[1] in allowed_zero))
+        if prev and prev in rec and isinstance(dx, np.ndarray):
+            bst.comparisons.append(compare(prev, cast(dx, rec[prev]), rec[prev], tol, step=step))
+    except Exception as e:  # noqa: BLE001
+        bst.note = f"could not be re-run alone: {_why(e)}"
+
+
 def _isolate_layers(model, x, t, pre, tol, step, snapshots, draws, allowed_zero) -> tuple[list, list]:
     names = list(model._modules)
     rec = t.record
@@ -369,8 +417,9 @@ def _isolate_layers(model, x, t, pre, tol, step, snapshots, draws, allowed_zero)
         bst = Stage(name, "backward", f"{type(mod).__name__}.backward")
         forward.append(fst)
         backward.append(bst)
-        try:
-            iso = copy.deepcopy(snapshots.get(name, mod))
+        iso = copy.deepcopy(snapshots.get(name, mod))
+
+        def run_forward(i=i, name=name, iso=iso, fst=fst):
             _load(iso, name, pre)
             iso.train()
             if hasattr(iso, "zero_grad"):
@@ -386,32 +435,15 @@ def _isolate_layers(model, x, t, pre, tol, step, snapshots, draws, allowed_zero)
                 fst.note = "its random mask could not be drawn again: forward not compared"
                 for m, v in masks.items():
                     m.mask = np.array(v, copy=True)
-            else:
-                fst.comparisons.append(compare(f"out/{name}", out, rec[f"out/{name}"], tol, step=step))
-                for bname, b in iso.named_buffers():
-                    key = f"buffer/{name}.{bname}"
-                    if key in rec:
-                        fst.comparisons.append(compare(key, b, rec[key], tol, step=step))
-        except Exception as e:  # a broken layer must not hide the others' verdicts
-            fst.note = f"could not be re-run alone: {_why(e)}"
-            bst.note = "not re-run: its forward failed"
-            continue
-        try:
-            key = f"dout/{name}"
-            if key not in rec:
-                bst.note = "no upstream gradient recorded"
-                continue
-            dx = iso.backward(np.array(rec[key], copy=True))
-            for pname, p in iso.named_parameters():
-                k = f"grad/{name}.{pname}"
-                if k in rec:
-                    bst.comparisons.append(compare(k, p.grad, rec[k], tol, step=step,
-                                                   allowed_zero=f"{name}.{pname}" in allowed_zero))
-            prev = f"dout/{names[i - 1]}" if i > 0 else None
-            if prev and prev in rec and dx is not None:
-                bst.comparisons.append(compare(prev, dx, rec[prev], tol, step=step))
-        except Exception as e:
-            bst.note = f"could not be re-run alone: {_why(e)}"
+                return None
+            return {f"out/{name}": out, **{f"buffer/{name}.{b}": v for b, v in iso.named_buffers()}}
+
+        def run_backward(dout, name=name, iso=iso):
+            dx = iso.backward(dout)
+            return dx, {f"grad/{name}.{p}": q.grad for p, q in iso.named_parameters()}
+
+        _rerun(fst, bst, name, f"dout/{names[i - 1]}" if i > 0 else None, rec, tol, step, run_forward, run_backward,
+               allowed_zero)
     return forward, backward
 
 
@@ -496,10 +528,14 @@ def diagnose(step: int, x, y, scratch_side, t, pre: dict, trace, *, snapshots=No
              allowed_zero=(), scratch_record=None) -> Diagnosis:
     """The first divergence of ``trace`` (at ``step``) and its own-or-inherited verdict."""
     first = next(c for c in trace.steps[step - 1] if c.mismatch)
-    names = list(scratch_side.model._modules)
+    names = layer_names(scratch_side)
     try:
-        stages = isolate(scratch_side, x, y, t, pre, trace.tol, step, snapshots=snapshots,
-                         draws=scratch_side.draws(), allowed_zero=allowed_zero)
+        if hasattr(scratch_side, "isolate"):   # a side that re-runs its own stages (a user's network)
+            stages = scratch_side.isolate(x, y, t, pre, trace.tol, step, snapshots=snapshots or {},
+                                          allowed_zero=allowed_zero)
+        else:
+            stages = isolate(scratch_side, x, y, t, pre, trace.tol, step, snapshots=snapshots,
+                             draws=scratch_side.draws(), allowed_zero=allowed_zero)
     except Exception as e:  # never lose the first divergence to a failed re-run
         stages = [Stage("(all)", "forward", "-", note=f"stages could not be re-run alone: {_why(e)}")]
     where = producer(first.name, names)
@@ -514,10 +550,32 @@ def diagnose(step: int, x, y, scratch_side, t, pre: dict, trace, *, snapshots=No
         first.pattern = first_pattern(first, scratch_record, t.record, trace.tol, len(y))
     culprit, kind = locate(stages, index)
     d = Diagnosis(step, first, layer_of(first.name), suspect, culprit, kind, stages, entering)
+    d.inherited = inherited_stages(trace.steps[step - 1], stages, names)
+    if scratch_record is not None:
+        d.arrays = {c.name: (scratch_record[c.name], t.record[c.name]) for c in trace.steps[step - 1]
+                    if c.mismatch and c.name in scratch_record and c.name in t.record}
     if culprit is None and scratch_record is not None:
         d.kink = sign_flip(scratch_record, t.record)
     d.verdict = _verdict(d)
     return d
+
+
+def layer_names(side) -> list:
+    """The names of a side's top-level layers, in forward order."""
+    return side.layer_names() if hasattr(side, "layer_names") else list(side.model._modules)
+
+
+def inherited_stages(comparisons, stages, names) -> list:
+    """Labels of the stages that are right when re-run alone although a tensor they compute
+    diverged in the run: they passed on an error made before them (INHERITED)."""
+    by_label = {s.label: s for s in stages}
+    out = []
+    for c in comparisons:
+        where = producer(c.name, names) if c.mismatch else None
+        s = by_label.get(f"{where[0]} {where[1]}") if where else None
+        if s is not None and s.comparisons and not s.off and s.label not in out:
+            out.append(s.label)
+    return out
 
 
 def first_pattern(first: Comparison, srec, trec, tol: Tolerance, batch: int) -> str | None:
@@ -584,3 +642,108 @@ def _verdict(d: Diagnosis) -> str:
             "the chain diverges: the error is in how the stages are put together (the model's forward/backward "
             "plumbing, the training step), or rounding compounding across stages (compare with the noise floor, "
             "nnparity check NET --noise-floor).")
+
+
+# --- a user's network (``nnparity.check_steps``) -------------------------------------------------
+
+def _cast_like(a, ref):
+    """Your array in the reference's dtype (a wrong dtype is its own finding in the run; alone,
+    the stage is judged on its values)."""
+    a = np.asarray(a)
+    ref = np.asarray(ref)
+    return a.astype(ref.dtype) if np.issubdtype(a.dtype, np.floating) and a.dtype != ref.dtype else a
+
+
+def _keeps_state(fn) -> bool:
+    """An update function whose closure or defaults hold mutable state (momentum kept in a dict):
+    re-running it alone would change the state the rest of the run uses."""
+    cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if c.cell_contents is not None]
+    cells += list(getattr(fn, "__defaults__", None) or ())
+    return any(isinstance(v, (dict, list, np.ndarray)) for v in cells)
+
+
+def isolate_network(user, x, y, t, pre: dict, tol: Tolerance, step: int, *, snapshots=None,
+                    allowed_zero=()) -> list:
+    """Every stage of one step of a user's network re-run alone on the torch side's numbers, in
+    computation order: each layer's forward, the loss, each layer's backward, the update.
+
+    Args:
+        user: the ``UserSide`` (``nnparity.api.byod``): its ``layers`` ({name: your layer}, or
+            None for a network checked as one piece, the stage ``output``), ``torch_children``,
+            network adapter, loss and update adapters.
+        t: the torch side's ``StepResult`` of the step, recorded (``record`` and ``inputs``).
+        pre: the torch side's state before the step; ``snapshots``: layers copied before it.
+    """
+    from nnparity.training.adapters import LayerAdapter, LossAdapter, as_layer
+
+    rec, inputs = t.record, t.inputs or {}
+    if user.layers:
+        names = list(user.layers)
+        pieces = [(n, LayerAdapter(copy.deepcopy((snapshots or {}).get(n, obj)), n), user.torch_children[n])
+                  for n, obj in user.layers.items()]
+    else:
+        names = ["output"]
+        pieces = [("output", as_layer(copy.deepcopy(user.net.obj), user.net.name, user.net.mapping), user.torch_net)]
+    forward, backward = [], []
+    for i, (name, lay, module) in enumerate(pieces):
+        cls = type(lay.obj).__name__
+        fst, bst = Stage(name, "forward", f"{cls}.forward"), Stage(name, "backward", f"{cls}.backward")
+        forward.append(fst)
+        backward.append(bst)
+        prefix = f"{name}." if user.layers else ""
+
+        def run_forward(i=i, name=name, lay=lay, module=module, prefix=prefix):
+            lay.bind(module)
+            lay.set_params({k: np.array(pre[f"param/{prefix}{k}"], copy=True) for k in lay.params()
+                            if f"param/{prefix}{k}" in pre})
+            lay.set_buffers({k: np.array(pre[f"buffer/{prefix}{k}"], copy=True) for k in lay.buffers()
+                             if f"buffer/{prefix}{k}" in pre})
+            lay.train(user.training)
+            lay.zero_grad()
+            if i > 0:   # a copy: the switch is not undone
+                lay.input_grad_on()
+            xin = inputs.get(name) if user.layers else None
+            out = lay.forward(np.array(x if xin is None else xin, copy=True))
+            return {f"out/{name}": out, **{f"buffer/{prefix}{k}": b for k, b in lay.buffers().items()}}
+
+        def run_backward(dout, lay=lay, prefix=prefix):
+            dx = lay.backward(dout)
+            return dx, {f"grad/{prefix}{k}": g for k, g in lay.grads().items()}
+
+        _rerun(fst, bst, name, f"dout/{names[i - 1]}" if i > 0 else None, rec, tol, step, run_forward, run_backward,
+               allowed_zero, _cast_like)
+    loss_f, loss_b = Stage("loss", "forward", f"{user.loss_fn.name}"), Stage("loss", "backward", user.loss_fn.name)
+    try:
+        logits = f"out/{names[-1]}"
+        value, dz = LossAdapter(copy.deepcopy(user.loss_fn.obj), user.loss_fn.name)(np.array(rec[logits], copy=True),
+                                                                                   y)
+        loss_f.comparisons.append(compare("loss", _cast_like(value, rec["loss"]), rec["loss"], tol, step=step))
+        key = f"dout/{names[-1]}"
+        if key in rec:
+            loss_b.comparisons.append(compare(key, _cast_like(dz, rec[key]), rec[key], tol, step=step))
+    except Exception as e:
+        (loss_b if loss_f.comparisons else loss_f).note = f"could not be re-run alone: {_why(e)}"
+    return forward + [loss_f, loss_b] + backward[::-1] + [_isolate_update(user.update, pre, rec, tol, step)]
+
+
+def _isolate_update(update, pre, rec, tol, step) -> Stage:
+    """Your update rule alone on the torch side's pre-step parameters and gradients: a function
+    ``update(params, grads)`` on copies, or an optimizer over scratch parameters (``scratch.SGD``)."""
+    if update.kind == "optimizer":
+        return _isolate_optimizer(update.obj, pre, rec, tol, step)
+    st = Stage("optimizer", "update", getattr(update.obj, "__name__", type(update.obj).__name__))
+    if _keeps_state(update.obj):
+        st.note = "not re-run alone: the update function keeps state of its own"
+        return st
+    try:
+        names = [k[len("param/"):] for k in pre if k.startswith("param/")]
+        params = {k: np.array(pre[f"param/{k}"], copy=True) for k in names}
+        grads = {k: np.array(rec[f"grad/{k}"], copy=True) for k in names}
+        new = update.obj(params, grads)
+        params = new if isinstance(new, dict) else params
+        for k in names:
+            st.comparisons.append(compare(f"param/{k}", _cast_like(params[k], rec[f"param/{k}"]), rec[f"param/{k}"],
+                                          tol, step=step))
+    except Exception as e:
+        st.note = f"could not be re-run alone: {_why(e)}"
+    return st

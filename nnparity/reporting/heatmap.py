@@ -33,6 +33,46 @@ def check_path(path) -> str:
     return path
 
 
+def check_folder(path, flag: str = "--plot") -> str:
+    """A folder the heatmaps can be written into (made if its parent exists), or one
+    ``ArgumentError`` line naming the problem and the fix."""
+    path = os.fspath(path)
+    if not path:
+        raise ArgumentError(f"{flag} needs a folder: {flag} DIR")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ArgumentError(f"{flag} {path}: that is a file, not a folder: give a folder for the PNGs")
+    if not os.path.isdir(path):
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise ArgumentError(f"{flag} {path}: its parent folder {parent} does not exist: create it or "
+                                "write elsewhere")
+        try:
+            os.mkdir(path)
+        except OSError as e:
+            raise ArgumentError(f"{flag} {path}: cannot create the folder ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK):
+        raise ArgumentError(f"{flag} {path}: cannot write there (permission denied): give a writable folder")
+    return path
+
+
+def draw_divergence(folder: str, diagnosis, net: str, dtype: str) -> list:
+    """PNGs of a failed parity run's failing tensors at its first failing step (``Diagnosis.arrays``):
+    the first divergence and, when it is another tensor, the culprit stage's worst one. Returns the paths."""
+    names = [diagnosis.first.name]
+    worst = diagnosis.culprit.worst() if diagnosis.culprit is not None else None
+    if worst is not None and worst.name != names[0]:
+        names.append(worst.name)
+    paths = []
+    for name in names:
+        if name not in diagnosis.arrays:
+            continue
+        a, b = diagnosis.arrays[name]
+        path = os.path.join(folder, f"{net}_{dtype}_step{diagnosis.step}_{name.replace('/', '_')}.png")
+        pattern = diagnosis.first.pattern if name == diagnosis.first.name else None
+        paths.append(draw_difference(path, a, b, f"{net} {dtype} step {diagnosis.step}: {name}", pattern))
+    return paths
+
+
 def tile(a) -> np.ndarray:
     """A 2-D view of any tensor for a heatmap (see the module docstring)."""
     a = np.asarray(a, np.float64)

@@ -446,20 +446,27 @@ class FunctionPair:
     buffers.
     """
 
-    def __init__(self, forward, backward, params=None, config=None):
+    def __init__(self, forward, backward, params=None, config=None, inputs: int = 1):
         self.fwd, self.bwd = forward, backward
         self.__name__ = getattr(forward, "__name__", "forward")
-        sig = [p for p in inspect.signature(forward).parameters.values()
-               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        self.arg_names = [p.name for p in sig[1:]]
-        config = dict(config or {})
-        self.config = config
-        self.config_names = [n for n in self.arg_names if n in config or n.endswith("param") or n.endswith("params")]
-        self.param_names = [n for n in self.arg_names if n not in self.config_names]
+        self.config = dict(config or {})
         self.params = OrderedDict((k, np.asarray(v)) for k, v in (params or {}).items())
         self.grads = {}
         self.training = True
         self.cache = None
+        self.set_inputs(inputs)
+
+    def set_inputs(self, n: int) -> None:
+        """``n`` inputs come first (``rnn_step_forward(x, prev_h, Wx, Wh, b)``: 2); the arguments
+        after them are parameters and config dicts, and backward returns ``(dx1, ..., dxn, *dparams)``."""
+        sig = [p for p in inspect.signature(self.fwd).parameters.values()
+               if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self.inputs = n
+        self.input_names = [p.name for p in sig[:n]]
+        self.arg_names = [p.name for p in sig[n:]]
+        self.config_names = [n for n in self.arg_names
+                             if n in self.config or n.endswith("param") or n.endswith("params")]
+        self.param_names = [n for n in self.arg_names if n not in self.config_names]
 
     def bind(self, module, torch_shapes, train: bool = True):
         """Fill missing config dicts and parameter arrays from the torch module."""
@@ -499,9 +506,9 @@ class FunctionPair:
             if isinstance(cfg, dict) and "mode" in cfg:
                 cfg["mode"] = "train" if mode else "test"
 
-    def forward(self, x):
+    def forward(self, *xs):
         args = [self.params[n] if n in self.params else self.config[n] for n in self.arg_names]
-        res = self.fwd(x, *args)
+        res = self.fwd(*xs, *args)
         if not (isinstance(res, tuple) and len(res) == 2):
             raise TypeError(f"{self.__name__} must return (out, cache), got {type(res).__name__}")
         out, self.cache = res
@@ -509,13 +516,14 @@ class FunctionPair:
 
     def backward(self, dout):
         res = self.bwd(dout, self.cache)
-        if not self.param_names:
+        n = self.inputs
+        if not self.param_names and n == 1:
             return res[0] if isinstance(res, tuple) and len(res) == 1 else res
-        if not (isinstance(res, tuple) and len(res) == 1 + len(self.param_names)):
-            raise TypeError(f"{getattr(self.bwd, '__name__', 'backward')} must return (dx, "
-                            f"{', '.join('d' + n for n in self.param_names)}), got "
-                            f"{len(res) if isinstance(res, tuple) else type(res).__name__}"
+        if not (isinstance(res, tuple) and len(res) == n + len(self.param_names)):
+            raise TypeError(f"{getattr(self.bwd, '__name__', 'backward')} must return "
+                            f"({', '.join(['d' + i for i in self.input_names] + ['d' + p for p in self.param_names])}),"
+                            f" got {len(res) if isinstance(res, tuple) else type(res).__name__}"
                             f"{' values' if isinstance(res, tuple) else ''}")
-        for n, g in zip(self.param_names, res[1:]):
-            self.grads[n] = g
-        return res[0]
+        for name, g in zip(self.param_names, res[n:]):
+            self.grads[name] = g
+        return res[0] if n == 1 else tuple(res[:n])

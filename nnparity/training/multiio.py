@@ -71,10 +71,19 @@ class PackedLayer(LayerAdapter):
     """Your layer with several inputs or outputs, seen as a one-input, one-output layer on packed arrays."""
 
     def __init__(self, obj, shapes, name=None, params=None):
+        from nnparity.training.conventions import FunctionPair, is_cache_pair
+
+        if isinstance(obj, LayerAdapter):
+            obj = obj.obj
+        if isinstance(obj, (tuple, list)) and len(obj) == 2 and all(callable(f) for f in obj) and is_cache_pair(*obj):
+            obj = FunctionPair(*obj)
+        if isinstance(obj, FunctionPair):   # f(x1, x2, *params, cfg) -> (out, cache), b(dout, cache) -> (dx1, dx2, ...)
+            obj.set_inputs(len(shapes))
         super().__init__(obj, name, params)
         if self.kind == "functions" or not callable(getattr(self.obj, "forward", None)):
             raise ProtocolError(f"{self.name}: several inputs are checked for a layer object with forward(a, b, ...) "
-                                "and backward(dy, ...), not for a pair of functions")
+                                "and backward(dy, ...), or a pair with a cache f(a, b, *params) -> (out, cache), "
+                                "backward(dout, cache) -> (da, db, *dparams); not for forward(x), backward(x, dy)")
         self.in_shapes = [tuple(s) for s in shapes]
         self.out_shapes = None
         self.packing = f"inputs packed as columns: {columns(self.in_shapes, 'x')}"

@@ -192,6 +192,7 @@ class TorchSide:
     """A torch model + loss + optimizer, recorded under the scratch side's names."""
 
     name = "torch"
+    training = True   # the mode of every training step (False: steps in eval mode, check_steps(mode="eval"))
 
     def __init__(self, model: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer):
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
@@ -211,7 +212,7 @@ class TorchSide:
     def step(self, x: np.ndarray, y: np.ndarray, record: bool = False, draws=None) -> StepResult:
         t0 = time.perf_counter()
         m = self.model
-        m.train()
+        m.train(self.training)
         self._feed_draws(draws)
         outs, douts, ins, hooks = OrderedDict(), OrderedDict(), OrderedDict(), []
         if record:
