@@ -22,7 +22,7 @@ tolerance) of the failing comparison the check reports, its first divergence:
 roughly the factor by which the tolerance could be loosened before the check
 stopped reporting the bug there. (``worst``, the largest margin of the check,
 is kept too.) The floors: every available bug
-is killed by every applicable unit and parity check with margin >= 10, every
+is killed by every applicable unit, battery and parity check with margin >= 10, every
 bug has at least one such check, and every check passes on the correct code.
 """
 
@@ -249,8 +249,8 @@ class SelfTest:
         small = self.smallest_kill()
         problems = self.problems()
         if not problems:
-            lines.append(wrap(f"PASS: every one of the {len(self.bugs)} bugs is killed by every applicable unit "
-                              f"and parity check (the floors) with margin >= {FLOOR:g}"
+            lines.append(wrap(f"PASS: every one of the {len(self.bugs)} bugs is killed by every applicable unit, "
+                              f"battery and parity check (the floors) with margin >= {FLOOR:g}"
                               + (f" (smallest: {small[0]:.3g}, {small[1]} by {small[2]})" if small else "")
                               + "; every check passes on the correct code."))
         else:
