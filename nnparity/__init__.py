@@ -8,6 +8,7 @@ The public API for checking your own derivations (``nnparity.api.byod``)::
     nnparity.check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batches)
     nnparity.check_layer(mine, None, input_shape=(8, 16))  # no torch equivalent: finite differences
     nnparity.sweep_layer(lambda cfg: MyConv(**cfg), grid="conv2d")   # every configuration of a grid
+    nnparity.check_battery(lambda cfg: MyConv(**cfg), kind="conv2d")  # the suite's whole battery
 
 ``nnparity.Network`` is a registry entry, for a network of your own
 (``NETWORK = nnparity.Network(...)`` in its file: README "Your own network").
@@ -23,6 +24,7 @@ _HOME = {
     **dict.fromkeys(("check_layer", "check_loss", "check_steps", "pair", "adapt"), "nnparity.api.byod"),
     **dict.fromkeys(("gradcheck_layer", "gradcheck_model", "gradcheck_network"), "nnparity.diagnosis.gradcheck"),
     **dict.fromkeys(("sweep_layer", "GRIDS"), "nnparity.api.sweep"),
+    "check_battery": "nnparity.api.battery",
     "check_mask_statistics": "nnparity.training.masks",
     "Network": "nnparity.training.networks",
 }

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnparity.diagnosis.layercheck import check_layer, check_loss
+from nnparity.diagnosis.layercheck import check_layer
 from nnparity.core.parity import ParityError, assert_close
 from reference.layers import AlignedMaxPool2d, AlignedReLU, MaskedDropout
-from scratch import init
 from scratch.conv import Conv2d
 from scratch.dropout import Dropout
 from scratch.losses import LogSoftmax, NLLLoss
@@ -27,11 +26,8 @@ def _randomise(layer, seed=0):
 
 
 # --- Conv2d ----------------------------------------------------------------------------
-CONV_CASES = [  # (C_in, C_out, kernel, stride, padding, bias, input H x W)
-    (1, 10, 3, 1, 0, True, (28, 28)),     # the net's first layer
-    (10, 20, 3, 1, 0, True, (12, 9)),     # non-square image
-    (3, 4, (3, 2), 1, 0, True, (7, 8)),   # non-square kernel
-    (3, 5, 3, 2, 0, True, (9, 11)),       # stride 2 (odd sizes: the last column/row is not reached)
+CONV_CASES = [  # (C_in, C_out, kernel, stride, padding, bias, input H x W): beyond the battery's sweep
+    (10, 20, 3, 1, 0, True, (12, 9)),     # non-square image, many channels
     (2, 3, 3, (2, 1), (1, 2), True, (8, 7)),  # different stride and padding per axis
     (4, 6, 5, 1, 2, False, (6, 6)),       # 'same' padding, no bias
     (2, 2, 1, 1, 0, True, (5, 4)),        # 1x1 kernel
@@ -103,15 +99,6 @@ def test_conv2d_bad_arguments():
         Conv2d(1, 2, 3, stride=0)
 
 
-def test_uniform_fan_in_uses_the_conv_fan_in():
-    """torch's default bound for a conv is 1/sqrt(C_in kH kW), not 1/sqrt(C_in)."""
-    layer = Conv2d(20, 30, 3)
-    init.uniform_fan_in(layer, np.random.default_rng(0), layer_types=(Conv2d,))
-    bound = 1 / np.sqrt(20 * 9)
-    assert np.abs(layer.weight.data).max() <= bound < 1.05 * np.abs(layer.weight.data).max()
-    assert np.abs(layer.bias.data).max() <= bound
-
-
 # --- BatchNorm2d -------------------------------------------------------------------------
 def _bn_pair(dtype, c=5, seed=0):
     layer = _randomise(BatchNorm2d(c, dtype=dtype), seed)
@@ -170,16 +157,6 @@ def test_batchnorm_eval_uses_running_statistics(dtype):
     _assert_buffers_match(layer, module)
 
 
-def test_batchnorm_float32_statistics_accumulate_in_float64():
-    """A channel with mean 40 and std 0.3 over 40,000 values: a float32 running sum loses the
-    mean to ~1e-4 and the normalised output to ~1e-3; torch (double accumulation) does not."""
-    layer, module = _bn_pair(np.float32, c=2, seed=9)
-    x = np.random.default_rng(10).standard_normal((64, 2, 25, 25)) * 0.3 + 40
-    x_cl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # as conv outputs are laid out
-    check_layer(layer, module, x=x_cl, dtype=np.float32)
-    _assert_buffers_match(layer, module)
-
-
 def test_batchnorm_needs_two_values_per_channel_in_training():
     layer = BatchNorm2d(3)
     with pytest.raises(ValueError, match="more than 1 value per channel"):
@@ -205,7 +182,7 @@ def test_buffers_stay_registered_after_updates():
 
 
 # --- MaxPool2d ---------------------------------------------------------------------------
-@pytest.mark.parametrize("k,hw", [(2, (24, 24)), (2, (10, 10)), (2, (7, 9)), (3, (9, 10)), (1, (3, 4))])
+@pytest.mark.parametrize("k,hw", [(3, (9, 10)), (1, (3, 4))])   # 2 x 2: the battery's (documented and swept)
 def test_maxpool(dtype, k, hw):
     check_layer(MaxPool2d(k), torch.nn.MaxPool2d(k), (3, 4, *hw), dtype=dtype)
 
@@ -402,24 +379,9 @@ def test_masked_dropout_needs_a_fresh_mask():
 
 
 # --- global average pooling, log-softmax, NLL --------------------------------------------
-def test_global_avg_pool(dtype):
-    comps = check_layer(GlobalAvgPool2d(), torch.nn.AdaptiveAvgPool2d(1), (5, 7, 3, 4), dtype=dtype)
-    assert comps[0].shape == (5, 7, 1, 1)
-
-
-def test_log_softmax(dtype):
-    check_layer(LogSoftmax(), torch.nn.LogSoftmax(dim=1), (6, 10), dtype=dtype)
-
-
 def test_log_softmax_is_stable_for_huge_scores(dtype):
     x = np.array([[1000.0, 0.0, -1000.0], [0.0, 2000.0, 1.0]])
     check_layer(LogSoftmax(), torch.nn.LogSoftmax(dim=1), x=x, dtype=dtype)
-
-
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-def test_nll_loss(dtype, reduction):
-    target = np.array([3, 0, 9, 9, 1, 4, 7], dtype=np.int64)
-    check_loss(NLLLoss(reduction), torch.nn.NLLLoss(reduction=reduction), (7, 10), target, dtype=dtype)
 
 
 def test_nll_refuses_out_of_range_labels():

@@ -11,13 +11,8 @@ import pytest
 import scratch
 from nnparity.diagnosis import gradcheck as gc
 from nnparity.cli.main import main
-from scratch.conv import Conv2d
-from scratch.dropout import Dropout
 from scratch.layers import Linear
-from scratch.losses import HalfSquaredError, LogSoftmax, MSELoss, NLLLoss, OneHotMSELoss
 from scratch.module import Module, Parameter, Sequential
-from scratch.norm import BatchNorm2d
-from scratch.pool import GlobalAvgPool2d, MaxPool2d
 
 
 def _randomized(layer, seed=0):
@@ -51,32 +46,33 @@ def test_samples_are_seeded_distinct_and_cover_small_tensors():
 
 # --- every layer ----------------------------------------------------------------------------
 
-# One case per scratch layer: (factory, input shape). A new layer without a case fails
-# test_every_scratch_layer_has_a_case, so "every layer is gradchecked" stays true.
-LAYER_CASES = {
-    "Linear": [(lambda: _randomized(scratch.Linear(7, 5)), (4, 7)),
-               (lambda: _randomized(scratch.Linear(6, 3, bias=False)), (5, 6))],
-    "ReLU": [(lambda: scratch.ReLU(), (6, 9))],
-    "Sigmoid": [(lambda: scratch.Sigmoid(), (5, 8))],
-    "Flatten": [(lambda: scratch.Flatten(), (3, 2, 4, 5))],
-    "Conv2d": [(lambda: _randomized(Conv2d(2, 3, 3)), (2, 2, 6, 5)),
-               (lambda: _randomized(Conv2d(2, 2, (3, 2), stride=2, padding=1)), (2, 2, 7, 6))],
-    "BatchNorm2d": [(lambda: _randomized(BatchNorm2d(3)), (4, 3, 3, 2))],   # training mode: batch statistics
-    "MaxPool2d": [(lambda: MaxPool2d(2), (2, 3, 6, 4))],
-    "Dropout": [(lambda: Dropout(0.3, rng=np.random.default_rng(5)), (4, 9))],  # the generator is replayed
-    "GlobalAvgPool2d": [(lambda: GlobalAvgPool2d(), (3, 4, 3, 5))],
-    "LogSoftmax": [(lambda: LogSoftmax(), (5, 7))],
-}
-_LABELS = np.array([3, 0, 9, 9, 1, 4])
-_TARGETS = np.random.default_rng(7).uniform(0, 1, (6, 10))
-LOSS_CASES = {   # (factory, logits shape, target)
-    "CrossEntropyLoss": [(lambda: scratch.CrossEntropyLoss("sum"), (6, 10), _LABELS),
-                         (lambda: scratch.CrossEntropyLoss("mean"), (6, 10), _LABELS)],
-    "MSELoss": [(lambda: MSELoss("sum"), (6, 10), _TARGETS), (lambda: MSELoss("mean"), (6, 10), _TARGETS)],
-    "OneHotMSELoss": [(lambda: OneHotMSELoss(10, "mean"), (6, 10), _LABELS)],
-    "HalfSquaredError": [(lambda: HalfSquaredError(), (6, 10), _TARGETS)],
-    "NLLLoss": [(lambda: NLLLoss("mean"), (6, 10), _LABELS), (lambda: NLLLoss("sum"), (6, 10), _LABELS)],
-}
+# The cases are the layer-case table's (nnparity.diagnosis.layercases, the battery's): per kind, its
+# first documented configuration and the first configuration of its sweep it can express. A new
+# scratch layer without a table entry fails test_every_scratch_layer_has_a_case.
+def _cases(role: str) -> dict:
+    from nnparity.diagnosis import layercases
+
+    out = {}
+    for kind, case in layercases.cases().items():
+        if case.role != role:
+            continue
+        entries = layercases.documented_configs().get(kind, [])[:1]
+        for cfg, shape in case.sweep():
+            try:
+                case.build(dict(cfg), np.float64)
+            except (TypeError, ValueError):   # a configuration the scratch class cannot express
+                continue
+            entries.append((cfg, shape))
+            break
+        out[kind] = [(lambda case=case, cfg=cfg: _randomized(case.build(dict(cfg), np.float64)), shape, case, cfg)
+                     for cfg, shape in entries]
+    return out
+
+
+LAYER_CASES = {k: [(make, shape) for make, shape, _, _ in v] for k, v in _cases("layer").items()}
+_LOSSES = _cases("loss")
+LOSS_CASES = {k: [(make, shape, case.target(np.random.default_rng(7), shape)) for make, shape, case, _ in v]
+              for k, v in _LOSSES.items()}
 
 
 def _scratch_classes():
@@ -96,12 +92,13 @@ def _scratch_classes():
 
 
 def test_every_scratch_layer_has_a_case():
+    from nnparity.diagnosis import layercases
+
     classes = _scratch_classes()
-    losses = {n for n in classes if n.endswith("Loss") or n in LOSS_CASES}
-    layers = set(classes) - losses
-    assert {"Linear", "ReLU", "Sigmoid", "Flatten"} <= layers and "CrossEntropyLoss" in losses
-    assert layers <= set(LAYER_CASES), f"add a gradcheck case to LAYER_CASES for {sorted(layers - set(LAYER_CASES))}"
-    assert losses <= set(LOSS_CASES), f"add a gradcheck case to LOSS_CASES for {sorted(losses - set(LOSS_CASES))}"
+    table = {c.cls.rpartition(".")[2] for c in layercases.cases().values()}
+    assert {"Linear", "ReLU", "Sigmoid", "Flatten", "CrossEntropyLoss"} <= set(classes)
+    assert set(classes) <= table, f"add {sorted(set(classes) - table)} to the layer-case table (layercases)"
+    assert len(LAYER_CASES) >= 10 and len(LOSS_CASES) >= 5
 
 
 @pytest.mark.parametrize("make, shape", [c for cases in LAYER_CASES.values() for c in cases],

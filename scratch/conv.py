@@ -128,9 +128,9 @@ class Conv2d(Module):
         dy2 = dy.transpose(0, 2, 3, 1).reshape(n * ho * wo, o)  # (N, C_out, H', W') -> (N*H'*W', C_out)
         cols = self.cols if self.cols is not None else self._im2col(self.x)
         dw2 = dy2.T @ cols  # (C_out, N*H'*W') @ (N*H'*W', K) -> (C_out, K)
-        self.weight.grad += self._weight_grad_layout(dw2)  # (C_out, K) -> (C_out, C_in, kH, kW)
+        self._accumulate(self.weight, self._weight_grad_layout(dw2))  # (C_out, K) -> (C_out, C_in, kH, kW)
         if self.bias is not None:
-            self.bias.grad += dy2.sum(axis=0, dtype=np.float64).astype(dy2.dtype)  # float64 accumulation
+            self._accumulate(self.bias, dy2.sum(axis=0, dtype=np.float64).astype(dy2.dtype))  # float64 accumulation
         if not self.needs_input_grad:
             return None
         # dcols = dy2 W2 is computed one kernel offset (u, v) at a time, dy2 @ W[:, :, u, v], so that

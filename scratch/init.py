@@ -29,7 +29,7 @@ def uniform_fan_in(model, rng: np.random.Generator, layer_types=(Linear,)) -> No
     """
     for _, layer in model.named_modules():
         if isinstance(layer, layer_types):
-            fan_in = math.prod(layer.weight.shape[1:])  # (out, in) or (out, in, kH, kW)
+            fan_in, _ = _fans(layer.weight.data)  # in for (out, in), in * kH * kW for (out, in, kH, kW)
             bound = 1 / math.sqrt(fan_in)
             _fill(layer.weight, rng.uniform(-bound, bound, layer.weight.shape))
             if layer.bias is not None:
@@ -37,7 +37,7 @@ def uniform_fan_in(model, rng: np.random.Generator, layer_types=(Linear,)) -> No
 
 
 def _fans(weight) -> tuple[int, int]:
-    """(fan_in, fan_out) of a weight in PyTorch's layout (out, in, *kernel)."""
+    """(fan_in, fan_out) of a weight in PyTorch's layout (out, in, *kernel); a selftest slip may override it."""
     receptive = int(np.prod(weight.shape[2:])) if weight.ndim > 2 else 1
     return weight.shape[1] * receptive, weight.shape[0] * receptive
 

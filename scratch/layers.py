@@ -44,9 +44,9 @@ class Linear(Module):
 
     def backward(self, dy):
         # y = x W^T + b  =>  dW = dy^T x,  db = sum_n dy,  dx = dy W
-        self.weight.grad += self._weight_grad(dy)
+        self._accumulate(self.weight, self._weight_grad(dy))
         if self.bias is not None:
-            self.bias.grad += self._bias_grad(dy)
+            self._accumulate(self.bias, self._bias_grad(dy))
         return dy @ self.weight.data if self.needs_input_grad else None
 
     def _weight_grad(self, dy):
@@ -54,8 +54,10 @@ class Linear(Module):
         return dy.T @ self.x
 
     def _bias_grad(self, dy):
-        """db = dy summed over the batch; a selftest slip may override it."""
-        return dy.sum(axis=0)
+        """db = dy summed over the batch, accumulated in float64; a selftest slip may override it."""
+        # float64 accumulation whatever the dtype, as torch's reductions are accurate: a float32 running
+        # sum down the batch axis (NumPy adds row after row) drifts by ~sqrt(N) ulp
+        return dy.sum(axis=0, dtype=np.float64).astype(dy.dtype, copy=False)
 
     def flops_per_sample(self) -> int:
         """Training FLOPs per sample: forward, dW and (unless skipped) dx, 2 per multiply-add."""
@@ -68,7 +70,8 @@ class Linear(Module):
 class ReLU(Module):
     """``y = max(x, 0)`` elementwise (mirrors ``torch.nn.ReLU``).
 
-    The derivative at exactly 0 is taken as 0, as PyTorch does.
+    The derivative at exactly 0 is taken as 0, as PyTorch does; a NaN input passes its gradient
+    and a non-finite upstream gradient stays where the slope is 1 (exactly 0 elsewhere), as in torch.
 
     Parity contract (``draws_mask = True``, as for dropout): ``mask`` (``x > 0``) is handed
     to the reference module at the same path. ``torch.nn.ReLU`` ignores it;
@@ -82,14 +85,20 @@ class ReLU(Module):
     kink_attrs = ("mask",)  # which side of the kink each element is on (finite-difference checks read it)
 
     def forward(self, x):
-        self.mask = x > 0
+        # x > 0, written as not (x <= 0) so that a NaN input passes its gradient, as torch's
+        # threshold_backward does (its test is result <= 0)
+        self.mask = np.logical_not(x <= 0)
         # np.maximum, not np.where(mask, x, 0): branch-free (several times faster on a random
         # mask), and NaN stays NaN as in torch
         return np.maximum(x, x.dtype.type(0))
 
     def backward(self, dy):
-        # y = max(x, 0)  =>  dx = dy * [x > 0]
-        return dy * self._slope()
+        # y = max(x, 0)  =>  dx = dy * [x > 0], and exactly 0 where the slope is 0 even for an inf or
+        # NaN dy (torch's rule; the product would give 0 * inf = NaN there)
+        slope = self._slope()
+        if np.isfinite(dy).all():  # the product with the 0/1 mask: branch-free, several times faster than np.where
+            return dy * slope
+        return np.where(slope, dy, dy.dtype.type(0))
 
     def _slope(self):
         """dy/dx = [x > 0], 0 at the kink, as a bool mask; a selftest slip may override it."""

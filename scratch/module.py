@@ -158,6 +158,10 @@ class Module:
                     mod._set_buffer(name, b.astype(dtype))
         return self
 
+    def _accumulate(self, param: Parameter, grad) -> None:
+        """``param.grad += grad``: gradients add up over backward calls until ``zero_grad``; a selftest slip may override it."""
+        param.grad += grad
+
     def zero_grad(self) -> None:
         """Set every parameter's gradient to zero (gradients otherwise accumulate)."""
         for p in self.parameters():

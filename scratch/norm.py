@@ -93,8 +93,8 @@ class BatchNorm2d(Module):
         #   dx = gamma/sigma (dy - mean(dy) - xhat mean(dy xhat));  eval (fixed stats): dx = gamma/sigma dy
         dbeta = dy.sum(axis=_AXES, dtype=np.float64)  # float64 accumulation, as in forward
         dot = np.einsum("nchw,nchw->c", dy, self.xc, dtype=np.float64)  # sum dy (x - mu)
-        self.weight.grad += (dot * self.inv_std).astype(dy.dtype)
-        self.bias.grad += dbeta.astype(dy.dtype)
+        self._accumulate(self.weight, (dot * self.inv_std).astype(dy.dtype))
+        self._accumulate(self.bias, dbeta.astype(dy.dtype))
         scale = _per_channel(self.weight.data * self.inv_std)  # gamma / sigma
         if not self.batch_stats:
             return dy * scale

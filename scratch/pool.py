@@ -114,12 +114,15 @@ class MaxPool2d(Module):
         dx = np.zeros((n, h, w, c), dtype=dy.dtype)  # rows/columns cropped by floor mode stay 0
         finite = np.isfinite(dy).all()
         for i, view in enumerate(self._windows(dx)):
-            chosen = self._chosen(i)
-            if finite:  # a product with the 0/1 mask: branch-free, several times faster than np.where
-                np.multiply(dy_t, chosen, out=view)
-            else:  # 0 * inf = NaN must not reach the window's other elements
-                view[...] = np.where(chosen, dy_t, dy.dtype.type(0))
+            self._route(view, dy_t, self._chosen(i), finite)
         return dx.transpose(0, 3, 1, 2)  # view (N, C, H, W)
+
+    def _route(self, view, dy_t, chosen, finite):
+        """dy into the chosen elements of one window offset, 0 elsewhere; a selftest slip may override it."""
+        if finite:  # a product with the 0/1 mask: branch-free, several times faster than np.where
+            np.multiply(dy_t, chosen, out=view)
+        else:  # 0 * inf = NaN must not reach the window's other elements
+            view[...] = np.where(chosen, dy_t, dy_t.dtype.type(0))
 
     def _chosen(self, i):
         """Where dy goes: the windows that chose offset i (u*k + v), (N, H', W', C); a selftest slip may override it."""
@@ -152,7 +155,8 @@ class GlobalAvgPool2d(Module):
     def forward(self, x):
         check_images(x, "GlobalAvgPool2d")
         self.in_shape = x.shape
-        return x.mean(axis=(2, 3), keepdims=True)
+        # accumulated in float64 whatever the dtype (a float32 sum over a large map drifts; torch's does not)
+        return x.mean(axis=(2, 3), keepdims=True, dtype=np.float64).astype(x.dtype, copy=False)
 
     def backward(self, dy):
         # y = mean_{i,j} x  =>  dx[i, j] = dy / (H W) at every position

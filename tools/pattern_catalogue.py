@@ -4,8 +4,8 @@
 
 For each bug of the catalogue, in float64:
 
-* **unit**: the selftest's unit check of the bug's class (``selftest.UNIT_CHECKS``: the class
-  alone against torch, through ``layercheck``, as the user API runs it); the pattern of the
+* **unit**: the selftest's unit check of the bug's class (the battery on its layer kind,
+  ``nnparity.diagnosis.battery``, through ``layercheck`` as the user API runs it); the pattern of the
   first failing comparison that has one, and how many failing comparisons have one;
 * **check**: ``nnparity check NET --steps 1`` with the bug injected, for every network given
   where the bug changes the numbers (recipes adjusted as the selftest does when the bug needs
@@ -46,6 +46,10 @@ EXPECTED = {   # bug -> words a correct pattern contains (None: no exact pattern
     "maxpool-grad-to-every-tied-element": None,
     "conv-dW-flipped-kernel": "rotated 180 degrees",
     "conv-dW-swapped-axes": "permuted (1, 0, 2, 3)",
+    "conv-grad-assigned": None,           # the second backward's gradient alone: no exact pattern of the list
+    "maxpool-nan-routing": None,          # a non-finite value where torch has 0: a non-finite finding, no pattern
+    "linear-db-float32-sum": None,        # float32 rounding, not a slip of the math
+    "init-fan-without-receptive-field": None,   # init statistics, no tensor pattern
 }
 
 

@@ -19,116 +19,15 @@ check's own message (tensor, element, pattern).
 
 from __future__ import annotations
 
-import itertools
-import math
-import numbers
 from dataclasses import dataclass, field
 
 from nnparity.training.adapters import ArgumentError, ParameterMismatch, ProtocolError, UsageError, call_torch, call_user
 from nnparity.core.parity import ParityError
 
 
-WINDOW_SETTINGS = ("kernel_size", "stride", "padding", "dilation")
-
-
-def _out(n, k, s, p) -> int:
-    return (n + 2 * p - k) // s + 1
-
-
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-
-def _conv_ok(cfg, shape) -> bool:
-    k, s, p = _pair(cfg["kernel_size"]), _pair(cfg.get("stride", 1)), _pair(cfg.get("padding", 0))
-    return all(_out(n, kk, ss, pp) >= 1 for n, kk, ss, pp in zip(shape[2:], k, s, p))
-
-
-def _pool_ok(cfg, shape) -> bool:
-    k = _pair(cfg["kernel_size"])
-    p = _pair(cfg.get("padding", 0))
-    return all(pp <= kk / 2 for kk, pp in zip(k, p)) and _conv_ok(cfg, shape)
-
-
-@dataclass(frozen=True)
-class Grid:
-    """One layer kind's default configurations: every combination of ``axes`` (the torch
-    module's keyword arguments, with ``fixed``) with every input shape of ``inputs(cfg)``,
-    kept where ``valid(cfg, shape)``; ``torch`` names the ``torch.nn`` class built from a config."""
-
-    torch: str
-    fixed: dict
-    axes: dict
-    inputs: object                 # cfg -> list of input shapes
-    valid: object = None           # (cfg, shape) -> bool
-    exposes: str = ""              # what the grid is for, in words
-
-    def cases(self, axes=None) -> list:
-        axes = dict(self.axes, **(axes or {}))
-        out = []
-        for values in itertools.product(*axes.values()):
-            cfg = dict(self.fixed, **dict(zip(axes, values)))
-            for shape in self.inputs(cfg):
-                if self.valid is None or self.valid(cfg, shape):
-                    out.append((cfg, tuple(shape)))
-        return out
-
-
-# The one table: a layer kind -> its default grid.
-GRIDS = {
-    "conv2d": Grid("Conv2d", {"in_channels": 2, "out_channels": 3},
-                   {"kernel_size": [3, (2, 3)], "stride": [1, 2], "padding": [0, 1, 2]},
-                   lambda c: [(1, 2, 5, 5), (2, 2, 6, 7)], _conv_ok,
-                   "padding 0/1/2 (a pad:-pad crop is empty at 0), stride 1/2, a non-square kernel and input, "
-                   "batch 1"),
-    "maxpool2d": Grid("MaxPool2d", {},
-                      {"kernel_size": [2, 3, (2, 3)], "stride": [1, 2], "padding": [0, 1]},
-                      lambda c: [(1, 2, 4, 4), (2, 3, 5, 7)], _pool_ok,
-                      "overlapping windows (stride < kernel: an = where += is due), non-overlapping ones, "
-                      "padding, a non-square kernel and input, batch 1"),
-    "avgpool2d": Grid("AvgPool2d", {},
-                      {"kernel_size": [2, 3, (2, 3)], "stride": [1, 2], "padding": [0, 1]},
-                      lambda c: [(1, 2, 4, 4), (2, 3, 5, 7)], _pool_ok,
-                      "overlapping windows, padding (counted in the average, as torch's default), non-square"),
-    "linear": Grid("Linear", {},
-                   {"in_features": [3, 5], "out_features": [5, 4]},
-                   lambda c: [(1, c["in_features"]), (c["in_features"], c["in_features"]),
-                              (c["out_features"], c["in_features"]), (7, c["in_features"])],
-                   lambda c, s: True,
-                   "batch 1, batch equal to the in and the out features (a transpose or a wrong-axis sum that "
-                   "a square shape lets through), square and non-square weights, an odd batch"),
-    "batchnorm1d": Grid("BatchNorm1d", {},
-                        {"num_features": [4, 5]},
-                        lambda c: [(2, c["num_features"]), (c["num_features"], c["num_features"]),
-                                   (7, c["num_features"])],
-                        None, "batch 2 (N - 1 = 1), batch equal to the feature count, an odd batch"),
-    "batchnorm2d": Grid("BatchNorm2d", {},
-                        {"num_features": [3]},
-                        lambda c: [(1, 3, 2, 3), (2, 3, 4, 5), (3, 3, 3, 3)],
-                        None, "batch 1 (statistics over H*W only), batch equal to the channel count, non-square"),
-}
-
-
-def _fmt_value(v) -> str:
-    return f"({', '.join(map(str, v))})" if isinstance(v, (tuple, list)) else str(v)
-
-
-def describe_config(cfg: dict, shape: tuple) -> str:
-    return ", ".join(f"{k}={_fmt_value(v)}" for k, v in cfg.items()) + f", input {shape}"
-
-
-def _size(cfg: dict, shape: tuple) -> tuple:
-    """How small a configuration is: input elements first, then the settings' sum, a window
-    setting counted over every spatial axis (kernel_size 3 on an image is 3 x 3 = 9, (2, 3) is 6)."""
-    spatial = max(len(shape) - 2, 1)
-
-    def num(k, v):
-        if isinstance(v, bool) or not isinstance(v, (numbers.Real, tuple, list)):
-            return 0
-        if not isinstance(v, (tuple, list)):
-            v = (v,) * spatial if k in WINDOW_SETTINGS else (v,)
-        return math.prod(v)
-    return math.prod(shape), sum(num(k, v) for k, v in cfg.items())
+# the grids, and how configurations are named and sized, live with the layer-case table
+from nnparity.diagnosis.layercases import GRIDS, Grid, config_size as _size, describe_config  # noqa: E402,F401
+from nnparity.diagnosis.layercases import _fmt_value  # noqa: E402
 
 
 @dataclass
@@ -236,7 +135,8 @@ def _factory(what: str, f, torch_side: bool):
 
 
 def sweep_layer(mine, torch_equivalent=None, grid: str | list = "conv2d", *, axes: dict | None = None,
-                dtypes=("float64",), plot=None, raise_on_failure: bool = True, **check) -> SweepReport:
+                dtypes=("float64",), mode: str | None = None, modes=None, plot=None, raise_on_failure: bool = True,
+                **check) -> SweepReport:
     """Check your layer in every configuration of a grid; one ``check_layer`` per configuration.
 
     Args:
@@ -252,6 +152,8 @@ def sweep_layer(mine, torch_equivalent=None, grid: str | list = "conv2d", *, axe
         axes: values instead of the grid's for some axes (``{"padding": [0]}`` for a layer
             that has no padding).
         dtypes: float64 by default (derivations are proven in float64).
+        mode, modes: as ``check_layer``'s: ``mode="eval"`` checks every configuration in evaluation
+            mode, ``modes=("train", "eval")`` in both (a configuration fails if either mode does).
         plot: a ``.png`` path: the smallest failing configuration's first failing tensor is drawn.
         check: any other keyword of ``check_layer`` (``seed``, ``atol``, ``skip``, ...).
 
@@ -312,7 +214,8 @@ def sweep_layer(mine, torch_equivalent=None, grid: str | list = "conv2d", *, axe
             if not isinstance(module, torch.nn.Module) and not callable(module):
                 raise ProtocolError(f"the torch factory returned {type(module).__name__}, not a torch module")
             layer = mine if make_mine is None else call_user(f"your factory({cfg})", make_mine, dict(cfg))
-            rep = check_layer(layer, module, shape, dtypes=dtypes, raise_on_failure=False, **check)
+            rep = check_layer(layer, module, shape, dtypes=dtypes, mode=mode, modes=modes, raise_on_failure=False,
+                              **check)
         except ArgumentError:
             raise
         except (ProtocolError, ParameterMismatch) as e:   # your layer cannot express this configuration

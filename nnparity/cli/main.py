@@ -4,8 +4,9 @@
     nnparity run NET [options]          step parity, then both sides trained side by side, then a report
                                         (a network's entry may declare options of its own, e.g.
                                         linear10's and toy221's: nnparity run --help)
-    nnparity check NET [options]        step parity only: a per-step table, the first divergence and
-                                        its culprit (own or inherited error); exit 1 on mismatch,
+    nnparity check NET [options]        step parity: a per-step table, the first divergence and its
+                                        culprit (own or inherited error), then the battery on every
+                                        layer kind NET uses (--no-battery: parity only); exit 1 on mismatch,
                                         4 if inconclusive (no mismatch, but gradients zero, or values
                                         overflowed, on both sides)
                                         (``nnparity parity`` is the same command under its old name)
@@ -193,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--inject", metavar="BUG", type=bug_name, default=None,
                    help="run with one of the selftest's canonical bugs patched in, to see how a slip is reported "
                         "(nnparity selftest lists them)")
+    c.add_argument("--no-battery", action="store_true",
+                   help="step parity only: leave out the battery on every layer kind the network uses")
     c.add_argument("--plot", metavar="DIR", default=None,
                    help="on a mismatch, write heatmaps (scratch, reference, scratch - reference) of the failing "
                         "tensors at the first failing step into DIR, as PNGs (made if its parent exists)")
@@ -434,7 +437,8 @@ def _dispatch(args) -> int:
 
         bug = get_bug(args.inject) if args.inject else None
         with bug.applied() if bug else nullcontext():
-            result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw, recipe=recipe)
+            result = check.run_check(args.net, args.steps, args.dtype or "float64", args.seed, raw, recipe=recipe,
+                                     battery=not args.no_battery)
         result.injected = bug
         if args.plot is not None and result.diagnosis is not None:
             from nnparity.reporting.heatmap import draw_divergence

@@ -42,15 +42,43 @@ class CheckResult:
     injected: object = None   # the selftest bug patched in (``--inject``): a ``bugs.Bug``
     vanished: Vanished | None = None
     plots: list = None        # heatmaps written of the failing tensors (``--plot DIR``)
+    battery: list | None = None   # ``BatteryReport`` per layer kind the network uses (None: not run)
+    battery_seconds: float = 0.0
+
+    @property
+    def battery_mismatches(self) -> list:
+        return [c for r in self.battery or () for c in r.mismatches]
 
     @property
     def ok(self) -> bool:
-        return self.trace.ok
+        return self.trace.ok and not self.battery_mismatches
 
     @property
     def status(self) -> str:
-        """``pass``, ``mismatch`` or ``degenerate`` (inconclusive: see ``Trace.status``)."""
-        return self.trace.status
+        """``pass``, ``mismatch`` or ``degenerate`` (inconclusive: see ``Trace.status``); a real
+        mismatch of the battery section is a mismatch too."""
+        return "mismatch" if self.battery_mismatches else self.trace.status
+
+    def battery_lines(self) -> list[str]:
+        if self.battery is None:
+            return []
+        n = sum(len(r.comparisons) for r in self.battery)
+        bad = [r for r in self.battery if not r.ok]
+        import textwrap
+
+        head = (f"BATTERY ({len(self.battery)} kinds, {n} comparisons, {self.battery_seconds:.1f} s): every layer "
+                f"kind {self.trace.net} uses, in its configurations and the sweep around them "
+                f"(nnparity.diagnosis.battery: autograd in float64 and float32, finite differences, two "
+                f"accumulating backwards, non-finite routing, float32 on long reductions, train and eval, "
+                f"init statistics)")
+        lines = ["", *textwrap.wrap(head, 100, subsequent_indent="  ")]
+        for r in self.battery:
+            lines.append(f"  {'FAIL' if not r.ok else 'pass'}  {r.name}: {len(r.comparisons)} comparisons"
+                         + (f", {len(r.failures)} failing" if not r.ok else "")
+                         + (f", {len(r.na)} configurations not applicable" if r.na else ""))
+        for r in bad:
+            lines += ["", r.message()]
+        return lines
 
     @property
     def exit_status(self) -> int:
@@ -71,7 +99,10 @@ class CheckResult:
         if self.injected:
             bug = self.injected
             lines.insert(1, f"injected bug {bug.name}: {bug.description} [{bug.target}]")
-        if tr.ok:
+        if tr.ok and self.battery_mismatches:
+            lines.append(f"FAIL: step parity passes (worst margin {tr.worst_margin():.3g}), the battery does not "
+                         f"({len(self.battery_mismatches)} mismatching comparisons, below)")
+        elif tr.ok:
             lines.append(f"PASS: all {len(tr.comparisons)} comparisons within tolerance; "
                          f"worst margin {tr.worst_margin():.3g} (<= 1 passes)")
         elif tr.status == "degenerate":
@@ -93,7 +124,7 @@ class CheckResult:
             if self.vanished is not None:
                 lines += [""] + self.vanished_lines()
         lines += [f"heatmap of scratch - reference: {p}" for p in self.plots or []]
-        return "\n".join(lines)
+        return "\n".join(lines + self.battery_lines())
 
     def to_dict(self) -> dict:
         d = self.trace.to_dict()
@@ -103,6 +134,12 @@ class CheckResult:
         d["diagnosis"] = self.diagnosis.to_dict() if self.diagnosis else None
         d["vanished"] = self.vanished.to_dict() if self.vanished else None
         d["plots"] = list(self.plots or [])
+        d["status"] = self.status
+        d["battery"] = None if self.battery is None else {
+            "seconds": self.battery_seconds,
+            "kinds": [{"kind": r.name, "ok": r.ok, "comparisons": len(r.comparisons),
+                       "failing": [c.describe() for c in r.failures[:20]], "not_applicable": r.na}
+                      for r in self.battery]}
         return d
 
     def to_json(self) -> str:
@@ -110,12 +147,23 @@ class CheckResult:
 
 
 def run_check(name: str, steps: int = 50, dtype="float64", seed: int = 0, raw=None, *, recipe=None,
-              ds=None) -> CheckResult:
-    """Step parity of a documented network, localising the first divergence if any."""
+              ds=None, battery: bool = False) -> CheckResult:
+    """Step parity of a documented network, localising the first divergence if any; with ``battery``
+    (what ``nnparity check`` does unless ``--no-battery``), then the battery on every layer kind it
+    uses (``nnparity.diagnosis.battery``). ``nnparity run``'s parity gate is step parity alone."""
+    import time
+
     net = get(name)
     loc = Localizer(allowed_zero=net.allowed_zero)
     trace = run_parity(name, steps, dtype, seed, raw, recipe=recipe, ds=ds, observer=loc)
-    return CheckResult(trace, loc.diagnosis, seed, vanished=loc.vanished)
+    result = CheckResult(trace, loc.diagnosis, seed, vanished=loc.vanished)
+    if battery:
+        from nnparity.diagnosis.battery import network_battery
+
+        t0 = time.perf_counter()
+        result.battery = network_battery(name, seed=seed)
+        result.battery_seconds = time.perf_counter() - t0
+    return result
 
 
 # --- the noise floor ------------------------------------------------------------------

@@ -14,8 +14,9 @@ recipe reaches the code path (``requires``: momentum, a mean-reduced loss).
 
 Adding a bug = one ``Bug(...)`` entry in ``CATALOGUE`` with its patch function; when
 the slip's lines are not yet a helper of their own, factor them out of the layer first
-(a one-line docstring saying what the helper computes). The target class needs a unit
-check in ``nnparity.selftest.kill_matrix.UNIT_CHECKS``.
+(a one-line docstring saying what the helper computes). The target class needs an entry in
+the layer-case table (``nnparity.diagnosis.layercases``): the selftest's unit column runs
+the battery (``nnparity.diagnosis.battery``) on it.
 
 A slip that needs something the correct layer never keeps (the classic max-pool
 backward ``x == max`` needs the forward's input, which ``MaxPool2d`` does not
@@ -67,6 +68,13 @@ class Bug:
         issue_item: which item of the issue's list it implements.
         also: extra ``(target, patch)`` pairs applied with the main one, for what the
             slip needs and the correct code does not keep (``keep_input``); never a second slip.
+        kinds: the layer kinds of the table (``nnparity.diagnosis.layercases``) the slip is in, for a
+            target that is no layer's method (an initialisation); default: the target class's kinds.
+        unseen_by_parity: why step parity cannot see the slip by construction (every step zeroes the
+            gradients before one backward; the torch side receives a copy of the initialisation; the
+            data are finite; the selftest's float64 sums in float64 either way): its parity columns
+            are then not applicable, and the battery (the unit column, ``nnparity check``'s battery
+            section) is what must kill it.
     """
 
     name: str
@@ -77,6 +85,8 @@ class Bug:
     applies: Callable | None = None
     issue_item: str = ""
     also: tuple = ()
+    kinds: tuple = ()
+    unseen_by_parity: str = ""
 
     def resolve(self, target: str | None = None):
         """(owner, attribute name): the class or module holding the target (or ``target``)."""
@@ -93,6 +103,7 @@ class Bug:
 
     @property
     def target_class(self):
+        """The class whose method the slip replaces (None for a module function: an initialisation)."""
         owner, _ = self.resolve()
         return owner if isinstance(owner, type) else None
 
@@ -319,6 +330,34 @@ def _conv_dw_swapped_axes(original):
     return weight_grad_layout
 
 
+# The four classes step parity cannot see (issue 14): accumulation, non-finite routing, float32
+# accumulation, initialisation of a conv shape
+
+def _conv_grad_assigned(original):
+    def accumulate(self, param: Parameter, grad) -> None:  # noqa: F821 (the annotation is a string)
+        param.grad[...] = grad  # BUG: = where += is due: a second backward overwrites the first's gradient
+    return accumulate
+
+
+def _maxpool_product_for_nonfinite(original):
+    def route(self, view, dy_t, chosen, finite):
+        # BUG: the 0/1-mask product even for an inf or NaN dy: 0 * inf = NaN lands on the window's other elements
+        np.multiply(dy_t, chosen, out=view)
+    return route
+
+
+def _linear_db_float32_sum(original):
+    def bias_grad(self, dy):
+        return dy.sum(axis=0)  # BUG: accumulated in the gradient's dtype: float32 rounding grows down the batch
+    return bias_grad
+
+
+def _fans_without_receptive_field(original):
+    def fans(weight) -> tuple[int, int]:
+        return weight.shape[1], weight.shape[0]  # BUG: fan_in = C_in, the kernel's kH * kW forgotten
+    return fans
+
+
 def _has_bias(model) -> bool:
     from scratch.layers import Linear
 
@@ -380,6 +419,22 @@ CATALOGUE = (
     Bug("conv-dW-swapped-axes", "Conv2d weight gradient with the in/out channel axes swapped (reshaped to W's "
         "shape)", "scratch.conv.Conv2d._weight_grad_layout", _conv_dw_swapped_axes,
         issue_item="conv weight gradient with swapped axes"),
+    Bug("conv-grad-assigned", "Conv2d parameter gradients assigned (=) instead of accumulated (+=)",
+        "scratch.conv.Conv2d._accumulate", _conv_grad_assigned, issue_item="= instead of += in a conv gradient",
+        unseen_by_parity="every step zeroes the gradients before its one backward, where = and += agree"),
+    Bug("maxpool-nan-routing", "max-pool backward multiplies dy by the 0/1 mask even when dy holds inf or NaN "
+        "(0 * inf = NaN reaches the other elements of the window)", "scratch.pool.MaxPool2d._route",
+        _maxpool_product_for_nonfinite, issue_item="NaN routing in max-pool backward",
+        unseen_by_parity="the training data and gradients are finite"),
+    Bug("linear-db-float32-sum", "Linear bias gradient summed in the gradient's dtype (float32) instead of "
+        "accumulated in float64", "scratch.layers.Linear._bias_grad", _linear_db_float32_sum,
+        issue_item="float32 accumulation of a reduction",
+        unseen_by_parity="the selftest's float64 step parity sums in float64 either way, and float32's "
+                         "tolerance is far above a float32 sum's drift"),
+    Bug("init-fan-without-receptive-field", "weight initialisation with fan_in = C_in for a conv, the kernel's "
+        "kH * kW left out (right for Linear shapes only)", "scratch.init._fans", _fans_without_receptive_field,
+        kinds=("conv2d",), issue_item="conv init with the wrong fan",
+        unseen_by_parity="the torch side receives a copy of the scratch initialisation"),
 )
 
 

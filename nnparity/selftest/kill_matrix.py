@@ -3,8 +3,13 @@
 Every bug of the catalogue (``nnparity.selftest.bugs``) is applied in turn, by patching one
 scratch function for the duration of one check, and run against
 
-* **unit**: the target's class alone against its torch equivalent
-  (``UNIT_CHECKS``: random inputs and non-uniform upstream gradients, float64);
+* **unit**: the battery (``nnparity.diagnosis.battery``) on the bug's layer kind of the
+  table (``nnparity.diagnosis.layercases``), in every documented network's configurations and
+  the kind's sweep: autograd in float64 and float32, finite differences, two accumulating
+  backward calls, non-finite routing, float32 against float64 on long reductions, train and
+  eval, initialisation statistics;
+* **battery**: per network, the battery section of ``nnparity check NET`` (the same battery on
+  the kinds the network uses, in its configurations and the sweep);
 * **parity**: each network's step parity (float64, a few steps, small batches),
   on the documented recipe and, where a bug needs it to be reachable, on a
   variant (momentum 0.9, a mean-reduced loss);
@@ -17,7 +22,7 @@ tolerance) of the failing comparison the check reports, its first divergence:
 roughly the factor by which the tolerance could be loosened before the check
 stopped reporting the bug there. (``worst``, the largest margin of the check,
 is kept too.) The floors: every available bug
-is killed by every applicable unit and parity check with margin >= 10, every
+is killed by every applicable unit, battery and parity check with margin >= 10, every
 bug has at least one such check, and every check passes on the correct code.
 """
 
@@ -38,194 +43,62 @@ from nnparity.core.threads import blas_threads
 
 FLOOR = 10.0          # required detection margin
 WIDTH = 100           # the printed matrix fits this many columns
-REQUIRED_KINDS = ("unit", "parity")   # the floors; "split" and "linear" (metamorphic) are informational
+REQUIRED_KINDS = ("unit", "parity", "battery")   # the floors; "split" and "linear" (metamorphic) are informational
 CELL = 6              # characters per matrix cell ("x2e10" and a space)
 DTYPE = "float64"     # the floors are proven in float64, the dtype of the tightest tolerance
 
 
-# --- unit checks: one scratch class alone against torch -------------------------------
+# --- unit checks: the battery on the bug's layer kind ----------------------------------
 
-def _unit_linear(dtype=DTYPE) -> list:
-    import torch
+@dataclass(frozen=True)
+class BatteryCheck:
+    """The battery (``nnparity.diagnosis.battery``) on the given kinds of the layer-case table: every
+    documented network's configurations of them and their sweep (``net=None``: the unit column), or
+    one network's (``net``: its ``nnparity check`` battery section: the same comparisons, taken from
+    the whole run by ``BatteryReport.subset``). Called with the selftest's dtype (the battery runs
+    float64 and float32 itself) and the bug applied, if any (``memo`` keeps each kind's run per bug);
+    returns the comparisons."""
 
-    from scratch.layers import Linear
+    kinds: tuple
+    net: str | None = None
+    memo: dict | None = field(default=None, compare=False, hash=False)
 
-    from nnparity.diagnosis.layercheck import check_layer
+    def __call__(self, dtype=DTYPE, bug=None) -> list:
+        from nnparity.diagnosis.battery import run_battery
+        from nnparity.diagnosis.layercases import network_configs
 
-    out = []
-    for n_in, n_out in ((7, 5), (6, 6)):  # a square weight too: where a missing transpose hides
-        layer = Linear(n_in, n_out, dtype=np.dtype(dtype))
-        rng = np.random.default_rng(n_in)
-        for _, p in layer.named_parameters():
-            p.data[...] = rng.standard_normal(p.shape)
-        out += check_layer(layer, torch.nn.Linear(n_in, n_out), (8, n_in), dtype=dtype,
-                           raise_on_failure=False, seed=n_out)
-    return out
-
-
-def _unit_activation(cls_name: str):
-    def run(dtype=DTYPE) -> list:
-        import torch
-
-        import scratch.layers as layers
-
-        from nnparity.diagnosis.layercheck import check_layer
-
-        return check_layer(getattr(layers, cls_name)(), getattr(torch.nn, cls_name)(), (8, 9),
-                           dtype=dtype, raise_on_failure=False)
-    return run
+        out = []
+        for kind in self.kinds:
+            key = (kind, bug.name if bug is not None else None)
+            full = self.memo.get(key) if self.memo is not None else None
+            if full is None:
+                full = run_battery(kind)
+                if self.memo is not None:
+                    self.memo[key] = full
+            out += (full if self.net is None else full.subset(network_configs(self.net)[kind])).comparisons
+        return out
 
 
-def _unit_cross_entropy(dtype=DTYPE) -> list:
-    import torch
+def bug_kinds(bug) -> tuple:
+    """The table kinds a bug's slip is in: its own ``kinds``, else those of its target class."""
+    from nnparity.diagnosis.layercases import cases_of_class
 
-    from scratch.losses import CrossEntropyLoss
-
-    from nnparity.diagnosis.layercheck import check_loss
-
-    target = np.array([3, 0, 9, 9, 1, 4, 7, 2], dtype=np.int64)
-    return [c for red in ("mean", "sum")
-            for c in check_loss(CrossEntropyLoss(red), torch.nn.CrossEntropyLoss(reduction=red), (8, 10), target,
-                                dtype=dtype, raise_on_failure=False)]
-
-
-def _unit_sgd(dtype=DTYPE) -> list:
-    import torch
-
-    from scratch.module import Parameter
-    from scratch.optim import SGD
-
-    from nnparity.core.parity import compare, tolerance_for
-
-    tol = tolerance_for(dtype)
-    out = []
-    for momentum in (0.0, 0.9):
-        rng = np.random.default_rng(5)
-        w0 = rng.standard_normal((3, 4)).astype(dtype)
-        p, pt = Parameter(w0.copy()), torch.nn.Parameter(torch.from_numpy(w0.copy()))
-        opt, opt_t = SGD([("w", p)], lr=0.1, momentum=momentum), torch.optim.SGD([pt], lr=0.1, momentum=momentum)
-        for step in range(1, 4):
-            g = rng.standard_normal((3, 4)).astype(dtype)
-            p.grad[...] = g
-            pt.grad = torch.from_numpy(g.copy())
-            opt.step()
-            opt_t.step()
-            out.append(compare("param/w", p.data, pt.detach().numpy(), tol, step=step))
-            if momentum:
-                out.append(compare("state/w.momentum_buffer", opt.state_dict()["w.momentum_buffer"],
-                                   opt_t.state[pt]["momentum_buffer"].numpy(), tol, step=step))
-    return out
-
-
-def _named(comparisons, case: str) -> list:
-    """Prefix each comparison's name with the case it belongs to (``ties: din``), so a kill
-    says which input made it."""
-    return [replace(c, name=f"{case}: {c.name}") for c in comparisons]
-
-
-def _randomised(layer, seed: int):
-    """The layer with every parameter drawn standard normal (scratch layers start at zero or one)."""
-    rng = np.random.default_rng(seed)
-    for _, p in layer.named_parameters():
-        p.data[...] = rng.standard_normal(p.shape)
-    return layer
-
-
-def _unit_conv2d(dtype=DTYPE) -> list:
-    import torch
-
-    from scratch.conv import Conv2d
-
-    from nnparity.diagnosis.layercheck import check_layer
-
-    out = []
-    # the net's case (3x3, stride 1, no padding, C_in != C_out) and a square one (C_in = C_out:
-    # where swapped channel axes keep W's shape) with stride and padding
-    for cin, cout, stride, pad in ((3, 5, 1, 0), (4, 4, 2, 1)):
-        layer = _randomised(Conv2d(cin, cout, 3, stride=stride, padding=pad, dtype=np.dtype(dtype)), cin)
-        out += _named(check_layer(layer, torch.nn.Conv2d(cin, cout, 3, stride=stride, padding=pad),
-                                  (2, cin, 7, 8), dtype=dtype, raise_on_failure=False, seed=cout),
-                      f"{cin}->{cout} stride {stride} padding {pad}")
-    return out
-
-
-def _unit_batchnorm(dtype=DTYPE) -> list:
-    import torch
-
-    from scratch.norm import BatchNorm2d
-
-    from nnparity.diagnosis.layercheck import check_layer
-
-    out = []
-    for train in (True, False):
-        layer = _randomised(BatchNorm2d(5, dtype=np.dtype(dtype)), 3)
-        rng = np.random.default_rng(4)
-        layer.running_mean[...] = rng.standard_normal(5)
-        layer.running_var[...] = rng.uniform(0.5, 2.0, 5)
-        # M = 4*3*3 = 36 values per channel: the biased and unbiased variances differ by 1/35;
-        # mean and scale far from 0 and 1
-        x = rng.standard_normal((4, 5, 3, 3)) * 3 + 1.5
-        out += _named(check_layer(layer, torch.nn.BatchNorm2d(5), x=x, dtype=dtype, train=train,
-                                  raise_on_failure=False, seed=5), "train" if train else "eval")
-    return out
-
-
-def _unit_maxpool(dtype=DTYPE) -> list:
-    import torch
-
-    from scratch.pool import MaxPool2d
-
-    from nnparity.diagnosis.layercheck import check_layer
-
-    rng = np.random.default_rng(6)
-    # random values (no ties; odd sizes: floor mode drops a row and a column), then values in {0, 1, 2}
-    # on purpose: most windows hold tied maxima, zeros (as after a ReLU) included
-    cases = (("random", rng.standard_normal((2, 3, 9, 11))), ("ties", rng.integers(0, 3, (2, 3, 8, 8))))
-    return [c for case, x in cases
-            for c in _named(check_layer(MaxPool2d(2), torch.nn.MaxPool2d(2), x=x, dtype=dtype,
-                                        raise_on_failure=False, seed=7), case)]
-
-
-def _unit_dropout(dtype=DTYPE) -> list:
-    import torch
-
-    from reference.layers import MaskedDropout
-    from scratch.dropout import Dropout
-
-    from nnparity.diagnosis.layercheck import check_layer
-
-    out = []
-    for p in (0.3, 0.01):  # the net's p too
-        layer = Dropout(p, np.random.default_rng(8))
-
-        def torch_dropout(xt, layer=layer):  # torch's dropout arithmetic on the scratch layer's mask
-            ref = MaskedDropout(layer.p)
-            ref.mask = torch.from_numpy(layer.mask)
-            return ref(xt)
-
-        out += _named(check_layer(layer, torch_dropout, (16, 6, 5, 5), dtype=dtype, train=True,
-                                  raise_on_failure=False, seed=9), f"p {p:g}")
-    return out
-
-
-# Keyed by the target class's "module.Class"; each takes the dtype. A new layer's bugs need
-# its entry here.
-UNIT_CHECKS = {
-    "scratch.layers.Linear": _unit_linear,
-    "scratch.layers.ReLU": _unit_activation("ReLU"),
-    "scratch.layers.Sigmoid": _unit_activation("Sigmoid"),
-    "scratch.losses.CrossEntropyLoss": _unit_cross_entropy,
-    "scratch.optim.SGD": _unit_sgd,
-    "scratch.conv.Conv2d": _unit_conv2d,
-    "scratch.norm.BatchNorm2d": _unit_batchnorm,
-    "scratch.pool.MaxPool2d": _unit_maxpool,
-    "scratch.dropout.Dropout": _unit_dropout,
-}
-
-
-def unit_check_for(bug):
+    if bug.kinds:
+        return tuple(bug.kinds)
     cls = bug.target_class
-    return UNIT_CHECKS.get(f"{cls.__module__}.{cls.__qualname__}") if cls is not None else None
+    return tuple(c.kind for c in cases_of_class(cls)) if cls is not None else ()
+
+
+def unit_check_for(bug, memo=None):
+    """The unit column's check of a bug: the battery on its kinds (None if it has none)."""
+    kinds = bug_kinds(bug)
+    return BatteryCheck(kinds, memo=memo) if kinds else None
+
+
+def network_kinds(name: str) -> tuple:
+    from nnparity.diagnosis.layercases import network_configs
+
+    return tuple(network_configs(name))
 
 
 # --- checks and cells --------------------------------------------------------------------
@@ -355,7 +228,7 @@ class SelfTest:
                       "itself failed or crashed. Bugs no check of a block applies to are left out of it.", "  ")]
         floors = [(n, c) for n, c in numbered if self.required(c)]
         info = [(n, c) for n, c in numbered if not self.required(c)]
-        lines += ["", wrap(f"FLOORS - unit and step-parity checks against the torch reference: each must kill "
+        lines += ["", wrap(f"FLOORS - unit, battery and step-parity checks against the torch reference: each must kill "
                            f"every bug it applies to with margin >= {FLOOR:g}; a miss here fails the selftest.")]
         lines += self._block(floors, width)
         if info:
@@ -367,7 +240,8 @@ class SelfTest:
             lines += self._block(info, width)
         lines += ["", "bugs (each replaces the function in brackets, for the duration of one check):"]
         for bug in self.bugs:
-            lines.append(wrap(f"  {bug.name}: {bug.description} [{bug.target}]", "      "))
+            unseen = f" (step parity cannot see it: {bug.unseen_by_parity})" if bug.unseen_by_parity else ""
+            lines.append(wrap(f"  {bug.name}: {bug.description} [{bug.target}]{unseen}", "      "))
         if self.pending:
             lines += ["", wrap("catalogue entries whose target is not in this checkout yet: "
                                + ", ".join(self.pending))]
@@ -375,8 +249,8 @@ class SelfTest:
         small = self.smallest_kill()
         problems = self.problems()
         if not problems:
-            lines.append(wrap(f"PASS: every one of the {len(self.bugs)} bugs is killed by every applicable unit "
-                              f"and parity check (the floors) with margin >= {FLOOR:g}"
+            lines.append(wrap(f"PASS: every one of the {len(self.bugs)} bugs is killed by every applicable unit, "
+                              f"battery and parity check (the floors) with margin >= {FLOOR:g}"
                               + (f" (smallest: {small[0]:.3g}, {small[1]} by {small[2]})" if small else "")
                               + "; every check passes on the correct code."))
         else:
@@ -422,7 +296,7 @@ class SelfTest:
                 "checks": [c.to_dict() for c in self.checks],
                 "baseline": {k: v.to_dict() for k, v in self.baseline.items()},
                 "bugs": [{"name": b.name, "description": b.description, "target": b.target,
-                          "issue_item": b.issue_item,
+                          "issue_item": b.issue_item, "unseen_by_parity": b.unseen_by_parity,
                           "cells": {k: v.to_dict() for k, v in self.cells[b.name].items()}} for b in self.bugs],
                 "pending": self.pending}
 
@@ -522,6 +396,32 @@ def run_selftest(nets=None, *, steps: int = 2, batch_size: int = 16, seed: int =
                              dtype=dtype, progress=progress)
 
 
+def _battery_column(report, check, catalogue, check_of, cells) -> None:
+    """One battery column: ``check_of(bug)`` (a ``BatteryCheck`` or None: not applicable) on the
+    correct code once per distinct check (the baseline), then with each bug applied."""
+    report.checks.append(check)
+    report.baseline[check.key] = Cell("pass")
+    baseline = {}
+    for bug in catalogue:
+        fn = check_of(bug)
+        if fn is None:
+            report.cells[bug.name][check.key] = Cell("n/a")
+            continue
+        if fn not in baseline:
+            try:
+                baseline[fn] = _cell(fn(report.dtype), False)
+            except Exception as e:
+                baseline[fn] = _error(e)
+            if baseline[fn].status != "pass":
+                report.baseline[check.key] = baseline[fn]
+        try:
+            with bug.applied():
+                report.cells[bug.name][check.key] = _cell(fn(report.dtype, bug), True)
+        except Exception as e:
+            report.cells[bug.name][check.key] = _error(e)
+        cells.update(1)
+
+
 def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype, progress) -> SelfTest:
     import time
 
@@ -539,29 +439,10 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype, progress) 
     # the number of columns is known only as each network's variants are built: the bar counts cells
     cells = bar(total=None, desc="selftest", progress=progress, unit="cell")
 
-    unit = Check("unit", "unit", "unit: the bug's class alone against its torch equivalent (random inputs and "
-                                 "upstream gradients)")
-    report.checks.append(unit)
-    report.baseline[unit.key] = Cell("pass")
-    unit_baseline = {}
-    for bug in catalogue:
-        fn = unit_check_for(bug)
-        if fn is None:
-            report.cells[bug.name][unit.key] = Cell("n/a")
-            continue
-        if fn not in unit_baseline:
-            try:
-                unit_baseline[fn] = _cell(fn(dtype), False)
-            except Exception as e:
-                unit_baseline[fn] = _error(e)
-            if unit_baseline[fn].status != "pass":
-                report.baseline[unit.key] = unit_baseline[fn]
-        try:
-            with bug.applied():
-                report.cells[bug.name][unit.key] = _cell(fn(dtype), True)
-        except Exception as e:
-            report.cells[bug.name][unit.key] = _error(e)
-        cells.update(1)
+    unit = Check("unit", "unit", "unit: the battery on the bug's layer kind, every documented configuration and "
+                                 "the kind's sweep (nnparity.diagnosis.battery)")
+    memo = {}   # each kind's battery run, per bug: the network columns take their configurations from it
+    _battery_column(report, unit, catalogue, lambda bug: unit_check_for(bug, memo), cells)
 
     for name in nets:
         net = get(name)
@@ -580,6 +461,13 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype, progress) 
             except Exception:  # the network cannot take this variant
                 continue
             columns.append((f"{name}+{req.name}", f"{name} step parity, variant: {req.label}", variant))
+        kinds = network_kinds(name)
+        battery = Check(f"{name}:battery", "battery", f"{name}: nnparity check's battery section (the battery on "
+                                                      f"the kinds {name} uses, its configurations and the sweep)",
+                        name, documented)
+        _battery_column(report, battery, catalogue,
+                        lambda bug: (BatteryCheck(tuple(k for k in bug_kinds(bug) if k in kinds), name, memo)
+                                     if set(bug_kinds(bug)) & set(kinds) else None), cells)
         for key, label, recipe in columns:
             check = Check(key, "parity", label, name, recipe)
             report.checks.append(check)
@@ -588,7 +476,7 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype, progress) 
             objects = _objects(scratch_side)
             x0, y0 = next(iter(net.data.first_batches(net, recipe, raw, dtype, seed, 1, ds=ds)))
             for bug in catalogue:
-                applicable = (_applies(bug, objects, scratch_side.model, recipe)
+                applicable = (not bug.unseen_by_parity and _applies(bug, objects, scratch_side.model, recipe)
                               and _reached(bug, net, recipe, dtype, seed, x0, y0))
                 report.cells[bug.name][key] = (_parity_cell(name, recipe, ds, steps, seed, dtype, bug)
                                                if applicable else Cell("n/a"))
@@ -618,3 +506,23 @@ def _run_selftest(nets, *, steps, batch_size, seed, raw, bugs, dtype, progress) 
     cells.close()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def kill_rates(report: SelfTest) -> dict:
+    """Which bugs of the catalogue each way of checking kills, from one kill matrix:
+
+    * ``suite``: the test suite's (``parity_tests/test_selftest.py``, ``test_bugs.py``): any floor
+      column, the unit column (the battery on the bug's kind), every network's battery column and
+      every step-parity column, variants included;
+    * ``check``: ``nnparity check NET`` over every documented network: the documented recipe's step
+      parity or NET's battery section (what the command runs).
+    """
+    def killed(bug, keys):
+        return any(report.cells[bug.name][k].status == "killed" for k in keys if k in report.cells[bug.name])
+
+    floors = [c.key for c in report.checks if report.required(c)]
+    check_cols = [k for net in report.nets for k in (net, f"{net}:battery")]
+    suite = [b.name for b in report.bugs if killed(b, floors)]
+    check = [b.name for b in report.bugs if killed(b, check_cols)]
+    return {"bugs": [b.name for b in report.bugs], "suite": suite, "check": check,
+            "only_suite": [b for b in suite if b not in check], "only_check": [b for b in check if b not in suite]}
