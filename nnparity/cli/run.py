@@ -79,6 +79,14 @@ def concurrent_mode(sequential: bool) -> bool:
     return not sequential and cores() >= 2
 
 
+def training_mode(training) -> str:
+    """The line that says how the sides train."""
+    if getattr(training.ref, "remote", False):
+        return f"training: both sides at once, the torch side in worker process {training.ref.pid} (one core each)"
+    return (f"training: the sides alternate step by step in this process "
+            f"({'--sequential' if cores() >= 2 else 'one core'})")
+
+
 def worker_failed(what) -> None:
     """A torch worker that died (``WorkerError``): one line on stderr."""
     print(f"nnparity run: error: {what}", file=sys.stderr, flush=True)
@@ -209,6 +217,7 @@ def _run_single(net, recipe, *, seed, dtype, out, data_dir, parity_steps, progre
         status = EXIT_OK
         try:
             training = Training(net, recipe, ds, dtype, seed, drift_steps=envelope_steps, concurrent=concurrent)
+            log(training_mode(training))
             start = 1
             if resumed:
                 start = checkpoint.restore(training, *resumed)

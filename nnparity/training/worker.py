@@ -22,11 +22,16 @@ process ends first. A worker that dies is a ``WorkerError`` of one line, never a
 a worker whose parent dies finds its pipe closed at its next message and exits. The
 worker ignores SIGINT (a Ctrl-C reaches the whole process group): the parent stops it.
 
+A worker lives as long as this process needs it: started early (``warm_up``: it imports
+torch, seconds, while the run checks parity), it serves one ``Training`` after another
+(a sweep's seeds, a test module's runs); one that a ``Training`` leaves with an answer
+still due (an interrupted epoch, a divergence) is stopped instead of reused.
+
 Messages, in order on one pipe (the worker answers each in turn)::
 
-    to the worker:   ("epoch", epoch, lr, steps done)  then, if it takes the scratch side's draws,
-                     ("draws", {layer: mask}) once per step;  ("evaluate", chunk);
-                     ("load", state);  ("stop",)
+    to the worker:   ("setup", {...})  ("epoch", epoch, lr, steps done)  then, if it takes
+                     the scratch side's draws, ("draws", {layer: mask}) once per step;
+                     ("evaluate", chunk)  ("load", state)  ("release",)  ("stop",)
     from the worker: ("ready",)  ("step", step, StepResult, seconds, non-finite, state or None)
                      ("evaluated", result)  ("state", state)  ("error", what)
 """
