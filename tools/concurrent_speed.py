@@ -8,6 +8,10 @@ start, first-call allocations), their epochs are timed in turn, ROUNDS rounds (d
 3), so that both modes see the same load. An epoch's wall time includes its evaluation
 on a 100-image test subset. Prints the load (``os.getloadavg``) before and after, every
 round's ms per step and ratio, and the median ratio: what to quote on a shared machine.
+First, and again last, it measures how many cores the machine gives right now: a
+one-thread NumPy GEMM loop alone, then two such loops in two processes at once (2.0:
+two cores free; 1.0: the other jobs leave the run one core's worth, and training both
+sides at once cannot be faster than alternating them).
 """
 
 import os
@@ -15,8 +19,31 @@ import statistics
 import sys
 import time
 
-CASES = [("mlp1000", "float32", 6000), ("mlp1000", "float64", 4000), ("cnn18k", "float32", 800),
-         ("mlp16", "float32", 32000), ("linear10", "float32", 32000)]
+CASES = [("mlp1000", "float32", 20000), ("mlp1000", "float64", 10000), ("cnn18k", "float32", 1600),
+         ("mlp16", "float32", 60000), ("linear10", "float32", 32000)]
+
+
+def _gemm_loop(_=None) -> float:
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).random((512, 512), dtype=np.float32)
+    with threadpool_limits(1):
+        t0 = time.perf_counter()
+        for _ in range(200):
+            a @ a
+        return time.perf_counter() - t0
+
+
+def cores_free() -> float:
+    """One GEMM loop's time alone over its time beside a second one in another process."""
+    import multiprocessing
+
+    alone = _gemm_loop()
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(_gemm_loop, range(2))  # the workers' start-up, not timed
+        both = pool.map(_gemm_loop, range(2))
+    return 2 * alone / sum(both)
 
 
 def main(rounds: int = 3) -> None:
@@ -25,7 +52,8 @@ def main(rounds: int = 3) -> None:
     from nnparity.training.train import Training
 
     raw = mnist.load_mnist()
-    print(f"load before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; cores: {len(os.sched_getaffinity(0))}")
+    print(f"load before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; cores: {len(os.sched_getaffinity(0))}; "
+          f"cores free (GEMM loops): {cores_free():.2f}")
     print("| net | dtype | steps/epoch | sequential ms/step | concurrent ms/step | ratio per round | median ratio |")
     print("|---|---|---|---|---|---|---|")
     for name, dtype, n in CASES:
@@ -48,7 +76,7 @@ def main(rounds: int = 3) -> None:
         print(f"| {name} | {dtype} | {steps} | {' '.join(f'{v:.3f}' for v in ms[False])} | "
               f"{' '.join(f'{v:.3f}' for v in ms[True])} | {' '.join(f'{r:.2f}' for r in ratios)} | "
               f"{statistics.median(ratios):.2f} |", flush=True)
-    print(f"load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; cores free (GEMM loops): {cores_free():.2f}")
 
 
 if __name__ == "__main__":  # the concurrent Training spawns its worker: the guard multiprocessing needs

@@ -32,7 +32,7 @@ Messages, in order on one pipe (the worker answers each in turn)::
     to the worker:   ("setup", {...})  ("epoch", epoch, lr, steps done)  then, if it takes
                      the scratch side's draws, ("draws", {layer: mask}) once per step;
                      ("evaluate", chunk)  ("load", state)  ("release",)  ("stop",)
-    from the worker: ("ready",)  ("step", step, StepResult, seconds, non-finite, state or None)
+    from the worker: ("ready",)  ("steps", [(step, StepResult, seconds, non-finite, state or None), ...])
                      ("evaluated", result)  ("state", state)  ("error", what)
 """
 
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
 import multiprocessing
 import os
 import queue
@@ -53,6 +54,7 @@ import numpy as np
 from nnparity.training.tape import copy_state
 
 _FIELDS = ("x_train", "y_train", "x_test", "y_test")
+BATCHED_STEPS = 16  # steps' results per message from the worker, at most
 _ALIGN = 64  # each array starts on a 64-byte boundary of the mapped file (as NumPy's own allocations)
 
 
@@ -169,17 +171,29 @@ def _session(conn, setup: dict) -> bool:
         if kind == "epoch":
             _, epoch, lr, step = msg
             side.set_lr(lr)
+            done = []  # steps not sent yet: sent in batches, a message per step would cost the parent time
+
+            def send():
+                if done:
+                    conn.send(("steps", done[:]))
+                    done.clear()
+
             for i, (x, y) in enumerate(training_batches(ds, recipe, seed, epoch), 1):
                 step += 1
+                if takes_draws and not conn.poll():
+                    send()  # about to wait for the parent's next masks: what is done goes first
                 draws = _expect(conn, "draws")[1] if takes_draws else None
                 before = side.seconds
                 with np.errstate(over="ignore", invalid="ignore"):  # the parent decides what a non-finite step means
                     r = side.step(x, y, draws=draws)
                     bad = nonfinite(side, r)
-                keep = step <= drift_steps or i == n_batches
-                conn.send(("step", step, r, side.seconds - before, bad, side.state() if keep else None))
+                state = side.state() if step <= drift_steps or i == n_batches else None
+                done.append((step, r, side.seconds - before, bad, state))
+                if state is not None or bad or len(done) == BATCHED_STEPS:
+                    send()  # (the parent pairs the drift steps' states at once, and stops at a non-finite step)
                 if bad:
                     break  # the run stops at the earliest non-finite step of either side
+            send()
         elif kind == "evaluate":
             conn.send(("evaluated", evaluate_test(side, ds, msg[1])))
         elif kind == "load":
@@ -311,6 +325,7 @@ class RemoteSide:
             tape.states[0] = copy_state(local.state())
         self._state, self._lr, self._epoch, self._n_test = copy_state(local.state()), None, None, len(ds.y_test)
         self._steps_per_epoch = math.ceil(len(ds.y_train) / recipe.batch_size)
+        self._received = deque()  # steps come in batches: those not asked for yet
         path, layout = _write_data(ds)
         setup = {"spec": spec, "recipe": {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)},
                  "dtype": str(np.dtype(dtype)), "seed": seed, "data": (path, layout), "state": self._state,
@@ -355,7 +370,7 @@ class RemoteSide:
                     continue
             if msg is None:
                 raise self._died()
-            self._session.outstanding -= 1
+            self._session.outstanding -= len(msg[1]) if msg[0] == "steps" else 1
             if msg[0] == "error":
                 self._session.broken = True
                 raise WorkerError(f"the torch worker process failed {self._when()}: {msg[1]}")
@@ -389,12 +404,14 @@ class RemoteSide:
 
     def ready(self) -> bool:
         """Whether a step's result has come in (``next_step`` would not wait)."""
-        return not self._worker.inbox.empty()
+        return bool(self._received) or not self._worker.inbox.empty()
 
     def next_step(self):
         """``(step, StepResult, non-finite tensors or "", state or None)`` of the next step,
         waiting for it."""
-        _, step, result, seconds, bad, state = self._receive("step")
+        if not self._received:
+            self._received.extend(self._receive("steps")[1])
+        step, result, seconds, bad, state = self._received.popleft()
         if bad:
             self._session.broken = True  # the worker left the epoch there
         self.seconds += seconds
