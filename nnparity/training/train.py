@@ -172,8 +172,9 @@ class Training:
                                  "process, not loaded from a file or module): train it with concurrent=False")
             draws = [name for name, mod in self.scratch.model.named_modules()
                      if getattr(mod, "draws_mask", False) and self.ref.uses_draw(name)]
-            self.ref = RemoteSide(self.ref, spec=spec_of(self.net.name), recipe=self.recipe, ds=self.ds, dtype=self.dtype,
-                                  seed=self.seed, draws=draws, drift_steps=self.drift_steps, tape=self.ref_tape)
+            self.ref = RemoteSide(self.ref, spec=spec_of(self.net.name), recipe=self.recipe, ds=self.ds,
+                                  dtype=self.dtype, seed=self.seed, draws=draws, drift_steps=self.drift_steps,
+                                  tape=self.ref_tape)
         elif self.record_ref:
             self.ref = RecordingSide(self.ref, self.ref_tape)
 
