@@ -371,10 +371,12 @@ def _torch_alone(mnist, recipe, seed: int) -> list:
 def test_the_torch_side_is_trained_once_per_seed(tmp_path, monkeypatch, mnist):
     """Both variants' torch sides are the same computation: the run trains it once per
     seed (2 seeds x 2 epochs x 10 batches, not twice that), and both variants report the
-    figures of a torch side trained on its own, bit for bit."""
+    figures of a torch side trained on its own, bit for bit. (``--sequential``: the torch
+    steps are counted in this process; a concurrent run takes them in its worker.)"""
     calls = _counting_torch_steps(monkeypatch)
     status = main(["run", "linear10", "--seeds", "2", "--epochs", "2", "--train-size", "320", "--test-size", "160",
-                   "--parity-steps", "0", "--envelope-steps", "0", "--no-progress", "--out", str(tmp_path)])
+                   "--parity-steps", "0", "--envelope-steps", "0", "--no-progress", "--out", str(tmp_path),
+                   "--sequential"])
     assert status == 0
     assert len(calls) == 2 * 2 * 10
     m = json.loads((tmp_path / "linear10" / "metrics.json").read_text())

@@ -262,3 +262,88 @@ def test_gradcheck_refuses_a_step_float64_cannot_resolve(capsys):
         main(["gradcheck", "mlp16", "--eps", "1e-300"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "must be between 1e-10 and 0.1" in err and len(err.strip().splitlines()) == 1
+
+
+# --- the torch worker of a concurrent run (nnparity.training.worker) ----------------------------
+def _workers_of(pid: int) -> list:
+    """The torch worker processes (spawned children, not multiprocessing's resource tracker) of ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def _gone(pid: int, within: float = 10.0) -> bool:
+    """Whether process ``pid`` has ended (a zombie has), waiting up to ``within`` seconds."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _concurrent_run_in_training(out, seed):
+    """A concurrent run started and training its second epoch, and its torch worker's pid."""
+    proc = subprocess.Popen(command(out, seed, 50, "--parity-steps", "0", "--envelope-steps", "0"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch   2/"):
+            break
+    workers = _workers_of(proc.pid)
+    assert len(workers) == 1, workers
+    return proc, workers[0]
+
+
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the worker process in /proc")
+
+
+@needs_proc
+def test_a_signal_during_a_concurrent_run_stops_its_worker(previous, tmp_path):
+    """SIGTERM (SIGINT takes the same path: both are a KeyboardInterrupt in the run)."""
+    out = fresh_copy(previous, tmp_path)
+    before = snapshot(out / NET)
+    proc, worker = _concurrent_run_in_training(out, 1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, stderr)
+    assert len(stderr.strip().splitlines()) <= 1 and "Traceback" not in stderr, stderr
+    assert _gone(worker), f"worker {worker} outlived its run"
+    assert snapshot(out / NET) == before
+    assert_one_run(out / f"{NET}.incomplete", 1, "incomplete")
+    assert not no_leftovers(out)
+
+
+@needs_proc
+def test_a_worker_outlives_no_killed_run(previous, tmp_path):
+    """SIGKILL leaves the run no moment to stop its worker: the worker finds its pipe closed."""
+    out = fresh_copy(previous, tmp_path)
+    proc, worker = _concurrent_run_in_training(out, 1)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert _gone(worker), f"worker {worker} outlived its killed run"
+
+
+@needs_proc
+def test_a_killed_worker_ends_the_run_in_one_line(previous, tmp_path):
+    out = fresh_copy(previous, tmp_path)
+    before = snapshot(out / NET)
+    proc, worker = _concurrent_run_in_training(out, 1)
+    os.kill(worker, signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 5, (proc.returncode, stderr)
+    assert stderr.strip().splitlines() == [stderr.strip()], stderr
+    assert stderr.startswith(f"nnparity run: error: the torch worker process (pid {worker}) was killed by SIGKILL "
+                             "during epoch ")
+    assert snapshot(out / NET) == before
+    assert_one_run(out / f"{NET}.incomplete", 1, "incomplete")
+    assert not no_leftovers(out)

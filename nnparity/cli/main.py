@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     generic("--resume", default=None, metavar="DIR",
             help="continue from the checkpoint in DIR (a report folder or a checkpoint.npz)")
     generic("--no-progress", action="store_true", help="no progress bar")
+    generic("--sequential", action="store_true",
+            help="alternate the two sides step by step in one process (the default on a machine with two cores "
+                 "or more trains them at once, the torch side in a worker process, one core each; the numbers "
+                 "are the same)")
     generic("--envelope-steps", type=non_negative_int, default=DEFAULT_ENVELOPE_STEPS,
             help="steps of the drift envelope measured before training, capped at the run's length "
                  f"(0 skips; default {DEFAULT_ENVELOPE_STEPS})")
@@ -399,7 +403,7 @@ def _dispatch(args) -> int:
                            progress=False if args.no_progress else None, command=args.command_line,
                            train_size=args.train_size, test_size=args.test_size,
                            save_every=args.save_every, resume=args.resume,
-                           envelope_steps=args.envelope_steps)
+                           envelope_steps=args.envelope_steps, sequential=args.sequential)
     if args.cmd in ("check", "parity"):
         from nnparity.diagnosis import check
 

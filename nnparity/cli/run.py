@@ -17,13 +17,20 @@ the network's name:
   recorded number and every intermediate compared at the entry's tolerance; the
   report is the entry's ``extras.write``.
 
-Exit statuses: 0 complete, 1 parity failed, 3 diverged, 4 collapsed, 130 interrupted.
+Both sides train at once, the torch side in a worker process, one core each
+(``Training.concurrent``, ``nnparity.training.worker``), unless ``--sequential`` asks
+for today's alternation in one process or the machine has a single core; the numbers
+are the same either way, bit for bit.
+
+Exit statuses: 0 complete, 1 parity failed, 3 diverged, 4 collapsed, 5 the torch worker
+process died, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +48,9 @@ from nnparity.reporting.report import environment, extras_of, mmm, summarize_swe
 from nnparity.core.signals import handled_signals, interrupt_name, signals_held
 from nnparity.training.tape import Tape
 from nnparity.training.train import Diverged, Training, collapsed
+from nnparity.training.worker import WorkerError, warm_up
 
-EXIT_OK, EXIT_PARITY, EXIT_DIVERGED, EXIT_COLLAPSED, EXIT_INTERRUPTED = 0, 1, 3, 4, 130
+EXIT_OK, EXIT_PARITY, EXIT_DIVERGED, EXIT_COLLAPSED, EXIT_WORKER, EXIT_INTERRUPTED = 0, 1, 3, 4, 5, 130
 SIDES = ("scratch", "torch")
 
 
@@ -58,6 +66,30 @@ def cli_name(name: str) -> str:
         rel = os.path.relpath(spec)
         return spec if rel.startswith("..") else rel
     return spec
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def concurrent_mode(sequential: bool) -> bool:
+    """Train both sides at once (a worker process for the torch side), unless asked not to
+    or the machine has a single core: then they alternate in this process."""
+    return not sequential and cores() >= 2
+
+
+def training_mode(training) -> str:
+    """The line that says how the sides train."""
+    if getattr(training.ref, "remote", False):
+        return f"training: both sides at once, the torch side in worker process {training.ref.pid} (one core each)"
+    return (f"training: the sides alternate step by step in this process "
+            f"({'--sequential' if cores() >= 2 else 'one core'})")
+
+
+def worker_failed(what) -> None:
+    """A torch worker that died (``WorkerError``): one line on stderr."""
+    print(f"nnparity run: error: {what}", file=sys.stderr, flush=True)
 
 
 def finish_folder(folder: io.RunFolder, complete: bool, write) -> Path:
@@ -97,16 +129,19 @@ def run_recipe(net, *, epochs=None, lr=None, batch_size=None, dtype=None, train_
 def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int = 0, dtype=None, out="runs",
                 data_dir=None, parity_steps: int = 20, progress=None, command: str | None = None,
                 train_size=None, test_size=None, save_every: int | None = None, resume=None,
-                envelope_steps: int = drift.DEFAULT_STEPS, options: dict | None = None) -> int:
+                envelope_steps: int = drift.DEFAULT_STEPS, options: dict | None = None,
+               sequential: bool = False) -> int:
     """Run one network end to end, as its entry says (see the module doc); returns the
     process exit status. ``lr``: a learning rate, or several for an entry that sweeps
-    ``lrs``; ``options``: the entry's own options (``Network.run_options``) by dest."""
+    ``lrs``; ``options``: the entry's own options (``Network.run_options``) by dest;
+    ``sequential``: alternate the sides in this process instead of training them at once."""
     net = get(name)
     recipe = run_recipe(net, epochs=epochs, lr=lr, batch_size=batch_size, dtype=dtype, train_size=train_size,
                         test_size=test_size, options=options)
     command = command or f"nnparity run {name}"
     if not net.mnist:
         return _run_every_step(net, recipe, out=out, command=command)
+    concurrent = concurrent_mode(sequential)
     if net.sweep:
         options = options or {}
         variant = options.get("variant") or "both"
@@ -115,14 +150,14 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
         count = (options.get("seeds") or net.seeds) if "seeds" in net.sweep else 1
         return _run_sweep(net, recipe, dtype or recipe.dtype, variants, [seed + i for i in range(count)],
                           out=out, data_dir=data_dir, parity_steps=parity_steps, progress=progress,
-                          command=command, envelope_steps=envelope_steps)
+                          command=command, envelope_steps=envelope_steps, concurrent=concurrent)
     return _run_single(net, recipe, seed=seed, dtype=dtype, out=out, data_dir=data_dir, parity_steps=parity_steps,
                        progress=progress, command=command, save_every=save_every, resume=resume,
-                       envelope_steps=envelope_steps)
+                       envelope_steps=envelope_steps, concurrent=concurrent)
 
 
 def _run_single(net, recipe, *, seed, dtype, out, data_dir, parity_steps, progress, command, save_every, resume,
-                envelope_steps) -> int:
+                envelope_steps, concurrent) -> int:
     """A single run: everything that can refuse it (the checkpoint, the output folder's
     name, the data) is checked before any folder is made. The files go to ``OUT/NAME``
     only if the run completes; otherwise to ``OUT/NAME.incomplete`` (``io.RunFolder``)."""
@@ -138,6 +173,8 @@ def _run_single(net, recipe, *, seed, dtype, out, data_dir, parity_steps, progre
     t0 = time.perf_counter()
     raw = mnist.load_mnist(data_dir)
     with handled_signals(), folder:  # Ctrl-C and kill both end the run cleanly, from here to the last file
+        if concurrent:
+            warm_up()  # the torch worker starts while the data, the parity check and the envelope run
         ds = prepare(net, recipe, raw, dtype, seed)
         log(f"{name}: {len(ds.y_train)} training / {len(ds.y_test)} test images from {raw.source} "
             f"({time.perf_counter() - t0:.1f} s); {dtype}, seed {seed}, {recipe.epochs} epochs, "
@@ -176,14 +213,16 @@ def _run_single(net, recipe, *, seed, dtype, out, data_dir, parity_steps, progre
             log(f"drift envelope: float64 scratch vs torch and float32 vs float64 torch, {envelope_steps} steps ...")
             envelope = drift.measure_envelope(net, recipe, ds, seed, envelope_steps, progress=progress)
             log(f"drift envelope: {envelope['steps']} steps in {envelope['seconds']:.1f} s")
-        training = Training(net, recipe, ds, dtype, seed, drift_steps=envelope_steps)
-        start = 1
-        if resumed:
-            start = checkpoint.restore(training, *resumed)
-            meta["resumed_from"] = f"{resume} (after epoch {start - 1})"
-            log(f"resumed from {resume}: {start - 1} epochs done")
+        training = None
         status = EXIT_OK
         try:
+            training = Training(net, recipe, ds, dtype, seed, drift_steps=envelope_steps, concurrent=concurrent)
+            log(training_mode(training))
+            start = 1
+            if resumed:
+                start = checkpoint.restore(training, *resumed)
+                meta["resumed_from"] = f"{resume} (after epoch {start - 1})"
+                log(f"resumed from {resume}: {start - 1} epochs done")
             for epoch in range(start, recipe.epochs + 1):
                 row = training.run_epoch(epoch, progress)
                 s, t = row["scratch"], row["torch"]
@@ -202,20 +241,32 @@ def _run_single(net, recipe, *, seed, dtype, out, data_dir, parity_steps, progre
                 status = EXIT_COLLAPSED
                 log(f"COLLAPSED: {why}")
         except KeyboardInterrupt as e:
-            meta["status_detail"] = f"interrupted ({interrupt_name(e)}) during epoch {len(training.history) + 1}"
+            if training is not None:
+                training.close()  # the torch worker first
+            done = len(training.history) if training is not None else 0
+            meta["status_detail"] = f"interrupted ({interrupt_name(e)}) during epoch {done + 1}"
             status = EXIT_INTERRUPTED
-            log(f"\ninterrupted: writing the report of the {len(training.history)} finished epochs")
+            log(f"\ninterrupted: writing the report of the {done} finished epochs")
         except Diverged as e:
             meta.update(status="diverged", status_detail=str(e))
             status = EXIT_DIVERGED
             log(f"DIVERGED: {e}")
+        except WorkerError as e:
+            meta["status_detail"] = str(e)
+            status = EXIT_WORKER
+            worker_failed(e)
+        finally:
+            if training is not None:
+                training.close()
+        history = training.history if training is not None else []
 
         def write(path):
             if envelope is not None:
-                meta["drift"] = drift.assess(envelope, training.step_drift, training.history, steps_per_epoch, dtype)
+                meta["drift"] = drift.assess(envelope, training.step_drift if training else [], history,
+                                             steps_per_epoch, dtype)
                 meta["drift"]["check_command"] = f"nnparity check {cli_name(name)} --seed {seed}"
             meta["peak_rss_mib"] = round(peak_rss_mib())
-            write_report(path, meta, training.history)
+            write_report(path, meta, history)
 
         # every planned epoch ran (a collapsed run too: its status names the problem): OUT/NET
         dest = finish_folder(folder, meta["status"] in ("complete", "collapsed"), write)
@@ -243,15 +294,6 @@ class SharedTorch:
     metric: list = field(default_factory=list)  # the torch side's per-epoch metric after each epoch
 
 
-def _val_batches(side, ds, batch_size: int):
-    """Validation loss and accuracy % of every batch of the (fixed-order) validation set."""
-    out = []
-    for s in range(0, len(ds.y_test), batch_size):
-        loss, acc = side.evaluate(ds.x_test[s:s + batch_size], ds.y_test[s:s + batch_size], batch_size=batch_size)
-        out.append((loss, acc))
-    return out
-
-
 def _final(epochs: list, metric: str | None) -> dict:
     if not epochs:
         return {}
@@ -263,7 +305,8 @@ def _final(epochs: list, metric: str | None) -> dict:
 
 
 def train_one(net, recipe, raw, dtype: str, seed: int, *, parity_steps: int, keep_batches: bool, progress,
-              on_epoch=None, ds=None, envelope: dict | None = None, shared_torch: SharedTorch | None = None) -> dict:
+              on_epoch=None, ds=None, envelope: dict | None = None, shared_torch: SharedTorch | None = None,
+              concurrent: bool = False) -> dict:
     """One variant, one seed of a sweep: parity, then both sides trained for ``recipe.epochs``.
 
     ``ds``: the seed's prepared data (else prepared here). ``envelope``: the seed's
@@ -275,7 +318,8 @@ def train_one(net, recipe, raw, dtype: str, seed: int, *, parity_steps: int, kee
     (``extras.EPOCH_METRIC``: (count key, indices key), ``extras.epoch_metric(side, ds)``)
     is counted on each side at the start and after every epoch.
     A ``KeyboardInterrupt`` (see ``nnparity.core.signals``) ends the run early with
-    everything finished so far, ``res["interrupted"]`` set to the signal's name.
+    everything finished so far, ``res["interrupted"]`` set to the signal's name; so does
+    a torch worker that dies (``concurrent``), with ``res["worker_error"]``.
     """
     extras = extras_of(net)
     metric, indices_key = getattr(extras, "EPOCH_METRIC", (None, None))
@@ -291,7 +335,8 @@ def train_one(net, recipe, raw, dtype: str, seed: int, *, parity_steps: int, kee
         steps_per_epoch = math.ceil(len(ds.y_train) / recipe.batch_size)
         training = Training(net, recipe, ds, dtype, seed, per_batch=keep_batches,
                             drift_steps=envelope["steps"] if envelope else 0,
-                            record_ref=shared_torch is not None and replay is None, replay_ref=replay)
+                            record_ref=shared_torch is not None and replay is None, replay_ref=replay,
+                            concurrent=concurrent)
         recorded = []
         if metric:
             at_init = extras.epoch_metric(training.scratch, ds)  # both sides start from the same weights
@@ -303,6 +348,7 @@ def train_one(net, recipe, raw, dtype: str, seed: int, *, parity_steps: int, kee
         for epoch in range(1, recipe.epochs + 1):
             row = training.run_epoch(epoch, progress)
             curves = row.pop("per_batch", None)
+            val = training.evaluate_chunks(recipe.batch_size) if batches is not None else None
             for side in training.sides:
                 if metric:
                     if side.name == "torch" and replay is not None:
@@ -312,7 +358,7 @@ def train_one(net, recipe, raw, dtype: str, seed: int, *, parity_steps: int, kee
                     row[side.name][metric] = len(values[side.name])
                 if batches is not None:
                     batches[f"{side.name}/train"] += curves[side.name]
-                    batches[f"{side.name}/val"] += _val_batches(side, ds, recipe.batch_size)
+                    batches[f"{side.name}/val"] += val[side.name]
             if metric:
                 recorded.append(values["torch"])
             res["epochs"].append(row)
@@ -336,9 +382,16 @@ def train_one(net, recipe, raw, dtype: str, seed: int, *, parity_steps: int, kee
         res.update(status="diverged", status_detail=str(e))
         log(f"DIVERGED: {e}")
     except KeyboardInterrupt as e:
+        if training is not None:
+            training.close()  # the torch worker first
         where = f"during epoch {len(res['epochs']) + 1}" if training else "during the parity check"
         res.update(status="incomplete", status_detail=f"interrupted ({interrupt_name(e)}) {where}",
                    interrupted=interrupt_name(e))
+    except WorkerError as e:
+        res.update(status="incomplete", status_detail=str(e), worker_error=str(e))
+    finally:
+        if training is not None:
+            training.close()
     if training is None:
         return res
     if metric:
@@ -402,18 +455,20 @@ def envelope_for(net, recipe, ds, seed: int, steps: int) -> dict:
 
 
 def _run_sweep(net, base, dtype, variants, seeds, *, out, data_dir, parity_steps, progress, command,
-               envelope_steps) -> int:
+               envelope_steps, concurrent) -> int:
     apply_threads(net)
     folder = io.RunFolder(out, net.name)
     t0 = time.perf_counter()
     raw = net.data.load(data_dir)
     with handled_signals(), folder:  # Ctrl-C and kill both end the run cleanly, with its files
+        if concurrent:
+            warm_up()  # the torch worker starts while the data, the parity check and the envelope run
         return _sweep(net, base, dtype, variants, seeds, raw, t0, folder, progress, command=command,
-                      parity_steps=parity_steps, envelope_steps=envelope_steps)
+                      parity_steps=parity_steps, envelope_steps=envelope_steps, concurrent=concurrent)
 
 
 def _sweep(net, base, dtype, variants, seeds, raw, t0, folder, progress, *, command, parity_steps,
-           envelope_steps) -> int:
+           envelope_steps, concurrent) -> int:
     extras = extras_of(net)
     out_dir = folder.path  # the run's work folder; put in place by _finish
     log(f"{net.name}: variants {', '.join(map(str, variants))}; seeds {', '.join(map(str, seeds))}; {dtype}, "
@@ -443,7 +498,7 @@ def _sweep(net, base, dtype, variants, seeds, raw, t0, folder, progress, *, comm
                 where = f"during {variant}, seed {seed}"
                 res = train_one(net, recipe, raw, dtype, seed, parity_steps=parity_steps,
                                 keep_batches=seed == seeds[0], progress=progress, ds=ds, envelope=envelope,
-                                shared_torch=shared_torch,
+                                shared_torch=shared_torch, concurrent=concurrent,
                                 on_epoch=lambda r: (write_sweep(out_dir, net, meta, runs + [r], final=False)
                                                     if len(r["epochs"]) % 10 == 0 else None))
                 runs.append(res)
@@ -457,6 +512,12 @@ def _sweep(net, base, dtype, variants, seeds, raw, t0, folder, progress, *, comm
                     return EXIT_PARITY
                 if res.get("interrupted"):
                     raise KeyboardInterrupt(res["interrupted"])
+                if res.get("worker_error"):
+                    meta["status_detail"] = f"{variant}, seed {seed}: {res['worker_error']}"
+                    dest = _finish(folder, net, meta, runs)
+                    worker_failed(res["worker_error"])
+                    log(f"report of the finished epochs: {dest / 'report.md'}")
+                    return EXIT_WORKER
                 write_sweep(out_dir, net, meta, runs, final=False)
                 if res["status"] == "diverged":
                     status = EXIT_DIVERGED

@@ -4,9 +4,10 @@ On a 2-core machine, a training step of one library right after a step of the ot
 runs against the other library's worker threads, which keep spinning for a while after
 their last call: measured on cnn18k (batch 16), alternating steps took 276 ms (scratch)
 and 387 ms (torch) instead of 8 and 6.5 ms; on mlp1000, 4.7 and 11.9 ms instead of 3.2
-and 2.2 ms. One BLAS thread during the alternation removes the contention; torch keeps
-its threads. ``nnparity bench`` alternates the same way (``Training.run_epoch``), so
-it times what ``nnparity run`` does.
+and 2.2 ms. One BLAS thread during the alternation removes the contention. Training
+runs each side at one thread in every mode (``nnparity.training.train.one_thread_per_side``;
+the scratch side's last bits differ between one and two BLAS threads), alternating in
+one process or both at once, the torch side in a worker process of its own.
 
 The BLAS libraries loaded in the process are found and driven by ``threadpoolctl``
 (the well-kept library for exactly this: OpenBLAS, MKL, BLIS, on Linux, macOS and

@@ -287,7 +287,8 @@ NETWORKS = {n.name: n for n in (
                 ("batch_size", "toy221 trains on its one documented sample"),
                 ("save_every", "a toy221 run takes seconds: rerun it"),
                 ("resume", "a toy221 run takes seconds: rerun it"),
-                ("envelope_steps", "toy221 compares every step of every run at 1e-12; there is no drift to bound")),
+                ("envelope_steps", "toy221 compares every step of every run at 1e-12; there is no drift to bound"),
+                ("sequential", "toy221 steps both sides in one process, on its one sample")),
             extras="nnparity.reporting.toy221",
             claim="E_total per step for each learning rate (plots)",
             results_row=(
@@ -370,6 +371,14 @@ def spec_of(name: str) -> str:
     its name for a documented network, the file (absolute path) or ``module:attr`` it was
     loaded from otherwise."""
     return _SPEC_OF.get(name, name) if name not in NETWORKS else name
+
+
+def rebuildable(net: Network) -> bool:
+    """Whether a fresh process finds this very network by ``spec_of(net.name)``: a documented
+    one, or one loaded from a file or module (not one made in this process, or changed here)."""
+    if net.name in NETWORKS:
+        return NETWORKS[net.name] is net
+    return net.name in _SPEC_OF and _LOADED.get(net.name) is net
 
 
 def is_spec(text: str) -> bool:

@@ -181,6 +181,9 @@ class ScratchSide:
         """The gradients of the last step, by record key."""
         return OrderedDict((f"grad/{k}", p.grad) for k, p in self.model.named_parameters())
 
+    def set_lr(self, lr: float) -> None:
+        self.optimizer.lr = lr
+
     def load_state(self, state: dict) -> None:
         """Inverse of ``state()``: parameters, buffers and optimizer state, by record key."""
         model_state = {k.split("/", 1)[1]: v for k, v in state.items() if k.startswith(("param/", "buffer/"))}
@@ -202,12 +205,15 @@ class TorchSide:
         """The modules whose outputs are recorded as ``out/<name>`` (the top-level layers)."""
         return list(self.model.named_children())
 
+    def uses_draw(self, name: str) -> bool:
+        """Whether the module ``name`` takes the scratch side's draw (a dropout mask always; an
+        aligned module without a tie tolerance, as in a training run, ignores the scratch choice)."""
+        return getattr(self.model.get_submodule(name), "tie_tol", "used") is not None
+
     def _feed_draws(self, draws):
         for name in draws or ():
-            mod = self.model.get_submodule(name)
-            # an aligned module without a tie tolerance (a training run) ignores the scratch choice
-            if getattr(mod, "tie_tol", "used") is not None:
-                mod.mask = torch.from_numpy(draws[name])
+            if self.uses_draw(name):
+                self.model.get_submodule(name).mask = torch.from_numpy(draws[name])
 
     def step(self, x: np.ndarray, y: np.ndarray, record: bool = False, draws=None) -> StepResult:
         t0 = time.perf_counter()
@@ -279,6 +285,10 @@ class TorchSide:
     def grads(self) -> "OrderedDict[str, np.ndarray]":
         return OrderedDict((f"grad/{k}", p.grad.numpy()) for k, p in self.model.named_parameters()
                            if p.grad is not None)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def load_state(self, state: dict) -> None:
         """Inverse of ``state()``: parameters, buffers and optimizer state, by record key."""

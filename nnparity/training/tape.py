@@ -67,6 +67,20 @@ class Tape:
     def keeps_state_at(self, step: int) -> bool:
         return step <= self.drift_steps or step % self.steps_per_epoch == 0
 
+    def add_step(self, result: StepResult, seconds: float, state) -> None:
+        """One more step: its figures and time, and the side's state after it where it is kept
+        (``state``: a function returning it, called only then)."""
+        self.loss.append(result.loss)
+        self.n.append(result.n)
+        self.correct.append(result.correct)
+        self.seconds.append(seconds)
+        if self.keeps_state_at(self.steps):
+            self.states[self.steps] = copy_state(state())
+
+    def add_evaluation(self, n: int, batch_size, result) -> None:
+        """An ``evaluate`` of ``n`` samples (``batch_size`` as it was passed) after the last step."""
+        self.evaluations.append((self.steps, n, batch_size, result))
+
     def mismatch(self, key: dict, drift_steps: int) -> str:
         """Why a run with ``key`` and ``drift_steps`` cannot replay this tape, or ""."""
         why = []
@@ -103,7 +117,8 @@ class Same:
         return f"Same({type(self.obj).__name__} at {id(self.obj):#x})"
 
 
-def _copy(state) -> "OrderedDict[str, np.ndarray]":
+def copy_state(state) -> "OrderedDict[str, np.ndarray]":
+    """A copy of a side's ``state()``, array by array."""
     return OrderedDict((k, np.array(v, copy=True)) for k, v in state.items())
 
 
@@ -120,32 +135,25 @@ class RecordingSide:
     def __init__(self, side, tape: Tape):
         self.side, self.tape = side, tape
         self.name, self.loss_fn = side.name, side.loss_fn
-        tape.states[0] = _copy(side.state())
+        tape.states[0] = copy_state(side.state())
 
     @property
     def seconds(self) -> float:
         return self.side.seconds
 
-    @property
-    def optimizer(self):
-        return self.side.optimizer
-
     def step(self, x, y, record: bool = False, draws=None) -> StepResult:
         before = self.side.seconds
         r = self.side.step(x, y, record=record, draws=draws)
-        t = self.tape
-        t.loss.append(r.loss)
-        t.n.append(r.n)
-        t.correct.append(r.correct)
-        t.seconds.append(self.side.seconds - before)
-        if t.keeps_state_at(t.steps):
-            t.states[t.steps] = _copy(self.side.state())
+        self.tape.add_step(r, self.side.seconds - before, self.side.state)
         return r
 
     def evaluate(self, x, y, **kwargs) -> tuple[float, float]:
         result = self.side.evaluate(x, y, **kwargs)
-        self.tape.evaluations.append((self.tape.steps, len(y), kwargs.get("batch_size"), result))
+        self.tape.add_evaluation(len(y), kwargs.get("batch_size"), result)
         return result
+
+    def set_lr(self, lr: float) -> None:
+        self.side.set_lr(lr)
 
     def state(self):
         return self.side.state()
@@ -198,3 +206,6 @@ class ReplayedSide:
 
     def grads(self):
         raise ReplayMismatch("a replayed side keeps no gradients")
+
+    def set_lr(self, lr: float) -> None:
+        """Nothing to set: the recorded side ran the same recipe's learning rates."""

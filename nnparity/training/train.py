@@ -1,23 +1,27 @@
 """Train both sides side by side: same initial weights, same batches, same order.
 
-The two sides alternate batch by batch (scratch step, then torch step on the
-same batch), each timed on its own, so a full run is also a fair speed
-comparison and dropout masks can be handed from one side to the other.
+Either both at once, the torch side in a worker process of its own
+(``Training(..., concurrent=True)``, ``nnparity.training.worker``), or alternating
+batch by batch in this process (scratch step, then torch step on the same batch).
+Each side's steps are timed on their own, and the scratch side's dropout masks are
+handed to the torch side, in both modes, which give the same numbers bit for bit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from scratch.recipe import Recipe
 
-from nnparity.training.networks import Dataset, Network, make_sides, training_batches
+from nnparity.training.networks import Dataset, Network, make_sides, rebuildable, spec_of, training_batches
 from nnparity.training.sides import summed
-from nnparity.training.tape import RecordingSide, ReplayedSide, Same, Tape
+from nnparity.training.tape import RecordingSide, ReplayedSide, Same, Tape, copy_state
 from nnparity.core.threads import blas_threads
 
 
@@ -35,7 +39,7 @@ def _tensors(side, result):
     return [("loss", result.loss), *side.grads().items(), *side.state().items()]
 
 
-def _nonfinite(side, result) -> str:
+def nonfinite(side, result) -> str:
     """Which of the side's loss, gradients and parameters are NaN or infinite, in that order,
     or "" if none is.
 
@@ -88,9 +92,46 @@ def weight_difference(scratch_state, torch_state, skip=frozenset()) -> tuple[flo
     return worst_abs, worst_rel, worst_name
 
 
+def evaluate_test(side, ds, chunk: int | None = None):
+    """``side``'s (mean loss, accuracy %) on the test set, or, with ``chunk``, the list of
+    them for every ``chunk`` test images in order (each evaluated on its own)."""
+    if chunk is None:
+        return side.evaluate(ds.x_test, ds.y_test)
+    return [side.evaluate(ds.x_test[s:s + chunk], ds.y_test[s:s + chunk], batch_size=chunk)
+            for s in range(0, len(ds.y_test), chunk)]
+
+
+@contextmanager
+def one_thread_per_side():
+    """NumPy's BLAS and torch's intra-op pool at one thread each for the block, then as
+    they were. Training alternating in one process needs it (each library's threads would
+    spin against the other's steps, ``nnparity.core.threads``), and so does every mode:
+    the scratch side's last bits differ between one and two BLAS threads (mlp1000, mlp16,
+    linear10, cnn18k float64), so a run gives the same numbers alternating here as
+    concurrently, where each process has one core. (torch's inter-op count is set in the
+    torch worker only: in a process where torch has run it can no longer change; a
+    training step does not use that pool.)"""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with blas_threads(1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass
 class Training:
-    """Both sides of one network, trained epoch by epoch on a shared dataset."""
+    """Both sides of one network, trained epoch by epoch on a shared dataset.
+
+    ``concurrent``: the torch side trains in a worker process of its own while the
+    scratch side trains here, one core each (``nnparity.training.worker``); otherwise the
+    sides alternate step by step in this process. Both give the same numbers, bit for
+    bit: each side runs at one thread either way (``one_thread_per_side``). A concurrent
+    ``Training`` holds a process: ``close()`` it (or use it as a context manager); a
+    replayed torch side (``replay_ref``) takes no step, so it needs no worker."""
 
     net: Network
     recipe: Recipe
@@ -106,6 +147,7 @@ class Training:
     # instead of training it, for a run whose torch side is the same computation
     record_ref: bool = False
     replay_ref: "Tape | None" = None
+    concurrent: bool = False
 
     def __post_init__(self):
         self.scratch, self.ref = make_sides(self.net, self.recipe, self.dtype, self.seed)
@@ -118,10 +160,34 @@ class Training:
                 raise ValueError(f"{self.net.name}: the recorded torch side is not this run's: different {why}; "
                                  "replay only a tape of the same recipe, dtype, seed and dataset")
             self.ref = ReplayedSide(self.replay_ref)
-        elif self.record_ref:
+            return
+        if self.record_ref:
             self.ref_tape = Tape(key, self.ref.name, self.ref.loss_fn.reduction, self.drift_steps,
                                  math.ceil(len(self.ds.y_train) / self.recipe.batch_size))
+        if self.concurrent:
+            from nnparity.training.worker import RemoteSide
+
+            if not rebuildable(self.net):
+                raise ValueError(f"{self.net.name}: a worker process cannot build this network (it was made in this "
+                                 "process, not loaded from a file or module): train it with concurrent=False")
+            draws = [name for name, mod in self.scratch.model.named_modules()
+                     if getattr(mod, "draws_mask", False) and self.ref.uses_draw(name)]
+            self.ref = RemoteSide(self.ref, spec=spec_of(self.net.name), recipe=self.recipe, ds=self.ds,
+                                  dtype=self.dtype, seed=self.seed, draws=draws, drift_steps=self.drift_steps,
+                                  tape=self.ref_tape)
+        elif self.record_ref:
             self.ref = RecordingSide(self.ref, self.ref_tape)
+
+    def close(self) -> None:
+        """Stop the torch worker of a concurrent ``Training`` (nothing to do otherwise)."""
+        if getattr(self.ref, "remote", False):
+            self.ref.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def _ref_key(self) -> dict:
         """What the torch side's computation depends on: the recipe except its variant
@@ -134,28 +200,75 @@ class Training:
     def sides(self):
         return (self.scratch, self.ref)
 
-    def _step(self, x, y, epoch, totals, curves):
-        # scratch first: it draws the dropout masks that the torch side reuses
-        results = [(self.scratch, self.scratch.step(x, y))]
-        results.append((self.ref, self.ref.step(x, y, draws=self.scratch.draws())))
-        # every step, both sides: loss, every gradient, every parameter (a weight that became
-        # inf at this step shows in the loss only at the next one)
-        # (a replayed side replays only steps that passed this check when they were recorded)
-        bad = [(side, _nonfinite(side, r)) for side, r in results if not getattr(side, "replayed", False)]
-        bad = [(side, what) for side, what in bad if what]
+    def _paired(self, step, epoch, steps, totals, curves):
+        """Both sides' step ``step``, ``steps = [(side, result, non-finite tensors, state after
+        it or None)]``: every tensor of both checked (a weight that became inf at this step
+        shows in the loss only at the next one; a replayed side replays only steps that passed
+        this check when they were recorded), then counted, and the drift recorded."""
+        bad = [(side, what) for side, _, what, _ in steps if what]
         if bad:
-            raise Diverged(f"{self.net.name} diverged at epoch {epoch}, step {self.step_count}: "
+            self.step_count = step
+            raise Diverged(f"{self.net.name} diverged at epoch {epoch}, step {step}: "
                            + "; ".join(f"{side.name} side non-finite {what}" for side, what in bad),
-                           epoch, self.step_count)
+                           epoch, step)
         if self.ref_tape is not None:
-            self.ref_tape.checked = self.step_count
-        for side, r in results:
+            self.ref_tape.checked = step
+        for side, r, _, _ in steps:
             t = totals[side.name]
             t["loss"] += summed(r.loss, side.loss_fn.reduction, r.n)
             t["correct"] += r.correct
             t["n"] += r.n
             if curves is not None:
                 curves[side.name].append((r.loss, 100.0 * r.correct / r.n))
+        if step <= self.drift_steps:
+            (_, _, _, s_state), (_, _, _, t_state) = steps
+            self.step_drift.append((step, weight_difference(s_state, t_state, rounding_noise_keys(self.net))[1]))
+
+    def _steps(self, batches, epoch, totals, curves) -> None:
+        """The epoch's steps, alternating: scratch first (it draws the dropout masks that
+        the torch side reuses), then torch on the same batch."""
+        replayed = getattr(self.ref, "replayed", False)
+        for x, y in batches:
+            self.step_count += 1
+            k = self.step_count
+            with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected just below
+                rs = self.scratch.step(x, y)
+                rt = self.ref.step(x, y, draws=self.scratch.draws())
+                steps = [(self.scratch, rs, nonfinite(self.scratch, rs)),
+                         (self.ref, rt, "" if replayed else nonfinite(self.ref, rt))]
+            kept = k <= self.drift_steps
+            self._paired(k, epoch, [(side, r, bad, side.state() if kept else None) for side, r, bad in steps],
+                         totals, curves)
+
+    def _steps_concurrent(self, batches, epoch, totals, curves) -> None:
+        """The epoch's steps, both sides at once: the torch worker walks the same batches,
+        given each step's masks as the scratch side draws them; its results are paired with
+        the scratch side's in step order as they come in. A non-finite scratch step waits
+        for the torch side's steps up to it (the earliest non-finite step of either side
+        stops the run); within the drift steps the scratch side keeps a copy of its state
+        and runs at most two steps ahead."""
+        ref = self.ref
+        ref.start_epoch(epoch, self.step_count)
+        waiting = deque()  # the scratch side's steps not paired yet: (step, result, non-finite, state copy)
+        for x, y in batches:
+            self.step_count += 1
+            k = self.step_count
+            with np.errstate(over="ignore", invalid="ignore"):
+                r = self.scratch.step(x, y)
+                ref.give_draws(self.scratch.draws())
+                bad = nonfinite(self.scratch, r)
+            waiting.append((k, r, bad, copy_state(self.scratch.state()) if k <= self.drift_steps else None))
+            until = k if bad else (k - 2 if k <= self.drift_steps else 0)
+            while waiting and (waiting[0][0] <= until or ref.ready()):
+                self._pair(waiting.popleft(), epoch, totals, curves)
+        while waiting:
+            self._pair(waiting.popleft(), epoch, totals, curves)
+
+    def _pair(self, scratch_step, epoch, totals, curves) -> None:
+        k, r, bad, state = scratch_step
+        step, rt, bad_t, state_t = self.ref.next_step()
+        assert step == k, (step, k)
+        self._paired(k, epoch, [(self.scratch, r, bad, state), (self.ref, rt, bad_t, state_t)], totals, curves)
 
     def _params(self) -> dict:
         """A copy of both sides' parameters, ``{side: {key: array}}`` (to see what an epoch changed)."""
@@ -170,20 +283,26 @@ class Training:
                 if k.split("/", 1)[1] not in self.net.allowed_zero
                 and all(np.array_equal(before[n][k], now[n][k]) for n in before)]
 
-    def evaluate(self) -> dict:
-        out = {}
-        for side in self.sides:
-            loss, acc = side.evaluate(self.ds.x_test, self.ds.y_test)
-            out[side.name] = {"test_loss": loss, "test_accuracy": acc}
+    def _both(self, chunk=None) -> dict:
+        """``evaluate_test`` of both sides, at one thread each; a torch worker evaluates
+        while the scratch side does."""
+        with one_thread_per_side():
+            later = self.ref.evaluate_later(chunk) if getattr(self.ref, "remote", False) else None
+            out = {self.scratch.name: evaluate_test(self.scratch, self.ds, chunk)}
+            out[self.ref.name] = later() if later else evaluate_test(self.ref, self.ds, chunk)
         return out
+
+    def evaluate(self) -> dict:
+        return {name: {"test_loss": loss, "test_accuracy": acc} for name, (loss, acc) in self._both().items()}
+
+    def evaluate_chunks(self, chunk: int) -> dict:
+        """``{side: [(loss, accuracy %) of every ``chunk`` test images]}`` (per-batch validation curves)."""
+        return self._both(chunk)
 
     def set_lr(self, lr: float) -> None:
         """Set the learning rate of both sides' optimizers (the recipe's ``lr_schedule``)."""
-        self.scratch.optimizer.lr = lr
-        if getattr(self.ref, "replayed", False):  # its lr was the same recipe's when it was recorded
-            return
-        for group in self.ref.optimizer.param_groups:
-            group["lr"] = lr
+        for side in self.sides:
+            side.set_lr(lr)
 
     def run_epoch(self, epoch: int, progress: bool | None = None) -> dict:
         """Train one epoch on both sides; return its metrics (accuracy and error in %)."""
@@ -199,14 +318,9 @@ class Training:
         bar = tqdm(training_batches(self.ds, self.recipe, self.seed, epoch), total=n_batches,
                    desc=f"{self.net.name} epoch {epoch}/{self.recipe.epochs}", leave=False,
                    disable=None if progress is None else not progress, unit="batch")
-        with blas_threads(1):  # alternating NumPy and torch steps: see nnparity/core/threads.py
-            for x, y in bar:
-                self.step_count += 1
-                with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected just below
-                    self._step(x, y, epoch, totals, curves)
-                if self.step_count <= self.drift_steps:
-                    self.step_drift.append((self.step_count, weight_difference(
-                        self.scratch.state(), self.ref.state(), rounding_noise_keys(self.net))[1]))
+        steps = self._steps_concurrent if getattr(self.ref, "remote", False) else self._steps
+        with one_thread_per_side():
+            steps(bar, epoch, totals, curves)
         bar.close()
         test = self.evaluate()
         s_state, t_state = self.scratch.state(), self.ref.state()

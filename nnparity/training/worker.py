@@ -1,0 +1,438 @@
+"""The torch side in a process of its own, stepping while the scratch side steps.
+
+``Training(..., concurrent=True)`` (what ``nnparity run`` does on a machine with two
+cores or more) keeps the scratch side in this process and trains the torch side in a
+worker process, one core each: NumPy's BLAS at one thread here, torch at one intra-op
+and one inter-op thread there. The worker walks the same batches (``training_batches``
+of the same seed and epoch, over the same arrays) and takes the scratch side's dropout
+masks, step by step, from this process: the masks are the ones the scratch side drew,
+never a second generator's. Everything it computes comes back here in step order: each
+step's loss, count and time, whether any of its tensors is non-finite, its state after
+each of the first drift steps and after every epoch, and every evaluation.
+
+Why the torch side goes to the worker, not the scratch side: a *spawned* process imports
+torch afresh, so its inter-op pool can still be set to one thread (in a process where
+torch has already run, it cannot); the scratch model, whose generators a checkpoint saves
+and whose layers the reports read, stays in the process that owns the run; and the masks
+flow the way they are made, from the scratch side to the torch side.
+
+The data are passed once: written to one file (in ``/dev/shm``, memory, where it
+exists) that the worker maps and unlinks at once, so nothing is left behind whichever
+process ends first. A worker that dies is a ``WorkerError`` of one line, never a wait;
+a worker whose parent dies finds its pipe closed at its next message and exits. The
+worker ignores SIGINT (a Ctrl-C reaches the whole process group): the parent stops it.
+
+A worker lives as long as this process needs it: started early (``warm_up``: it imports
+torch, seconds, while the run checks parity), it serves one ``Training`` after another
+(a sweep's seeds, a test module's runs); one that a ``Training`` leaves with an answer
+still due (an interrupted epoch, a divergence) is stopped instead of reused.
+
+Messages, in order on one pipe (the worker answers each in turn)::
+
+    to the worker:   ("setup", {...})  ("epoch", epoch, lr, steps done)  then, if it takes
+                     the scratch side's draws, ("draws", {layer: mask}) once per step;
+                     ("evaluate", chunk)  ("load", state)  ("release",)  ("stop",)
+    from the worker: ("ready",)  ("steps", [(step, StepResult, seconds, non-finite, state or None), ...])
+                     ("evaluated", result)  ("state", state)  ("error", what)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+import multiprocessing
+import os
+import queue
+import signal
+import tempfile
+import threading
+import traceback
+import weakref
+import numpy as np
+
+from nnparity.training.tape import copy_state
+
+_FIELDS = ("x_train", "y_train", "x_test", "y_test")
+BATCHED_STEPS = 16  # steps' results per message from the worker, at most
+_ALIGN = 64  # each array starts on a 64-byte boundary of the mapped file (as NumPy's own allocations)
+
+
+class WorkerError(RuntimeError):
+    """The torch worker process died or failed: one line saying which, and when."""
+
+
+def _write_data(ds) -> tuple[str, list]:
+    """The dataset's arrays in one new file (memory-backed where ``/dev/shm`` exists), and
+    their layout ``[(field, dtype, shape, offset)]``."""
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    fd, path = tempfile.mkstemp(prefix="nnparity-data-", dir=folder)
+    layout, offset = [], 0
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for name in _FIELDS:
+                a = np.ascontiguousarray(getattr(ds, name))
+                f.write(b"\0" * (-offset % _ALIGN))
+                offset += -offset % _ALIGN
+                layout.append((name, a.dtype.str, a.shape, offset))
+                a.tofile(f)
+                offset += a.nbytes
+            f.write(b"\0" * _ALIGN)  # never an empty file (mmap refuses one)
+    except BaseException:
+        _unlink(path)
+        raise
+    return path, layout
+
+
+def _map_data(path: str, layout: list):
+    """The dataset, mapped from the file ``_write_data`` made (copy-on-write: writable
+    arrays, as the parent's are, sharing the parent's pages), then the file is unlinked."""
+    import mmap
+
+    from nnparity.training.networks import Dataset
+
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    _unlink(path)
+    return Dataset(**{name: np.ndarray(shape, np.dtype(dtype), buffer=mm, offset=offset)
+                      for name, dtype, shape, offset in layout})
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# ---------------------------------------------------------------- the worker process
+
+def serve(conn) -> None:
+    """The worker process: torch at one thread, then one training session after another
+    (``("setup", ...)`` to ``("release",)``) until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle: it stops this process
+    try:
+        import torch
+
+        torch.set_num_interop_threads(1)  # before torch does any parallel work (it cannot change afterwards)
+        torch.set_num_threads(1)
+        import nnparity.training.train  # noqa: F401  (what every session needs, imported while the parent works)
+        _warm(torch)
+        from nnparity.core.threads import blas_threads
+
+        with blas_threads(1):
+            while True:
+                msg = conn.recv()
+                if msg[0] == "setup":
+                    if not _session(conn, msg[1]):
+                        return
+                elif msg[0] == "stop":
+                    return
+                # anything else is left over from a session that ended early (its last draws): not needed
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the parent is gone
+    except BaseException as e:  # noqa: BLE001 - said to the parent in one line, with where it happened
+        frame = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+        where = f" ({os.path.basename(frame.filename)}:{frame.lineno})" if frame else ""
+        try:
+            conn.send(("error", f"{type(e).__name__}: {e}{where}"))
+        except OSError:
+            pass
+
+
+def _warm(torch) -> None:
+    """One SGD step with momentum on a throwaway parameter: torch imports most of what an
+    optimizer needs (its compiler front end among them, seconds) on first use."""
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    (p * 2.0).sum().backward()
+    opt.step()
+
+
+def _session(conn, setup: dict) -> bool:
+    """One ``Training``'s torch side, until ``("release",)`` (returns True) or ``("stop",)`` (False)."""
+    import torch
+
+    from nnparity.training.networks import get, make_sides, training_batches
+    from nnparity.training.train import evaluate_test, nonfinite
+
+    ds = _map_data(*setup["data"])
+    net = get(setup["spec"])
+    recipe = dataclasses.replace(net.recipe, **setup["recipe"])
+    seed, drift_steps, takes_draws = setup["seed"], setup["drift_steps"], bool(setup["draws"])
+    _, side = make_sides(net, recipe, setup["dtype"], seed)
+    torch.set_num_threads(1)  # after make_sides, which applies the network's own count
+    side.load_state(setup["state"])
+    n_batches = math.ceil(len(ds.y_train) / recipe.batch_size)
+    conn.send(("ready",))
+    while True:
+        msg = conn.recv()
+        kind = msg[0]
+        if kind == "epoch":
+            _, epoch, lr, step = msg
+            side.set_lr(lr)
+            done = []  # steps not sent yet: sent in batches, a message per step would cost the parent time
+
+            def send():
+                if done:
+                    conn.send(("steps", done[:]))
+                    done.clear()
+
+            for i, (x, y) in enumerate(training_batches(ds, recipe, seed, epoch), 1):
+                step += 1
+                if takes_draws and not conn.poll():
+                    send()  # about to wait for the parent's next masks: what is done goes first
+                draws = _expect(conn, "draws")[1] if takes_draws else None
+                before = side.seconds
+                with np.errstate(over="ignore", invalid="ignore"):  # the parent decides what a non-finite step means
+                    r = side.step(x, y, draws=draws)
+                    bad = nonfinite(side, r)
+                state = side.state() if step <= drift_steps or i == n_batches else None
+                done.append((step, r, side.seconds - before, bad, state))
+                if state is not None or bad or len(done) == BATCHED_STEPS:
+                    send()  # (the parent pairs the drift steps' states at once, and stops at a non-finite step)
+                if bad:
+                    break  # the run stops at the earliest non-finite step of either side
+            send()
+        elif kind == "evaluate":
+            conn.send(("evaluated", evaluate_test(side, ds, msg[1])))
+        elif kind == "load":
+            side.load_state(msg[1])
+            conn.send(("state", side.state()))
+        elif kind in ("release", "stop"):
+            return kind == "release"
+        elif kind != "draws":  # the rest of an epoch's draws after a non-finite step: not needed
+            raise ValueError(f"unexpected message {kind!r}")
+
+
+def _expect(conn, kind: str):
+    msg = conn.recv()
+    if msg[0] != kind:
+        raise ValueError(f"expected {kind!r}, got {msg[0]!r}")
+    return msg
+
+
+# ---------------------------------------------------------------- this process's end
+
+def _read(conn, inbox) -> None:
+    """The reader thread: every message into ``inbox`` as it comes (so the worker never
+    waits to send while this process waits to send it masks), ``None`` once the pipe is
+    closed (the worker ended)."""
+    try:
+        while True:
+            inbox.put(conn.recv())
+    except (EOFError, OSError):
+        inbox.put(None)
+
+
+def _stop(process, conn) -> None:
+    """End a worker process: SIGTERM (it holds nothing to save), then SIGKILL if need be."""
+    try:
+        if process.is_alive():
+            process.terminate()
+            process.join(2.0)
+    finally:
+        if process.is_alive():
+            process.kill()
+            process.join()
+        conn.close()
+
+
+def _ending(process) -> str:
+    process.join(2.0)
+    code = process.exitcode
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+class _Worker:
+    """A spawned worker process (``serve``), its pipe and the thread that reads it."""
+
+    def __init__(self):
+        ctx = multiprocessing.get_context("spawn")  # never a fork of a process that has run torch
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=serve, args=(child,), name="nnparity torch worker", daemon=True)
+        self.process.start()
+        child.close()
+        self.pid = self.process.pid
+        self.inbox = queue.SimpleQueue()
+        threading.Thread(target=_read, args=(self.conn, self.inbox), daemon=True,
+                         name="nnparity torch worker reader").start()
+        self.stop = weakref.finalize(self, _stop, self.process, self.conn)
+
+    def alive(self) -> bool:
+        return self.process.is_alive()
+
+
+_IDLE: list = []  # at most one started worker that no Training holds
+
+
+def warm_up() -> None:
+    """Start a worker process now, for the next concurrent ``Training``: it imports torch
+    (seconds) while this process does other work (the step parity, the drift envelope)."""
+    if not any(w.alive() for w in _IDLE):
+        _IDLE.append(_Worker())
+
+
+def _acquire() -> _Worker:
+    while _IDLE:
+        w = _IDLE.pop()
+        if w.alive():
+            return w
+        w.stop()
+    return _Worker()
+
+
+class _Session:
+    """What a ``RemoteSide`` has asked of its worker and not yet received; a session that
+    ends with nothing outstanding gives the worker back for the next one."""
+
+    def __init__(self, worker: _Worker, path: str):
+        self.worker, self.path, self.outstanding, self.broken = worker, path, 0, False
+
+    def end(self) -> None:
+        _unlink(self.path)
+        w = self.worker
+        if self.outstanding or self.broken or not w.alive() or any(i.alive() for i in _IDLE):
+            w.stop()
+            return
+        try:
+            w.conn.send(("release",))
+        except OSError:
+            w.stop()
+            return
+        _IDLE.append(w)
+
+
+class RemoteSide:
+    """The torch side of a ``Training``, trained in a worker process (see the module doc).
+
+    It answers what ``Training`` reads from a side: ``name``, ``loss_fn.reduction``,
+    ``seconds``, ``state()`` (between epochs: the state after the last step received),
+    ``load_state``, ``set_lr``; stepping is ``start_epoch`` then, per step, ``give_draws``
+    and ``next_step``; ``evaluate_later`` asks for an evaluation and returns the function
+    that waits for it. ``tape``: a ``nnparity.training.tape.Tape`` it records into."""
+
+    remote = True
+
+    def __init__(self, local, *, spec: str, recipe, ds, dtype, seed: int, draws, drift_steps: int, tape=None):
+        self.name, self.loss_fn, self.seconds, self.tape = local.name, local.loss_fn, 0.0, tape
+        self.draws = tuple(draws)
+        if tape is not None:
+            tape.states[0] = copy_state(local.state())
+        self._state, self._lr, self._epoch, self._n_test = copy_state(local.state()), None, None, len(ds.y_test)
+        self._steps_per_epoch = math.ceil(len(ds.y_train) / recipe.batch_size)
+        self._received = deque()  # steps come in batches: those not asked for yet
+        path, layout = _write_data(ds)
+        setup = {"spec": spec, "recipe": {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)},
+                 "dtype": str(np.dtype(dtype)), "seed": seed, "data": (path, layout), "state": self._state,
+                 "draws": self.draws, "drift_steps": drift_steps}
+        try:
+            self._worker = _acquire()
+        except BaseException:
+            _unlink(path)
+            raise
+        self._session = _Session(self._worker, path)
+        self.close = weakref.finalize(self, self._session.end)
+        self.pid = self._worker.pid
+        self._ask(1, "setup", setup)
+
+    # -- messages
+    def _ask(self, replies: int, *msg) -> None:
+        """Send ``msg``, which ``replies`` messages will answer."""
+        self._session.outstanding += replies
+        try:
+            self._worker.conn.send(msg)
+        except OSError:
+            raise self._died() from None
+
+    def _when(self) -> str:
+        return f"during epoch {self._epoch}" if self._epoch else "before the first epoch"
+
+    def _died(self) -> WorkerError:
+        self._session.broken = True
+        return WorkerError(f"the torch worker process (pid {self.pid}) {_ending(self._worker.process)} "
+                           f"{self._when()}; the run stops here (nnparity run --sequential trains both sides "
+                           "in one process)")
+
+    def _receive(self, kind):
+        inbox, process = self._worker.inbox, self._worker.process
+        while True:
+            try:
+                msg = inbox.get(timeout=1.0)
+            except queue.Empty:
+                if not process.is_alive() and inbox.empty():
+                    msg = None
+                else:
+                    continue
+            if msg is None:
+                raise self._died()
+            self._session.outstanding -= len(msg[1]) if msg[0] == "steps" else 1
+            if msg[0] == "error":
+                self._session.broken = True
+                raise WorkerError(f"the torch worker process failed {self._when()}: {msg[1]}")
+            if msg[0] == "ready":
+                continue
+            if msg[0] != kind:
+                self._session.broken = True
+                raise WorkerError(f"the torch worker process answered {msg[0]!r} where {kind!r} was due")
+            return msg
+
+    # -- what Training reads from a side
+    def state(self):
+        return self._state
+
+    def load_state(self, state: dict) -> None:
+        self._ask(1, "load", dict(state))
+        self._state = self._receive("state")[1]
+
+    def set_lr(self, lr: float) -> None:
+        self._lr = lr  # sent with the next epoch
+
+    def start_epoch(self, epoch: int, steps_done: int) -> None:
+        """Train epoch ``epoch``, after ``steps_done`` steps of the run (at the learning rate set last)."""
+        self._epoch = epoch
+        self._ask(self._steps_per_epoch, "epoch", epoch, self._lr, steps_done)
+
+    def give_draws(self, draws) -> None:
+        """The scratch side's draws of the step it just took, those the torch side takes."""
+        if self.draws:
+            self._ask(0, "draws", {name: draws[name] for name in self.draws if name in draws})
+
+    def ready(self) -> bool:
+        """Whether a step's result has come in (``next_step`` would not wait)."""
+        return bool(self._received) or not self._worker.inbox.empty()
+
+    def next_step(self):
+        """``(step, StepResult, non-finite tensors or "", state or None)`` of the next step,
+        waiting for it."""
+        if not self._received:
+            self._received.extend(self._receive("steps")[1])
+        step, result, seconds, bad, state = self._received.popleft()
+        if bad:
+            self._session.broken = True  # the worker left the epoch there
+        self.seconds += seconds
+        if state is not None:
+            self._state = state
+        if self.tape is not None:
+            self.tape.add_step(result, seconds, lambda: state)
+        return step, result, bad, state
+
+    def evaluate_later(self, chunk=None):
+        """Ask for ``evaluate_test(side, ds, chunk)`` now; the function returned waits for it."""
+        self._ask(1, "evaluate", chunk)
+
+        def result():
+            out = self._receive("evaluated")[1]
+            if self.tape is not None:
+                if chunk is None:
+                    self.tape.add_evaluation(self._n_test, None, out)
+                else:
+                    for start, r in zip(range(0, self._n_test, chunk), out):
+                        self.tape.add_evaluation(min(chunk, self._n_test - start), chunk, r)
+            return out
+
+        return result

@@ -1,0 +1,168 @@
+"""Both sides at once (``Training(..., concurrent=True)``, the torch side in a worker
+process) give the numbers of the sides alternating in one process, bit for bit: every
+epoch row (both sides' figures, weight differences, frozen parameters, per-batch
+curves), the drift after each of the first steps, both sides' final state, a recorded
+torch tape, a checkpoint resumed, and the step a run diverges at. A worker that dies is
+one error, never a wait."""
+
+import os
+import signal
+import textwrap
+
+import numpy as np
+import pytest
+
+from nnparity.core import data as mnist
+from nnparity.training import checkpoint
+from nnparity.training.networks import get, prepare
+from nnparity.training.train import Diverged, Training
+from nnparity.training.worker import WorkerError
+
+SIZES = {"mlp16": (96, 64), "cnn18k": (48, 32), "linear10": (96, 64)}  # train, test images: a few steps
+
+
+@pytest.fixture(scope="module")
+def raw():
+    return mnist.load_mnist()
+
+
+def _setup(raw, name, dtype, epochs=2):
+    net = get(name)
+    train, test = SIZES[name]
+    recipe = net.recipe.replace(train_size=train, test_size=test, epochs=epochs)
+    return net, recipe, prepare(net, recipe, raw, dtype, 0)
+
+
+def _without_seconds(rows):
+    return [{k: ({kk: vv for kk, vv in v.items() if kk != "seconds"} if isinstance(v, dict) else v)
+             for k, v in row.items()} for row in rows]
+
+
+def _trained(net, recipe, ds, dtype, concurrent, **kwargs):
+    with Training(net, recipe, ds, dtype, 0, per_batch=True, drift_steps=3, concurrent=concurrent, **kwargs) as t:
+        for epoch in range(1, recipe.epochs + 1):
+            t.run_epoch(epoch, progress=False)
+        chunks = t.evaluate_chunks(recipe.batch_size)
+        states = {side.name: {k: np.array(v) for k, v in side.state().items()} for side in t.sides}
+    return t, chunks, states
+
+
+@pytest.mark.parametrize("name,dtype", [("mlp16", "float32"), ("cnn18k", "float32"), ("linear10", "float64")])
+def test_concurrent_training_gives_the_sequential_numbers(raw, name, dtype):
+    net, recipe, ds = _setup(raw, name, dtype)
+    runs = {mode: _trained(net, recipe, ds, dtype, mode, record_ref=name == "linear10") for mode in (False, True)}
+    (seq, seq_chunks, seq_states), (con, con_chunks, con_states) = runs[False], runs[True]
+    assert getattr(con.ref, "remote", False) and not getattr(seq.ref, "remote", False)
+    assert _without_seconds(con.history) == _without_seconds(seq.history)
+    assert con.step_drift == seq.step_drift and len(seq.step_drift) == 3
+    assert con_chunks == seq_chunks
+    for side in ("scratch", "torch"):
+        assert con_states[side].keys() == seq_states[side].keys()
+        for k, a in seq_states[side].items():
+            assert np.array_equal(con_states[side][k], a), (side, k)
+    assert con.history[-1]["max_abs_weight_diff"] > 0  # the sides are compared, not one side with itself
+    if name == "linear10":  # the torch tape a concurrent run records is the sequential one
+        a, b = seq.ref_tape, con.ref_tape
+        assert (list(a.loss), list(a.n), list(a.correct), a.checked, a.evaluations) == \
+               (list(b.loss), list(b.n), list(b.correct), b.checked, b.evaluations)
+        assert a.states.keys() == b.states.keys()
+        assert all(np.array_equal(a.states[s][k], b.states[s][k]) for s in a.states for k in a.states[s])
+
+
+def test_a_checkpoint_of_a_concurrent_run_resumes_to_the_same_numbers(raw, tmp_path):
+    """cnn18k: momentum buffers, BatchNorm statistics and dropout generators, through a
+    checkpoint whose torch state came back from the worker, into a new worker."""
+    net, recipe, ds = _setup(raw, "cnn18k", "float32")
+    ident = {"net": net.name, "dtype": "float32", "seed": 0,
+             "recipe": {k: v for k, v in recipe.as_dict().items() if k != "epochs"}}
+    with Training(net, recipe, ds, "float32", 0) as whole:
+        for epoch in (1, 2):
+            whole.run_epoch(epoch, progress=False)
+    with Training(net, recipe, ds, "float32", 0, concurrent=True) as first:
+        first.run_epoch(1, progress=False)
+        path = checkpoint.save(tmp_path / "checkpoint.npz", first, ident)
+    meta, arrays = checkpoint.load(path, ident, checkpoint.expected_state(net, recipe, "float32", 0))
+    with Training(net, recipe, ds, "float32", 0, concurrent=True) as resumed:
+        assert checkpoint.restore(resumed, meta, arrays) == 2
+        resumed.run_epoch(2, progress=False)
+    assert _without_seconds(resumed.history) == _without_seconds(whole.history)
+
+
+NAN_FROM_STEP_3 = '''
+"""mlp16 whose torch side's output turns NaN from its third training step on."""
+from reference import mlp16 as reference
+from scratch.nets import mlp16 as scratch
+
+RECIPE = scratch.RECIPE.replace(net="mlp16_torch_nan")
+build, loss, torch_loss = scratch.build, scratch.loss, reference.loss
+
+
+def torch_build(recipe):
+    model, forward, calls = reference.build(recipe), None, []
+    forward = model.forward
+
+    def nan_from_step_3(x):
+        out = forward(x)
+        if model.training:
+            calls.append(1)
+            if len(calls) >= 3:
+                out = out * float("nan")
+        return out
+
+    model.forward = nan_from_step_3
+    return model
+'''
+
+
+@pytest.mark.parametrize("side", ["torch", "scratch"])
+def test_a_run_diverges_at_the_same_step_and_in_the_same_words(raw, tmp_path, monkeypatch, side):
+    """The earliest non-finite step of either side stops the run, whichever side runs
+    ahead: the torch side in the worker (a network file whose torch output turns NaN at
+    step 3), or the scratch side here (its update leaves an infinite weight at step 2)."""
+    if side == "torch":
+        (tmp_path / "nan_net.py").write_text(textwrap.dedent(NAN_FROM_STEP_3))
+        net = get(str(tmp_path / "nan_net.py"))
+    else:
+        net = get("mlp16")
+    recipe = net.recipe.replace(train_size=320, test_size=64, epochs=1)
+    ds = prepare(net, recipe, raw, "float32", 0)
+    messages = {}
+    for concurrent in (False, True):
+        with Training(net, recipe, ds, "float32", 0, concurrent=concurrent) as t:
+            if side == "scratch":
+                update = t.scratch.optimizer.step
+
+                def overflowing_update(t=t, update=update):
+                    update()
+                    if t.step_count == 2:
+                        t.scratch.optimizer.params["fc3.weight"].data[1, 2] = np.inf
+
+                monkeypatch.setattr(t.scratch.optimizer, "step", overflowing_update)
+            with pytest.raises(Diverged) as e:
+                t.run_epoch(1, progress=False)
+        messages[concurrent] = (e.value.step, str(e.value))
+    assert messages[True] == messages[False]
+    step, message = messages[True]
+    assert step == (3 if side == "torch" else 2) and f"{side} side non-finite" in message
+    assert ("scratch side" in message) == (side == "scratch"), message
+
+
+def test_a_killed_worker_is_one_error_not_a_wait(raw):
+    net, recipe, ds = _setup(raw, "mlp16", "float32")
+    with Training(net, recipe, ds, "float32", 0, concurrent=True) as t:
+        t.run_epoch(1, progress=False)
+        os.kill(t.ref.pid, signal.SIGKILL)
+        with pytest.raises(WorkerError) as e:
+            t.run_epoch(2, progress=False)
+    assert str(e.value).startswith(f"the torch worker process (pid {t.ref.pid}) was killed by SIGKILL during epoch 2")
+    assert "\n" not in str(e.value)
+
+
+def test_a_network_made_in_this_process_is_refused_in_one_line(raw):
+    import dataclasses
+
+    net, recipe, ds = _setup(raw, "mlp16", "float32")
+    mine = dataclasses.replace(net, name="mlp16_here", scratch_module="scratch.nets.mlp16",
+                               reference_module="reference.mlp16")
+    with pytest.raises(ValueError, match="a worker process cannot build this network"):
+        Training(mine, recipe, ds, "float32", 0, concurrent=True)
