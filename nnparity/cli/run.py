@@ -46,6 +46,7 @@ from nnparity.core.parity import Trace, compare_records, gradient_notes
 from nnparity.core.progress import parity_bar
 from nnparity.reporting.report import environment, extras_of, mmm, summarize_sweep, write_report, write_sweep
 from nnparity.core.signals import handled_signals, interrupt_name, signals_held
+from nnparity.core.threads import cores
 from nnparity.training.tape import Tape
 from nnparity.training.train import Diverged, Training, collapsed
 from nnparity.training.worker import WorkerError, warm_up
@@ -66,11 +67,6 @@ def cli_name(name: str) -> str:
         rel = os.path.relpath(spec)
         return spec if rel.startswith("..") else rel
     return spec
-
-
-def cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def concurrent_mode(sequential: bool) -> bool:

@@ -17,6 +17,7 @@ is touched: torch's OpenMP pool keeps its own setting.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -41,3 +42,8 @@ def blas_threads(n: int):
     """Run the block with at most ``n`` BLAS threads, then restore the previous count."""
     with _blas().limit(limits=n):
         yield
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

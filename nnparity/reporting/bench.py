@@ -6,9 +6,9 @@ for fewer) is timed as:
 
 * each side **alone with the whole machine** (every core: BLAS and torch threads = cores),
 * each side **alone on one core** (one thread),
-* each **run mode** of ``nnparity run``: the sides alternating batch by batch
-  (``Training``), and both sides at once in two processes (``Training(concurrent=True)``)
-  where this version has it (else the report says it is not available);
+* each **run mode** of ``nnparity run``: both sides at once in two processes (its default,
+  ``Training(concurrent=True)``), and the sides alternating batch by batch in one process
+  (``--sequential``, ``Training(concurrent=False)``);
 
 and NumPy's GEMM peak is measured on one thread and on every core, float32 and float64.
 A *round* measures each of these once; rounds are interleaved (each round in a rotated
@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from nnparity.core import io
+from nnparity.core.threads import cores
 from nnparity.training.networks import NETWORKS, first_batches, get, spec_of
 
 STATISTIC = "minimum"   # of each figure over the rounds (see the module doc)
@@ -53,7 +54,8 @@ SIDE_CONFIGS = ("scratch_whole", "torch_whole", "scratch_one", "torch_one")
 MODES = ("alternating", "concurrent")
 LABELS = {"scratch_whole": "scratch alone, whole machine", "torch_whole": "torch alone, whole machine",
           "scratch_one": "scratch alone, one core", "torch_one": "torch alone, one core",
-          "alternating": "alternating (nnparity run today)", "concurrent": "both at once, two processes"}
+          "alternating": "alternating (nnparity run --sequential)",
+          "concurrent": "both at once, two processes (nnparity run)"}
 
 # The floors of issue 15, measured here (never in a timed test): (network, dtypes, figure, bound, reading).
 FLOORS = (
@@ -69,19 +71,9 @@ FLOORS = (
 RUN_FLOORS = [("mlp16", 100, 120.0)]
 
 
-def cores() -> int:
-    """The cores this process may run on (its CPU affinity where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def concurrent_available() -> bool:
-    """Whether this version's ``Training`` can run both sides at once (its ``concurrent`` field)."""
-    from nnparity.training.train import Training
-
-    return "concurrent" in getattr(Training, "__dataclass_fields__", {})
+    """Whether both sides can run at once, one core each (``nnparity run`` alternates them on one core)."""
+    return cores() >= 2
 
 
 # --- the machine ------------------------------------------------------------------------------
@@ -238,16 +230,11 @@ class _Window:
         ``nnparity run`` (its own thread rule), and each side's own step seconds."""
         from nnparity.training.train import Training
 
-        extra = {"concurrent": mode == "concurrent"} if concurrent_available() else {}
-        training = Training(self.net, self.recipe, self.ds, self.dtype, self.seed, **extra)
-        try:
+        with Training(self.net, self.recipe, self.ds, self.dtype, self.seed,
+                      concurrent=mode == "concurrent") as training:
             t0 = time.perf_counter()
             row = training.run_epoch(1, progress=False)
             wall = time.perf_counter() - t0
-        finally:
-            close = getattr(training, "close", None)
-            if close is not None:
-                close()
         return wall, {side: row[side]["seconds"] for side in ("scratch", "torch")}
 
 
@@ -383,8 +370,7 @@ def bench(names, dtypes=("float32", "float64"), repeats=3, steps=None, data_dir=
     conc = concurrent_available()
     print(f"{info['cpu']}, {info['cores']} cores; {blas_name(info)}; load before {watch.readings[0]['loadavg']}")
     if not conc:
-        print("the concurrent run mode is not available in this version (Training has no concurrent field): "
-              "not measured")
+        print("the concurrent run mode needs two cores and this process has one: not measured")
     rows = []
     for dtype in dtypes:
         for name in names:
@@ -400,7 +386,7 @@ def bench(names, dtypes=("float32", "float64"), repeats=3, steps=None, data_dir=
     record = {"command": command, "machine": info, "statistic": STATISTIC, "repeats": repeats,
               "window": "one full epoch" if not steps else f"the first {steps} steps of an epoch (at most one epoch)",
               "concurrent": {"available": conc, **({} if conc else {
-                  "why": "this version's Training has no concurrent field (both sides in two processes)"})},
+                  "why": "one core: nnparity run alternates the sides there"})},
               "load": load, "labels": LABELS, "json": json_path(path).name, "gemm_n": gemm_n, "rows": rows}
     record["floors"] = floors(rows)
     record["projections"] = epochs_projections([{"net": r["net"], "dtype": r["dtype"],
