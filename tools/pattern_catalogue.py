@@ -38,7 +38,7 @@ EXPECTED = {   # bug -> words a correct pattern contains (None: no exact pattern
     "sgd-momentum-order": None,           # step 1 is right (buf = g); then m (buf + g) vs m buf + g: no factor
     "sgd-lr-twice": None,                 # a factor lr of the update, not of the parameter compared
     "sgd-wrong-sign": None,               # the update's sign, not the parameter's
-    "bn-forward-unbiased-variance": None,  # xhat scaled by sqrt((M-1)/M), then gamma and beta per channel
+    "bn-forward-unbiased-variance": "sqrt((N*H*W-1)/(N*H*W))",  # xhat scaled by sqrt((M-1)/M): grad/weight too
     "bn-backward-missing-mean-term": None,
     "bn-running-var-biased": "(M-1)/M",   # named by the layer's N*H*W = M
     "dropout-no-inverse-scale": "x reference exactly",   # (1 - p) x the reference: an unnamed exact factor
