@@ -617,8 +617,11 @@ def _verdict(d: Diagnosis) -> str:
                "pre-step weights and gradients" if d.culprit.phase == "update" else "input and weights")
         return (f"{_fmt_stage(d.culprit)} is wrong on its own: fed the reference side's {fed} at step {d.step}, "
                 f"it still gives {w.name} off by margin {w.margin:.3g}. The divergence at {f.name} is its OWN error.")
-    own = (f"{_fmt_stage(d.suspect)}, which computes {f.name}, is right when fed the reference side's numbers "
-           f"(own margin {d.suspect.margin:.3g}); " if d.suspect else "")
+    own = ("" if not d.suspect else
+           f"{_fmt_stage(d.suspect)}, which computes {f.name}, was not compared alone ({d.suspect.note}); "
+           if not d.suspect.comparisons else
+           f"{_fmt_stage(d.suspect)}, which computes {f.name}, is right when fed the reference side's numbers "
+           f"(own margin {d.suspect.margin:.3g}); ")
     if d.culprit is not None:
         w = d.culprit.worst()
         return (f"The divergence at {f.name} is INHERITED: {own}walking back, the first stage wrong on its own is "
