@@ -379,10 +379,9 @@ def _rerun(fst: Stage, bst: Stage, name: str, prev, rec, tol, step, forward, bac
 
     ``forward()`` runs the forward and returns ``{record key: array}`` to compare (``out/<name>``,
     buffers), or None when it set ``fst.note`` instead (and ``bst.note`` when the backward cannot be
-    re-run either); ``backward(dout)`` returns ``(dx, {grad key:
-    array})``, dx compared with ``prev`` (the previous layer's ``dout/``). ``cast``: your arrays in
-    the record's dtype. An exception becomes the stage's note: a broken layer must not hide the
-    others' verdicts."""
+    re-run either); ``backward(dout)`` returns ``(dx, {grad key: array})``, dx compared with ``prev``
+    (the previous layer's ``dout/``). ``cast``: your arrays in the record's dtype. An exception
+    becomes the stage's note: a broken layer must not hide the others' verdicts."""
     try:
         for key, a in (forward() or {}).items():
             if key in rec:
