@@ -38,6 +38,33 @@ def test_leaky_relu_wrong_backward_fails_by_finite_differences_too(nnparity):
         nnparity.layer(LeakyReLUWrongBackward(0.1), None, input_shape=(4, 10))
 
 
+def test_leaky_relu_gets_the_whole_battery(nnparity):
+    # autograd float64 / float32, finite differences and NaN/inf routing, through the fixture
+    report = nnparity.battery(LeakyReLU(0.1), torch.nn.LeakyReLU(0.1), input_shape=(4, 9), routes=True)
+    names = [c.name for c in report.comparisons]
+    assert report.ok and "input (4, 9): f64 train: din" in names and any("non-finite" in n for n in names), names
+
+
+def test_leaky_relu_wrong_backward_fails_the_battery_with_the_fixtures_message(nnparity):
+    with pytest.raises(AssertionError) as e:
+        nnparity.battery(LeakyReLUWrongBackward(0.1), torch.nn.LeakyReLU(0.1), input_shape=(4, 9), routes=True)
+    lines = str(e.value).splitlines()
+    assert lines[0].startswith("LeakyReLUWrongBackward battery: ") and lines[0].endswith(" comparisons fail"), lines
+    assert lines[1].startswith("LeakyReLUWrongBackward input (4, 9): f64 train: din (input gradient): max abs"), lines
+    assert e.value.__cause__ is None and e.value.__suppress_context__   # the message, not the harness's frames
+
+
+def test_the_fixtures_seed_reaches_the_battery(nnparity):
+    from nnparity.api.plugin import NNParity
+
+    def values(report):
+        return [(c.name, c.scratch, c.reference) for c in report.comparisons]
+
+    args = (LeakyReLU(0.1), torch.nn.LeakyReLU(0.1), (4, 9))
+    seeded = values(NNParity(seed=3).battery(*args))
+    assert seeded == values(nnparity.battery(*args, seed=3)) != values(nnparity.battery(*args, seed=0))
+
+
 def test_layer_norm(nnparity):
     nnparity.layer(LayerNorm(10), torch.nn.LayerNorm(10), input_shape=(4, 10))
 

@@ -804,12 +804,15 @@ class UserSide:
 
     ``layers`` ({name: your layer object}, ``nnparity.training.layered.find_layers``): each one's
     output and upstream gradient are recorded as it passes (your network's own forward and
-    backward run), and ``isolate`` re-runs each alone for the own-or-inherited analysis."""
+    backward run), and ``isolate`` re-runs each alone for the own-or-inherited analysis.
+    ``mask_layers`` ({name: your dropout layer}, ``nnparity.training.masks.handed_dropouts``):
+    each one's mask is read right after its forward (``masks``) and handed to the mirror
+    (``draws``)."""
 
     name = "yours"
 
     def __init__(self, net: LayerAdapter, loss: LossAdapter, update: UpdateAdapter, dtype=None, *, layers=None,
-                 torch_net=None, mode: str = "train"):
+                 torch_net=None, mode: str = "train", mask_layers=None):
         self.net, self.loss_fn, self.update = net, loss, update
         self.seconds = 0.0
         self.dtype = None if dtype is None else np.dtype(dtype)
@@ -819,6 +822,8 @@ class UserSide:
         self.torch_children = dict(torch_net.named_children()) if torch_net is not None else {}
         self.training = mode == "train"
         self.unlayered = None      # why the layers could not be followed (then the network is one piece)
+        self.mask_layers = OrderedDict(mask_layers or {})
+        self.masks, self.random_states = {}, {}   # of the last step: {layer: kept (bool)}, np.random before it
 
     def layer_names(self) -> list:
         return list(self.layers) if self.layers else ["output"]
@@ -848,11 +853,19 @@ class UserSide:
         net = self.net
         net.train(self.training)
         net.zero_grad()
-        tap = LayerTap(self.layers if record and self.layers else {})
+        tap = LayerTap(self.layers if record and self.layers else self.mask_layers, masks=self.mask_layers)
         with tap:
             out = net.forward(x)
             if not isinstance(out, (np.ndarray, np.generic)):
                 raise ProtocolError(output_problem(net.name, out, x))
+            unread = next((n for n in self.mask_layers if n not in tap.masks), None)
+            if unread is not None:
+                why = tap.problem() if tap.unwatchable == unread else \
+                    f"its forward was not called through the layer object {type(self.mask_layers[unread]).__name__}"
+                raise ProtocolError(f"your dropout layer {unread}'s mask could not be read for torch_net's "
+                                    f"torch.nn.Dropout {unread} ({why}): call each layer's own forward from your "
+                                    "network's, or check with mode='eval'")
+            self.masks, self.random_states = tap.masks, tap.random_states
             value, dz = self.loss_fn(out, y)
             net.backward(dz.copy())
         grads = OrderedDict((k, np.array(g, copy=True)) for k, g in net.grads().items())
@@ -887,7 +900,8 @@ class UserSide:
         return StepResult(float(value), len(y), count_correct(out, y), rec)
 
     def draws(self) -> dict:
-        return self.net.draws()
+        """The step's masks, handed to the mirror: scratch layers' ``draws_mask`` ones and your dropout layers'."""
+        return {**self.net.draws(), **self.masks}
 
 
 class MirrorSide(TorchSide):
@@ -961,6 +975,13 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
             a BatchNorm normalises with its running statistics and leaves them alone, dropout is
             off: fine-tuning with frozen statistics).
 
+    Dropout: in training mode each top-level ``torch.nn.Dropout`` child of ``torch_net`` matched with
+    one of your layers applies that layer's mask of the step (read right after its forward by the
+    mask protocol of ``check_layer``, ``nnparity.training.masks``: ``self.mask``, a cache, ...), for the
+    run only (``torch_net`` gets its own module back). A mask that cannot be found, or a torch dropout
+    that cannot receive one (your layers not matched, a Dropout nested in a child, a Dropout2d), is one
+    ``ProtocolError`` line, not a divergence.
+
     Own or inherited: when your network's layers can be matched with ``torch_net``'s top-level
     children (a ``layers`` list or dict, attributes named like them, a scratch ``Sequential``:
     ``nnparity.training.layered``), each layer's output and upstream gradient are compared too,
@@ -981,6 +1002,7 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     from nnparity.diagnosis.localize import Localizer
     from nnparity.training import disagreements
     from nnparity.training.layered import LayeredNetwork, find_layers
+    from nnparity.training.masks import handed_dropouts, masks_handed_to
 
     _check_name(name)
     agreed = disagreements.parse(conventions)
@@ -1021,6 +1043,7 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     _check_dtypes((dtype,))
     tol = _tolerances(atol, rtol, [np.dtype(dtype).name])[np.dtype(dtype).name]
     zero = _zero_names(allowed_zero, lay.params())
+    dropouts = handed_dropouts(torch_net, layers, mode)
     copy_to_torch(lay, torch_net)
     opt = _torch_optimizer(torch_optimizer, torch_net)
     try:
@@ -1028,7 +1051,7 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
     except TypeError:
         raise ArgumentError(f"batches must be an iterable of (x, y) pairs, got {type(batches).__name__}") from None
     keep_state = upd.kind == "optimizer" and callable(getattr(upd.obj, "state_dict", None))
-    user = UserSide(lay, loss_a, upd, dtype, layers=layers, torch_net=torch_net, mode=mode)
+    user = UserSide(lay, loss_a, upd, dtype, layers=layers, torch_net=torch_net, mode=mode, mask_layers=dropouts)
     mirror = MirrorSide(torch_net, torch_loss, opt, keep_state, lay.buffers(), user)
     unmatched = unmatched_torch_buffers(lay, torch_net)
     data = _checked_batches(batch_iter if steps is None else itertools.islice(batch_iter, steps), dtype)
@@ -1049,11 +1072,14 @@ def check_steps(net, loss, update, torch_net, torch_loss, torch_optimizer, batch
                                                f"values, cast to {trace.dtype}, are compared next)"))
 
     loc = Localizer(allowed_zero=zero)
-    with disagreements.follow(agreed, module=torch_net, loss=torch_loss) as mirror.loss_fn:
+    with disagreements.follow(agreed, module=torch_net, loss=torch_loss) as mirror.loss_fn, \
+            masks_handed_to(torch_net, dropouts):
         trace = harness_check_steps(user, mirror, data, net=lay.name, dtype=dtype, tol=tol, allowed_zero=zero,
                                     observer=_Observed(loc, leave_out, add_dtype_findings))
     if agreed:
         trace.warnings.append(f"the reference followed your conventions: {', '.join(agreed)}")
+    if dropouts:
+        trace.warnings.append(f"torch.nn.Dropout applied your layers' masks (the mask protocol): {', '.join(dropouts)}")
     if not trace.steps:
         raise ArgumentError("check_steps got no batches: pass an iterable of (x, y) arrays")
     trace.diagnosis = loc.diagnosis

@@ -28,7 +28,8 @@ class NNParity:
     ``layer`` = ``check_layer``, ``loss`` = ``check_loss``, ``steps`` = ``check_steps``,
     ``gradcheck`` = ``check_layer(mine, None, ...)`` in float64 only (finite differences),
     ``sweep`` = ``sweep_layer`` (every configuration of a grid), ``masks`` =
-    ``check_mask_statistics`` (a dropout layer's masks).
+    ``check_mask_statistics`` (a dropout layer's masks), ``battery`` = ``check_battery`` (the
+    suite's whole battery, ``nnparity.api.battery``).
     Every keyword of those functions passes through: the controls (``atol``, ``rtol``,
     ``skip``, ``allowed_zero``), ``conventions=``, ``mode=`` and the ``params={...}`` name/layout map included.
     Each raises ``AssertionError`` with the suite's message on a mismatch (a
@@ -41,14 +42,13 @@ class NNParity:
 
     def _call(self, fn_name, *args, **kwargs):
         __tracebackhide__ = True
-        from nnparity.api import byod
+        from nnparity.api import battery, byod, sweep
         from nnparity.training import masks
-        from nnparity.api import sweep
         from nnparity.training.adapters import UsageError
 
         if fn_name != "check_steps":
             kwargs.setdefault("seed", self.seed)
-        home = sweep if fn_name == "sweep_layer" else masks if fn_name == "check_mask_statistics" else byod
+        home = {"sweep_layer": sweep, "check_mask_statistics": masks, "check_battery": battery}.get(fn_name, byod)
         try:
             return getattr(home, fn_name)(*args, **kwargs)
         except (AssertionError, UsageError) as e:
@@ -80,6 +80,12 @@ class NNParity:
         __tracebackhide__ = True
         return self._call("check_mask_statistics", mine, p, input_shape, **kwargs)
 
+    def battery(self, mine, torch_equivalent=None, input_shape=None, **kwargs):
+        """``nnparity.check_battery``: the suite's whole battery on your layer (or, with ``kind=``, a factory over
+        that kind's sweep)."""
+        __tracebackhide__ = True
+        return self._call("check_battery", mine, torch_equivalent, input_shape, **kwargs)
+
     def gradcheck(self, mine, input_shape=None, **kwargs):
         """Finite differences only, float64: ``check_layer(mine, None, input_shape, dtypes=("float64",))``."""
         __tracebackhide__ = True
@@ -90,6 +96,6 @@ class NNParity:
 @pytest.fixture
 def nnparity(request) -> NNParity:
     """Check your own derivations: ``nnparity.layer(mine, torch_equivalent, input_shape=...)``,
-    ``nnparity.loss(...)``, ``nnparity.steps(...)``, ``nnparity.gradcheck(...)``."""
+    ``nnparity.loss(...)``, ``nnparity.steps(...)``, ``nnparity.gradcheck(...)``, ``nnparity.battery(...)``."""
     seed = request.config.getoption("nnparity_seed", default=None)
     return NNParity(0 if seed is None else seed)

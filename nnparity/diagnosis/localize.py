@@ -378,10 +378,10 @@ def _rerun(fst: Stage, bst: Stage, name: str, prev, rec, tol, step, forward, bac
     """One layer's forward and backward alone, each compared with the torch side's record.
 
     ``forward()`` runs the forward and returns ``{record key: array}`` to compare (``out/<name>``,
-    buffers), or None when it set ``fst.note`` instead; ``backward(dout)`` returns ``(dx, {grad key:
-    array})``, dx compared with ``prev`` (the previous layer's ``dout/``). ``cast``: your arrays in
-    the record's dtype. An exception becomes the stage's note: a broken layer must not hide the
-    others' verdicts."""
+    buffers), or None when it set ``fst.note`` instead (and ``bst.note`` when the backward cannot be
+    re-run either); ``backward(dout)`` returns ``(dx, {grad key: array})``, dx compared with ``prev``
+    (the previous layer's ``dout/``). ``cast``: your arrays in the record's dtype. An exception
+    becomes the stage's note: a broken layer must not hide the others' verdicts."""
     try:
         for key, a in (forward() or {}).items():
             if key in rec:
@@ -389,6 +389,8 @@ def _rerun(fst: Stage, bst: Stage, name: str, prev, rec, tol, step, forward, bac
     except Exception as e:  # noqa: BLE001
         fst.note = f"could not be re-run alone: {_why(e)}"
         bst.note = "not re-run: its forward failed"
+        return
+    if bst.note:
         return
     try:
         key = f"dout/{name}"
@@ -614,8 +616,11 @@ def _verdict(d: Diagnosis) -> str:
                "pre-step weights and gradients" if d.culprit.phase == "update" else "input and weights")
         return (f"{_fmt_stage(d.culprit)} is wrong on its own: fed the reference side's {fed} at step {d.step}, "
                 f"it still gives {w.name} off by margin {w.margin:.3g}. The divergence at {f.name} is its OWN error.")
-    own = (f"{_fmt_stage(d.suspect)}, which computes {f.name}, is right when fed the reference side's numbers "
-           f"(own margin {d.suspect.margin:.3g}); " if d.suspect else "")
+    own = ("" if not d.suspect else
+           f"{_fmt_stage(d.suspect)}, which computes {f.name}, was not compared alone ({d.suspect.note}); "
+           if not d.suspect.comparisons else
+           f"{_fmt_stage(d.suspect)}, which computes {f.name}, is right when fed the reference side's numbers "
+           f"(own margin {d.suspect.margin:.3g}); ")
     if d.culprit is not None:
         w = d.culprit.worst()
         return (f"The divergence at {f.name} is INHERITED: {own}walking back, the first stage wrong on its own is "
@@ -675,6 +680,7 @@ def isolate_network(user, x, y, t, pre: dict, tol: Tolerance, step: int, *, snap
         pre: the torch side's state before the step; ``snapshots``: layers copied before it.
     """
     from nnparity.training.adapters import LayerAdapter, LossAdapter, as_layer
+    from nnparity.training.masks import step_mask
 
     rec, inputs = t.record, t.inputs or {}
     if user.layers:
@@ -703,7 +709,16 @@ def isolate_network(user, x, y, t, pre: dict, tol: Tolerance, step: int, *, snap
             if i > 0:   # a copy: the switch is not undone
                 lay.input_grad_on()
             xin = inputs.get(name) if user.layers else None
-            out = lay.forward(np.array(x if xin is None else xin, copy=True))
+            xin = np.array(x if xin is None else xin, copy=True)
+            if name not in user.masks:
+                out = lay.forward(xin)
+            else:   # a dropout layer: the step's mask drawn again (its generator copied before the step)
+                out = _with_random_state(user.random_states.get(name), lay.forward, xin)
+                if not np.array_equal(step_mask(name, lay.obj, xin), user.masks[name]):
+                    fst.note = ("its random mask could not be drawn again (keep the generator on the layer: "
+                                "self.rng = np.random.default_rng(seed)): not compared")
+                    bst.note = "not re-run: its mask could not be drawn again"
+                    return None
             return {f"out/{name}": out, **{f"buffer/{prefix}{k}": b for k, b in lay.buffers().items()}}
 
         def run_backward(dout, lay=lay, prefix=prefix):
@@ -724,6 +739,18 @@ def isolate_network(user, x, y, t, pre: dict, tol: Tolerance, step: int, *, snap
     except Exception as e:
         (loss_b if loss_f.comparisons else loss_f).note = f"could not be re-run alone: {_why(e)}"
     return forward + [loss_f, loss_b] + backward[::-1] + [_isolate_update(user.update, pre, rec, tol, step)]
+
+
+def _with_random_state(state, fn, *args):
+    """``fn(*args)`` with NumPy's global generator at ``state`` (None: as it is), put back after."""
+    if state is None:
+        return fn(*args)
+    saved = np.random.get_state()
+    np.random.set_state(state)
+    try:
+        return fn(*args)
+    finally:
+        np.random.set_state(saved)
 
 
 def _isolate_update(update, pre, rec, tol, step) -> Stage:

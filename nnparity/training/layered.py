@@ -34,6 +34,7 @@ from collections import OrderedDict
 import numpy as np
 
 from nnparity.training.adapters import LayerAdapter
+from nnparity.training.masks import step_mask
 
 
 def _is_layer(v) -> bool:
@@ -151,10 +152,17 @@ class LayeredNetwork(LayerAdapter):
 class LayerTap:
     """``with LayerTap(layers): net.forward(x) ...`` keeps, for each layer, its input, output and
     upstream gradient of the step (``inputs``, ``outputs``, ``upstream``), and whether a layer
-    was called more than once (``reused``: then its records are its first call's)."""
+    was called more than once (``reused``: then its records are its first call's).
 
-    def __init__(self, layers: "OrderedDict"):
+    ``masks``: names of dropout layers whose mask is read right after their (first) forward
+    (``masks[name]``, the mask protocol of ``nnparity.training.masks``), before your backward can
+    draw or overwrite one, with NumPy's global random state just before it (``random_states``:
+    a re-run alone draws the same mask from ``np.random`` too)."""
+
+    def __init__(self, layers: "OrderedDict", masks=()):
         self.layers = layers
+        self.mask_names = tuple(masks)
+        self.masks, self.random_states = OrderedDict(), {}
         self.inputs, self.outputs, self.upstream = OrderedDict(), OrderedDict(), OrderedDict()
         self.reused = []
         self._saved = []
@@ -181,7 +189,12 @@ class LayerTap:
 
     def _forward(self, name, obj, fn):
         def forward(x, *args, **kwargs):
+            wants_mask = name in self.mask_names and name not in self.masks
+            if wants_mask:
+                self.random_states[name] = np.random.get_state()
             y = fn(x, *args, **kwargs)
+            if wants_mask:
+                self.masks[name] = step_mask(name, obj, x)
             out = y if y is not None else getattr(obj, "output", None)   # the book's self.output
             if name in self.outputs:
                 self.reused.append(name)

@@ -45,6 +45,8 @@ machine.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,13 +120,88 @@ def torch_mask_dropout(lay, p: float):
                                 "dropout mask draws one value per element (a mask of the features' shape is one "
                                 "mask for the whole batch): draw it with the input's shape")
         if mask is None:
-            raise ProtocolError(f"{lay.name}: no dropout mask of the input's shape {tuple(xt.shape)} after its "
-                                f"forward (looked at {where}): store it as self.mask = ... (nonzero = kept) so "
-                                "torch can apply the same one, or check with train=False")
+            raise ProtocolError(no_mask_message(lay.name, tuple(xt.shape), where, "train=False"))
         keep = torch.from_numpy(np.asarray(mask) != 0).to(xt.dtype)
         return xt * keep / (1.0 - p) if p < 1 else xt * 0.0
 
     return dropout_with_your_mask
+
+
+def no_mask_message(name: str, shape, looked: str, eval_argument: str) -> str:
+    """The one line for a dropout layer whose mask the protocol cannot find."""
+    return (f"{name}: no dropout mask of the input's shape {tuple(shape)} after its forward (looked at {looked}): "
+            "store it as self.mask = ... (nonzero = kept) so torch can apply the same one, or check with "
+            f"{eval_argument}")
+
+
+# --- a user's network: its dropout layers' masks handed to the torch mirror's torch.nn.Dropout -----
+
+def step_mask(name: str, obj, x):
+    """The mask of your dropout layer ``obj``'s forward on ``x``, read right after it (before your
+    backward runs, which might draw or overwrite), or one ``ProtocolError`` line naming the protocol."""
+    mask, where = find_mask(obj, np.shape(x), x)
+    if mask is None:
+        raise ProtocolError(no_mask_message(f"your dropout layer {name}", np.shape(x), where, "mode='eval'"))
+    return np.asarray(mask) != 0
+
+
+def _dropouts(torch_net):
+    """(path, module) of every torch dropout module of ``torch_net`` that draws (p > 0)."""
+    import torch
+
+    return [(path, m) for path, m in torch_net.named_modules()
+            if isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0]
+
+
+def handed_dropouts(torch_net, layers, mode: str) -> "OrderedDict":
+    """``{name: your layer}`` whose masks ``torch_net``'s top-level ``torch.nn.Dropout`` children
+    apply in a training run (``check_steps``); ``layers`` is ``find_layers``' match (None: none).
+    A torch dropout that cannot receive a mask is one ``ProtocolError`` line: it would draw its
+    own mask, and the run would diverge at step 1 for no fault of yours."""
+    import torch
+
+    handed = OrderedDict()
+    if mode != "train":   # eval: dropout is the identity on both sides
+        return handed
+    top = dict(torch_net.named_children())
+    for path, m in _dropouts(torch_net):
+        kind = f"torch.nn.{type(m).__name__}"
+        if type(m) is not torch.nn.Dropout:
+            raise ProtocolError(f"torch_net's {path} is a {kind}(p={m.p}): it draws its own masks, and only a "
+                                "torch.nn.Dropout applies your layer's (elementwise, the mask protocol): use "
+                                "torch.nn.Dropout, or check with mode='eval'")
+        if layers is None:
+            raise ProtocolError(f"torch_net's {path} is a torch.nn.Dropout(p={m.p}): it cannot receive your "
+                                "dropout's mask, because your network's layers could not be matched with "
+                                f"torch_net's top-level children {list(top)}: keep your layers as objects in a "
+                                "self.layers list (in order) or dict, or as attributes named like those children, "
+                                "each with forward/backward, or check with mode='eval'")
+        if path not in layers:
+            parent = path.split(".")[0]
+            raise ProtocolError(f"torch_net's {path} is a torch.nn.Dropout(p={m.p}) inside its top-level child "
+                                f"{parent}: only a top-level torch.nn.Dropout child receives your dropout layer's "
+                                f"mask: make it a child of torch_net of its own (and your dropout a layer of its "
+                                "own), or check with mode='eval'")
+        handed[path] = layers[path]
+    return handed
+
+
+@contextmanager
+def masks_handed_to(torch_net, names):
+    """For the duration of the block, each top-level ``torch.nn.Dropout`` child ``names`` of
+    ``torch_net`` is a ``reference.layers.MaskedDropout`` of the same ``p``: torch's own dropout
+    arithmetic on the mask handed over as ``.mask`` before each forward (``TorchSide``'s draws,
+    as for the documented networks). The user's modules are put back afterwards, whatever happens."""
+    from reference.layers import MaskedDropout
+
+    saved = [(n, getattr(torch_net, n)) for n in names]
+    try:
+        for n, m in saved:
+            setattr(torch_net, n, MaskedDropout(m.p).train(m.training))
+        yield
+    finally:
+        for n, m in saved:
+            setattr(torch_net, n, m)
 
 
 def binomial_rejects(k: int, n: int, r: float, alpha: float = ALPHA) -> bool:
