@@ -20,6 +20,7 @@ import pytest
 
 from nnparity.training import networks
 from nnparity.core.data import load_mnist
+from preloaded import PreloadedPython
 
 DTYPES = ["float64", "float32"]
 PARITY_STEPS = 50  # the step parity of every network: its first 50 training batches
@@ -52,6 +53,29 @@ def pytest_generate_tests(metafunc):
 def mnist():
     """The shipped MNIST, loaded once per test session."""
     return load_mnist()
+
+
+# What `python -m nnparity.cli.main` imports before and while it runs a command (and torch's
+# compiler, which torch imports at the first optimizer): NumPy, torch, matplotlib, the commands.
+CLI_PRELOAD = """
+import matplotlib
+matplotlib.use("Agg")  # as nnparity.reporting does before pyplot
+import matplotlib.pyplot
+import torch._dynamo
+import nnparity.cli.run, nnparity.diagnosis.check, nnparity.diagnosis.gradcheck, nnparity.reporting.report
+"""
+
+
+@pytest.fixture(scope="session")
+def cli_process():
+    """``cli_process.run(ARGS)`` / ``cli_process.popen(ARGS)``: ``python -m nnparity.cli.main
+    ARGS`` as a real process (its own pid, pipes, signals, exit status) forked from a Python
+    that has imported the command's modules once (``preloaded.py``): 0.5-2 s a command
+    instead of 3-7. Tests of what happens while a fresh interpreter imports start
+    ``sys.executable`` themselves."""
+    server = PreloadedPython(CLI_PRELOAD, module="nnparity.cli.main")
+    yield server
+    server.close()
 
 
 @pytest.fixture(params=DTYPES)
