@@ -55,25 +55,20 @@ def mnist():
     return load_mnist()
 
 
-# What `python -m nnparity.cli.main` imports before and while it runs a command (and torch's
-# compiler, which torch imports at the first optimizer): NumPy, torch, matplotlib, the commands.
-CLI_PRELOAD = """
-import matplotlib
-matplotlib.use("Agg")  # as nnparity.reporting does before pyplot
-import matplotlib.pyplot
-import torch._dynamo
-import nnparity.cli.run, nnparity.diagnosis.check, nnparity.diagnosis.gradcheck, nnparity.reporting.report
-"""
+# The libraries `python -m nnparity.cli.main` imports to run a command (torch imports its
+# compiler at the first optimizer): preloaded, they cost a command nothing. Nothing of this
+# repository is preloaded: each command imports nnparity afresh, as a new interpreter does.
+LIBRARIES = "import numpy, torch, torch._dynamo, matplotlib.pyplot"
 
 
 @pytest.fixture(scope="session")
 def cli_process():
     """``cli_process.run(ARGS)`` / ``cli_process.popen(ARGS)``: ``python -m nnparity.cli.main
-    ARGS`` as a real process (its own pid, pipes, signals, exit status) forked from a Python
-    that has imported the command's modules once (``preloaded.py``): 0.5-2 s a command
-    instead of 3-7. Tests of what happens while a fresh interpreter imports start
+    ARGS`` as a real process (its own pid, pipes, signals, exit status), forked from a Python
+    that has imported the libraries once (``preloaded.py``): 1-2 s a run instead of 4-7.
+    Tests of what happens while the interpreter starts and imports torch start
     ``sys.executable`` themselves."""
-    server = PreloadedPython(CLI_PRELOAD, module="nnparity.cli.main")
+    server = PreloadedPython(LIBRARIES, module="nnparity.cli.main")
     yield server
     server.close()
 

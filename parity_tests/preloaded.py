@@ -10,7 +10,10 @@ imports, a reader gone before the first import) start a fresh ``sys.executable``
 
 Fork-safe by construction: the server runs no torch operation before it forks (no intra-op
 thread pool exists; each child starts its own), and OpenBLAS's pool, started by the NumPy
-import, is shut down by its own ``pthread_atfork`` handler. The server's environment and
+import, is shut down by its own ``pthread_atfork`` handler. ``gc.freeze()`` before each fork
+(the recipe of the ``gc`` docs for a pre-fork server) keeps the child's garbage collections,
+and its exit, off the preloaded objects' pages: a child that does nothing then costs 0.45 s
+of CPU instead of 1.4 s (its interpreter's exit still runs in full). The server's environment and
 working folder are fixed when it starts (they decide what the imports see); a command may
 add variables read when it runs (``env=``).
 
@@ -32,7 +35,7 @@ import threading
 # command raises reaches this script's top level, where the interpreter handles it as it
 # would in `python -m MODULE` (traceback and status 1, SystemExit's code, SIGINT).
 _SERVER = r"""
-import json, os, socket, sys
+import gc, json, os, socket, sys
 exec(sys.argv[1])
 _sock = socket.socket(fileno=int(sys.argv[2]))
 
@@ -42,6 +45,7 @@ def _serve():
         if not msg:
             sys.exit(0)
         sys.stdout.flush(), sys.stderr.flush()
+        gc.freeze()  # the preloaded objects: the child's collections leave them (and their pages) alone
         pid = os.fork()
         if pid == 0:
             _sock.close()

@@ -9,9 +9,9 @@ report is byte for byte intact (or wholly replaced by a complete new one), that 
 file of a folder comes from the same run, and that nothing is left over (``.tmp``
 files, the work folder, the lock) once the next run has cleaned up after a SIGKILL.
 
-The runs are real processes: forked from a Python that has imported the command's modules
-(the ``cli_process`` fixture), except where the moment is the interpreter's start-up itself
-(a fresh ``sys.executable``).
+The runs are real processes, forked from a Python that has imported torch and the other
+libraries (the ``cli_process`` fixture), except where the moment is the interpreter's
+start-up itself (a fresh ``sys.executable``).
 """
 
 import errno
