@@ -10,12 +10,13 @@ imports, a reader gone before the first import) start a fresh ``sys.executable``
 
 Fork-safe by construction: the server runs no torch operation before it forks (no intra-op
 thread pool exists; each child starts its own), and OpenBLAS's pool, started by the NumPy
-import, is shut down by its own ``pthread_atfork`` handler. ``gc.freeze()`` before each fork
-(the recipe of the ``gc`` docs for a pre-fork server) keeps the child's garbage collections,
-and its exit, off the preloaded objects' pages: a child that does nothing then costs 0.45 s
-of CPU instead of 1.4 s (its interpreter's exit still runs in full). The server's environment and
-working folder are fixed when it starts (they decide what the imports see); a command may
-add variables read when it runs (``env=``).
+import, is shut down by its own ``pthread_atfork`` handler (seen here: the server has one
+thread after a fork, the child starts its own pool). ``gc.freeze()`` before each fork (the
+recipe of the ``gc`` docs for a pre-fork server) keeps the child's garbage collections off
+the preloaded objects' pages: a child that does nothing cost 0.45 s of CPU instead of 1.4 s
+(its interpreter's exit still runs). The server's environment and working folder are fixed
+when it starts (they decide what the imports see); a command may add variables read when
+it runs (``env=``).
 
 One child at a time: ``popen`` while the previous child is still running kills it first.
 """

@@ -48,8 +48,6 @@ def test_list():
     assert main(["list"]) == 0
 
 
-
-
 @pytest.mark.parametrize("args,expected", [
     (["run", "mlp9"], "unknown network 'mlp9'; known networks: mlp1000"),
     (["run", "mlp1000", "--epochs", "0"], "must be a positive integer, got 0"),
@@ -73,8 +71,8 @@ def test_missing_data_dir_is_one_clear_line(tmp_path, cli_process):
 
 def test_a_reader_that_closes_early_ends_the_command_quietly_with_status_141():
     """`nnparity list | head -0`: the reader is gone before the first line is written (closed
-    here before the child, a fresh interpreter, has even imported its modules, so the pipe is broken whatever the
-    size of the output). The command stops like `yes | head`: nothing on stderr (no
+    here before the child, a fresh interpreter, has even imported its modules, so the pipe is
+    broken whatever the size of the output). The command stops like `yes | head`: nothing on stderr (no
     "error: [Errno 32] Broken pipe", no "Exception ignored" at interpreter exit), status 141
     (128 + SIGPIPE), not the 2 of an argument or data error."""
     p = subprocess.Popen([sys.executable, "-m", "nnparity.cli.main", "list"], stdout=subprocess.PIPE,
