@@ -20,6 +20,7 @@ import pytest
 
 from nnparity.training import networks
 from nnparity.core.data import load_mnist
+from preloaded import PreloadedPython
 
 DTYPES = ["float64", "float32"]
 PARITY_STEPS = 50  # the step parity of every network: its first 50 training batches
@@ -52,6 +53,24 @@ def pytest_generate_tests(metafunc):
 def mnist():
     """The shipped MNIST, loaded once per test session."""
     return load_mnist()
+
+
+# The libraries `python -m nnparity.cli.main` imports to run a command (torch imports its
+# compiler at the first optimizer): preloaded, they cost a command nothing. Nothing of this
+# repository is preloaded: each command imports nnparity afresh, as a new interpreter does.
+LIBRARIES = "import numpy, torch, torch._dynamo, matplotlib.pyplot"
+
+
+@pytest.fixture(scope="session")
+def cli_process():
+    """``cli_process.run(ARGS)`` / ``cli_process.popen(ARGS)``: ``python -m nnparity.cli.main
+    ARGS`` as a real process (its own pid, pipes, signals, exit status), forked from a Python
+    that has imported the libraries once (``preloaded.py``): 1-2 s a run instead of 4-7.
+    Tests of what happens while the interpreter starts and imports torch start
+    ``sys.executable`` themselves."""
+    server = PreloadedPython(LIBRARIES, module="nnparity.cli.main")
+    yield server
+    server.close()
 
 
 @pytest.fixture(params=DTYPES)

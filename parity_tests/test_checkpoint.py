@@ -9,8 +9,6 @@ import io
 import json
 import pickle
 import struct
-import subprocess
-import sys
 import tracemalloc
 import zipfile
 import zlib
@@ -340,11 +338,10 @@ def test_forged_sizes_are_refused_from_the_header_without_allocating(name, base,
     assert peak < 8 << 20, peak
 
 
-def test_cli_refuses_the_zip_bomb_in_one_line_with_status_2(base, tmp_path):
-    """The same through the real command (a fresh process): status 2, one stderr line."""
+def test_cli_refuses_the_zip_bomb_in_one_line_with_status_2(base, tmp_path, cli_process):
+    """The same through the real command (a process of its own): status 2, one stderr line."""
     bad = next(c for c in CASES if c.name == "zip-bomb").build(base, tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "nnparity.cli.main", "run", NET, "--out", str(tmp_path / "o"), *TINY,
-                           "--resume", str(bad)], capture_output=True, text=True)
+    proc = cli_process.run(["run", NET, "--out", str(tmp_path / "o"), *TINY, "--resume", str(bad)])
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stdout == "" and not (tmp_path / "o").exists()

@@ -2,7 +2,6 @@
 bad arguments exit 2 with one clear line and write nothing."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -49,11 +48,6 @@ def test_list():
     assert main(["list"]) == 0
 
 
-def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "nnparity.cli.main", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
-
-
 @pytest.mark.parametrize("args,expected", [
     (["run", "mlp9"], "unknown network 'mlp9'; known networks: mlp1000"),
     (["run", "mlp1000", "--epochs", "0"], "must be a positive integer, got 0"),
@@ -61,24 +55,24 @@ def cli(*args, env=None):
     (["run", "mlp1000", "--dtype", "float16"], "invalid choice: 'float16'"),
     (["bench", "nope"], "unknown network 'nope'"),
 ])
-def test_bad_arguments_exit_2_with_one_line(args, expected, tmp_path):
-    proc = cli(*args, "--out", str(tmp_path / "r")) if args[0] == "run" else cli(*args)
+def test_bad_arguments_exit_2_with_one_line(args, expected, tmp_path, cli_process):
+    proc = cli_process.run([*args, "--out", str(tmp_path / "r")] if args[0] == "run" else args)
     assert proc.returncode == 2
     assert expected in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "r").exists()
 
 
-def test_missing_data_dir_is_one_clear_line(tmp_path):
-    proc = cli("parity", "mlp1000", "--steps", "1", "--data-dir", str(tmp_path / "nothing"),
-               env={"NNPARITY_NO_DOWNLOAD": "1"})
+def test_missing_data_dir_is_one_clear_line(tmp_path, cli_process):
+    proc = cli_process.run(["parity", "mlp1000", "--steps", "1", "--data-dir", str(tmp_path / "nothing")],
+                           env={"NNPARITY_NO_DOWNLOAD": "1"})
     assert proc.returncode == 2
     assert "MNIST not found in" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
 def test_a_reader_that_closes_early_ends_the_command_quietly_with_status_141():
     """`nnparity list | head -0`: the reader is gone before the first line is written (closed
-    here before the child has even imported its modules, so the pipe is broken whatever the
-    size of the output). The command stops like `yes | head`: nothing on stderr (no
+    here before the child, a fresh interpreter, has even imported its modules, so the pipe is
+    broken whatever the size of the output). The command stops like `yes | head`: nothing on stderr (no
     "error: [Errno 32] Broken pipe", no "Exception ignored" at interpreter exit), status 141
     (128 + SIGPIPE), not the 2 of an argument or data error."""
     p = subprocess.Popen([sys.executable, "-m", "nnparity.cli.main", "list"], stdout=subprocess.PIPE,

@@ -7,8 +7,6 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -295,13 +293,11 @@ def test_sigterm_between_runs_writes_complete_files_marked_incomplete(tmp_path, 
     assert not [p.name for p in out.iterdir() if p.name.startswith(".") or p.suffix == ".tmp"]
 
 
-def test_sigint_during_training_leaves_complete_files_marked_incomplete(tmp_path):
+def test_sigint_during_training_leaves_complete_files_marked_incomplete(tmp_path, cli_process):
     """Ctrl-C in the middle of the first run's training (SIGTERM takes the same path, see above)."""
     sig = signal.SIGINT
-    proc = subprocess.Popen([sys.executable, "-m", "nnparity.cli.main", "run", "linear10", "--out", str(tmp_path),
-                             "--epochs", "200", "--seeds", "2", "--train-size", "640", "--test-size", "320",
-                             "--parity-steps", "2", "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = cli_process.popen(["run", "linear10", "--out", str(tmp_path), "--epochs", "200", "--seeds", "2",
+                              "--train-size", "640", "--test-size", "320", "--parity-steps", "2", "--no-progress"])
     for line in proc.stdout:  # wait for the first finished epoch
         if "correct seed 0 epoch   1/200" in line:
             break

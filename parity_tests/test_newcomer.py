@@ -1,8 +1,6 @@
 """What a newcomer meets first: ``dir(nnparity)``, ``nnparity list``, and source documents cited
 by title (the repository has no ``seeds/`` folder to point at)."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import nnparity
@@ -17,9 +15,10 @@ def test_dir_shows_the_lazy_api():
     assert names == sorted(names)
 
 
-def test_list_names_source_documents_not_seed_numbers():
-    out = subprocess.run([sys.executable, "-m", "nnparity.cli.main", "list"], cwd=ROOT, capture_output=True, text=True,
-                         check=True).stdout
+def test_list_names_source_documents_not_seed_numbers(cli_process):
+    proc = cli_process.run(["list"], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
     assert "seed 0" not in out and "seeds 0" not in out
     assert out.count("source document:") == len(NETWORKS)
 

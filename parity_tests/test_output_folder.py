@@ -8,6 +8,10 @@ drift envelope, training, report writing) and checks, after each, that the previ
 report is byte for byte intact (or wholly replaced by a complete new one), that every
 file of a folder comes from the same run, and that nothing is left over (``.tmp``
 files, the work folder, the lock) once the next run has cleaned up after a SIGKILL.
+
+The runs are real processes, forked from a Python that has imported torch and the other
+libraries (the ``cli_process`` fixture), except where the moment is the interpreter's
+start-up itself (a fresh ``sys.executable``).
 """
 
 import errno
@@ -30,8 +34,15 @@ TINY = ["--train-size", "256", "--test-size", "64", "--no-progress"]
 
 
 def command(out, seed, epochs=3, *extra):
-    return [sys.executable, "-m", "nnparity.cli.main", "run", NET, "--out", str(out), "--seed", str(seed),
-            "--epochs", str(epochs), "--parity-steps", "3", "--envelope-steps", "20", *TINY, *extra]
+    """The arguments of ``nnparity`` for a small run of NET into ``out``."""
+    return ["run", NET, "--out", str(out), "--seed", str(seed), "--epochs", str(epochs), "--parity-steps", "3",
+            "--envelope-steps", "20", *TINY, *extra]
+
+
+def fresh_process(args):
+    """``python -m nnparity.cli.main ARGS`` in a fresh interpreter (its start-up is what is tested)."""
+    return subprocess.Popen([sys.executable, "-m", "nnparity.cli.main", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def snapshot(folder: Path) -> dict:
@@ -55,10 +66,10 @@ def no_leftovers(out: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def previous(tmp_path_factory):
+def previous(tmp_path_factory, cli_process):
     """A folder holding one complete run (seed 0), and its bytes."""
     out = tmp_path_factory.mktemp("prev")
-    proc = subprocess.run(command(out, 0), capture_output=True, text=True)
+    proc = cli_process.run(command(out, 0))
     assert proc.returncode == 0, proc.stderr
     assert_one_run(out / NET, 0, "complete")
     return out, snapshot(out / NET)
@@ -72,10 +83,10 @@ def fresh_copy(previous, tmp_path) -> Path:
     return tmp_path
 
 
-def test_a_complete_run_replaces_the_previous_one_whole(previous, tmp_path):
+def test_a_complete_run_replaces_the_previous_one_whole(previous, tmp_path, cli_process):
     out = fresh_copy(previous, tmp_path)
     (out / NET / "stale.png").write_bytes(b"from an older run")  # nothing of the old folder survives
-    proc = subprocess.run(command(out, 1, 2), capture_output=True, text=True)
+    proc = cli_process.run(command(out, 1, 2))
     assert proc.returncode == 0, proc.stderr
     assert_one_run(out / NET, 1, "complete")
     assert not (out / NET / "stale.png").exists()
@@ -85,6 +96,7 @@ def test_a_complete_run_replaces_the_previous_one_whole(previous, tmp_path):
 # The phases of a run, each named by the line the run prints when it enters it; the signal
 # goes a seeded random time after that line. "epoch   3/3" is the last epoch's line: what
 # follows is the report being written, where signals are held until the folder is in place.
+# Start-up (None: from the process's first instant, imports included) is a fresh interpreter's.
 PHASES = [None, f"{NET}: ", "step parity", "drift envelope", "epoch   1/3", "epoch   3/3"]
 rnd = random.Random(12)
 CASES = [(phase, rnd.choice(("SIGINT", "SIGTERM")), round(rnd.uniform(0.0, 0.25), 3)) for phase in PHASES]
@@ -92,10 +104,10 @@ CASES = [(phase, rnd.choice(("SIGINT", "SIGTERM")), round(rnd.uniform(0.0, 0.25)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("phase,sig,delay", CASES, ids=[f"{p or 'start-up'}-{s}-{d}" for p, s, d in CASES])
-def test_a_signal_at_any_moment_leaves_the_previous_report_intact(previous, tmp_path, phase, sig, delay):
+def test_a_signal_at_any_moment_leaves_the_previous_report_intact(previous, tmp_path, cli_process, phase, sig, delay):
     out = fresh_copy(previous, tmp_path)
     before = snapshot(out / NET)
-    proc = subprocess.Popen(command(out, 1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = fresh_process(command(out, 1)) if phase is None else cli_process.popen(command(out, 1))
     if phase is not None:
         for line in proc.stdout:
             if line.startswith(phase):
@@ -123,11 +135,10 @@ def test_a_signal_at_any_moment_leaves_the_previous_report_intact(previous, tmp_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["drift envelope", "epoch   2/3", "epoch   3/3"])
-def test_after_a_sigkill_the_next_run_cleans_up(previous, tmp_path, phase):
+def test_after_a_sigkill_the_next_run_cleans_up(previous, tmp_path, cli_process, phase):
     out = fresh_copy(previous, tmp_path)
     before = snapshot(out / NET)
-    proc = subprocess.Popen(command(out, 1, 3, "--save-every", "1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = cli_process.popen(command(out, 1, 3, "--save-every", "1"))
     for line in proc.stdout:
         if line.startswith(phase):
             break
@@ -137,16 +148,15 @@ def test_after_a_sigkill_the_next_run_cleans_up(previous, tmp_path, phase):
     target_now = snapshot(out / NET)
     assert target_now in (before, {}) or json.loads(target_now["metrics.json"])["status"] == "complete"
     # the next run repairs a cut swap, removes the work folder and any .tmp, then runs
-    proc = subprocess.run(command(out, 2, 1), capture_output=True, text=True)
+    proc = cli_process.run(command(out, 2, 1))
     assert proc.returncode == 0, proc.stderr
     assert_one_run(out / NET, 2, "complete")
     assert not no_leftovers(out)
 
 
-def test_a_run_that_is_interrupted_keeps_its_checkpoint_in_the_incomplete_folder(previous, tmp_path):
+def test_a_run_that_is_interrupted_keeps_its_checkpoint_in_the_incomplete_folder(previous, tmp_path, cli_process):
     out = fresh_copy(previous, tmp_path)
-    proc = subprocess.Popen(command(out, 1, 50, "--save-every", "1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = cli_process.popen(command(out, 1, 50, "--save-every", "1"))
     for line in proc.stdout:
         if line.startswith("epoch   2/"):
             break
@@ -156,7 +166,7 @@ def test_a_run_that_is_interrupted_keeps_its_checkpoint_in_the_incomplete_folder
     partial = out / f"{NET}.incomplete"
     assert (partial / "checkpoint.npz").exists()
     # resuming from it completes the run into OUT/NET
-    proc = subprocess.run(command(out, 1, 3, "--resume", str(partial)), capture_output=True, text=True)
+    proc = cli_process.run(command(out, 1, 3, "--resume", str(partial)))
     assert proc.returncode == 0, proc.stderr
     assert_one_run(out / NET, 1, "complete")
 
@@ -248,7 +258,7 @@ def test_a_data_error_leaves_no_output_folder(tmp_path, monkeypatch, capsys):
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, delay):
     """The handlers are in place from main()'s first line, before NumPy and torch are
     imported (about 1.5 s): a Ctrl-C then is one line and exit 130, nothing written."""
-    proc = subprocess.Popen(command(tmp_path, 0), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = fresh_process(command(tmp_path, 0))
     time.sleep(delay)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)

@@ -3,7 +3,9 @@
 * Every ```python block is **executed**, from the repository root, as written: fed to
   ``python -`` with the root as working directory and no PYTHONPATH (what a reader at the
   root gets). A block that defines a pytest test (``def test_``) is run by pytest instead,
-  with the plugin that provides the ``nnparity`` fixture.
+  with the plugin that provides the ``nnparity`` fixture. Each is a process of its own,
+  forked from a Python that has imported NumPy and torch and nothing of this repository
+  (``preloaded.py``): the block imports nnparity afresh, as a reader's interpreter does.
 * The ``## Commands`` block must list every option of every subcommand of
   ``nnparity.cli.main.build_parser()``, and no option that does not exist.
 * Every ``nnparity ...`` command line (in the ```bash block and in inline code) is
@@ -26,13 +28,12 @@ import argparse
 import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from nnparity.cli import main as cli
+from preloaded import PreloadedPython
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -91,21 +92,29 @@ def test_readme_has_the_snippets_this_test_reads():
     assert len(documented_commands()) >= 15
 
 
+@pytest.fixture(scope="module")
+def readers_python():
+    """A reader's interpreter at the repository root, without PYTHONPATH, with NumPy and torch
+    imported: ``readers_python.run(ARGS, code=...)`` is ``python - ARGS``, ``module=`` ``python -m``."""
+    server = PreloadedPython("import numpy, torch", cwd=ROOT,
+                             env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    yield server
+    server.close()
+
+
 @pytest.mark.parametrize("index", range(len(fenced("python"))))
-def test_python_block_runs_from_the_repository_root(index, tmp_path):
+def test_python_block_runs_from_the_repository_root(index, tmp_path, readers_python):
     code = fenced("python")[index]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if "def test_" in code:
         test_file = tmp_path / "test_snippet.py"
         test_file.write_text(code)
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "nnparity.api.plugin", "-c", str(tmp_path / "none.ini"),
-               "--rootdir", str(tmp_path), str(test_file)]
+        args = ["-q", "-p", "nnparity.api.plugin", "-c", str(tmp_path / "none.ini"), "--rootdir", str(tmp_path),
+                str(test_file)]
         (tmp_path / "none.ini").write_text("[pytest]\n")
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        proc = readers_python.run(args, module="pytest", timeout=120)
         assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout + proc.stderr
     else:
-        proc = subprocess.run([sys.executable, "-"], input=code, cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=120)
+        proc = readers_python.run([], code=code, timeout=120)
         assert proc.returncode == 0, f"README python block {index} fails:\n{code}\n{proc.stderr}"
 
 

@@ -3,8 +3,6 @@ divergence, interruption, and what a bad output folder does."""
 
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -77,14 +75,14 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, capsys):
     (b"not a zip at all", "corrupt or not an nn-parity checkpoint"),
     (None, "not an nn-parity checkpoint"),
 ])
-def test_resume_refuses_corrupt_or_foreign_files(tmp_path, content, expected):
+def test_resume_refuses_corrupt_or_foreign_files(tmp_path, cli_process, content, expected):
     bad = tmp_path / "checkpoint.npz"
     if content is None:
         np.savez(bad, weights=np.ones(3))  # a valid .npz, but not ours
     else:
         bad.write_bytes(content)
-    proc = subprocess.run([sys.executable, "-m", "nnparity.cli.main", "run", "mlp1000", "--out", str(tmp_path / "o"),
-                           "--parity-steps", "0", "--resume", str(bad), *SMALL], capture_output=True, text=True)
+    proc = cli_process.run(["run", "mlp1000", "--out", str(tmp_path / "o"), "--parity-steps", "0", "--resume", str(bad),
+                            *SMALL])
     assert proc.returncode == 2 and expected in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -106,11 +104,9 @@ def test_divergence_stops_at_once_and_writes_a_diverged_report(tmp_path):
     assert not (tmp_path / "mlp1000").exists()  # OUT/NET only ever holds a complete run
 
 
-def test_sigint_leaves_complete_files_marked_incomplete(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "nnparity.cli.main", "run", "mlp1000", "--out", str(tmp_path),
-                             "--epochs", "50", "--parity-steps", "0", "--envelope-steps", "0", "--dtype", "float32",
-                             *SMALL],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_sigint_leaves_complete_files_marked_incomplete(tmp_path, cli_process):
+    proc = cli_process.popen(["run", "mlp1000", "--out", str(tmp_path), "--epochs", "50", "--parity-steps", "0",
+                              "--envelope-steps", "0", "--dtype", "float32", *SMALL])
     for line in proc.stdout:  # wait for the first finished epoch
         if line.startswith("epoch   1/"):
             break
@@ -126,11 +122,10 @@ def test_sigint_leaves_complete_files_marked_incomplete(tmp_path):
     assert not leftovers and sorted(p.name for p in tmp_path.iterdir()) == ["mlp1000.incomplete"]
 
 
-def test_unusable_output_folder_is_one_clear_line(tmp_path):
+def test_unusable_output_folder_is_one_clear_line(tmp_path, cli_process):
     blocker = tmp_path / "reports"
     blocker.write_text("a file where the output folder should go")  # fails even for root
-    proc = subprocess.run([sys.executable, "-m", "nnparity.cli.main", "run", "mlp1000", "--out", str(blocker), *SMALL],
-                          capture_output=True, text=True)
+    proc = cli_process.run(["run", "mlp1000", "--out", str(blocker), *SMALL])
     assert proc.returncode == 2 and f"cannot create output directory {blocker / 'mlp1000'}" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert blocker.read_text().startswith("a file")
