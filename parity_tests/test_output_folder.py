@@ -302,10 +302,9 @@ def _gone(pid: int, within: float = 10.0) -> bool:
     return False
 
 
-def _concurrent_run_in_training(out, seed):
+def _concurrent_run_in_training(cli_process, out, seed):
     """A concurrent run started and training its second epoch, and its torch worker's pid."""
-    proc = subprocess.Popen(command(out, seed, 50, "--parity-steps", "0", "--envelope-steps", "0"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = cli_process.popen(command(out, seed, 50, "--parity-steps", "0", "--envelope-steps", "0"))
     for line in proc.stdout:
         if line.startswith("epoch   2/"):
             break
@@ -318,11 +317,11 @@ needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds t
 
 
 @needs_proc
-def test_a_signal_during_a_concurrent_run_stops_its_worker(previous, tmp_path):
+def test_a_signal_during_a_concurrent_run_stops_its_worker(previous, tmp_path, cli_process):
     """SIGTERM (SIGINT takes the same path: both are a KeyboardInterrupt in the run)."""
     out = fresh_copy(previous, tmp_path)
     before = snapshot(out / NET)
-    proc, worker = _concurrent_run_in_training(out, 1)
+    proc, worker = _concurrent_run_in_training(cli_process, out, 1)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, stderr)
@@ -334,20 +333,20 @@ def test_a_signal_during_a_concurrent_run_stops_its_worker(previous, tmp_path):
 
 
 @needs_proc
-def test_a_worker_outlives_no_killed_run(previous, tmp_path):
+def test_a_worker_outlives_no_killed_run(previous, tmp_path, cli_process):
     """SIGKILL leaves the run no moment to stop its worker: the worker finds its pipe closed."""
     out = fresh_copy(previous, tmp_path)
-    proc, worker = _concurrent_run_in_training(out, 1)
+    proc, worker = _concurrent_run_in_training(cli_process, out, 1)
     proc.kill()
     proc.communicate(timeout=60)
     assert _gone(worker), f"worker {worker} outlived its killed run"
 
 
 @needs_proc
-def test_a_killed_worker_ends_the_run_in_one_line(previous, tmp_path):
+def test_a_killed_worker_ends_the_run_in_one_line(previous, tmp_path, cli_process):
     out = fresh_copy(previous, tmp_path)
     before = snapshot(out / NET)
-    proc, worker = _concurrent_run_in_training(out, 1)
+    proc, worker = _concurrent_run_in_training(cli_process, out, 1)
     os.kill(worker, signal.SIGKILL)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 5, (proc.returncode, stderr)
