@@ -35,12 +35,12 @@ def test_every_registered_network_has_its_row():
 
 
 def copy_reports(tmp_path) -> Path:
-    """The committed reports' JSON and bench table (not their plots) in tmp_path/reports."""
+    """The committed reports' JSON and the bench's (not their plots) in tmp_path/reports."""
     out = tmp_path / "reports"
     for name in NETWORKS:
         (out / name).mkdir(parents=True)
         shutil.copy(REPORTS / name / "metrics.json", out / name / "metrics.json")
-    shutil.copy(REPORTS / results.BENCH_FILE, out / results.BENCH_FILE)
+    shutil.copy(REPORTS / results.BENCH_JSON, out / results.BENCH_JSON)
     return out
 
 
@@ -90,15 +90,15 @@ def test_a_changed_report_fails_the_check_naming_its_cell(name, path, value, row
 
 def test_a_changed_bench_figure_fails_the_check(tmp_path, capsys):
     reports = copy_reports(tmp_path)
-    bench = reports / results.BENCH_FILE
-    text = bench.read_text()
-    line = next(line for line in text.splitlines() if line.startswith("| cnn18k | float32 |"))
-    cells = line.split(" | ")
-    cells[4] = "99.99"  # torch s/epoch
-    bench.write_text(text.replace(line, " | ".join(cells)))
+    path = reports / results.BENCH_JSON
+    record = json.loads(path.read_text())
+    row = next(r for r in record["rows"] if (r["net"], r["dtype"]) == ("cnn18k", "float32"))
+    row["s_per_epoch"]["torch_whole"] = 99.99
+    path.write_text(json.dumps(record))
     assert cli.main(["results", "--check", str(README), "--reports", str(reports)]) == 1
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "row `cnn18k`, column 'torch s/epoch'" in err and "'99.99'" in err, err
+    assert "\n" not in err and "row `cnn18k`, column 's/epoch alone, whole machine: scratch / torch'" in err, err
+    assert "/ 99.99'" in err, err
 
 
 def test_a_readme_missing_a_row_or_with_a_stray_one_fails_naming_it(tmp_path, capsys):
@@ -153,17 +153,17 @@ def test_a_missing_or_broken_report_is_one_line_naming_the_file(tmp_path, capsys
     (reports / "toy221" / "metrics.json").unlink()
     err = one_line_error(["results", "--reports", str(reports)], capsys)
     assert "toy221/metrics.json is missing" in err and "nnparity run toy221" in err
-    (reports / results.BENCH_FILE).unlink()
+    (reports / results.BENCH_JSON).unlink()
     shutil.copy(REPORTS / "toy221" / "metrics.json", reports / "toy221" / "metrics.json")
     err = one_line_error(["results", "--check", str(README), "--reports", str(reports)], capsys)
-    assert "bench.md is missing" in err
+    assert "bench.json is missing" in err
 
 
 def test_a_folder_without_a_benchmark_prints_the_results_table_and_says_so(tmp_path, capsys):
     """``nnparity results --reports DIR`` of a folder that ``nnparity reproduce`` wrote: the
     results table, and one line saying there is no benchmark (checking a README needs one)."""
     reports = copy_reports(tmp_path)
-    (reports / results.BENCH_FILE).unlink()
+    (reports / results.BENCH_JSON).unlink()
     assert cli.main(["results", "--reports", str(reports)]) == 0
     out = capsys.readouterr().out
     assert results.begin_marker("results") in out and results.begin_marker("bench") not in out

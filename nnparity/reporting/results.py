@@ -6,9 +6,7 @@ markdown viewer does not show::
 
     <!-- results:begin -->     one row per registered network, from reports/NET/metrics.json
     <!-- bench:begin -->       the float32 rows of the benchmark, its GEMM peak and its load:
-                               reports/bench.json (``nnparity bench``'s figures), or, for a
-                               benchmark made before bench.json existed, the table of
-                               reports/bench.md
+                               reports/bench.json (``nnparity bench``'s figures)
 
 ``nnparity results`` prints them, ``--write README.md`` rewrites them in place (the text
 around the markers is left as it is) and ``--check`` exits 1 naming the first cell where
@@ -83,19 +81,6 @@ BENCH_FIGURES = (  # (README header, cell of a bench.json row)
     ("scratch % of GEMM peak", lambda r: f"{r['pct_peak_whole']:.0f}%"),
     ("peak memory MiB", lambda r: f"{r['peak_rss_mib']:.0f}"),
 )
-# A benchmark made before bench.json (the committed reports/bench.md of the first bench):
-# these columns of its markdown table.
-BENCH_COLUMNS = (  # (README header, template over the bench.md row, keyed by its headers)
-    ("network", "`{net}`"),
-    ("dtype", "{dtype}"),
-    ("batch", "{batch}"),
-    ("scratch s/epoch", "{scratch s/epoch}"),
-    ("torch s/epoch", "{torch s/epoch}"),
-    ("ratio (floor)", "{ratio} ({floor})"),
-    ("scratch GFLOP/s", "{scratch GFLOP/s}"),
-    ("peak memory MiB", "{peak memory MiB}"),
-)
-
 BLOCKS = ("results", "bench")
 REWRITE = "nnparity results --write README.md"
 
@@ -266,54 +251,14 @@ def results_table(reports: Path, names=None) -> str:
     return markdown_table([h for _, h in COLUMNS], [network_row(net, reports) for net in nets])
 
 
-def read_bench(reports: Path) -> tuple[list, dict]:
-    """The rows of ``reports/bench.md``'s table (dicts keyed by its headers) and its
-    preamble's facts (``command``, ``machine``, ``threads``, the GEMM peaks)."""
-    path = reports / BENCH_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ResultsError(f"{path} is missing (make it: nnparity bench --out {path})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ResultsError(f"{path} cannot be read: {e}") from None
-    table = [line for line in text.splitlines() if line.startswith("|")]
-    if len(table) < 3:
-        raise ResultsError(f"{path} has no table of results")
-    headers = _cells(table[0])
-    rows = [dict(zip(headers, _cells(line))) for line in table[2:]]
-    facts = {}
-    made = re.search(r"Produced by `([^`]+)` on (\S+) with (\d+) threads", text)
-    peaks = dict(re.findall(r"(float32|float64) ([\d.]+) GFLOP/s", text.split("\n|", 1)[0]))
-    if not made or BENCH_DTYPE not in peaks:
-        raise ResultsError(f"{path} does not say which command made it on which machine, or its {BENCH_DTYPE} "
-                           "GEMM peak (its preamble changed?): re-make it with nnparity bench")
-    facts.update(command=made.group(1), machine=made.group(2), threads=made.group(3), peak=peaks[BENCH_DTYPE])
-    return rows, facts
-
-
 def _cells(line: str) -> list:
     """The cells of a markdown table line (an escaped ``\\|`` stays inside its cell)."""
     return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
 
 
 def bench_summary(reports: Path) -> str:
-    """The README's bench summary: the float32 rows of the benchmark in ``reports`` and where
-    they come from (``bench.json``; else the table of a ``bench.md`` made before it)."""
-    if (reports / BENCH_JSON).exists():
-        return bench_summary_json(reports)
-    rows, facts = read_bench(reports)
-    picked = [r for r in rows if r.get("dtype") == BENCH_DTYPE]
-    if not picked:
-        raise ResultsError(f"{reports / BENCH_FILE} has no {BENCH_DTYPE} rows")
-    cells = []
-    for row in picked:
-        try:
-            cells.append([template.format_map(row) for _, template in BENCH_COLUMNS])
-        except KeyError as e:
-            raise ResultsError(f"{reports / BENCH_FILE} has no column {e} (its columns: {', '.join(row)})") from None
-    table = markdown_table([h for h, _ in BENCH_COLUMNS], cells)
-    return (f"{table}\n\n(Made by `{facts['command']}` on {facts['machine']} with {facts['threads']} threads; "
-            f"NumPy's {BENCH_DTYPE} GEMM peak measured in the same run: {facts['peak']} GFLOP/s.)")
+    """The README's bench summary: the float32 rows of ``reports/bench.json`` and where they come from."""
+    return bench_summary_json(reports)
 
 
 def read_bench_json(reports: Path) -> dict:
@@ -321,6 +266,8 @@ def read_bench_json(reports: Path) -> dict:
     path = reports / BENCH_JSON
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsError(f"{path} is missing (make it: nnparity bench --out {reports / BENCH_FILE})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ResultsError(f"{path} cannot be read: {e}") from None
     except json.JSONDecodeError as e:
@@ -353,7 +300,7 @@ def bench_summary_json(reports: Path) -> str:
 
 
 def has_bench(reports: Path) -> bool:
-    return (reports / BENCH_JSON).exists() or (reports / BENCH_FILE).exists()
+    return (reports / BENCH_JSON).exists()
 
 
 def generate(reports, need_bench: bool = True) -> dict:
