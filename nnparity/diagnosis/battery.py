@@ -58,7 +58,6 @@ class BatteryReport:
     """Every comparison of the battery on one kind; ``na``: configurations the layer cannot express."""
 
     name: str
-    comparisons: list = field(default_factory=list)
     na: list = field(default_factory=list)
     seconds: float = 0.0
     entries: list = field(default_factory=list, repr=False)   # [(cfg, shape, documented, weight shape, comps)]
@@ -70,13 +69,11 @@ class BatteryReport:
         (every configuration's checks depend on it and the seed alone)."""
         keep = [e for e in self.entries if not e[2] or (e[0], e[1]) in configs]
         shapes = list(dict.fromkeys(e[3] for e in keep if e[3] in self.init))
-        out = BatteryReport(name or self.name, na=self.na, entries=keep,
-                            init={k: self.init[k] for k in shapes})
-        out.collect()
-        return out
+        return BatteryReport(name or self.name, na=self.na, entries=keep, init={k: self.init[k] for k in shapes})
 
-    def collect(self) -> None:
-        self.comparisons = [c for e in self.entries for c in e[4]] + [c for v in self.init.values() for c in v]
+    @property
+    def comparisons(self) -> list:
+        return [c for e in self.entries for c in e[4]] + [c for v in self.init.values() for c in v]
 
     @property
     def failures(self) -> list:
@@ -455,7 +452,6 @@ def run_case(case, configs, *, seed: int = 0, checks=CHECKS, make=None, make_tor
                                                 f"{tuple(wshape)}", seed)], "init")
         report.entries.append((cfg, shape, documented, wshape, _named(comps, where)))
         deep_done = deep_done or not documented
-    report.collect()
     report.seconds = time.perf_counter() - t0
     return report
 
