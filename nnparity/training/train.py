@@ -12,17 +12,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from scratch.recipe import Recipe
 
-from nnparity.training.networks import Dataset, Network, make_sides, rebuildable, spec_of, training_batches
+from nnparity.training.networks import (Dataset, Network, make_sides, rebuildable, side_threads, spec_of,
+                                        training_batches)
 from nnparity.training.sides import summed
 from nnparity.training.tape import RecordingSide, ReplayedSide, Same, Tape, copy_state
-from nnparity.core.threads import blas_threads
 
 
 class Diverged(RuntimeError):
@@ -101,25 +100,13 @@ def evaluate_test(side, ds, chunk: int | None = None):
             for s in range(0, len(ds.y_test), chunk)]
 
 
-@contextmanager
-def one_thread_per_side():
-    """NumPy's BLAS and torch's intra-op pool at one thread each for the block, then as
-    they were. Training alternating in one process needs it (each library's threads would
-    spin against the other's steps, ``nnparity.core.threads``), and so does every mode:
-    the scratch side's last bits differ between one and two BLAS threads (mlp1000, mlp16,
-    linear10, cnn18k float64), so a run gives the same numbers alternating here as
-    concurrently, where each process has one core. (torch's inter-op count is set in the
-    torch worker only: in a process where torch has run it can no longer change; a
-    training step does not use that pool.)"""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with blas_threads(1):
-            yield
-    finally:
-        torch.set_num_threads(before)
+# One thread per library for every mode (``side_threads(1)``): training alternating in one
+# process needs it (each library's threads would spin against the other's steps,
+# ``nnparity.core.threads``), and so does every mode: the scratch side's last bits differ
+# between one and two BLAS threads (mlp1000, mlp16, linear10, cnn18k float64), so a run gives
+# the same numbers alternating here as concurrently, where each process has one core. (torch's
+# inter-op count is set in the torch worker only: in a process where torch has run it can no
+# longer change; a training step does not use that pool.)
 
 
 @dataclass
@@ -129,7 +116,7 @@ class Training:
     ``concurrent``: the torch side trains in a worker process of its own while the
     scratch side trains here, one core each (``nnparity.training.worker``); otherwise the
     sides alternate step by step in this process. Both give the same numbers, bit for
-    bit: each side runs at one thread either way (``one_thread_per_side``). A concurrent
+    bit: each side runs at one thread either way (``side_threads(1)``). A concurrent
     ``Training`` holds a process: ``close()`` it (or use it as a context manager); a
     replayed torch side (``replay_ref``) takes no step, so it needs no worker."""
 
@@ -286,7 +273,7 @@ class Training:
     def _both(self, chunk=None) -> dict:
         """``evaluate_test`` of both sides, at one thread each; a torch worker evaluates
         while the scratch side does."""
-        with one_thread_per_side():
+        with side_threads(1):
             later = self.ref.evaluate_later(chunk) if getattr(self.ref, "remote", False) else None
             out = {self.scratch.name: evaluate_test(self.scratch, self.ds, chunk)}
             out[self.ref.name] = later() if later else evaluate_test(self.ref, self.ds, chunk)
@@ -319,7 +306,7 @@ class Training:
                    desc=f"{self.net.name} epoch {epoch}/{self.recipe.epochs}", leave=False,
                    disable=None if progress is None else not progress, unit="batch")
         steps = self._steps_concurrent if getattr(self.ref, "remote", False) else self._steps
-        with one_thread_per_side():
+        with side_threads(1):
             steps(bar, epoch, totals, curves)
         bar.close()
         test = self.evaluate()
