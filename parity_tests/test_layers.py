@@ -89,3 +89,36 @@ def test_gradients_accumulate_and_zero_grad_clears(dtype):
     np.testing.assert_array_equal(layer.weight.grad, 2 * once)
     layer.zero_grad()
     assert not layer.weight.grad.any() and not layer.bias.grad.any()
+
+
+def test_zero_grad_is_lazy_but_reads_as_zeros(dtype):
+    """``zero_grad`` writes nothing: the next gradient is taken as it is (Linear's dW computed into
+    the old array), a read before it gives zeros, and a second backward still adds."""
+    layer = scratch.Linear(3, 2, dtype=dtype)
+    layer.weight.data[...] = np.arange(6).reshape(2, 3) / 10
+    x, g = np.ones((4, 3), dtype), np.arange(8, dtype=dtype).reshape(4, 2)
+    layer.forward(x)
+    layer.backward(g)
+    once, bias_once = layer.weight.grad.copy(), layer.bias.grad.copy()
+    old = layer.weight.grad
+    layer.zero_grad()
+    layer.forward(x)
+    layer.backward(g)
+    assert layer.weight.grad is old  # computed into the array zero_grad left, no new allocation
+    np.testing.assert_array_equal(layer.weight.grad, once)
+    np.testing.assert_array_equal(layer.bias.grad, bias_once)
+    layer.backward(g)
+    np.testing.assert_array_equal(layer.weight.grad, 2 * once)
+    layer.zero_grad()
+    assert not layer.weight.grad.any()  # read before any backward: zeros
+    layer.backward(g)
+    np.testing.assert_array_equal(layer.weight.grad, once)  # and the zeros were added to
+
+
+def test_accumulate_adds_a_gradient_of_another_dtype():
+    """Only an array of the gradient's own shape and dtype is taken as it is; another is added (cast)."""
+    p = scratch.module.Parameter(np.zeros(3, np.float32))
+    p.zero_grad()
+    p.accumulate(np.array([1.0, 2.0, 3.0]))
+    assert p.grad.dtype == np.float32
+    np.testing.assert_array_equal(p.grad, [1, 2, 3])

@@ -51,7 +51,7 @@ class Linear(Module):
 
     def _weight_grad(self, dy):
         """dW = dy^T x, (out, N) @ (N, in) -> W's (out, in); a selftest slip may override it."""
-        return dy.T @ self.x
+        return np.matmul(dy.T, self.x, out=self.weight.spare_grad())  # into last step's array after zero_grad
 
     def _bias_grad(self, dy):
         """db = dy summed over the batch, accumulated in float64; a selftest slip may override it."""

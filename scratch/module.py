@@ -6,7 +6,9 @@ up name for name:
 * parameters and buffers are registered under attribute names, and
   ``state_dict()`` keys are dotted paths (``U.weight``, ``bn1.running_var``);
 * every ``Parameter`` owns a ``grad`` array of its own shape and dtype;
-  ``backward`` *accumulates* into it and ``zero_grad()`` clears it;
+  ``backward`` *accumulates* into it and ``zero_grad()`` clears it (lazily: the first
+  gradient after it is taken as it is, where adding it to zeros would give the same
+  numbers at the cost of two passes over the array);
 * ``train()`` / ``eval()`` switch the mode of a module and all its children.
 
 A layer implements ``forward(x)`` (caching what its backward needs) and
@@ -29,13 +31,45 @@ class Parameter:
     Attributes:
         data: the value, updated in place by the optimizer.
         grad: dL/d(data), same shape and dtype, accumulated by ``backward``.
+
+    ``zero_grad()`` only marks the gradient as zero; reading ``grad`` then gives zeros,
+    and the next ``accumulate`` takes its array instead of adding it to zeros (the same
+    numbers: x + 0 = x, save the sign of an exact zero, which torch's first backward keeps too).
     """
 
-    __slots__ = ("data", "grad")
+    __slots__ = ("data", "_grad", "_grad_is_zero")
 
     def __init__(self, data: np.ndarray):
         self.data = np.asarray(data)
         self.grad = np.zeros_like(self.data)
+
+    @property
+    def grad(self) -> np.ndarray:
+        if self._grad_is_zero:
+            self._grad[...] = 0
+            self._grad_is_zero = False
+        return self._grad
+
+    @grad.setter
+    def grad(self, value: np.ndarray) -> None:
+        self._grad, self._grad_is_zero = value, False
+
+    def zero_grad(self) -> None:
+        """Mark the gradient zero (``grad`` reads as zeros; nothing is written until then)."""
+        self._grad_is_zero = True
+
+    def spare_grad(self) -> np.ndarray | None:
+        """The gradient's array while ``zero_grad`` has left it unread (else None): a layer may
+        compute its next gradient into it (``out=``) and hand that to ``accumulate``."""
+        return self._grad if self._grad_is_zero else None
+
+    def accumulate(self, grad: np.ndarray) -> None:
+        """``grad += grad``; right after ``zero_grad`` a fresh array of the gradient's own shape
+        and dtype becomes the gradient as it is (an array of another shape or dtype is added)."""
+        if self._grad_is_zero and grad.shape == self._grad.shape and grad.dtype == self._grad.dtype:
+            self.grad = grad
+        else:
+            self.grad += grad
 
     @property
     def shape(self):
@@ -159,13 +193,16 @@ class Module:
         return self
 
     def _accumulate(self, param: Parameter, grad) -> None:
-        """``param.grad += grad``: gradients add up over backward calls until ``zero_grad``; a selftest slip may override it."""
-        param.grad += grad
+        """``param.grad += grad``: gradients add up over backward calls until ``zero_grad``; a selftest slip may override it.
+
+        ``grad`` must be an array this layer hands over (computed for this call, kept by
+        nothing else): right after ``zero_grad`` it becomes ``param.grad`` without a copy."""
+        param.accumulate(grad)
 
     def zero_grad(self) -> None:
         """Set every parameter's gradient to zero (gradients otherwise accumulate)."""
         for p in self.parameters():
-            p.grad[...] = 0
+            p.zero_grad()
 
     def train(self, mode: bool = True) -> "Module":
         for _, m in self.named_modules():

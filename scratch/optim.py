@@ -32,10 +32,11 @@ class SGD:
         self.params = OrderedDict(named_params)
         self.lr, self.momentum = lr, momentum
         self.buffers: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self._products: dict = {}  # (shape, dtype) -> the array lr * g is written into, kept between steps
 
     def zero_grad(self) -> None:
         for p in self.params.values():
-            p.grad[...] = 0
+            p.zero_grad()
 
     def step(self) -> None:
         # buf = grad (first step), then momentum * buf + grad;  p = p - lr * buf   (buf = grad without momentum)
@@ -55,8 +56,14 @@ class SGD:
 
     def _update(self, g):
         """What a step subtracts from a parameter, lr * g; a selftest slip may override it."""
-        # a Python-float lr keeps the parameter's dtype (NumPy 2 promotion rules)
-        return self.lr * g
+        # a Python-float lr keeps the parameter's dtype (NumPy 2 promotion rules); the product goes
+        # into an array kept for g's shape (step() subtracts it at once): the same numbers as
+        # self.lr * g, without a fresh allocation of a weight-sized array at every step
+        key = (g.shape, g.dtype)
+        out = self._products.get(key)
+        if out is None:
+            out = self._products[key] = np.empty_like(g)
+        return np.multiply(g, self.lr, out=out)
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         return OrderedDict((f"{k}.momentum_buffer", v.copy()) for k, v in self.buffers.items())
