@@ -206,9 +206,12 @@ class TorchSide:
         return list(self.model.named_children())
 
     def uses_draw(self, name: str) -> bool:
-        """Whether the module ``name`` takes the scratch side's draw (a dropout mask always; an
-        aligned module without a tie tolerance, as in a training run, ignores the scratch choice)."""
-        return getattr(self.model.get_submodule(name), "tie_tol", "used") is not None
+        """Whether the module ``name`` takes the scratch side's draw: one that reads a ``.mask``
+        (``reference.layers.MaskedDropout`` always; an aligned module only with a tie tolerance,
+        not in a training run). A plain ``nn.ReLU`` takes none: its mask would be built, and
+        sent to a torch worker, for nothing at every step."""
+        module = self.model.get_submodule(name)
+        return hasattr(module, "mask") and getattr(module, "tie_tol", "used") is not None
 
     def _feed_draws(self, draws):
         for name in draws or ():

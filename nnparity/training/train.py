@@ -42,12 +42,17 @@ def nonfinite(side, result) -> str:
     """Which of the side's loss, gradients and parameters are NaN or infinite, in that order,
     or "" if none is.
 
-    Cheap enough for every step: one sum per tensor, added up (a NaN or inf anywhere makes
-    the total non-finite); only then are the tensors looked at element by element (a total
-    of large finite values can also overflow: then nothing is reported)."""
+    Cheap enough for every step: one sum per tensor of the loss and the state after the
+    update, added up (a NaN or inf anywhere makes the total non-finite); only then are all the
+    tensors, gradients included, looked at element by element (a total of large finite values
+    can also overflow: then nothing is reported). The gradients need no sum of their own: the
+    step has just subtracted lr * g (lr > 0) from every parameter, so a NaN or inf in a
+    gradient is one in its parameter too (p - lr * inf = -inf, p - lr * NaN = NaN; with
+    momentum, in the buffer and the parameter)."""
     tensors = _tensors(side, result)
     with np.errstate(over="ignore", invalid="ignore"):
-        total = sum(float(a.sum()) if isinstance(a, np.ndarray) else float(a) for _, a in tensors)
+        total = sum(float(a.sum()) if isinstance(a, np.ndarray) else float(a)
+                    for key, a in tensors if not key.startswith("grad/"))
     if math.isfinite(total):
         return ""
     found = []
