@@ -64,7 +64,7 @@ class Parameter:
         return self._grad if self._grad_is_zero else None
 
     def accumulate(self, grad: np.ndarray) -> None:
-        """``grad += grad``; right after ``zero_grad`` a fresh array of the gradient's own shape
+        """``self.grad += grad``; right after ``zero_grad`` a fresh array of the gradient's own shape
         and dtype becomes the gradient as it is (an array of another shape or dtype is added)."""
         if self._grad_is_zero and grad.shape == self._grad.shape and grad.dtype == self._grad.dtype:
             self.grad = grad

@@ -19,13 +19,12 @@ import sys
 import numpy as np
 
 
-def fingerprint(name: str, dtype: str, steps: int, variant: str | None = None) -> str:
-    from nnparity.core import data as mnist
+def fingerprint(raw, name: str, dtype: str, steps: int, variant: str | None = None) -> str:
     from nnparity.training.networks import first_batches, get, make_sides, prepare
 
     net = get(name)
     recipe = net.recipe.replace(train_size=2000, test_size=500, variant=variant)
-    ds = prepare(net, recipe, mnist.load_mnist(), dtype, 0)
+    ds = prepare(net, recipe, raw, dtype, 0)
     scratch, _ = make_sides(net, recipe, dtype, 0)
     h = hashlib.sha256()
     for i, (x, y) in enumerate(first_batches(ds, recipe, 0, steps)):
@@ -40,16 +39,19 @@ def fingerprint(name: str, dtype: str, steps: int, variant: str | None = None) -
 
 
 def main(steps: int = 40) -> None:
-    from nnparity.training.networks import NETWORKS
+    from nnparity.cli.reproduce import documented_runs
+    from nnparity.core import data as mnist
+    from nnparity.training.networks import get
 
-    for name, net in NETWORKS.items():
-        if not net.claim or not getattr(net, "mnist", True):  # toy221 trains on its own two points
+    raw = mnist.load_mnist()
+    for name in documented_runs():
+        net = get(name)
+        if not getattr(net, "mnist", True):  # toy221 trains on its own two points
             continue
-        variants = (None,) if net.recipe.variant is None else ("correct", "as-documented")
-        for variant in variants:
+        for variant in net.variants or (None,):
             for dtype in ("float32", "float64"):
                 label = name if variant is None else f"{name}[{variant}]"
-                print(f"{label} {dtype} {fingerprint(name, dtype, steps, variant)}", flush=True)
+                print(f"{label} {dtype} {fingerprint(raw, name, dtype, steps, variant)}", flush=True)
 
 
 if __name__ == "__main__":
