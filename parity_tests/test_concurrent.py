@@ -5,9 +5,14 @@ curves), the drift after each of the first steps, both sides' final state, a rec
 torch tape, a checkpoint resumed, and the step a run diverges at. A worker that dies is
 one error, never a wait."""
 
+import hashlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +23,7 @@ from nnparity.training.networks import get, prepare
 from nnparity.training.train import Diverged, Training
 from nnparity.training.worker import WorkerError
 
+REPO = Path(__file__).resolve().parents[1]
 SIZES = {"mlp16": (96, 64), "cnn18k": (48, 32), "linear10": (96, 64)}  # train, test images: a few steps
 
 
@@ -166,3 +172,66 @@ def test_a_network_made_in_this_process_is_refused_in_one_line(raw):
                                reference_module="reference.mlp16")
     with pytest.raises(ValueError, match="a worker process cannot build this network"):
         Training(mine, recipe, ds, "float32", 0, concurrent=True)
+
+
+_FORKABLE = """
+import sys, torch
+from nnparity.training import worker
+{before}
+print(worker._forkable())
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="a worker is forked only on Linux")
+@pytest.mark.parametrize("before, forkable", [
+    ("", True),  # torch imported, nothing run: the CLI's case
+    ("torch.set_num_threads(2); x = torch.ones(1500, 1500); (x @ x).sum()", False),  # torch's pool is up
+    ("torch.set_num_interop_threads(2)", False),  # the inter-op pool may no longer be set to one thread
+    ("import threading, time; threading.Thread(target=time.sleep, args=(5,), daemon=True).start()", False),
+])
+def test_a_worker_is_forked_only_from_a_process_where_torch_has_started_no_pool(before, forkable):
+    out = subprocess.run([sys.executable, "-c", _FORKABLE.format(before=before)], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == str(forkable)
+
+
+
+_FORKED_RUN = """
+import hashlib, json, sys
+import numpy as np
+from nnparity.training import worker
+from nnparity.core import data as mnist
+from nnparity.training.networks import get, prepare
+from nnparity.training.train import Training
+worker.warm_up(fork=True)  # first, as `nnparity run` does: this process has run no torch operation
+kind = type(worker._IDLE[0].process._popen).__module__
+net = get("cnn18k")
+recipe = net.recipe.replace(train_size=48, test_size=32, epochs=2)
+ds = prepare(net, recipe, mnist.load_mnist(), "float32", 0)
+with Training(net, recipe, ds, "float32", 0, per_batch=True, drift_steps=3, concurrent=True) as t:
+    for epoch in (1, 2):
+        t.run_epoch(epoch, progress=False)
+    h = hashlib.sha256()
+    for k, v in t.ref.state().items():
+        h.update(k.encode() + np.ascontiguousarray(v).tobytes())
+    history = [{k: ({kk: vv for kk, vv in v.items() if kk != "seconds"} if isinstance(v, dict) else v)
+                for k, v in row.items()} for row in t.history]
+print(json.dumps({"worker": kind, "state": h.hexdigest(), "history": repr(history)}))
+"""
+
+
+def test_a_run_forks_its_worker_and_the_forked_worker_gives_the_same_numbers(raw):
+    """``warm_up(fork=True)`` in a process that has run no torch operation (what ``nnparity
+    run`` does first) forks the worker; its torch side is the in-process one, bit for bit."""
+    out = subprocess.run([sys.executable, "-c", _FORKED_RUN], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got["worker"].endswith("popen_fork"), got["worker"]
+    net, recipe, ds = _setup(raw, "cnn18k", "float32")
+    seq, _, states = _trained(net, recipe, ds, "float32", False)
+    h = hashlib.sha256()
+    for k, v in states["torch"].items():
+        h.update(k.encode() + np.ascontiguousarray(v).tobytes())
+    assert got["history"] == repr(_without_seconds(seq.history))
+    assert got["state"] == h.hexdigest()

@@ -276,7 +276,8 @@ def test_gradcheck_refuses_a_step_float64_cannot_resolve(capsys):
 
 # --- the torch worker of a concurrent run (nnparity.training.worker) ----------------------------
 def _workers_of(pid: int) -> list:
-    """The torch worker processes (spawned children, not multiprocessing's resource tracker) of ``pid``."""
+    """The torch worker processes of ``pid``: its children (forked or spawned), not
+    multiprocessing's resource tracker."""
     found = []
     for entry in os.listdir("/proc"):
         try:
@@ -284,7 +285,7 @@ def _workers_of(pid: int) -> list:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
         except (OSError, ValueError):
             continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"spawn_main" in cmdline:
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"resource_tracker" not in cmdline:
             found.append(int(entry))
     return found
 

@@ -159,6 +159,8 @@ def _run_single(net, recipe, *, seed, dtype, out, data_dir, parity_steps, progre
     only if the run completes; otherwise to ``OUT/NAME.incomplete`` (``io.RunFolder``)."""
     name = net.name
     apply_threads(net)
+    if concurrent:  # first, before this process runs any torch operation: the worker can be forked
+        warm_up(fork=True)
     dtype = dtype or recipe.dtype
     identity = {"net": name, "dtype": dtype, "seed": seed,
                 "recipe": {k: v for k, v in recipe.as_dict().items() if k != "epochs"}}
@@ -169,8 +171,6 @@ def _run_single(net, recipe, *, seed, dtype, out, data_dir, parity_steps, progre
     t0 = time.perf_counter()
     raw = mnist.load_mnist(data_dir)
     with handled_signals(), folder:  # Ctrl-C and kill both end the run cleanly, from here to the last file
-        if concurrent:
-            warm_up()  # the torch worker starts while the data, the parity check and the envelope run
         ds = prepare(net, recipe, raw, dtype, seed)
         log(f"{name}: {len(ds.y_train)} training / {len(ds.y_test)} test images from {raw.source} "
             f"({time.perf_counter() - t0:.1f} s); {dtype}, seed {seed}, {recipe.epochs} epochs, "
@@ -453,12 +453,12 @@ def envelope_for(net, recipe, ds, seed: int, steps: int) -> dict:
 def _run_sweep(net, base, dtype, variants, seeds, *, out, data_dir, parity_steps, progress, command,
                envelope_steps, concurrent) -> int:
     apply_threads(net)
+    if concurrent:  # first, before this process runs any torch operation: the worker can be forked
+        warm_up(fork=True)
     folder = io.RunFolder(out, net.name)
     t0 = time.perf_counter()
     raw = net.data.load(data_dir)
     with handled_signals(), folder:  # Ctrl-C and kill both end the run cleanly, with its files
-        if concurrent:
-            warm_up()  # the torch worker starts while the data, the parity check and the envelope run
         return _sweep(net, base, dtype, variants, seeds, raw, t0, folder, progress, command=command,
                       parity_steps=parity_steps, envelope_steps=envelope_steps, concurrent=concurrent)
 

@@ -10,11 +10,22 @@ never a second generator's. Everything it computes comes back here in step order
 step's loss, count and time, whether any of its tensors is non-finite, its state after
 each of the first drift steps and after every epoch, and every evaluation.
 
-Why the torch side goes to the worker, not the scratch side: a *spawned* process imports
-torch afresh, so its inter-op pool can still be set to one thread (in a process where
-torch has already run, it cannot); the scratch model, whose generators a checkpoint saves
-and whose layers the reports read, stays in the process that owns the run; and the masks
-flow the way they are made, from the scratch side to the torch side.
+Why the torch side goes to the worker, not the scratch side: a new process can still set
+torch's inter-op pool to one thread (in a process where torch has already run, it cannot);
+the scratch model, whose generators a checkpoint saves and whose layers the reports read,
+stays in the process that owns the run; and the masks flow the way they are made, from the
+scratch side to the torch side.
+
+How the worker starts. *Spawned* (a fresh interpreter that imports torch: 3-6 s of CPU on
+the other core), unless ``warm_up(fork=True)`` is called where the caller knows this process
+has run no torch operation yet (``nnparity run`` calls it before anything else it does).
+Then the worker is *forked*: it starts with torch and nnparity already imported, at once.
+A fork is sound only while torch has started no thread pool (a child inherits a pool's
+bookkeeping, not its threads) and no other thread of this process holds a lock; so besides
+the caller's word, ``_forkable`` refuses a fork when another Python thread runs or when
+torch no longer lets its inter-op pool be set (it exists, or a first fork set it: a second
+worker of the same process is spawned). NumPy's OpenBLAS pool shuts itself down across a
+fork (its own ``pthread_atfork`` handler), as ``parity_tests/preloaded.py`` relies on too.
 
 The data are passed once: written to one file (in ``/dev/shm``, memory, where it
 exists) that the worker maps and unlinks at once, so nothing is left behind whichever
@@ -22,8 +33,8 @@ process ends first. A worker that dies is a ``WorkerError`` of one line, never a
 a worker whose parent dies finds its pipe closed at its next message and exits. The
 worker ignores SIGINT (a Ctrl-C reaches the whole process group): the parent stops it.
 
-A worker lives as long as this process needs it: started early (``warm_up``: it imports
-torch, seconds, while the run checks parity), it serves one ``Training`` after another
+A worker lives as long as this process needs it: started early (``warm_up``, while the
+run checks parity), it serves one ``Training`` after another
 (a sweep's seeds, a test module's runs); one that a ``Training`` leaves with an answer
 still due (an interrupted epoch, a divergence) is stopped instead of reused.
 
@@ -45,9 +56,11 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import tempfile
 import threading
 import traceback
+import warnings
 import weakref
 import numpy as np
 
@@ -107,14 +120,21 @@ def _unlink(path: str) -> None:
 
 # ---------------------------------------------------------------- the worker process
 
-def serve(conn) -> None:
+def serve(conn, parent_end=None) -> None:
     """The worker process: torch at one thread, then one training session after another
-    (``("setup", ...)`` to ``("release",)``) until told to stop."""
+    (``("setup", ...)`` to ``("release",)``) until told to stop. ``parent_end``: the parent's
+    end of the pipe, which a forked worker inherits (with the parent's inter-op setting of one
+    thread, ``_forkable``) and closes, so that the parent's death closes the pipe."""
+    forked = parent_end is not None
+    if forked:
+        parent_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle: it stops this process
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the parent's handler: not its own
     try:
         import torch
 
-        torch.set_num_interop_threads(1)  # before torch does any parallel work (it cannot change afterwards)
+        if not forked:  # before torch does any parallel work (it cannot change afterwards)
+            torch.set_num_interop_threads(1)
         torch.set_num_threads(1)
         import nnparity.training.train  # noqa: F401  (what every session needs, imported while the parent works)
         _warm(torch)
@@ -248,14 +268,39 @@ def _ending(process) -> str:
     return f"exited with status {code}"
 
 
-class _Worker:
-    """A spawned worker process (``serve``), its pipe and the thread that reads it."""
+def _forkable() -> bool:
+    """Whether a worker may be forked from this process (the module doc, "How the worker
+    starts"): on Linux, torch imported, no thread but this one and OpenBLAS's pool (no other
+    Python thread, no OpenMP pool of torch's), and torch's inter-op pool still unset, which
+    this sets to the worker's one thread (torch refuses that once the pool exists)."""
+    torch = sys.modules.get("torch")
+    if torch is None or threading.active_count() > 1 or not os.path.isdir("/proc/self/task"):
+        return False
+    from threadpoolctl import threadpool_info
 
-    def __init__(self):
-        ctx = multiprocessing.get_context("spawn")  # never a fork of a process that has run torch
+    openblas = sum(max(p["num_threads"] - 1, 0) for p in threadpool_info() if p["internal_api"] == "openblas")
+    if len(os.listdir("/proc/self/task")) > 1 + openblas:
+        return False
+    try:
+        torch.set_num_interop_threads(1)  # this process trains no torch side itself in a concurrent run
+    except RuntimeError:
+        return False
+    return True
+
+
+class _Worker:
+    """A worker process (``serve``), its pipe and the thread that reads it; forked if ``fork``
+    and ``_forkable()``, spawned otherwise."""
+
+    def __init__(self, fork: bool = False):
+        forked = fork and _forkable()
+        ctx = multiprocessing.get_context("fork" if forked else "spawn")
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=serve, args=(child,), name="nnparity torch worker", daemon=True)
-        self.process.start()
+        self.process = ctx.Process(target=serve, args=(child, self.conn if forked else None),
+                                   name="nnparity torch worker", daemon=True)
+        with warnings.catch_warnings():  # Python 3.12+ warns of any fork with threads: OpenBLAS's are fork-safe
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.process.start()
         child.close()
         self.pid = self.process.pid
         self.inbox = queue.SimpleQueue()
@@ -270,11 +315,15 @@ class _Worker:
 _IDLE: list = []  # at most one started worker that no Training holds
 
 
-def warm_up() -> None:
-    """Start a worker process now, for the next concurrent ``Training``: it imports torch
-    (seconds) while this process does other work (the step parity, the drift envelope)."""
+def warm_up(fork: bool = False) -> None:
+    """Start a worker process now, for the next concurrent ``Training``, while this process
+    does other work (the step parity, the drift envelope). ``fork=True`` only where this
+    process has run no torch operation yet: the worker is then forked with torch imported,
+    instead of spawned to import it (seconds); ``_forkable`` checks what it can of that."""
     if not any(w.alive() for w in _IDLE):
-        _IDLE.append(_Worker())
+        if fork and "torch" in sys.modules:
+            import torch._dynamo  # noqa: F401  (torch imports it at the first optimizer: seconds, once for both)
+        _IDLE.append(_Worker(fork))
 
 
 def _acquire() -> _Worker:
