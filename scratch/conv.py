@@ -43,7 +43,7 @@ class Conv2d(Module):
     the cross-correlation PyTorch (and every deep-learning library) calls convolution.
 
     Computed as im2col + GEMM: the (kH x kW x C_in) window under every output pixel
-    becomes one row of a column matrix (a strided view of the input, copied once),
+    becomes one row of a column matrix (a strided view of the input, copied once; see ``_im2col``),
     and the whole batch is one matrix product with the permuted weight. Backward is
     a GEMM for dW and a col2im that adds the window gradients back into place: one
     small GEMM and one vectorised add per kernel offset (kH * kW of them; no loop over
@@ -88,16 +88,35 @@ class Conv2d(Module):
         return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
     def _im2col(self, x):
-        """(N, C, H, W) -> column matrix (N*H'*W', kH*kW*C): one row per output pixel."""
+        """(N, C, H, W) -> column matrix (N*H'*W', kH*kW*C): one row per output pixel.
+
+        Row ``(n, i, j)`` holds the window under output pixel (i, j) ordered (kH, kW, C_in), a
+        C-contiguous matrix: the same values and the same layout whichever way it is filled, so
+        the same GEMMs. A channels-last input (the previous conv's or pool's output) is copied as
+        one strided window view, whose innermost runs are kW*C contiguous values; an NCHW input is first
+        made channels-last (one transposing copy of the input, kH*kW times smaller than the
+        columns), except with a single channel, where the kH*kW block copies
+        ``cols[..., u, v, :] = xp[:, :, i*sH + u, j*sW + v]`` are cheaper (runs of W' values).
+        """
         n, c = x.shape[:2]
         _, _, ho, wo = self.out_shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        x_nhwc = x.transpose(0, 2, 3, 1)  # (N, C, H, W) -> view (N, H, W, C)
         if ph or pw:  # pad channels-last, so the padded copy keeps channel vectors contiguous
-            x = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0))).transpose(0, 3, 1, 2)
-        # (N, C, Hp, Wp) -> windows (N, C, Hp-kH+1, Wp-kW+1, kH, kW), a strided view; keep every stride-th
-        win = sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw][:, :, :ho, :wo]
-        # (N, C, H', W', kH, kW) -> (N, H', W', kH, kW, C) -> (N*H'*W', kH*kW*C): the one copy
-        return win.transpose(0, 2, 3, 4, 5, 1).reshape(n * ho * wo, kh * kw * c)
+            x_nhwc = np.pad(x_nhwc, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+        cols = np.empty((n, ho, wo, kh, kw, c), dtype=x.dtype)
+        if c == 1:  # kH*kW block copies: (N, H', W', 1) strided views, one per kernel offset (u, v)
+            for u in range(kh):
+                for v in range(kw):
+                    cols[:, :, :, u, v, :] = x_nhwc[:, u:u + sh * (ho - 1) + 1:sh, v:v + sw * (wo - 1) + 1:sw, :]
+        else:
+            if not x_nhwc.flags.c_contiguous:  # NCHW memory: one channels-last copy first
+                x_nhwc = np.ascontiguousarray(x_nhwc)
+            # (N, Hp, Wp, C) -> windows (N, Hp-kH+1, Wp-kW+1, C, kH, kW), a strided view; keep every stride-th
+            win = sliding_window_view(x_nhwc, (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :ho, :wo]
+            # (N, H', W', C, kH, kW) -> (N, H', W', kH, kW, C): the one copy of the columns
+            cols[...] = win.transpose(0, 1, 2, 4, 5, 3)
+        return cols.reshape(n * ho * wo, kh * kw * c)  # (N*H'*W', kH*kW*C), C-contiguous: a view
 
     def forward(self, x):
         check_images(x, "Conv2d", self.in_channels)
