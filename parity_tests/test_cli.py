@@ -4,6 +4,7 @@ bad arguments exit 2 with one clear line and write nothing."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +82,32 @@ def test_a_reader_that_closes_early_ends_the_command_quietly_with_status_141():
     err = p.stderr.read()
     p.stderr.close()
     assert p.wait(timeout=60) == 141 and err == ""
+
+
+_SIGNAL_IN_A_CALLBACK = """
+import os, signal, time, weakref
+from nnparity.core.signals import catch_interrupts
+catch_interrupts()
+class Held: pass
+def callback(_):  # a weakref callback, as the import system's module-lock cleanup is
+    os.kill(os.getpid(), signal.SIGTERM)  # its handler runs here, where no exception can get out
+    for _ in range(10000): pass
+held = Held()
+ref = weakref.ref(held, callback)
+try:
+    del held
+    time.sleep(5)
+    print("not interrupted")
+except KeyboardInterrupt as e:
+    print("interrupted", e.args[0])
+"""
+
+
+def test_a_signal_that_lands_in_a_weakref_callback_still_interrupts():
+    """Seen in CI: a SIGTERM during a run's start-up landed in importlib's module-lock
+    callback, Python printed "Exception ignored in ..." with a traceback and the run went on.
+    The handler's KeyboardInterrupt is now given back as the signal, outside the callback."""
+    out = subprocess.run([sys.executable, "-c", _SIGNAL_IN_A_CALLBACK], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["interrupted", "SIGTERM"], (out.stdout, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr

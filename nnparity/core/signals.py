@@ -10,6 +10,7 @@ or torch.
 from __future__ import annotations
 
 import signal
+import sys
 from contextlib import contextmanager
 
 _held = None  # while the final files are written: the signals received, held until they are in place
@@ -30,12 +31,36 @@ def catch_interrupts():
     catch it and write its files marked incomplete. Returns the function that puts the
     previous handlers back (call it in a ``finally``)."""
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver(sys.unraisablehook)
 
     def restore():
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        sys.unraisablehook = previous_hook
 
     return restore
+
+
+def _redeliver(hook):
+    """An ``unraisablehook`` that gives a signal back when its ``KeyboardInterrupt`` was raised
+    where Python cannot let an exception out (a weakref callback, such as the import system's
+    module-lock cleanup, or a ``__del__``): Python would print "Exception ignored in ..." with a
+    traceback and carry on as if no signal had come. The signal is sent again instead, 10 ms
+    later from a timer thread (raised here, its handler would run inside this hook, where the
+    exception would be lost again), and its handler runs in the main thread wherever it then
+    is. Anything else goes to ``hook``."""
+    def redeliver(unraisable):
+        exc = unraisable.exc_value
+        if isinstance(exc, KeyboardInterrupt) and exc.args and exc.args[0] in ("SIGINT", "SIGTERM"):
+            import os
+            import threading
+
+            timer = threading.Timer(0.01, os.kill, (os.getpid(), signal.Signals[exc.args[0]]))
+            timer.daemon = True
+            timer.start()
+            return
+        hook(unraisable)
+    return redeliver
 
 
 @contextmanager
