@@ -111,3 +111,27 @@ def test_a_signal_that_lands_in_a_weakref_callback_still_interrupts():
                          timeout=60, cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.split() == ["interrupted", "SIGTERM"], (out.stdout, out.stderr)
     assert "Traceback" not in out.stderr, out.stderr
+
+
+def test_an_error_that_follows_a_signal_is_reported_as_the_interrupt(monkeypatch, capsys):
+    """Seen in CI: a SIGTERM while NumPy's extension imported ``datetime`` came out of the
+    import as an ImportError with a traceback. An error after the handler raised is the interrupt."""
+    import signal
+
+    from nnparity.cli import main as cli
+    from nnparity.core import signals
+
+    def start_up(argv):
+        try:
+            signals._interrupt(signal.SIGTERM, None)  # the handler, as the signal calls it
+        except KeyboardInterrupt:
+            raise ImportError("PyCapsule_Import could not import module \"datetime\"") from None
+
+    monkeypatch.setattr(cli, "_main", start_up)
+    monkeypatch.setattr(signals, "_raised", [])
+    assert cli.main(["run", "mlp16"]) == 130
+    assert capsys.readouterr().err == "nnparity: interrupted\n"
+    monkeypatch.setattr(signals, "_raised", [])
+    monkeypatch.setattr(cli, "_main", lambda argv: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # with no signal, an error is the error
+        cli.main(["run", "mlp16"])

@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from nnparity.core.signals import catch_interrupts
+    from nnparity.core.signals import catch_interrupts, raised_signal
 
     restore_signals = catch_interrupts()  # SIGINT and SIGTERM: one line and exit 130, from here on
     try:
@@ -289,6 +289,11 @@ def main(argv=None) -> int:
         return _stdout_gone()
     except KeyboardInterrupt:  # during start-up (imports) or argument parsing
         print("nnparity: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        if raised_signal() is None:
+            raise
+        print("nnparity: interrupted", file=sys.stderr)  # the interrupt, turned into another error by C code
         return 130
     finally:
         restore_signals()

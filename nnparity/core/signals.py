@@ -14,6 +14,7 @@ import sys
 from contextlib import contextmanager
 
 _held = None  # while the final files are written: the signals received, held until they are in place
+_raised: list = []  # the signals whose KeyboardInterrupt the handler raised, in order
 
 
 def _interrupt(signum, frame):
@@ -21,7 +22,16 @@ def _interrupt(signum, frame):
     if _held is not None:
         _held.append(name)
         return
+    _raised.append(name)
     raise KeyboardInterrupt(name)
+
+
+def raised_signal() -> str | None:
+    """The last signal whose ``KeyboardInterrupt`` the handler raised, if any. C code can turn
+    that exception into another one: a SIGTERM while NumPy's extension imports ``datetime``
+    came out as "ImportError: PyCapsule_Import could not import module datetime" (seen in CI).
+    A command that fails after a signal is then reported as interrupted, not as that error."""
+    return _raised[-1] if _raised else None
 
 
 def catch_interrupts():
