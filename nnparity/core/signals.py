@@ -9,8 +9,10 @@ or torch.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 from contextlib import contextmanager
 
 _held = None  # while the final files are written: the signals received, held until they are in place
@@ -62,9 +64,6 @@ def _redeliver(hook):
     def redeliver(unraisable):
         exc = unraisable.exc_value
         if isinstance(exc, KeyboardInterrupt) and exc.args and exc.args[0] in ("SIGINT", "SIGTERM"):
-            import os
-            import threading
-
             timer = threading.Timer(0.01, os.kill, (os.getpid(), signal.Signals[exc.args[0]]))
             timer.daemon = True
             timer.start()

@@ -37,6 +37,11 @@ def blas_thread_count() -> int | None:
     return max(p["num_threads"] for p in pools) if pools else None
 
 
+def openblas_pool_threads() -> int:
+    """The threads NumPy's OpenBLAS pool holds besides the calling one, at most (0 if none)."""
+    return sum(max(p["num_threads"] - 1, 0) for p in _blas().info() if p["internal_api"] == "openblas")
+
+
 @contextmanager
 def blas_threads(n: int):
     """Run the block with at most ``n`` BLAS threads, then restore the previous count."""

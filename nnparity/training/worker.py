@@ -276,10 +276,9 @@ def _forkable() -> bool:
     torch = sys.modules.get("torch")
     if torch is None or threading.active_count() > 1 or not os.path.isdir("/proc/self/task"):
         return False
-    from threadpoolctl import threadpool_info
+    from nnparity.core.threads import openblas_pool_threads
 
-    openblas = sum(max(p["num_threads"] - 1, 0) for p in threadpool_info() if p["internal_api"] == "openblas")
-    if len(os.listdir("/proc/self/task")) > 1 + openblas:
+    if len(os.listdir("/proc/self/task")) > 1 + openblas_pool_threads():
         return False
     try:
         torch.set_num_interop_threads(1)  # this process trains no torch side itself in a concurrent run
