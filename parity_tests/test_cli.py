@@ -2,6 +2,7 @@
 bad arguments exit 2 with one clear line and write nothing."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,55 @@ def test_a_signal_that_lands_in_a_weakref_callback_still_interrupts():
                          timeout=60, cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.split() == ["interrupted", "SIGTERM"], (out.stdout, out.stderr)
     assert "Traceback" not in out.stderr, out.stderr
+
+
+_SIGNAL_IN_AN_IMPORT = """
+import os, sys, time
+from nnparity.core.signals import catch_interrupts
+catch_interrupts()
+try:
+    import signalled  # its body sends this process SIGTERM, then goes on for 50 ms
+    time.sleep(5)
+    print("not interrupted")
+except KeyboardInterrupt as e:
+    print("interrupted", e.args[0], "imported" if getattr(sys.modules.get("signalled"), "DONE", False) else "cut")
+"""
+
+
+def test_a_signal_that_lands_in_an_import_interrupts_after_it(tmp_path):
+    """Seen in CI and here: a SIGINT during ``import torch`` raised inside Python code that
+    torch's C++ had called (``torch._C._c10d_init``); pybind11 cannot pass an exception on
+    there and the process aborted (exit -6, "terminate called after throwing an instance of
+    'pybind11::error_already_set'"). A signal that lands in an import now interrupts once the
+    import is over: here the module's whole body runs, and then the script is interrupted."""
+    (tmp_path / "signalled.py").write_text(
+        "import os, signal, time\n"
+        "os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside the import\n"
+        "time.sleep(0.05)\n"
+        "DONE = True\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root)])}
+    out = subprocess.run([sys.executable, "-c", _SIGNAL_IN_AN_IMPORT], capture_output=True, text=True,
+                         timeout=60, cwd=root, env=env)
+    assert out.stdout.split() == ["interrupted", "SIGTERM", "imported"], (out.stdout, out.stderr)
+    assert out.stderr == "", out.stderr
+
+
+def test_a_signal_while_a_worker_starts_is_raised_once_it_has_started():
+    """Seen here: a SIGINT while a spawned worker was being sent its start left that child
+    printing "EOFError: Ran out of input" with a traceback. A signal inside
+    ``signals_deferred`` (around a worker's start) is raised when the block ends."""
+    import os
+    import signal
+
+    from nnparity.core.signals import handled_signals, signals_deferred
+
+    reached = []
+    with handled_signals(), pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            reached.append("the rest of the block")
+    assert reached == ["the rest of the block"]
 
 
 def test_an_error_that_follows_a_signal_is_reported_as_the_interrupt(monkeypatch, capsys):

@@ -3,20 +3,25 @@
 the last file a run writes; while a run's final files are written and put in place
 the signals are held (``signals_held``), so a folder never holds half a report.
 
+Never inside an import: there the handler's exception can land in Python code that C
+or C++ called (torch's ``_c10d_init`` during ``import torch``: pybind11 cannot pass it
+on and the process aborts, exit -6; NumPy's ``PyCapsule_Import`` turns it into an
+ImportError), so a signal that arrives during an import is handed back 10 ms later,
+again until the import is over (``_deliver_later``).
+
 Standard library only: ``nnparity.cli.main`` installs the handlers before it imports NumPy
 or torch.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
-import threading
 from contextlib import contextmanager
 
 _held = None  # while the final files are written: the signals received, held until they are in place
 _raised: list = []  # the signals whose KeyboardInterrupt the handler raised, in order
+_pending = None  # a signal that landed where it could not be raised, handed back by SIGALRM
 
 
 def _interrupt(signum, frame):
@@ -24,8 +29,38 @@ def _interrupt(signum, frame):
     if _held is not None:
         _held.append(name)
         return
+    if _importing(frame):
+        _deliver_later(signum)
+        return
     _raised.append(name)
     raise KeyboardInterrupt(name)
+
+
+def _importing(frame) -> bool:
+    """Whether the main thread is inside an import: a frame of the import system is on its
+    stack (C calls in between do not cut the chain of ``f_back``)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib."):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _deliver_later(signum) -> None:
+    """Hand ``signum`` to the handler again in 10 ms, by SIGALRM (``_alarm``), wherever the main
+    thread is by then. A timer rather than a thread: a thread would stop a worker from being
+    forked; a timer is not inherited by a forked child."""
+    global _pending
+    if _pending is None:
+        _pending = signum
+    signal.setitimer(signal.ITIMER_REAL, 0.01)
+
+
+def _alarm(signum, frame):
+    global _pending
+    pending, _pending = _pending, None
+    if pending is not None:
+        _interrupt(pending, frame)
 
 
 def raised_signal() -> str | None:
@@ -43,9 +78,14 @@ def catch_interrupts():
     catch it and write its files marked incomplete. Returns the function that puts the
     previous handlers back (call it in a ``finally``)."""
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, _alarm)
     previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver(sys.unraisablehook)
 
     def restore():
+        global _pending
+        if previous[signal.SIGALRM] is not _alarm:  # not nested in another catch_interrupts: nothing to hand back
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            _pending = None
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         sys.unraisablehook = previous_hook
@@ -57,16 +97,12 @@ def _redeliver(hook):
     """An ``unraisablehook`` that gives a signal back when its ``KeyboardInterrupt`` was raised
     where Python cannot let an exception out (a weakref callback, such as the import system's
     module-lock cleanup, or a ``__del__``): Python would print "Exception ignored in ..." with a
-    traceback and carry on as if no signal had come. The signal is sent again instead, 10 ms
-    later from a timer thread (raised here, its handler would run inside this hook, where the
-    exception would be lost again), and its handler runs in the main thread wherever it then
-    is. Anything else goes to ``hook``."""
+    traceback and carry on as if no signal had come. The signal is handed back instead
+    (``_deliver_later``). Anything else goes to ``hook``."""
     def redeliver(unraisable):
         exc = unraisable.exc_value
         if isinstance(exc, KeyboardInterrupt) and exc.args and exc.args[0] in ("SIGINT", "SIGTERM"):
-            timer = threading.Timer(0.01, os.kill, (os.getpid(), signal.Signals[exc.args[0]]))
-            timer.daemon = True
-            timer.start()
+            _deliver_later(signal.Signals[exc.args[0]])
             return
         hook(unraisable)
     return redeliver
@@ -93,6 +129,22 @@ def signals_held():
         yield _held
     finally:
         _held = None
+
+
+@contextmanager
+def signals_deferred():
+    """A SIGINT or SIGTERM that arrives inside the block is raised when the block ends: for
+    starting a process, which a ``KeyboardInterrupt`` half-way through would leave reading a
+    start that never comes (a spawned child then prints "EOFError: Ran out of input" with a
+    traceback). Inside an outer ``signals_held`` the outer block decides."""
+    if _held is not None:
+        yield
+        return
+    with signals_held() as held:
+        yield
+    if held:
+        _raised.append(held[0])
+        raise KeyboardInterrupt(held[0])
 
 
 def interrupt_name(e: KeyboardInterrupt) -> str:

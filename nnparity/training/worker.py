@@ -64,6 +64,7 @@ import warnings
 import weakref
 import numpy as np
 
+from nnparity.core.signals import signals_deferred
 from nnparity.training.tape import copy_state
 
 _FIELDS = ("x_train", "y_train", "x_test", "y_test")
@@ -297,15 +298,20 @@ class _Worker:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=serve, args=(child, self.conn if forked else None),
                                    name="nnparity torch worker", daemon=True)
-        with warnings.catch_warnings():  # Python 3.12+ warns of any fork with threads: OpenBLAS's are fork-safe
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self.process.start()
-        child.close()
-        self.pid = self.process.pid
-        self.inbox = queue.SimpleQueue()
-        threading.Thread(target=_read, args=(self.conn, self.inbox), daemon=True,
-                         name="nnparity torch worker reader").start()
-        self.stop = weakref.finalize(self, _stop, self.process, self.conn)
+        try:
+            with signals_deferred():  # a signal is raised once the worker has started, not half-way
+                with warnings.catch_warnings():  # 3.12+ warns of a fork with threads: OpenBLAS's are fork-safe
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self.process.start()
+                child.close()
+                self.pid = self.process.pid
+                self.inbox = queue.SimpleQueue()
+                threading.Thread(target=_read, args=(self.conn, self.inbox), daemon=True,
+                                 name="nnparity torch worker reader").start()
+                self.stop = weakref.finalize(self, _stop, self.process, self.conn)
+        except KeyboardInterrupt:
+            self.stop()
+            raise
 
     def alive(self) -> bool:
         return self.process.is_alive()
