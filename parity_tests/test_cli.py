@@ -150,7 +150,6 @@ def test_a_signal_while_a_worker_starts_is_raised_once_it_has_started():
     """Seen here: a SIGINT while a spawned worker was being sent its start left that child
     printing "EOFError: Ran out of input" with a traceback. A signal inside
     ``signals_deferred`` (around a worker's start) is raised when the block ends."""
-    import os
     import signal
 
     from nnparity.core.signals import handled_signals, signals_deferred
