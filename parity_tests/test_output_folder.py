@@ -357,3 +357,28 @@ def test_a_killed_worker_ends_the_run_in_one_line(previous, tmp_path, cli_proces
     assert snapshot(out / NET) == before
     assert_one_run(out / f"{NET}.incomplete", 1, "incomplete")
     assert not no_leftovers(out)
+
+
+# --- nnparity bench: each network is benchmarked in a spawned child ----------------------------
+@needs_proc
+def test_a_signal_stops_the_bench_without_waiting_for_its_child(tmp_path, cli_process):
+    """SIGTERM to ``nnparity bench`` during a network's child: the bench ends at once, its
+    child stopped, nothing written. It used to wait for the child to finish the network's
+    rounds (36.7 s for mlp16 float64 here; cnn18k's full epochs take minutes)."""
+    out = tmp_path / "bench.md"
+    proc = cli_process.popen(["bench", "cnn18k", "--dtype", "float32", "--repeats", "1", "--out", str(out)])
+    end = time.monotonic() + 60
+    while not _workers_of(proc.pid) and time.monotonic() < end:
+        time.sleep(0.05)
+    (child,) = _workers_of(proc.pid)
+    time.sleep(1.0)  # the child is past its start: importing, or timing cnn18k
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        os.kill(child, signal.SIGKILL)
+        raise
+    assert proc.returncode == 130 and stderr == "nnparity bench: interrupted\n", (proc.returncode, stderr)
+    assert _gone(child), f"the bench's child {child} outlived it"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

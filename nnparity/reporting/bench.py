@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from nnparity.core import io
+from nnparity.core.signals import signals_deferred
 from nnparity.core.threads import cores
 from nnparity.training.networks import NETWORKS, first_batches, get, spec_of
 
@@ -315,14 +316,20 @@ def _in_child(args) -> dict:
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     p = ctx.Process(target=_serve, args=(child, args))
-    p.start()
-    child.close()
     try:
+        with signals_deferred():  # a signal is raised once the child has started, not half-way
+            p.start()
+        child.close()
         kind, value = parent.recv()
     except EOFError:
         kind, value = "error", f"the benchmark process of {args[0]} ended without a result (exit {p.exitcode})"
+    except KeyboardInterrupt:  # the bench is stopped: its child holds nothing to save, and is not waited for
+        if p.pid is not None:
+            p.terminate()
+        raise
     finally:
-        p.join()
+        if p.pid is not None:
+            p.join()
     if kind == "error":
         raise BenchError(f"{args[0]} {args[1]}: {value}")
     return value
