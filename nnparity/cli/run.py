@@ -138,6 +138,9 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
     if not net.mnist:
         return _run_every_step(net, recipe, out=out, command=command)
     concurrent = concurrent_mode(sequential)
+    apply_threads(net)
+    if concurrent:  # first, before this process runs any torch operation: the worker can be forked
+        warm_up(fork=True)
     if net.sweep:
         options = options or {}
         variant = options.get("variant") or "both"
@@ -158,9 +161,6 @@ def _run_single(net, recipe, *, seed, dtype, out, data_dir, parity_steps, progre
     name, the data) is checked before any folder is made. The files go to ``OUT/NAME``
     only if the run completes; otherwise to ``OUT/NAME.incomplete`` (``io.RunFolder``)."""
     name = net.name
-    apply_threads(net)
-    if concurrent:  # first, before this process runs any torch operation: the worker can be forked
-        warm_up(fork=True)
     dtype = dtype or recipe.dtype
     identity = {"net": name, "dtype": dtype, "seed": seed,
                 "recipe": {k: v for k, v in recipe.as_dict().items() if k != "epochs"}}
@@ -452,9 +452,6 @@ def envelope_for(net, recipe, ds, seed: int, steps: int) -> dict:
 
 def _run_sweep(net, base, dtype, variants, seeds, *, out, data_dir, parity_steps, progress, command,
                envelope_steps, concurrent) -> int:
-    apply_threads(net)
-    if concurrent:  # first, before this process runs any torch operation: the worker can be forked
-        warm_up(fork=True)
     folder = io.RunFolder(out, net.name)
     t0 = time.perf_counter()
     raw = net.data.load(data_dir)

@@ -32,6 +32,11 @@ def _interrupt(signum, frame):
     if _importing(frame):
         _deliver_later(signum)
         return
+    _raise(name)
+
+
+def _raise(name: str):
+    """The signal ``name`` as a ``KeyboardInterrupt``, recorded for ``raised_signal``."""
     _raised.append(name)
     raise KeyboardInterrupt(name)
 
@@ -143,8 +148,7 @@ def signals_deferred():
     with signals_held() as held:
         yield
     if held:
-        _raised.append(held[0])
-        raise KeyboardInterrupt(held[0])
+        _raise(held[0])
 
 
 def interrupt_name(e: KeyboardInterrupt) -> str:
