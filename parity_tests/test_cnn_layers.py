@@ -11,7 +11,7 @@ import torch
 from nnparity.diagnosis.layercheck import check_layer
 from nnparity.core.parity import ParityError, assert_close
 from reference.layers import AlignedMaxPool2d, AlignedReLU, MaskedDropout
-from scratch.conv import Conv2d
+from scratch.conv import Conv2d, channelwise
 from scratch.dropout import Dropout
 from scratch.losses import LogSoftmax, NLLLoss
 from scratch.norm import BatchNorm2d
@@ -64,6 +64,26 @@ def test_conv2d_accepts_channels_last_memory(dtype):
     x_cl = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
     np.testing.assert_array_equal(layer.forward(x), layer.forward(x_cl))
     check_layer(layer, torch.nn.Conv2d(4, 3, 3), x=x_cl, dtype=dtype)
+
+
+@pytest.mark.parametrize("layout", ["channels-last", "nchw", "strided"])
+def test_channelwise_is_the_broadcast_to_the_bit(dtype, layout):
+    # the row-at-a-time path of channels-last memory must give the very numbers, and the very layout,
+    # of the (1, C, 1, 1) broadcast; other layouts and a scalar take the broadcast itself
+    rng = np.random.default_rng(0)
+    mem = rng.standard_normal((3, 5, 7, 4)).astype(dtype)  # (N, H, W, C)
+    x = {"channels-last": mem.transpose(0, 3, 1, 2), "nchw": np.ascontiguousarray(mem.transpose(0, 3, 1, 2)),
+         "strided": mem.transpose(0, 3, 1, 2)[:, :, ::2]}[layout]
+    v = rng.standard_normal(4).astype(dtype)
+    for ufunc in (np.add, np.subtract, np.multiply):
+        want = ufunc(x, v.reshape(1, -1, 1, 1))
+        got = channelwise(ufunc, x, v)
+        assert got.tobytes() == want.tobytes() and got.strides == want.strides
+        inplace = x.copy(order="K")
+        assert channelwise(ufunc, inplace, v.reshape(1, -1, 1, 1), out=inplace) is inplace
+        assert inplace.tobytes() == want.tobytes()
+    half = np.dtype(dtype).type(0.5)
+    assert channelwise(np.subtract, x, half).tobytes() == (x - half).tobytes()
 
 
 def test_conv2d_first_layer_skips_input_gradient(dtype):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conv import check_images
+from .conv import channelwise, check_images
 from .module import Module, Parameter
 
 _AXES = (0, 2, 3)  # the axes a channel's statistics are taken over: (N, H, W)
@@ -69,7 +69,7 @@ class BatchNorm2d(Module):
             # Sums accumulate in float64 whatever the dtype (torch's CPU kernels accumulate in
             # double too): a float32 running sum over N*H*W ~ 40,000 values loses ~1e-4.
             mu = x.mean(axis=_AXES, dtype=np.float64).astype(x.dtype)
-            xc = x - _per_channel(mu)
+            xc = channelwise(np.subtract, x, mu)  # x - mu
             sq_sum = np.einsum("nchw,nchw->c", xc, xc, dtype=np.float64)  # sum of squared deviations
             var = self._batch_var(sq_sum, m, x.dtype)
             # Buffers are updated in place (an augmented assignment would unregister them).
@@ -78,14 +78,13 @@ class BatchNorm2d(Module):
             self.running_var[...] = (1 - mom) * self.running_var + mom * self._running_var_sample(sq_sum, m, x.dtype)
             self.num_batches_tracked[...] += 1
         else:
-            xc = x - _per_channel(self.running_mean)
+            xc = channelwise(np.subtract, x, self.running_mean)
             var = self.running_var
         self.batch_stats = self.training  # which statistics backward differentiates through
         self.xc = xc  # x - mu: backward forms xhat = xc * inv_std from it
         self.inv_std = 1 / np.sqrt(var + self.eps)  # (C,)
-        y = xc * _per_channel(self.inv_std * self.weight.data)  # gamma * xhat
-        y += _per_channel(self.bias.data)
-        return y
+        y = channelwise(np.multiply, xc, self.inv_std * self.weight.data)  # gamma * xhat
+        return channelwise(np.add, y, self.bias.data, out=y)  # + beta
 
     def backward(self, dy):
         # y = gamma xhat + beta  =>  dbeta = sum dy,  dgamma = sum dy xhat  (sums over N, H, W)
@@ -95,17 +94,16 @@ class BatchNorm2d(Module):
         dot = np.einsum("nchw,nchw->c", dy, self.xc, dtype=np.float64)  # sum dy (x - mu)
         self._accumulate(self.weight, (dot * self.inv_std).astype(dy.dtype))
         self._accumulate(self.bias, dbeta.astype(dy.dtype))
-        scale = _per_channel(self.weight.data * self.inv_std)  # gamma / sigma
+        scale = self.weight.data * self.inv_std  # gamma / sigma, per channel
         if not self.batch_stats:
-            return dy * scale
+            return channelwise(np.multiply, dy, scale)
         m = dy.shape[0] * dy.shape[2] * dy.shape[3]
         # torch's form: dx = (dy - (x - mu) * k - mean(dy)) * gamma / sigma,  k = sum(dy (x - mu)) / (m sigma^2)
         k = (dot * self.inv_std.astype(np.float64) ** 2 / m).astype(dy.dtype)
-        dx = self.xc * _per_channel(k)
+        dx = channelwise(np.multiply, self.xc, k)
         np.subtract(dy, dx, out=dx)
-        dx -= self._mean_term(dbeta, m, dy.dtype)
-        dx *= scale
-        return dx
+        channelwise(np.subtract, dx, self._mean_term(dbeta, m, dy.dtype), out=dx)
+        return channelwise(np.multiply, dx, scale, out=dx)
 
     def _batch_var(self, sq_sum, m, dtype):
         """The variance the batch is normalised with, biased: sum (x - mu)^2 / M; a selftest slip may override it."""
