@@ -162,6 +162,46 @@ def test_a_signal_while_a_worker_starts_is_raised_once_it_has_started():
     assert reached == ["the rest of the block"]
 
 
+def _sigint_blocked(queue):
+    """In the child: is SIGINT blocked in this process from its start?"""
+    import signal
+
+    queue.put(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_a_process_started_inside_signals_deferred_never_receives_ctrl_c(method):
+    """A terminal's Ctrl-C reaches the whole process group: a spawned child with Python's default
+    handler could be hit while it imported torch and abort with pybind11's message. A process
+    started inside ``signals_deferred`` inherits SIGINT blocked; the parent's mask comes back
+    after the block, and a SIGINT sent inside it still reaches the parent then (with an idle
+    thread beside the main one, as OpenBLAS's or torch's: a signal it takes is not lost)."""
+    import multiprocessing
+    import signal
+    import threading
+
+    from nnparity.core.signals import handled_signals, signals_deferred
+
+    ctx = multiprocessing.get_context(method)
+    queue = ctx.SimpleQueue()
+    p = ctx.Process(target=_sigint_blocked, args=(queue,))
+    idle = threading.Event()
+    threading.Thread(target=idle.wait, daemon=True).start()
+    try:
+        with handled_signals():
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+            with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+                with signals_deferred():
+                    p.start()
+                    os.kill(os.getpid(), signal.SIGINT)
+            assert signal.pthread_sigmask(signal.SIG_BLOCK, []) == mask
+        assert queue.get() is True
+    finally:
+        idle.set()
+        p.kill()
+        p.join()
+
+
 def test_an_error_that_follows_a_signal_is_reported_as_the_interrupt(monkeypatch, capsys):
     """Seen in CI: a SIGTERM while NumPy's extension imported ``datetime`` came out of the
     import as an ImportError with a traceback. An error after the handler raised is the interrupt."""

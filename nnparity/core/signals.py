@@ -141,14 +141,41 @@ def signals_deferred():
     """A SIGINT or SIGTERM that arrives inside the block is raised when the block ends: for
     starting a process, which a ``KeyboardInterrupt`` half-way through would leave reading a
     start that never comes (a spawned child then prints "EOFError: Ran out of input" with a
-    traceback). Inside an outer ``signals_held`` the outer block decides."""
+    traceback). Inside an outer ``signals_held`` the outer block decides.
+
+    A process started inside the block has SIGINT blocked from its first instruction
+    (``_children_block_sigint``): a terminal's Ctrl-C reaches the whole process group, and
+    this process, the parent, is the one that stops its children."""
     if _held is not None:
-        yield
+        with _children_block_sigint():
+            yield
         return
     with signals_held() as held:
-        yield
+        with _children_block_sigint():
+            yield
     if held:
         _raise(held[0])
+
+
+@contextmanager
+def _children_block_sigint():
+    """SIGINT blocked in every process started inside the block, from its first instruction.
+
+    A child spawned with Python's default SIGINT handler can be hit by Ctrl-C while it imports
+    torch and abort with pybind11's "terminate called after throwing ..." (see the module doc);
+    setting ``SIG_IGN`` in the child's own code comes too late. A thread's signal mask is what a
+    child inherits through fork and exec (and Python's start-up leaves it), so the main thread
+    blocks SIGINT while it starts the child: the child never receives a Ctrl-C (the torch
+    worker then ignores SIGINT and unblocks it; the parent stops its children). This process
+    loses nothing: a SIGINT that comes meanwhile goes to another thread, or waits, pending,
+    until the mask is restored, and its handler runs then. Blocking, not ``SIG_IGN``: an
+    ignored disposition would be inherited too, but a Ctrl-C taken by another thread while it
+    was set would be lost."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending SIGINT's handler runs here
 
 
 def interrupt_name(e: KeyboardInterrupt) -> str:

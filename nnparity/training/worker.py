@@ -130,6 +130,7 @@ def serve(conn, parent_end=None) -> None:
     if forked:
         parent_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle: it stops this process
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the start (signals_deferred)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the parent's handler: not its own
     try:
         import torch
