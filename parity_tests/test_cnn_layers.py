@@ -86,6 +86,21 @@ def test_channelwise_is_the_broadcast_to_the_bit(dtype, layout):
     assert channelwise(np.subtract, x, half).tobytes() == (x - half).tobytes()
 
 
+def test_relu_backward_across_layouts_is_the_plain_product(dtype):
+    # cnn18k's ReLU keeps a channels-last mask and gets a C-ordered gradient back: the mask is first
+    # copied into the gradient's layout, which must change neither a value nor the result's layout
+    from scratch.layers import ReLU
+
+    rng = np.random.default_rng(0)
+    relu = ReLU()
+    relu.forward(rng.standard_normal((3, 5, 7, 4)).astype(dtype).transpose(0, 3, 1, 2))  # channels-last
+    for dy in (rng.standard_normal((3, 4, 5, 7)).astype(dtype),  # C-ordered
+               rng.standard_normal((3, 5, 7, 4)).astype(dtype).transpose(0, 3, 1, 2)):  # like the mask
+        want = dy * relu.mask
+        got = relu.backward(dy)
+        assert got.tobytes() == want.tobytes() and got.strides == want.strides
+
+
 def test_conv2d_first_layer_skips_input_gradient(dtype):
     layer = _randomise(Conv2d(2, 3, 3, dtype=dtype))
     layer.needs_input_grad = False

@@ -97,12 +97,28 @@ class ReLU(Module):
         # NaN dy (torch's rule; the product would give 0 * inf = NaN there)
         slope = self._slope()
         if np.isfinite(dy).all():  # the product with the 0/1 mask: branch-free, several times faster than np.where
-            return dy * slope
+            return dy * _laid_out_like(slope, dy)
         return np.where(slope, dy, dy.dtype.type(0))
 
     def _slope(self):
         """dy/dx = [x > 0], 0 at the kink, as a bool mask; a selftest slip may override it."""
         return self.mask
+
+
+def _laid_out_like(mask, a):
+    """The bool ``mask`` in the memory layout of ``a`` (a copy only when they differ).
+
+    A product of floats with a bool array laid out otherwise (cnn18k's ReLU: its mask has the
+    forward's channels-last layout, the gradient that comes back is C-ordered) casts the bools
+    in small buffered strided pieces: 0.73 ms on (16, 20, 24, 24), against 0.06 ms for the
+    one-byte transposing copy and 0.05 ms for the product of aligned arrays. Same values."""
+    if np.shape(mask) != a.shape:
+        return mask
+    like = np.empty_like(a, dtype=bool)
+    if like.strides == mask.strides:
+        return mask
+    np.copyto(like, mask)
+    return like
 
 
 class Sigmoid(Module):
