@@ -28,6 +28,7 @@ import pytest
 
 from nnparity.core import io
 from nnparity.cli.main import build_parser, main
+from nnparity.reporting.bench import concurrent_available
 
 NET = "mlp16"
 TINY = ["--train-size", "256", "--test-size", "64", "--no-progress"]
@@ -382,3 +383,39 @@ def test_a_signal_stops_the_bench_without_waiting_for_its_child(tmp_path, cli_pr
     assert proc.returncode == 130 and stderr == "nnparity bench: interrupted\n", (proc.returncode, stderr)
     assert _gone(child), f"the bench's child {child} outlived it"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def _child_of(pid: int, within: float = 60.0) -> int:
+    """The one child of ``pid`` (``_workers_of``), waiting up to ``within`` seconds for it."""
+    end = time.monotonic() + within
+    while not (found := _workers_of(pid)) and time.monotonic() < end:
+        time.sleep(0.02)
+    (child,) = found
+    return child
+
+
+@needs_proc
+def test_a_killed_bench_leaves_no_child_timing(tmp_path, cli_process):
+    """SIGKILL to ``nnparity bench`` while its child times its rounds (where the concurrent
+    mode runs, while that mode's torch worker is up): the child finds its pipe closed before
+    its next measurement and ends quietly, its worker with it. Before, nothing told the child:
+    it went on with its 1000 rounds here, minutes past this test's 60 s (cnn18k's orphans once
+    ran 17 minutes)."""
+    proc = cli_process.popen(["bench", "mlp16", "--dtype", "float32", "--steps", "5", "--repeats", "1000",
+                              "--out", str(tmp_path / "bench.md")])
+    found = []
+    try:
+        found.append(_child_of(proc.pid))
+        if concurrent_available():
+            found.append(_child_of(found[0]))
+        proc.kill()
+        proc.wait(timeout=30)
+        for pid in found:
+            assert _gone(pid, within=60), f"process {pid} (bench child, then its worker) outlived the killed bench"
+    finally:  # a failure leaves nothing timing either
+        proc.kill()
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

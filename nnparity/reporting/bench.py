@@ -240,12 +240,13 @@ class _Window:
 
 
 def bench_network(name: str, dtype: str = "float32", repeats: int = 3, steps: int | None = None, seed: int = 0,
-                  data_dir=None, recipe=None, gemm_n: int = GEMM_N) -> dict:
+                  data_dir=None, recipe=None, gemm_n: int = GEMM_N, between=None) -> dict:
     """Every measurement of one network in ``dtype``, ``repeats`` interleaved rounds (see the
     module doc). ``steps``: the timed window's batches (default: one full epoch of
     ``recipe``, the network's own by default); ``recipe`` with ``train_size`` set times
     an epoch of that many images. ``gemm_n``: the GEMM peak's matrix size (smaller: a
-    quicker, lower peak; for tests)."""
+    quicker, lower peak; for tests). ``between()``: called before each measurement, outside
+    every timed interval (the bench's child stops there once its parent is gone, ``_serve``)."""
     from nnparity.core import data as mnist
     from nnparity.training.networks import apply_threads, make_sides, prepare
 
@@ -268,6 +269,8 @@ def bench_network(name: str, dtype: str = "float32", repeats: int = 3, steps: in
     mode_sides = {m: [] for m in modes}
     for r in range(repeats):
         for c in configs[r % len(configs):] + configs[:r % len(configs)]:
+            if between:
+                between()
             if c.startswith("gemm_"):
                 _, d, t = c.split("_")
                 rounds[c].append(gemm_gflops(d, whole if t == "whole" else 1, n=gemm_n))
@@ -314,7 +317,7 @@ def _in_child(args) -> dict:
     """``bench_network(*args)`` in a fresh spawned process (its peak memory its own; not a
     daemon, so a concurrent run mode can start its own worker)."""
     ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
+    parent, child = ctx.Pipe()  # two-way: the child polls its end to learn that this process is gone (_serve)
     p = ctx.Process(target=_serve, args=(child, args))
     try:
         with signals_deferred():  # a signal is raised once the child has started, not half-way
@@ -335,13 +338,36 @@ def _in_child(args) -> dict:
     return value
 
 
+class _ParentGone(Exception):
+    """The bench that started this child has ended: nobody is left to read its figures."""
+
+
+def _check_parent(conn) -> None:
+    """Raise ``_ParentGone`` once the bench's end of ``conn`` is closed. The parent never
+    writes to it, so it turns readable only at EOF, which the kernel makes however the parent
+    ends (a SIGKILL too) and which stays until it is read: one poll that does not wait and
+    cannot miss it, the torch worker's way (it finds its pipe closed at its next message).
+    ``os.getppid()`` would miss a parent killed while this child still imports (already the
+    reaper's pid when first read), and ``parent_process().is_alive()`` rests on a pipe that
+    multiprocessing's spawn happens to keep open in the parent."""
+    if conn.poll():
+        raise _ParentGone
+
+
 def _serve(conn, args):
     try:
-        conn.send(("ok", bench_network(*args)))
+        answer = ("ok", bench_network(*args, between=lambda: _check_parent(conn)))
+    except _ParentGone:
+        answer = None  # nobody to answer: this child ends quietly, after the measurement it was taking
     except KeyboardInterrupt:
-        conn.send(("error", "interrupted"))
+        answer = ("error", "interrupted")
     except Exception as e:  # reported by the parent in one line
-        conn.send(("error", f"{type(e).__name__}: {e}"))
+        answer = ("error", f"{type(e).__name__}: {e}")
+    try:
+        if answer:
+            conn.send(answer)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the parent ended during the last measurement: as above
     finally:
         conn.close()
 
