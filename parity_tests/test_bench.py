@@ -2,6 +2,11 @@
 (structure and honesty only: speed is measured by the command, never asserted here)."""
 
 import json
+import os
+import subprocess
+import sys
+
+import pytest
 
 from nnparity.reporting import bench, results
 from nnparity.reporting.bench import epochs_projections, judge_load
@@ -61,3 +66,19 @@ def test_the_bench_records_every_measurement_and_the_load_and_warns_under_a_fake
     # nnparity results reads it, warning included
     summary = results.bench_summary_json(tmp_path)
     assert "| `mlp16` | float32 | 32 |" in summary and bench.UNDER_LOAD in summary
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads the children's CPU time in /proc")
+def test_a_child_still_running_counts_as_the_commands_own_cpu_not_another_process():
+    """``nnparity reproduce`` keeps one torch worker for all its runs, waited for only at the
+    end: its CPU must count as the command's own (it did not, and each concurrent run said
+    other processes had taken ~0.6-1.0 cores on a quiet machine)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time\nwhile time.process_time() < 1.0: pass\n"
+                              "print('busy', flush=True)\ntime.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        before = bench._own_cpu_seconds()
+        assert child.stdout.readline() == "busy\n"  # the child has used 1 s of CPU, and lives on
+        assert bench._own_cpu_seconds() - before >= 0.9
+    finally:
+        child.kill()
+        child.wait()

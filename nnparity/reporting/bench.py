@@ -115,9 +115,31 @@ def _busy_cpu_seconds() -> float | None:
 
 
 def _own_cpu_seconds() -> float:
-    """CPU seconds of this process and of its children that have ended."""
+    """CPU seconds of this process and of its children: those that have ended and been waited
+    for (``RUSAGE_CHILDREN``) and those still alive (``_live_children_cpu_seconds``; a torch
+    worker that serves one run after another lives until the last has ended). A child counted
+    alive at one reading and waited for at the next is counted once in each."""
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime + _live_children_cpu_seconds()
+
+
+def _live_children_cpu_seconds() -> float:
+    """CPU seconds of this process's children not yet waited for, and of the children they
+    waited for, from ``/proc/PID/stat`` (utime, stime, cutime, cstime); 0 where there is none."""
+    me, total = os.getpid(), 0
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return 0.0
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except (OSError, IndexError):
+            continue  # ended meanwhile, or not readable
+        if int(fields[1]) == me:
+            total += sum(int(v) for v in fields[11:15])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class LoadWatch:
