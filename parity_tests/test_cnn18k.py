@@ -256,7 +256,11 @@ def test_a_deliberate_tie_fails_without_tie_alignment_and_passes_with_it(data, m
         np.testing.assert_allclose(t["dout/drop2"][0, 0, 0, :2], g[::-1], rtol=tol.rtol, atol=tol.atol)
         failed = {c.name: c for c in trace.failures}
         assert "dout/drop2" in failed and failed["dout/drop2"].quantity == "upstream gradient"
-        assert failed["dout/drop2"].margin > 1e6  # the whole upstream gradient, not rounding
+        tie = failed["dout/drop2"]
+        # at least the whole gradient of the tied element, not rounding (its torch value is ~0). Not a
+        # margin floor: g[0] is 8.2e-6 on an AVX-512 Xeon, margin 8.2e4; the 1e6 this asserted held on the
+        # AMD EPYC, where MNIST's own ties fail at step 1 as well (see above), not here.
+        assert abs(g[0]) > 0 and tie.max_abs >= abs(g[0]) - tol.atol and tie.margin > 1
 
 
 def test_lr_schedule_is_honoured_by_both_sides(mnist):
