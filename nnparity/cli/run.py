@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nnparity.training import checkpoint
-from nnparity.reporting.bench import peak_rss_mib
+from nnparity.reporting.bench import peak_rss_mib, reset_peak_memory
 from nnparity.core import data as mnist
 from nnparity.training import drift
 from nnparity.core import io
@@ -135,6 +135,7 @@ def run_network(name: str, *, epochs=None, lr=None, batch_size=None, seed: int =
     recipe = run_recipe(net, epochs=epochs, lr=lr, batch_size=batch_size, dtype=dtype, train_size=train_size,
                         test_size=test_size, options=options)
     command = command or f"nnparity run {name}"
+    reset_peak_memory()  # the report's peak memory is this run's, also after other runs in this process
     if not net.mnist:
         return _run_every_step(net, recipe, out=out, command=command)
     concurrent = concurrent_mode(sequential)

@@ -215,7 +215,27 @@ def train_flops_per_sample(model, x_one) -> float:
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak resident memory in MiB, since it started or since the last
+    ``reset_peak_memory()``: ``VmHWM`` of ``/proc/self/status``, else (no /proc) the lifetime
+    peak ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_memory() -> bool:
+    """Start ``peak_rss_mib()`` afresh from this process's present size, so that each of several
+    runs in one process (``nnparity reproduce``) reports the peak reached during it (what the
+    process still holds from the runs before counts in it), not the largest peak of those
+    before it (Linux 4.0 and later: 5 written to ``/proc/self/clear_refs``). False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def _own_masks(ref):
