@@ -15,6 +15,7 @@ or torch.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from contextlib import contextmanager
@@ -171,6 +172,10 @@ def _children_block_sigint():
     until the mask is restored, and its handler runs then. Blocking, not ``SIG_IGN``: an
     ignored disposition would be inherited too, but a Ctrl-C taken by another thread while it
     was set would be lost."""
+    if os.name == "posix":  # the first spawn starts multiprocessing's resource tracker, and that start
+        from multiprocessing import resource_tracker  # unblocks SIGINT in this process: it runs first here
+
+        resource_tracker.ensure_running()
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
