@@ -132,9 +132,9 @@ def _live_children_cpu_seconds() -> float:
     except OSError:
         return 0.0
     for entry in entries:
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
-                fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        try:  # bytes: a process name need not be ASCII, nor whole characters (cut at 15 bytes)
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
         except (OSError, IndexError):
             continue  # ended meanwhile, or not readable
         if int(fields[1]) == me:
