@@ -84,6 +84,9 @@ def test_channelwise_is_the_broadcast_to_the_bit(dtype, layout):
         assert inplace.tobytes() == want.tobytes()
     half = np.dtype(dtype).type(0.5)
     assert channelwise(np.subtract, x, half).tobytes() == (x - half).tobytes()
+    assert channelwise(np.subtract, x, 0.5).dtype == (x - 0.5).dtype == dtype  # a Python scalar stays weak
+    empty = x[:0]
+    assert channelwise(np.add, empty, v).shape == empty.shape  # an empty batch
 
 
 def test_relu_backward_across_layouts_is_the_plain_product(dtype):
@@ -99,6 +102,15 @@ def test_relu_backward_across_layouts_is_the_plain_product(dtype):
         want = dy * relu.mask
         got = relu.backward(dy)
         assert got.tobytes() == want.tobytes() and got.strides == want.strides
+
+    class Leaky(ReLU):  # a subclass whose slopes are not bools keeps working across layouts
+        def _slope(self):
+            return np.where(self.mask, 1.0, 0.01).astype(dtype)
+
+    leaky = Leaky()
+    leaky.forward(rng.standard_normal((3, 5, 7, 4)).astype(dtype).transpose(0, 3, 1, 2))
+    dy = rng.standard_normal((3, 4, 5, 7)).astype(dtype)
+    assert leaky.backward(dy).tobytes() == (dy * leaky._slope()).tobytes()
 
 
 def test_conv2d_first_layer_skips_input_gradient(dtype):

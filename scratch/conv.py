@@ -44,12 +44,14 @@ def channelwise(ufunc, x, v, out=None):
     overhead costs more than the arithmetic. Here the same elementwise operation runs on the
     (N, H*W*C) rows of that memory against ``v`` repeated H*W times, whole rows per inner loop:
     about three times faster on cnn18k's largest maps (16 x 24 x 24 x 20), and the same bits,
-    since every element still meets the same one value. Any other layout, or a scalar ``v``,
-    is the plain broadcast."""
+    since every element still meets the same one value. Any other layout, an empty batch or a
+    scalar ``v`` is the plain broadcast."""
+    if np.ndim(v) == 0:  # a scalar, Python's too: NumPy's own rules for its dtype
+        return ufunc(x, v, out=out)
     v = np.asarray(v)
     n, c, h, w = x.shape
     nhwc = x.transpose(0, 2, 3, 1)  # (N, C, H, W) -> view (N, H, W, C)
-    rows_ok = v.size == c > 1 and nhwc.flags.c_contiguous
+    rows_ok = v.size == c > 1 and x.size > 0 and nhwc.flags.c_contiguous
     if rows_ok and out is None:
         out = np.empty_like(x, dtype=np.result_type(x.dtype, v.dtype))  # keeps x's layout
     if not rows_ok or not out.transpose(0, 2, 3, 1).flags.c_contiguous:

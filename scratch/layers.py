@@ -106,7 +106,7 @@ class ReLU(Module):
 
 
 def _laid_out_like(mask, a):
-    """The bool ``mask`` in the memory layout of ``a`` (a copy only when they differ).
+    """``mask`` (bools, or a subclass's slopes) in the memory layout of ``a`` (a copy only when they differ).
 
     A product of floats with a bool array laid out otherwise (cnn18k's ReLU: its mask has the
     forward's channels-last layout, the gradient that comes back is C-ordered) casts the bools
@@ -114,7 +114,7 @@ def _laid_out_like(mask, a):
     one-byte transposing copy and 0.05 ms for the product of aligned arrays. Same values."""
     if np.shape(mask) != a.shape:
         return mask
-    like = np.empty_like(a, dtype=bool)
+    like = np.empty_like(a, dtype=np.asarray(mask).dtype)
     if like.strides == mask.strides:
         return mask
     np.copyto(like, mask)
