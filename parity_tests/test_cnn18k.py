@@ -260,7 +260,7 @@ def test_a_deliberate_tie_fails_without_tie_alignment_and_passes_with_it(data, m
         # at least the whole gradient of the tied element, not rounding (its torch value is ~0). Not a
         # margin floor: g[0] is 8.2e-6 on an AVX-512 Xeon, margin 8.2e4; the 1e6 this asserted held on the
         # AMD EPYC, where MNIST's own ties fail at step 1 as well (see above), not here.
-        assert abs(g[0]) > 0 and tie.max_abs >= abs(g[0]) - tol.atol and tie.margin > 1
+        assert abs(g[0]) > 10 * tol.atol and tie.max_abs >= abs(g[0]) - tol.atol
 
 
 def test_lr_schedule_is_honoured_by_both_sides(mnist):
