@@ -95,3 +95,17 @@ def test_the_peak_memory_starts_afresh_for_each_run_in_one_process():
     before = bench.peak_rss_mib()
     assert bench.reset_peak_memory()
     assert bench.peak_rss_mib() < before - 300
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self") or not os.path.exists("/bin/sleep"), reason="a process in /proc")
+def test_a_process_whose_name_is_not_ascii_does_not_stop_the_load_watch(tmp_path):
+    """Every process's ``/proc/PID/stat`` is read to find this one's children: a name like
+    ``sl€ep`` (cut at 15 bytes, perhaps mid-character) made each reading raise."""
+    named = tmp_path / "sl\u20acep\u20ac\u20ac\u20ac\u20ac"  # 15 bytes cut through the last €
+    named.symlink_to("/bin/sleep")
+    other = subprocess.Popen([str(named), "30"], start_new_session=True)
+    try:
+        assert bench._own_cpu_seconds() >= 0
+    finally:
+        other.kill()
+        other.wait()
