@@ -361,6 +361,15 @@ def test_a_killed_worker_ends_the_run_in_one_line(previous, tmp_path, cli_proces
 
 
 # --- nnparity bench: each network is benchmarked in a spawned child ----------------------------
+def _child_of(pid: int, within: float = 60.0) -> int:
+    """The one child of ``pid`` (``_workers_of``), waiting up to ``within`` seconds for it."""
+    end = time.monotonic() + within
+    while not (found := _workers_of(pid)) and time.monotonic() < end:
+        time.sleep(0.02)
+    (child,) = found
+    return child
+
+
 @needs_proc
 def test_a_signal_stops_the_bench_without_waiting_for_its_child(tmp_path, cli_process):
     """SIGTERM to ``nnparity bench`` during a network's child: the bench ends at once, its
@@ -368,10 +377,7 @@ def test_a_signal_stops_the_bench_without_waiting_for_its_child(tmp_path, cli_pr
     rounds (36.7 s for mlp16 float64 here; cnn18k's full epochs take minutes)."""
     out = tmp_path / "bench.md"
     proc = cli_process.popen(["bench", "cnn18k", "--dtype", "float32", "--repeats", "1", "--out", str(out)])
-    end = time.monotonic() + 60
-    while not _workers_of(proc.pid) and time.monotonic() < end:
-        time.sleep(0.05)
-    (child,) = _workers_of(proc.pid)
+    child = _child_of(proc.pid)
     time.sleep(1.0)  # the child is past its start: importing, or timing cnn18k
     proc.send_signal(signal.SIGTERM)
     try:
@@ -383,15 +389,6 @@ def test_a_signal_stops_the_bench_without_waiting_for_its_child(tmp_path, cli_pr
     assert proc.returncode == 130 and stderr == "nnparity bench: interrupted\n", (proc.returncode, stderr)
     assert _gone(child), f"the bench's child {child} outlived it"
     assert sorted(p.name for p in tmp_path.iterdir()) == []
-
-
-def _child_of(pid: int, within: float = 60.0) -> int:
-    """The one child of ``pid`` (``_workers_of``), waiting up to ``within`` seconds for it."""
-    end = time.monotonic() + within
-    while not (found := _workers_of(pid)) and time.monotonic() < end:
-        time.sleep(0.02)
-    (child,) = found
-    return child
 
 
 @needs_proc

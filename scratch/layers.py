@@ -114,7 +114,7 @@ def _laid_out_like(mask, a):
     one-byte transposing copy and 0.05 ms for the product of aligned arrays. Same values."""
     if np.shape(mask) != a.shape:
         return mask
-    like = np.empty_like(a, dtype=np.asarray(mask).dtype)
+    like = np.empty_like(a, dtype=mask.dtype)
     if like.strides == mask.strides:
         return mask
     np.copyto(like, mask)
