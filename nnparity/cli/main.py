@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("reproduce", help="every documented run into one folder, with one progress display, "
                                           "then the folder's results table and the total wall time")
     rp.add_argument("--out", default="runs/reproduce",
-                    help="OUT/NET/ for each run, OUT/reproduce.md, .json and .log (default runs/reproduce)")
+                    help="OUT/NET/ for each run, OUT/logs/NET.log, OUT/reproduce.md and .json (default runs/reproduce)")
     rp.add_argument("--only", type=run_names, default=None, metavar="NET,...",
                     help="these documented runs only, comma-separated (default: all of them)")
     rp.add_argument("--epochs", type=positive_int, default=None,
@@ -263,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a smoke run: every MNIST run evaluates on a seeded subset of N test images")
     rp.add_argument("--data-dir", default=None,
                     help="folder with the MNIST files (else $NNPARITY_DATA_DIR, else the shipped copy)")
+    rp.add_argument("--jobs", type=positive_int, default=None, metavar="N",
+                    help="N runs at a time, each in processes of its own (default one per two cores: a run uses two; "
+                         "1 gives each run's times without another run beside it)")
     rp.add_argument("--no-progress", action="store_true", help="no progress display")
 
     res = sub.add_parser("results", help="the README's results table and bench summary, from the committed reports")
@@ -393,7 +396,8 @@ def _dispatch(args) -> int:
 
         return reproduce(out=args.out, only=args.only, epochs=args.epochs, train_size=args.train_size,
                          test_size=args.test_size, data_dir=args.data_dir,
-                         progress=False if args.no_progress else None, command=args.command_line)
+                         progress=False if args.no_progress else None, command=args.command_line,
+                         jobs=args.jobs)
     if args.cmd == "list":
         for net in NETWORKS.values():
             print(f"{net.name:10s} {net.summary}\n{'':10s} {net.recipe.summary()}")

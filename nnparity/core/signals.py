@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 _held = None  # while the final files are written: the signals received, held until they are in place
 _raised: list = []  # the signals whose KeyboardInterrupt the handler raised, in order
@@ -138,21 +138,24 @@ def signals_held():
 
 
 @contextmanager
-def signals_deferred():
+def signals_deferred(block_sigint: bool = True):
     """A SIGINT or SIGTERM that arrives inside the block is raised when the block ends: for
     starting a process, which a ``KeyboardInterrupt`` half-way through would leave reading a
     start that never comes (a spawned child then prints "EOFError: Ran out of input" with a
-    traceback). Inside an outer ``signals_held`` the outer block decides.
+    traceback), or running untracked. Inside an outer ``signals_held`` the outer block decides.
 
     A process started inside the block has SIGINT blocked from its first instruction
     (``_children_block_sigint``): a terminal's Ctrl-C reaches the whole process group, and
-    this process, the parent, is the one that stops its children."""
+    this process, the parent, is the one that stops its children. ``block_sigint=False`` for
+    a child that runs in a session of its own (no Ctrl-C reaches it) and that the parent stops
+    by passing the signal on (``nnparity reproduce``'s runs)."""
+    blocked = _children_block_sigint if block_sigint else nullcontext
     if _held is not None:
-        with _children_block_sigint():
+        with blocked():
             yield
         return
     with signals_held() as held:
-        with _children_block_sigint():
+        with blocked():
             yield
     if held:
         _raise(held[0])

@@ -115,30 +115,38 @@ def _busy_cpu_seconds() -> float | None:
 
 
 def _own_cpu_seconds() -> float:
-    """CPU seconds of this process and of its children: those that have ended and been waited
-    for (``RUSAGE_CHILDREN``) and those still alive (``_live_children_cpu_seconds``; a torch
-    worker that serves one run after another lives until the last has ended). A child counted
+    """CPU seconds of this process and of its descendants: those that have ended and been
+    waited for (``RUSAGE_CHILDREN``) and those still alive (``_live_descendants_cpu_seconds``: a
+    torch worker that serves one run after another lives until the last has ended; ``nnparity
+    reproduce``'s runs are children whose torch workers are grandchildren). A child counted
     alive at one reading and waited for at the next is counted once in each."""
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime + _live_children_cpu_seconds()
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime + _live_descendants_cpu_seconds()
 
 
-def _live_children_cpu_seconds() -> float:
-    """CPU seconds of this process's children not yet waited for, and of the children they
-    waited for, from ``/proc/PID/stat`` (utime, stime, cutime, cstime); 0 where there is none."""
-    me, total = os.getpid(), 0
+def _live_descendants_cpu_seconds() -> float:
+    """CPU seconds of this process's descendants still alive (children, their children, ...), and
+    of the children each of them waited for, from ``/proc/PID/stat`` (utime, stime, cutime,
+    cstime); 0 where there is none."""
     try:
         entries = [e for e in os.listdir("/proc") if e.isdigit()]
     except OSError:
         return 0.0
+    children, cpu = {}, {}
     for entry in entries:
         try:  # bytes: a process name need not be ASCII, nor whole characters (cut at 15 bytes)
             with open(f"/proc/{entry}/stat", "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
         except (OSError, IndexError):
             continue  # ended meanwhile, or not readable
-        if int(fields[1]) == me:
-            total += sum(int(v) for v in fields[11:15])
+        pid = int(entry)
+        children.setdefault(int(fields[1]), []).append(pid)
+        cpu[pid] = sum(int(v) for v in fields[11:15])
+    total, todo = 0, list(children.get(os.getpid(), ()))
+    while todo:
+        pid = todo.pop()
+        total += cpu[pid]
+        todo += children.get(pid, ())
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -150,16 +158,17 @@ class LoadWatch:
 
     def __init__(self):
         self.readings, self.others, self.cores = [], [], cores()
-        self._mark = None
+        self._marks = {}
 
     def read(self, when: str) -> None:
         self.readings.append({"when": when, "loadavg": [round(v, 2) for v in os.getloadavg()]})
 
-    def start(self) -> None:
-        self._mark = (time.perf_counter(), _busy_cpu_seconds(), _own_cpu_seconds())
+    def start(self, what: str) -> None:
+        """Begin the window ``what`` (windows may overlap: ``nnparity reproduce``'s runs at once)."""
+        self._marks[what] = (time.perf_counter(), _busy_cpu_seconds(), _own_cpu_seconds())
 
     def stop(self, what: str) -> None:
-        t0, busy0, own0 = self._mark
+        t0, busy0, own0 = self._marks.pop(what)
         busy1, wall = _busy_cpu_seconds(), time.perf_counter() - t0
         if busy0 is not None and busy1 is not None and wall > 0:
             others = max(0.0, (busy1 - busy0) - (_own_cpu_seconds() - own0)) / wall
@@ -449,7 +458,7 @@ def bench(names, dtypes=("float32", "float64"), repeats=3, steps=None, data_dir=
     rows = []
     for dtype in dtypes:
         for name in names:
-            watch.start()
+            watch.start(f"{name} {dtype}")
             r = _in_child((spec_of(name), dtype, repeats, steps, 0, data_dir, None, gemm_n))
             watch.stop(f"{name} {dtype}")
             rows.append(r)
