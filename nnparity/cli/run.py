@@ -285,9 +285,13 @@ class SharedTorch:
     for bit: every torch figure of the report (losses, accuracies, the entry's per-epoch
     metric, per-batch curves), and the torch weights each scratch side is compared with
     after each of the first drift steps and every epoch. The replayed times are the
-    recorded ones."""
+    recorded ones.
 
-    tape: Tape | None = None                    # once a run has trained all its epochs
+    The replaying runs follow the first one step by step (``train_variants``,
+    ``Training.follow``): their scratch sides step while this process waits for the torch
+    worker, and no variant waits for another to finish."""
+
+    tape: Tape | None = None                    # the first run's, recorded as it trains
     metric: list = field(default_factory=list)  # the torch side's per-epoch metric after each epoch
 
 
@@ -301,17 +305,100 @@ def _final(epochs: list, metric: str | None) -> dict:
                    "seconds": sum(r[side]["seconds"] for r in epochs)} for side in SIDES}
 
 
-def train_one(net, recipe, raw, dtype: str, seed: int, *, parity_steps: int, keep_batches: bool, progress,
+def train_one(net, recipe, raw, dtype: str, seed: int, **kwargs) -> dict:
+    """One variant, one seed of a sweep, on its own (``train_run``, driven to its end)."""
+    run = train_run(net, recipe, raw, dtype, seed, **kwargs)
+    try:
+        while True:
+            next(run)
+    except StopIteration as done:
+        return done.value
+
+
+def train_variants(net, recipes: list, raw, dtype: str, seed: int, **kwargs) -> list:
+    """Every variant of one seed, in order, the torch side trained once (``SharedTorch``): the
+    first variant's run trains and records it; the others follow that run step by step,
+    replaying each step as it is recorded (``Training.follow``), and close each epoch after
+    it. A follower whose first run stopped before its last epoch (it diverged) is run again
+    on its own, training its own torch side, as it would have been without a shared one;
+    an interrupt or a dead torch worker ends them all. Returns the runs' results (the
+    variants that ran; after a dead worker, the first only)."""
+    shared = SharedTorch() if len(recipes) > 1 else None
+    lead = train_run(net, recipes[0], raw, dtype, seed, shared_torch=shared, **kwargs)
+    results = {}
+    try:
+        training = next(lead)  # parity checked, the Training made (recording its torch side)
+    except StopIteration as done:  # stopped before training: parity failed, or interrupted
+        return [done.value]
+    followers = {}  # variant index -> its run (a generator), following the first
+    for i, recipe in enumerate(recipes[1:], 1):
+        run = train_run(net, recipe, raw, dtype, seed, shared_torch=shared, **kwargs)
+        try:
+            training.follow(next(run))  # (a follower whose run ends is let go: Training.unfollow)
+            followers[i] = run
+        except StopIteration as done:  # its parity check stopped it (a slip it missed), or an interrupt
+            results[i] = done.value
+            if done.value.get("interrupted"):
+                results[0] = _stop(lead, KeyboardInterrupt(done.value["interrupted"]))
+                for other in followers.values():
+                    other.close()
+                return [results[k] for k in sorted(results)]
+    while 0 not in results:
+        try:
+            next(lead)  # one epoch of the first run, with its followers' steps
+        except StopIteration as done:
+            results[0] = done.value
+            break
+        for i, run in list(followers.items()):
+            try:
+                next(run)  # the same epoch, closed on the follower
+            except StopIteration as done:
+                results[i] = done.value
+                del followers[i]
+                if done.value.get("interrupted"):  # the signal came while the follower closed its epoch
+                    results[0] = _stop(lead, KeyboardInterrupt(done.value["interrupted"]))
+                    break
+    first = results[0]
+    for i, run in followers.items():
+        if first.get("interrupted"):
+            results[i] = _stop(run, KeyboardInterrupt(first["interrupted"]))
+        elif first["status"] in ("complete", "collapsed"):  # every epoch followed: the run ends
+            results[i] = _stop(run, None)
+        else:
+            run.close()  # no whole torch side to follow
+            if not first.get("worker_error"):
+                results[i] = train_one(net, recipes[i], raw, dtype, seed, **kwargs)
+    return [results[k] for k in sorted(results)]
+
+
+def _stop(run, exc: BaseException | None):
+    """The result of the generator ``run`` ended with ``exc`` raised where it waits (None:
+    run on to its end)."""
+    try:
+        if exc is None:
+            while True:
+                next(run)
+        run.throw(exc)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("a run went on after it was stopped")
+
+
+def train_run(net, recipe, raw, dtype: str, seed: int, *, parity_steps: int, keep_batches: bool, progress,
               on_epoch=None, ds=None, envelope: dict | None = None, shared_torch: SharedTorch | None = None,
-              concurrent: bool = False) -> dict:
+              concurrent: bool = False):
     """One variant, one seed of a sweep: parity, then both sides trained for ``recipe.epochs``.
+
+    A generator: it yields its ``Training`` once parity has passed (nothing if the run stops
+    before), then once after each epoch, and returns the run's result (``train_one`` drives
+    it alone, ``train_variants`` beside the seed's other variants).
 
     ``ds``: the seed's prepared data (else prepared here). ``envelope``: the seed's
     drift envelope (``drift.measure_envelope``); with it the drift of the envelope's
     first steps and of every epoch is recorded and assessed into ``res["drift"]``.
-    ``shared_torch``: the seed's ``SharedTorch``; empty, this run trains its torch side
-    and records it there (kept only if the run trains all its epochs); filled, this run
-    replays it instead of training it. The entry's per-epoch metric
+    ``shared_torch``: the seed's ``SharedTorch``; without a tape, this run trains its torch
+    side and records it there as it goes; with one, this run replays it instead of training
+    it, following the recording run (``train_variants``). The entry's per-epoch metric
     (``extras.EPOCH_METRIC``: (count key, indices key), ``extras.epoch_metric(side, ds)``)
     is counted on each side at the start and after every epoch.
     A ``KeyboardInterrupt`` (see ``nnparity.core.signals``) ends the run early with
@@ -333,8 +420,9 @@ def train_one(net, recipe, raw, dtype: str, seed: int, *, parity_steps: int, kee
         training = Training(net, recipe, ds, dtype, seed, per_batch=keep_batches,
                             drift_steps=envelope["steps"] if envelope else 0,
                             record_ref=shared_torch is not None and replay is None, replay_ref=replay,
-                            concurrent=concurrent)
-        recorded = []
+                            concurrent=concurrent and replay is None)
+        if training.ref_tape is not None:  # the seed's other variants follow it as it is recorded
+            shared_torch.tape, shared_torch.metric = training.ref_tape, []
         if metric:
             at_init = extras.epoch_metric(training.scratch, ds)  # both sides start from the same weights
             res[f"{metric}_at_init"] = len(at_init)
@@ -342,6 +430,7 @@ def train_one(net, recipe, raw, dtype: str, seed: int, *, parity_steps: int, kee
         batches = {f"{side}/{what}": [] for side in SIDES for what in ("train", "val")} if keep_batches else None
         if batches is not None:
             res["_batches"] = batches
+        yield training
         for epoch in range(1, recipe.epochs + 1):
             row = training.run_epoch(epoch, progress)
             curves = row.pop("per_batch", None)
@@ -356,8 +445,8 @@ def train_one(net, recipe, raw, dtype: str, seed: int, *, parity_steps: int, kee
                 if batches is not None:
                     batches[f"{side.name}/train"] += curves[side.name]
                     batches[f"{side.name}/val"] += val[side.name]
-            if metric:
-                recorded.append(values["torch"])
+            if metric and training.ref_tape is not None:
+                shared_torch.metric.append(values["torch"])
             res["epochs"].append(row)
             s, t = row["scratch"], row["torch"]
             log(f"{variant:>13} seed {seed} epoch {epoch:>3}/{recipe.epochs}  "
@@ -368,9 +457,8 @@ def train_one(net, recipe, raw, dtype: str, seed: int, *, parity_steps: int, kee
                 f"max |dw| {row['max_abs_weight_diff']:.1e}   (scratch | torch)")
             if on_epoch:
                 on_epoch(res)
+            yield training
         res["status"] = "complete"
-        if training.ref_tape is not None:  # every epoch trained: the seed's other runs can replay it
-            shared_torch.tape, shared_torch.metric = training.ref_tape, recorded
         why = collapsed(res["epochs"])
         if why:
             res.update(status="collapsed", status_detail=why)
@@ -480,21 +568,24 @@ def _sweep(net, base, dtype, variants, seeds, raw, t0, folder, progress, *, comm
             where = f"while preparing seed {seed}"
             ds = prepare(net, base, raw, dtype, seed)  # the same for every variant
             envelope = None
-            shared_torch = SharedTorch() if len(variants) > 1 else None  # trained by the first run, replayed
             steps = min(envelope_steps, base.epochs * math.ceil(len(ds.y_train) / base.batch_size))
             if steps:
                 where = f"while measuring the drift envelope of seed {seed}"
                 envelope = envelope_for(net, base, ds, seed, steps)
                 log(f"drift envelope (seed {seed}): float64 scratch vs torch and float32 vs float64 torch, "
                     f"{steps} steps, {envelope['seconds']:.2f} s")
-            for variant in variants:
-                recipe = base.replace(variant=variant)
-                where = f"during {variant}, seed {seed}"
-                res = train_one(net, recipe, raw, dtype, seed, parity_steps=parity_steps,
-                                keep_batches=seed == seeds[0], progress=progress, ds=ds, envelope=envelope,
-                                shared_torch=shared_torch, concurrent=concurrent,
-                                on_epoch=lambda r: (write_sweep(out_dir, net, meta, runs + [r], final=False)
-                                                    if len(r["epochs"]) % 10 == 0 else None))
+            where = f"during seed {seed}"
+            live = {}  # the seed's runs under way, by variant: in the metrics written every 10 epochs
+
+            def on_epoch(r):
+                live[r["variant"]] = r
+                if len(r["epochs"]) % 10 == 0:
+                    write_sweep(out_dir, net, meta, runs + list(live.values()), final=False)
+            seed_runs = train_variants(net, [base.replace(variant=v) for v in variants], raw, dtype, seed,
+                                       parity_steps=parity_steps, keep_batches=seed == seeds[0], progress=progress,
+                                       ds=ds, envelope=envelope, concurrent=concurrent, on_epoch=on_epoch)
+            for k, res in enumerate(seed_runs):
+                variant = res["variant"]
                 runs.append(res)
                 where = f"after {variant}, seed {seed}"
                 if res["status"] in ("parity-failed", "parity-missed-slip"):
@@ -504,7 +595,8 @@ def _sweep(net, base, dtype, variants, seeds, raw, t0, folder, progress, *, comm
                     dest = _finish(folder, net, meta, runs)
                     log(f"report: {dest / 'report.md'}")
                     return EXIT_PARITY
-                if res.get("interrupted"):
+                if res.get("interrupted"):  # the variants after it, interrupted with it, are reported too
+                    runs += seed_runs[k + 1:]
                     raise KeyboardInterrupt(res["interrupted"])
                 if res.get("worker_error"):
                     meta["status_detail"] = f"{variant}, seed {seed}: {res['worker_error']}"
@@ -518,7 +610,7 @@ def _sweep(net, base, dtype, variants, seeds, raw, t0, folder, progress, *, comm
                 elif res["status"] == "collapsed" and status == EXIT_OK:
                     status = EXIT_COLLAPSED
     except KeyboardInterrupt as e:
-        last = runs[-1] if runs and runs[-1].get("interrupted") else None
+        last = next((r for r in runs if r.get("interrupted")), None)
         meta["status_detail"] = (f"interrupted: {last['variant']}, seed {last['seed']}, {last['status_detail']}"
                                  if last else f"interrupted ({interrupt_name(e)}) {where}")
         dest = _finish(folder, net, meta, runs)

@@ -49,14 +49,13 @@ def nonfinite(side, result) -> str:
     step has just subtracted lr * g (lr > 0) from every parameter, so a NaN or inf in a
     gradient is one in its parameter too (p - lr * inf = -inf, p - lr * NaN = NaN; with
     momentum, in the buffer and the parameter)."""
-    tensors = _tensors(side, result)
     with np.errstate(over="ignore", invalid="ignore"):
-        total = sum(float(a.sum()) if isinstance(a, np.ndarray) else float(a)
-                    for key, a in tensors if not key.startswith("grad/"))
+        total = float(result.loss) + sum(float(a.sum()) if isinstance(a, np.ndarray) else float(a)
+                                         for a in side.state().values())
     if math.isfinite(total):
         return ""
     found = []
-    for key, arr in tensors:
+    for key, arr in _tensors(side, result):
         a = np.asarray(arr)
         bad = ~np.isfinite(a)
         if bad.any():
@@ -140,11 +139,16 @@ class Training:
     record_ref: bool = False
     replay_ref: "Tape | None" = None
     concurrent: bool = False
+    # runs that replay this run's tape while it is recorded, step by step (``follow``): a second
+    # variant's scratch side steps beside this run's, in the time this process waits for the torch side
+    followers: list = field(default_factory=list)
 
     def __post_init__(self):
         self.scratch, self.ref = make_sides(self.net, self.recipe, self.dtype, self.seed)
         self.step_count = 0
         self.ref_tape = None
+        self.led = None     # a follower: the run it follows, which takes its steps (``follow``)
+        self._open = None   # the epoch under way: its totals, curves, parameters before it
         key = self._ref_key()
         if self.replay_ref is not None:
             why = self.replay_ref.mismatch(key, self.drift_steps)
@@ -172,6 +176,7 @@ class Training:
 
     def close(self) -> None:
         """Stop the torch worker of a concurrent ``Training`` (nothing to do otherwise)."""
+        self.unfollow()
         if getattr(self.ref, "remote", False):
             self.ref.close()
 
@@ -215,22 +220,64 @@ class Training:
         if step <= self.drift_steps:
             (_, _, _, s_state), (_, _, _, t_state) = steps
             self.step_drift.append((step, weight_difference(s_state, t_state, rounding_noise_keys(self.net))[1]))
+        for f in self.followers:  # the step is on the tape now (checked finite): each follower takes it
+            f._follow_step()
 
     def _steps(self, batches, epoch, totals, curves) -> None:
         """The epoch's steps, alternating: scratch first (it draws the dropout masks that
         the torch side reuses), then torch on the same batch."""
-        replayed = getattr(self.ref, "replayed", False)
         for x, y in batches:
-            self.step_count += 1
-            k = self.step_count
-            with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected just below
-                rs = self.scratch.step(x, y)
-                rt = self.ref.step(x, y, draws=self.scratch.draws())
-                steps = [(self.scratch, rs, nonfinite(self.scratch, rs)),
-                         (self.ref, rt, "" if replayed else nonfinite(self.ref, rt))]
-            kept = k <= self.drift_steps
-            self._paired(k, epoch, [(side, r, bad, side.state() if kept else None) for side, r, bad in steps],
-                         totals, curves)
+            self._step_both(x, y, epoch, totals, curves)
+
+    def _give(self, x, y) -> None:
+        """The batch the followers take at this step, once it is paired (the same arrays: a
+        follower does not index the training set again)."""
+        for f in self.followers:
+            o = f._open
+            if o["failed"] is None:  # (held until paired: at most an epoch of batches, where the torch side lags)
+                o["inbox"].append((x, y))
+                o["taken"] += 1
+
+    def _step_both(self, x, y, epoch, totals, curves) -> None:
+        self.step_count += 1
+        k = self.step_count
+        self._give(x, y)
+        with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected just below
+            rs = self.scratch.step(x, y)
+            rt = self.ref.step(x, y, draws=self.scratch.draws())
+            steps = [(self.scratch, rs, nonfinite(self.scratch, rs)),
+                     (self.ref, rt, "" if getattr(self.ref, "replayed", False) else nonfinite(self.ref, rt))]
+        kept = k <= self.drift_steps
+        self._paired(k, epoch, [(side, r, bad, side.state() if kept else None) for side, r, bad in steps],
+                     totals, curves)
+
+    def follow(self, follower: "Training") -> None:
+        """Step ``follower``, a run that replays this run's tape (``replay_ref=self.ref_tape``),
+        beside this one: its epoch opens with this run's, and it takes each step as soon as this
+        run has paired it (the recorded torch step is then on the tape, checked finite). Its
+        ``run_epoch`` then closes the epoch (after this run's: its evaluations and states are
+        recorded by then). The numbers are those of replaying the finished tape afterwards;
+        the follower's scratch side takes the time this process waits for the torch side.
+        A follower that fails (diverges) stops following, and its ``run_epoch`` raises it."""
+        if follower.replay_ref is not self.ref_tape or self.ref_tape is None:
+            raise ValueError("a follower replays this run's tape: Training(..., replay_ref=run.ref_tape)")
+        follower.led = self
+        self.followers.append(follower)
+
+    def unfollow(self) -> None:
+        """A follower stops following (it failed, or its run ended): the run it followed goes on alone."""
+        if self.led is not None:
+            self.led.followers[:] = [f for f in self.led.followers if f is not self]  # (identity: a dataclass's == compares fields)
+
+    def _follow_step(self) -> None:
+        o = self._open
+        if o is None or o["failed"] is not None:
+            return
+        try:
+            x, y = o["inbox"].popleft()  # the batch of the step the run it follows has just paired
+            self._step_both(x, y, o["epoch"], o["totals"], o["curves"])
+        except Exception as e:  # noqa: BLE001 - the follower's own failure: raised by its run_epoch
+            o["failed"] = e
 
     def _steps_concurrent(self, batches, epoch, totals, curves) -> None:
         """The epoch's steps, both sides at once: the torch worker walks the same batches,
@@ -245,6 +292,7 @@ class Training:
         for x, y in batches:
             self.step_count += 1
             k = self.step_count
+            self._give(x, y)
             with np.errstate(over="ignore", invalid="ignore"):
                 r = self.scratch.step(x, y)
                 ref.give_draws(self.scratch.draws())
@@ -296,24 +344,46 @@ class Training:
         for side in self.sides:
             side.set_lr(lr)
 
-    def run_epoch(self, epoch: int, progress: bool | None = None) -> dict:
-        """Train one epoch on both sides; return its metrics (accuracy and error in %)."""
-        from tqdm.auto import tqdm
-
+    def _open_epoch(self, epoch: int) -> None:
         lr = self.recipe.lr_at(epoch)
         self.set_lr(lr)
+        self._open = {"epoch": epoch, "lr": lr, "totals": {s.name: {"loss": 0.0, "correct": 0, "n": 0} for s in self.sides},
+                      "secs0": {s.name: s.seconds for s in self.sides}, "before": self._params(),
+                      "curves": {s.name: [] for s in self.sides} if self.per_batch else None,
+                      "batches": iter(training_batches(self.ds, self.recipe, self.seed, epoch)), "failed": None,
+                      "inbox": deque(), "taken": 0}  # a follower's: the batches given to it, how many given
+
+    def run_epoch(self, epoch: int, progress: bool | None = None) -> dict:
+        """Train one epoch on both sides; return its metrics (accuracy and error in %). A
+        follower's steps were taken by the run it follows (``follow``): here its epoch closes."""
+        from tqdm.auto import tqdm
+
+        if self.led is not None:
+            o = self._open
+            if o is None or o["epoch"] != epoch:
+                raise RuntimeError(f"{self.net.name}: epoch {epoch} of a follower was not stepped by its run")
+            if o["failed"] is not None:
+                self.unfollow()
+                raise o["failed"]
+            if o["inbox"] or o["taken"] < math.ceil(len(self.ds.y_train) / self.recipe.batch_size):
+                raise RuntimeError(f"{self.net.name}: the run this one follows stopped within epoch {epoch}")
+            return self._close_epoch()
+        self._open_epoch(epoch)
+        for f in self.followers:
+            f._open_epoch(epoch)
+        o = self._open
         n_batches = math.ceil(len(self.ds.y_train) / self.recipe.batch_size)
-        totals = {s.name: {"loss": 0.0, "correct": 0, "n": 0} for s in self.sides}
-        secs0 = {s.name: s.seconds for s in self.sides}
-        curves = {s.name: [] for s in self.sides} if self.per_batch else None
-        before = self._params()
-        bar = tqdm(training_batches(self.ds, self.recipe, self.seed, epoch), total=n_batches,
-                   desc=f"{self.net.name} epoch {epoch}/{self.recipe.epochs}", leave=False,
-                   disable=None if progress is None else not progress, unit="batch")
+        bar = tqdm(o["batches"], total=n_batches, desc=f"{self.net.name} epoch {epoch}/{self.recipe.epochs}",
+                   leave=False, disable=None if progress is None else not progress, unit="batch")
         steps = self._steps_concurrent if getattr(self.ref, "remote", False) else self._steps
         with side_threads(1):
-            steps(bar, epoch, totals, curves)
+            steps(bar, epoch, o["totals"], o["curves"])
         bar.close()
+        return self._close_epoch()
+
+    def _close_epoch(self) -> dict:
+        o, self._open = self._open, None
+        epoch, lr, totals, secs0, curves = o["epoch"], o["lr"], o["totals"], o["secs0"], o["curves"]
         test = self.evaluate()
         s_state, t_state = self.scratch.state(), self.ref.state()
         diff_abs, diff_rel, diff_name = weight_difference(s_state, t_state, rounding_noise_keys(self.net))
@@ -330,7 +400,7 @@ class Training:
             }
         row.update(max_abs_weight_diff=diff_abs, max_rel_weight_diff=diff_rel, worst_tensor=diff_name,
                    max_abs_param_diff=p_abs, max_rel_param_diff=p_rel, worst_param=p_name,
-                   frozen=self._frozen(before))
+                   frozen=self._frozen(o["before"]))
         if curves is not None:
             row["per_batch"] = curves
         self.history.append(row)
