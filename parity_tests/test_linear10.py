@@ -423,6 +423,80 @@ def test_a_replayed_torch_side_is_the_trained_one(mnist, monkeypatch):
     assert replayed.history[-1]["max_abs_weight_diff"] > 0.01  # the slip, against the recorded torch weights
 
 
+@pytest.mark.parametrize("concurrent", [False, True], ids=["alternating", "torch-worker"])
+def test_a_follower_stepped_beside_the_recording_run_is_its_replay_afterwards(mnist, monkeypatch, concurrent):
+    """``Training.follow``: the as-documented run takes each step as soon as the correct run has
+    paired it (in the time this process waits for the torch worker) and closes each epoch after
+    it; every figure is the one replaying the finished tape afterwards gives, bit for bit."""
+    net = get("linear10")
+    correct = linear10.RECIPE.replace(epochs=2, train_size=320, test_size=160)
+    documented = correct.replace(variant="as-documented")
+    ds = networks.prepare(net, correct, mnist, "float64", 3)
+    make = dict(per_batch=True, drift_steps=12)
+    with Training(net, correct, ds, "float64", 3, record_ref=True, concurrent=concurrent, **make) as lead:
+        follower = Training(net, documented, ds, "float64", 3, replay_ref=lead.ref_tape, **make)
+        lead.follow(follower)
+        calls = _counting_torch_steps(monkeypatch) if not concurrent else []
+        for epoch in (1, 2):
+            lead.run_epoch(epoch, progress=False)
+            follower.run_epoch(epoch, progress=False)
+    assert len(calls) == (0 if concurrent else 20)  # the lead's torch steps only: 10 a epoch
+    afterwards = Training(net, documented, ds, "float64", 3, replay_ref=lead.ref_tape, **make)
+    for epoch in (1, 2):
+        afterwards.run_epoch(epoch, progress=False)
+    assert _without_seconds(follower.history) == _without_seconds(afterwards.history)
+    assert follower.step_drift == afterwards.step_drift and len(follower.step_drift) == 12
+    assert follower.history[-1]["max_abs_weight_diff"] > 0.01  # the slip, against the recorded torch weights
+    with pytest.raises(ValueError, match="a follower replays this run's tape"):
+        lead.follow(Training(net, documented, ds, "float64", 3))
+
+
+def test_a_follower_that_diverges_stops_following_and_the_first_run_goes_on(mnist, monkeypatch):
+    """The follower's own failure is its own: raised by its ``run_epoch``; the run it followed
+    trains on alone (the next epoch opens no epoch on the follower)."""
+    calls, backward = [], linear10.DocumentedReLU.backward
+
+    def nan_at_step_2(self, dy):
+        calls.append(1)
+        return backward(self, dy) * (np.nan if len(calls) == 2 else 1.0)
+
+    monkeypatch.setattr(linear10.DocumentedReLU, "backward", nan_at_step_2)
+    net = get("linear10")
+    correct = linear10.RECIPE.replace(epochs=2, train_size=320, test_size=160)
+    ds = networks.prepare(net, correct, mnist, "float64", 0)
+    lead = Training(net, correct, ds, "float64", 0, record_ref=True)
+    follower = Training(net, correct.replace(variant="as-documented"), ds, "float64", 0, replay_ref=lead.ref_tape)
+    lead.follow(follower)
+    lead.run_epoch(1, progress=False)
+    with pytest.raises(runner.Diverged, match="diverged at epoch 1, step 2: scratch side non-finite"):
+        follower.run_epoch(1, progress=False)
+    assert lead.followers == [] and len(calls) == 2  # let go: the next epoch steps the first run only
+    lead.run_epoch(2, progress=False)
+    assert len(lead.history) == 2 and len(calls) == 2
+
+
+def test_a_follower_whose_first_run_diverges_is_run_again_on_its_own(mnist, monkeypatch):
+    """``run.train_variants``: the first variant diverging leaves no whole torch side to follow;
+    the second is then trained alone, its own torch side included, as without a shared one."""
+    net = get("linear10")
+    base = linear10.RECIPE.replace(epochs=2, train_size=320, test_size=160)
+    ds = networks.prepare(net, base, mnist, "float64", 0)
+    kwargs = dict(parity_steps=0, keep_batches=False, progress=False, ds=ds)
+    alone = runner.train_one(net, base.replace(variant="as-documented"), mnist, "float64", 0, **kwargs)
+    real = Training._close_epoch
+
+    def diverge_correct_at_epoch_2(self):
+        if self.recipe.variant == "correct" and self.history:
+            raise runner.Diverged("linear10 diverged (made to, for the test)", 2, 20)
+        return real(self)
+    monkeypatch.setattr(Training, "_close_epoch", diverge_correct_at_epoch_2)
+    first, second = runner.train_variants(net, [base, base.replace(variant="as-documented")], mnist, "float64", 0,
+                                          **kwargs)
+    assert first["status"] == "diverged" and len(first["epochs"]) == 1
+    assert second["status"] == "complete"
+    assert _without_seconds(second["epochs"]) == _without_seconds(alone["epochs"])
+
+
 def test_a_replay_refuses_what_was_not_recorded(mnist):
     """A tape replays only the run it recorded: another seed, or a dataset, or more drift
     steps are refused at once; a step beyond its end, an unrecorded state, a different

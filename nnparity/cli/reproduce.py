@@ -44,7 +44,9 @@ from pathlib import Path
 
 from nnparity.cli.run import EXIT_INTERRUPTED, EXIT_WORKER, run_recipe
 from nnparity.core import io
-from nnparity.core.signals import interrupt_name, signals_deferred, signals_held
+from contextlib import contextmanager
+
+from nnparity.core.signals import interrupt_name, signals_held
 from nnparity.core.threads import cores
 from nnparity.reporting import results
 from nnparity.reporting.bench import LoadWatch
@@ -244,6 +246,16 @@ class Progress:
             self._draw()
 
 
+@contextmanager
+def _deferred():
+    """A SIGINT or SIGTERM inside the block is raised when it ends (a run started, or recorded,
+    whole). SIGINT stays unblocked: a run has a session of its own and gets signals from here."""
+    with signals_held() as held:
+        yield
+    if held:
+        raise KeyboardInterrupt(held[0])
+
+
 def load1() -> float:
     return round(os.getloadavg()[0], 2)
 
@@ -369,7 +381,7 @@ def reproduce(out=DEFAULT_OUT, only=None, epochs=None, train_size=None, test_siz
             for line in r.lines():
                 bar.line(i, line)
             if ended:
-                with signals_deferred(block_sigint=False):  # recorded once: in done, no longer active
+                with _deferred():  # recorded once: in done, no longer active
                     done[i] = r.result(t0)
                     del active[i]
                 bar.finish(i, done[i]["seconds"])
@@ -383,7 +395,7 @@ def reproduce(out=DEFAULT_OUT, only=None, epochs=None, train_size=None, test_siz
                 while waiting or active:
                     while waiting and len(active) < jobs:
                         i = waiting[0]
-                        with signals_deferred(block_sigint=False):  # a signal comes once the run is on the list
+                        with _deferred():  # a signal comes once the run is on the list
                             active[i] = _Run(i, runs[i], logs / f"{runs[i]['net']}.log", watch)
                             waiting.pop(0)
                         bar.start(i)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 _held = None  # while the final files are written: the signals received, held until they are in place
 _raised: list = []  # the signals whose KeyboardInterrupt the handler raised, in order
@@ -138,24 +138,21 @@ def signals_held():
 
 
 @contextmanager
-def signals_deferred(block_sigint: bool = True):
+def signals_deferred():
     """A SIGINT or SIGTERM that arrives inside the block is raised when the block ends: for
     starting a process, which a ``KeyboardInterrupt`` half-way through would leave reading a
     start that never comes (a spawned child then prints "EOFError: Ran out of input" with a
-    traceback), or running untracked. Inside an outer ``signals_held`` the outer block decides.
+    traceback). Inside an outer ``signals_held`` the outer block decides.
 
     A process started inside the block has SIGINT blocked from its first instruction
     (``_children_block_sigint``): a terminal's Ctrl-C reaches the whole process group, and
-    this process, the parent, is the one that stops its children. ``block_sigint=False`` for
-    a child that runs in a session of its own (no Ctrl-C reaches it) and that the parent stops
-    by passing the signal on (``nnparity reproduce``'s runs)."""
-    blocked = _children_block_sigint if block_sigint else nullcontext
+    this process, the parent, is the one that stops its children."""
     if _held is not None:
-        with blocked():
+        with _children_block_sigint():
             yield
         return
     with signals_held() as held:
-        with blocked():
+        with _children_block_sigint():
             yield
     if held:
         _raise(held[0])

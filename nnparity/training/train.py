@@ -368,6 +368,10 @@ class Training:
             if o["inbox"] or o["taken"] < math.ceil(len(self.ds.y_train) / self.recipe.batch_size):
                 raise RuntimeError(f"{self.net.name}: the run this one follows stopped within epoch {epoch}")
             return self._close_epoch()
+        for f in self.followers:
+            if f._open is not None:
+                raise RuntimeError(f"{self.net.name}: a follower's epoch {f._open['epoch']} is not closed yet: "
+                                   "call its run_epoch after each epoch of the run it follows")
         self._open_epoch(epoch)
         for f in self.followers:
             f._open_epoch(epoch)
