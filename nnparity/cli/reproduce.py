@@ -2,7 +2,7 @@
 
 The runs are the rows of the README's results table (``nnparity.reporting.results``:
 one per registered network, in registry order), each one the command ``nnparity run NET
---out OUT`` itself, in a process of its own (``python -m nnparity run ...``), so each run's
+--out OUT`` itself, in a process of its own (``python -c RUN_CHILD run ...``: the ``nnparity`` script's start), so each run's
 folder has the guarantees of ``nnparity run``: ``OUT/NET`` complete, or left as it was
 (an interrupted or failed run's files go to ``OUT/NET.incomplete``).
 
@@ -56,6 +56,7 @@ DEFAULT_OUT = "runs/reproduce"
 COMMITTED = Path(__file__).resolve().parents[2] / "reports"  # the committed reports: the estimate's weights
 STATUS = {0: "complete", 1: "parity failed", 2: "error", 3: "diverged", 4: "collapsed", EXIT_WORKER: "torch worker failed",
           EXIT_INTERRUPTED: "interrupted"}
+RUN_CHILD = "import sys; from nnparity.cli.main import main; sys.exit(main())"  # the nnparity script's own start
 POLL_SECONDS = 0.25  # how often the runs' logs and ends are looked at
 # an epoch line of a run's log: "epoch   3/100 ..." (a single run), "  correct seed 0 epoch   3/200 ..." (a sweep)
 EPOCH_LINE = re.compile(r"^\s*(?P<where>(?:[\w-]+ seed \d+ )?epoch\s+\d+/\d+)\s")
@@ -274,7 +275,7 @@ def start_order(plan: list) -> list[int]:
 
 
 class _Run:
-    """One run under way: ``python -m nnparity run NET --out OUT ...`` (the very command the
+    """One run under way: ``nnparity run NET --out OUT ...`` (``RUN_CHILD``) (the very command the
     record names) in a session of its own, so that a terminal's Ctrl-C reaches only
     ``nnparity reproduce``, which passes it on (``stop``). Its output, stdout and stderr, goes
     to ``OUT/logs/NET.log``, which this process reads as it grows (``lines``): a run whose
@@ -288,7 +289,7 @@ class _Run:
         with open(log_path, "w", encoding="utf-8") as log:
             log.write(f"===== {run['command']}\n")
             log.flush()
-            self.proc = subprocess.Popen([sys.executable, "-m", "nnparity", *run["argv"]], stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([sys.executable, "-c", RUN_CHILD, *run["argv"]], stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.t0, self.load_before = time.perf_counter(), load1()
