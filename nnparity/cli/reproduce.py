@@ -40,12 +40,11 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from nnparity.cli.run import EXIT_INTERRUPTED, EXIT_WORKER, run_recipe
 from nnparity.core import io
-from contextlib import contextmanager
-
 from nnparity.core.signals import interrupt_name, signals_held
 from nnparity.core.threads import cores
 from nnparity.reporting import results
@@ -281,8 +280,8 @@ class _Run:
     to ``OUT/logs/NET.log``, which this process reads as it grows (``lines``): a run whose
     parent is gone still finishes, and writes, its own folder."""
 
-    def __init__(self, index: int, run: dict, log_path: Path, watch):
-        self.index, self.run, self.log_path = index, run, log_path
+    def __init__(self, run: dict, log_path: Path, watch):
+        self.run, self.log_path = run, log_path
         out = log_path.parent.parent
         self.folders = (out / run["net"], out / f"{run['net']}.incomplete")  # where its files can end up
         self.stamps = [_stamp(f) for f in self.folders]
@@ -397,7 +396,7 @@ def reproduce(out=DEFAULT_OUT, only=None, epochs=None, train_size=None, test_siz
                     while waiting and len(active) < jobs:
                         i = waiting[0]
                         with _deferred():  # a signal comes once the run is on the list
-                            active[i] = _Run(i, runs[i], logs / f"{runs[i]['net']}.log", watch)
+                            active[i] = _Run(runs[i], logs / f"{runs[i]['net']}.log", watch)
                             waiting.pop(0)
                         bar.start(i)
                     time.sleep(POLL_SECONDS)
