@@ -75,6 +75,33 @@ def test_concurrent_training_gives_the_sequential_numbers(raw, name, dtype):
         assert all(np.array_equal(a.states[s][k], b.states[s][k]) for s in a.states for k in a.states[s])
 
 
+def test_overlapped_epochs_give_the_sequential_numbers_and_refuse_a_late_evaluation(raw):
+    """``overlap=True``: the worker trains each next epoch while this process closes the last
+    (linear10's torch side takes no draws), its evaluations and the entry's per-epoch metric
+    sent with the epoch; every row, metric, per-batch curve and final state is the
+    sequential run's. Between two overlapped epochs the worker's state has moved on: an
+    evaluation asked for there is refused, not answered from the wrong epoch."""
+    from nnparity.reporting.linear10 import epoch_metric
+
+    net, recipe, ds = _setup(raw, "linear10", "float64", epochs=3)
+    runs = {}
+    for mode in (False, True):
+        with Training(net, recipe, ds, "float64", 0, per_batch=True, drift_steps=3, concurrent=mode,
+                      overlap=mode, epoch_metric=epoch_metric, record_ref=True) as t:
+            for epoch in range(1, 4):
+                t.run_epoch(epoch, progress=False)
+            runs[mode] = (t.history, t.ref_tape.metrics, {k: np.array(v) for k, v in t.ref.state().items()})
+    (seq, seq_metrics, seq_state), (con, con_metrics, con_state) = runs[False], runs[True]
+    assert _without_seconds(con) == _without_seconds(seq)
+    assert all("metric" in row and "per_batch_val" in row for row in con)
+    assert con_metrics == seq_metrics == [row["metric"]["torch"] for row in seq]
+    assert all(np.array_equal(con_state[k], a) for k, a in seq_state.items())
+    with Training(net, recipe, ds, "float64", 0, concurrent=True, overlap=True) as t:
+        t.run_epoch(1, progress=False)
+        with pytest.raises(RuntimeError, match="next epoch is under way"):
+            t.evaluate()
+
+
 def test_a_checkpoint_of_a_concurrent_run_resumes_to_the_same_numbers(raw, tmp_path):
     """cnn18k: momentum buffers, BatchNorm statistics and dropout generators, through a
     checkpoint whose torch state came back from the worker, into a new worker."""

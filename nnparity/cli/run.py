@@ -32,7 +32,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from nnparity.training import checkpoint
@@ -213,7 +213,8 @@ def _run_single(net, recipe, *, seed, dtype, out, data_dir, parity_steps, progre
         training = None
         status = EXIT_OK
         try:
-            training = Training(net, recipe, ds, dtype, seed, drift_steps=envelope_steps, concurrent=concurrent)
+            training = Training(net, recipe, ds, dtype, seed, drift_steps=envelope_steps, concurrent=concurrent,
+                                overlap=True)
             log(training_mode(training))
             start = 1
             if resumed:
@@ -292,7 +293,6 @@ class SharedTorch:
     worker, and no variant waits for another to finish."""
 
     tape: Tape | None = None                    # the first run's, recorded as it trains
-    metric: list = field(default_factory=list)  # the torch side's per-epoch metric after each epoch
 
 
 def _final(epochs: list, metric: str | None) -> dict:
@@ -420,9 +420,10 @@ def train_run(net, recipe, raw, dtype: str, seed: int, *, parity_steps: int, kee
         training = Training(net, recipe, ds, dtype, seed, per_batch=keep_batches,
                             drift_steps=envelope["steps"] if envelope else 0,
                             record_ref=shared_torch is not None and replay is None, replay_ref=replay,
-                            concurrent=concurrent and replay is None)
+                            concurrent=concurrent and replay is None, overlap=True,
+                            epoch_metric=extras.epoch_metric if metric else None)
         if training.ref_tape is not None:  # the seed's other variants follow it as it is recorded
-            shared_torch.tape, shared_torch.metric = training.ref_tape, []
+            shared_torch.tape = training.ref_tape
         if metric:
             at_init = extras.epoch_metric(training.scratch, ds)  # both sides start from the same weights
             res[f"{metric}_at_init"] = len(at_init)
@@ -434,19 +435,15 @@ def train_run(net, recipe, raw, dtype: str, seed: int, *, parity_steps: int, kee
         for epoch in range(1, recipe.epochs + 1):
             row = training.run_epoch(epoch, progress)
             curves = row.pop("per_batch", None)
-            val = training.evaluate_chunks(recipe.batch_size) if batches is not None else None
+            val = row.pop("per_batch_val", None)
+            if metric:
+                values = row.pop("metric")
             for side in training.sides:
                 if metric:
-                    if side.name == "torch" and replay is not None:
-                        values[side.name] = shared_torch.metric[epoch - 1]
-                    else:
-                        values[side.name] = extras.epoch_metric(side, ds)
                     row[side.name][metric] = len(values[side.name])
                 if batches is not None:
                     batches[f"{side.name}/train"] += curves[side.name]
                     batches[f"{side.name}/val"] += val[side.name]
-            if metric and training.ref_tape is not None:
-                shared_torch.metric.append(values["torch"])
             res["epochs"].append(row)
             s, t = row["scratch"], row["torch"]
             log(f"{variant:>13} seed {seed} epoch {epoch:>3}/{recipe.epochs}  "

@@ -59,6 +59,7 @@ class Tape:
     checked: int = 0  # steps whose loss, gradients and state ``Training`` found finite (a replay stops there)
     states: dict = field(default_factory=dict)        # step -> OrderedDict of copied arrays
     evaluations: list = field(default_factory=list)   # (step, n, batch_size, (loss, accuracy))
+    metrics: list = field(default_factory=list)       # ``Training.epoch_metric`` of the side after each epoch
 
     @property
     def steps(self) -> int:

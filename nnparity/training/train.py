@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,6 +24,7 @@ from nnparity.training.networks import (Dataset, Network, make_sides, rebuildabl
                                         training_batches)
 from nnparity.training.sides import summed
 from nnparity.training.tape import RecordingSide, ReplayedSide, Same, Tape, copy_state
+from nnparity.training.worker import METRIC
 
 
 class Diverged(RuntimeError):
@@ -129,7 +132,7 @@ class Training:
     ds: Dataset
     dtype: str
     seed: int
-    per_batch: bool = False
+    per_batch: bool = False   # each row also holds each step's (loss, accuracy %) and the test set's per batch
     history: list = field(default_factory=list)
     drift_steps: int = 0                              # record the drift after each of the first N steps
     step_drift: list = field(default_factory=list)    # [(step, max relative weight difference)]
@@ -139,6 +142,14 @@ class Training:
     record_ref: bool = False
     replay_ref: "Tape | None" = None
     concurrent: bool = False
+    # a concurrent run's torch worker goes on with the next epoch while this process closes the last one
+    # (``RemoteSide.start_epoch(ahead=True)``), where its torch side takes no draws; then run_epoch takes
+    # the epochs 1 to recipe.epochs in order, and the torch side is evaluated only as each epoch closes
+    overlap: bool = False
+    # a function (side, ds) -> value of each side after every epoch (an entry's ``epoch_metric``: linear10's
+    # dead units), in each row as row["metric"] = {side: value}: a torch worker computes its side's while
+    # this process computes the scratch side's; a replayed torch side gives the recording run's
+    epoch_metric: "Callable | None" = None
     # runs that replay this run's tape while it is recorded, step by step (``follow``): a second
     # variant's scratch side steps beside this run's, in the time this process waits for the torch side
     followers: list = field(default_factory=list)
@@ -170,7 +181,7 @@ class Training:
                      if getattr(mod, "draws_mask", False) and self.ref.uses_draw(name)]
             self.ref = RemoteSide(self.ref, spec=spec_of(self.net.name), recipe=self.recipe, ds=self.ds,
                                   dtype=self.dtype, seed=self.seed, draws=draws, drift_steps=self.drift_steps,
-                                  tape=self.ref_tape)
+                                  tape=self.ref_tape, metric=self.epoch_metric if self._metric_remote() else None)
         elif self.record_ref:
             self.ref = RecordingSide(self.ref, self.ref_tape)
 
@@ -287,7 +298,11 @@ class Training:
         stops the run); within the drift steps the scratch side keeps a copy of its state
         and runs at most two steps ahead."""
         ref = self.ref
-        ref.start_epoch(epoch, self.step_count)
+        evaluations = self._closing_evaluations()
+        ref.start_epoch(epoch, self.step_count, evaluations)
+        if self.overlap and not ref.draws and epoch < self.recipe.epochs:
+            ref.start_epoch(epoch + 1, self.step_count + math.ceil(len(self.ds.y_train) / self.recipe.batch_size),
+                            evaluations, lr=self.recipe.lr_at(epoch + 1), ahead=True)
         waiting = deque()  # the scratch side's steps not paired yet: (step, result, non-finite, state copy)
         for x, y in batches:
             self.step_count += 1
@@ -330,6 +345,38 @@ class Training:
             later = self.ref.evaluate_later(chunk) if getattr(self.ref, "remote", False) else None
             out = {self.scratch.name: evaluate_test(self.scratch, self.ds, chunk)}
             out[self.ref.name] = later() if later else evaluate_test(self.ref, self.ds, chunk)
+        return out
+
+    def _closing_evaluations(self) -> tuple:
+        """What each epoch closes with on the torch side (``_close_epoch``): the whole test set,
+        with ``per_batch`` every ``batch_size`` images (chunk sizes, as ``evaluate_test``), and
+        the ``epoch_metric`` where a torch worker computes it (``worker.METRIC``)."""
+        return ((None, self.recipe.batch_size) if self.per_batch else (None,)) + \
+            ((METRIC,) if getattr(self.ref, "remote", False) and self._metric_remote() else ())
+
+    def _metric_remote(self) -> bool:
+        """Whether a torch worker can compute ``epoch_metric``: a function it can be sent by name."""
+        if self.epoch_metric is None:
+            return False
+        try:
+            pickle.dumps(self.epoch_metric)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            return False
+        return True
+
+    def _metrics(self, remote) -> dict:
+        """``epoch_metric`` of both sides after the epoch just trained (``remote``: the torch
+        worker's answer, a function that waits for it, or None)."""
+        ref = self.ref
+        out = {self.scratch.name: self.epoch_metric(self.scratch, self.ds)}
+        if remote is not None:
+            out[ref.name] = remote()
+        elif getattr(ref, "replayed", False):
+            out[ref.name] = self.replay_ref.metrics[len(self.history)]
+        else:
+            out[ref.name] = self.epoch_metric(ref, self.ds)
+        if self.ref_tape is not None:
+            self.ref_tape.metrics.append(out[ref.name])
         return out
 
     def evaluate(self) -> dict:
@@ -407,6 +454,10 @@ class Training:
                    frozen=self._frozen(o["before"]))
         if curves is not None:
             row["per_batch"] = curves
+            row["per_batch_val"] = self.evaluate_chunks(self.recipe.batch_size)
+        if self.epoch_metric is not None:
+            remote = getattr(self.ref, "remote", False) and self._metric_remote()
+            row["metric"] = self._metrics(self.ref.evaluate_later(METRIC) if remote else None)
         self.history.append(row)
         return row
 

@@ -40,11 +40,18 @@ still due (an interrupted epoch, a divergence) is stopped instead of reused.
 
 Messages, in order on one pipe (the worker answers each in turn)::
 
-    to the worker:   ("setup", {...})  ("epoch", epoch, lr, steps done)  then, if it takes
-                     the scratch side's draws, ("draws", {layer: mask}) once per step;
+    to the worker:   ("setup", {...})  ("epoch", epoch, lr, steps done, evaluations)  then, if
+                     it takes the scratch side's draws, ("draws", {layer: mask}) once per step;
                      ("evaluate", chunk)  ("load", state)  ("release",)  ("stop",)
     from the worker: ("ready",)  ("steps", [(step, StepResult, seconds, non-finite, state or None), ...])
                      ("evaluated", result)  ("state", state)  ("error", what)
+
+An epoch's ``evaluations`` (chunk sizes, None for the whole test set, or ``METRIC``: the
+``Training.epoch_metric`` the setup names) are evaluated on the state after its last step and
+sent after its steps, each an ``("evaluated", result)``. So
+a torch side that takes no draws can be sent its next epoch before this process has closed
+the last one (``RemoteSide.start_epoch(..., ahead=True)``): it trains on while this process
+compares, evaluates and logs, and each epoch's evaluations still see that epoch's state.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ from nnparity.training.tape import copy_state
 
 _FIELDS = ("x_train", "y_train", "x_test", "y_test")
 BATCHED_STEPS = 16  # steps' results per message from the worker, at most
+METRIC = "metric"  # an epoch's evaluation that is the setup's per-epoch metric of the side, not a test-set evaluation
 _ALIGN = 64  # each array starts on a 64-byte boundary of the mapped file (as NumPy's own allocations)
 
 
@@ -181,7 +189,7 @@ def _session(conn, setup: dict) -> bool:
     ds = _map_data(*setup["data"])
     net = get(setup["spec"])
     recipe = dataclasses.replace(net.recipe, **setup["recipe"])
-    seed, drift_steps, takes_draws = setup["seed"], setup["drift_steps"], bool(setup["draws"])
+    seed, drift_steps, takes_draws, metric = setup["seed"], setup["drift_steps"], bool(setup["draws"]), setup["metric"]
     _, side = make_sides(net, recipe, setup["dtype"], seed)
     torch.set_num_threads(1)  # after make_sides, which applies the network's own count
     side.load_state(setup["state"])
@@ -191,7 +199,7 @@ def _session(conn, setup: dict) -> bool:
         msg = conn.recv()
         kind = msg[0]
         if kind == "epoch":
-            _, epoch, lr, step = msg
+            _, epoch, lr, step, evaluations = msg
             side.set_lr(lr)
             done = []  # steps not sent yet: sent in batches, a message per step would cost the parent time
 
@@ -216,6 +224,8 @@ def _session(conn, setup: dict) -> bool:
                 if bad:
                     break  # the run stops at the earliest non-finite step of either side
             send()
+            for chunk in evaluations if not bad else ():  # (after a non-finite step the run stops: none is read)
+                conn.send(("evaluated", metric(side, ds) if chunk == METRIC else evaluate_test(side, ds, chunk)))
         elif kind == "evaluate":
             conn.send(("evaluated", evaluate_test(side, ds, msg[1])))
         elif kind == "load":
@@ -369,22 +379,27 @@ class RemoteSide:
     ``seconds``, ``state()`` (between epochs: the state after the last step received),
     ``load_state``, ``set_lr``; stepping is ``start_epoch`` then, per step, ``give_draws``
     and ``next_step``; ``evaluate_later`` asks for an evaluation and returns the function
-    that waits for it. ``tape``: a ``nnparity.training.tape.Tape`` it records into."""
+    that waits for it. ``tape``: a ``nnparity.training.tape.Tape`` it records into. ``metric``:
+    the ``Training.epoch_metric`` the worker computes when an epoch asks for ``METRIC``
+    (a module-level function: it is sent to the worker by name)."""
 
     remote = True
 
-    def __init__(self, local, *, spec: str, recipe, ds, dtype, seed: int, draws, drift_steps: int, tape=None):
+    def __init__(self, local, *, spec: str, recipe, ds, dtype, seed: int, draws, drift_steps: int, tape=None,
+                 metric=None):
         self.name, self.loss_fn, self.seconds, self.tape = local.name, local.loss_fn, 0.0, tape
         self.draws = tuple(draws)
         if tape is not None:
             tape.states[0] = copy_state(local.state())
         self._state, self._lr, self._epoch, self._n_test = copy_state(local.state()), None, None, len(ds.y_test)
+        self._sent = deque()  # epochs sent, not yet begun by this process: (epoch, lr, steps done), at most one
+        self._due = deque()   # evaluations sent with an epoch, not yet taken: (epoch, chunk)
         self._steps_per_epoch = math.ceil(len(ds.y_train) / recipe.batch_size)
         self._received = deque()  # steps come in batches: those not asked for yet
         path, layout = _write_data(ds)
         setup = {"spec": spec, "recipe": {f.name: getattr(recipe, f.name) for f in dataclasses.fields(recipe)},
                  "dtype": str(np.dtype(dtype)), "seed": seed, "data": (path, layout), "state": self._state,
-                 "draws": self.draws, "drift_steps": drift_steps}
+                 "draws": self.draws, "drift_steps": drift_steps, "metric": metric}
         try:
             self._worker = _acquire()
         except BaseException:
@@ -441,16 +456,42 @@ class RemoteSide:
         return self._state
 
     def load_state(self, state: dict) -> None:
+        if self._sent:
+            raise RuntimeError(f"the torch worker is training epoch {self._sent[0][0]} already: load a state "
+                               "before the epochs, not between them")
         self._ask(1, "load", dict(state))
         self._state = self._receive("state")[1]
 
     def set_lr(self, lr: float) -> None:
         self._lr = lr  # sent with the next epoch
 
-    def start_epoch(self, epoch: int, steps_done: int) -> None:
-        """Train epoch ``epoch``, after ``steps_done`` steps of the run (at the learning rate set last)."""
+    def start_epoch(self, epoch: int, steps_done: int, evaluations=(), lr=None, ahead: bool = False) -> None:
+        """Train epoch ``epoch``, after ``steps_done`` steps of the run, at ``lr`` (default: the
+        learning rate set last); then evaluate ``evaluations`` on the state after it (chunk sizes,
+        None: the whole test set), which ``evaluate_later`` then takes in that order.
+
+        ``ahead``: send it now, while the epoch before is still under way here, so that the worker
+        goes on with it at once; the later ``start_epoch`` of that epoch, with the same learning
+        rate and step count, only begins it here. Only for a side that takes no draws (the worker
+        would wait for this process's masks), and only an epoch this process will train next: an
+        epoch sent ahead and never begun leaves the worker with answers due, so it is stopped at
+        the end, not reused."""
+        lr = self._lr if lr is None else lr
+        if self._sent:
+            sent = self._sent[0]
+            if ahead or sent != (epoch, lr, steps_done):
+                raise RuntimeError(f"the torch worker was sent epoch {sent[0]} (lr {sent[1]}, after {sent[2]} steps) "
+                                   f"ahead; epoch {epoch} (lr {lr}, after {steps_done} steps) cannot come before it")
+            self._sent.popleft()
+        else:
+            if ahead and self.draws:
+                raise ValueError("an epoch is sent ahead only to a torch side that takes no draws")
+            self._ask(self._steps_per_epoch + len(evaluations), "epoch", epoch, lr, steps_done, tuple(evaluations))
+            self._due.extend((epoch, chunk) for chunk in evaluations)
+            if ahead:
+                self._sent.append((epoch, lr, steps_done))
+                return
         self._epoch = epoch
-        self._ask(self._steps_per_epoch, "epoch", epoch, self._lr, steps_done)
 
     def give_draws(self, draws) -> None:
         """The scratch side's draws of the step it just took, those the torch side takes."""
@@ -477,12 +518,21 @@ class RemoteSide:
         return step, result, bad, state
 
     def evaluate_later(self, chunk=None):
-        """Ask for ``evaluate_test(side, ds, chunk)`` now; the function returned waits for it."""
-        self._ask(1, "evaluate", chunk)
+        """Ask for ``evaluate_test(side, ds, chunk)`` now (or take the one the epoch just trained
+        was sent with, ``start_epoch``); the function returned waits for it."""
+        if self._due and self._due[0] == (self._epoch, chunk):
+            self._due.popleft()  # asked for with the epoch: already due
+        elif self._due or self._sent:  # (a _sent epoch's evaluations are in _due)
+            why = "those sent with its epoch come first" if self._due and self._due[0][0] == self._epoch \
+                else "the next epoch is under way"
+            raise RuntimeError(f"an evaluation (chunk {chunk}) of the torch side was asked for at epoch {self._epoch}, "
+                               f"where {why}: give every evaluation of an epoch to start_epoch")
+        else:
+            self._ask(1, "evaluate", chunk)
 
         def result():
             out = self._receive("evaluated")[1]
-            if self.tape is not None:
+            if self.tape is not None and chunk != METRIC:  # (Training records the metric)
                 if chunk is None:
                     self.tape.add_evaluation(self._n_test, None, out)
                 else:
