@@ -70,6 +70,17 @@ def nonfinite(side, result) -> str:
     return "; ".join(found[:4] if more else found) + more
 
 
+def _sendable(fn) -> bool:
+    """Whether ``fn`` can be sent to a worker process: a module-level function, pickled by name."""
+    if fn is None:
+        return False
+    try:
+        pickle.dumps(fn)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return False
+    return True
+
+
 def rounding_noise_keys(net) -> frozenset:
     """State keys that hold rounding noise only: the momentum buffers of gradients that
     are zero by construction (``Network.allowed_zero``, e.g. cnn18k's conv biases before
@@ -160,6 +171,7 @@ class Training:
         self.ref_tape = None
         self.led = None     # a follower: the run it follows, which takes its steps (``follow``)
         self._open = None   # the epoch under way: its totals, curves, parameters before it
+        self._metric_in_worker = False  # a torch worker computes epoch_metric (a function it can be sent by name)
         key = self._ref_key()
         if self.replay_ref is not None:
             why = self.replay_ref.mismatch(key, self.drift_steps)
@@ -170,18 +182,19 @@ class Training:
             return
         if self.record_ref:
             self.ref_tape = Tape(key, self.ref.name, self.ref.loss_fn.reduction, self.drift_steps,
-                                 math.ceil(len(self.ds.y_train) / self.recipe.batch_size))
+                                 self.steps_per_epoch)
         if self.concurrent:
             from nnparity.training.worker import RemoteSide
 
             if not rebuildable(self.net):
                 raise ValueError(f"{self.net.name}: a worker process cannot build this network (it was made in this "
                                  "process, not loaded from a file or module): train it with concurrent=False")
+            self._metric_in_worker = _sendable(self.epoch_metric)
             draws = [name for name, mod in self.scratch.model.named_modules()
                      if getattr(mod, "draws_mask", False) and self.ref.uses_draw(name)]
             self.ref = RemoteSide(self.ref, spec=spec_of(self.net.name), recipe=self.recipe, ds=self.ds,
                                   dtype=self.dtype, seed=self.seed, draws=draws, drift_steps=self.drift_steps,
-                                  tape=self.ref_tape, metric=self.epoch_metric if self._metric_remote() else None)
+                                  tape=self.ref_tape, metric=self.epoch_metric if self._metric_in_worker else None)
         elif self.record_ref:
             self.ref = RecordingSide(self.ref, self.ref_tape)
 
@@ -203,6 +216,10 @@ class Training:
         torch side ignores it), dtype, seed and the very same dataset."""
         return {"network": self.net.name, "recipe": dataclasses.replace(self.recipe, variant=""),
                 "dtype": str(np.dtype(self.dtype)), "seed": self.seed, "dataset": Same(self.ds)}
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.ds.y_train) / self.recipe.batch_size)
 
     @property
     def sides(self):
@@ -301,7 +318,7 @@ class Training:
         evaluations = self._closing_evaluations()
         ref.start_epoch(epoch, self.step_count, evaluations)
         if self.overlap and not ref.draws and epoch < self.recipe.epochs:
-            ref.start_epoch(epoch + 1, self.step_count + math.ceil(len(self.ds.y_train) / self.recipe.batch_size),
+            ref.start_epoch(epoch + 1, self.step_count + self.steps_per_epoch,
                             evaluations, lr=self.recipe.lr_at(epoch + 1), ahead=True)
         waiting = deque()  # the scratch side's steps not paired yet: (step, result, non-finite, state copy)
         for x, y in batches:
@@ -352,17 +369,7 @@ class Training:
         with ``per_batch`` every ``batch_size`` images (chunk sizes, as ``evaluate_test``), and
         the ``epoch_metric`` where a torch worker computes it (``worker.METRIC``)."""
         return ((None, self.recipe.batch_size) if self.per_batch else (None,)) + \
-            ((METRIC,) if getattr(self.ref, "remote", False) and self._metric_remote() else ())
-
-    def _metric_remote(self) -> bool:
-        """Whether a torch worker can compute ``epoch_metric``: a function it can be sent by name."""
-        if self.epoch_metric is None:
-            return False
-        try:
-            pickle.dumps(self.epoch_metric)
-        except (pickle.PicklingError, AttributeError, TypeError):
-            return False
-        return True
+            ((METRIC,) if self._metric_in_worker else ())
 
     def _metrics(self, remote) -> dict:
         """``epoch_metric`` of both sides after the epoch just trained (``remote``: the torch
@@ -412,7 +419,7 @@ class Training:
             if o["failed"] is not None:
                 self.unfollow()
                 raise o["failed"]
-            if o["inbox"] or o["taken"] < math.ceil(len(self.ds.y_train) / self.recipe.batch_size):
+            if o["inbox"] or o["taken"] < self.steps_per_epoch:
                 raise RuntimeError(f"{self.net.name}: the run this one follows stopped within epoch {epoch}")
             return self._close_epoch()
         for f in self.followers:
@@ -423,7 +430,7 @@ class Training:
         for f in self.followers:
             f._open_epoch(epoch)
         o = self._open
-        n_batches = math.ceil(len(self.ds.y_train) / self.recipe.batch_size)
+        n_batches = self.steps_per_epoch
         bar = tqdm(o["batches"], total=n_batches, desc=f"{self.net.name} epoch {epoch}/{self.recipe.epochs}",
                    leave=False, disable=None if progress is None else not progress, unit="batch")
         steps = self._steps_concurrent if getattr(self.ref, "remote", False) else self._steps
@@ -456,8 +463,7 @@ class Training:
             row["per_batch"] = curves
             row["per_batch_val"] = self.evaluate_chunks(self.recipe.batch_size)
         if self.epoch_metric is not None:
-            remote = getattr(self.ref, "remote", False) and self._metric_remote()
-            row["metric"] = self._metrics(self.ref.evaluate_later(METRIC) if remote else None)
+            row["metric"] = self._metrics(self.ref.evaluate_later(METRIC) if self._metric_in_worker else None)
         self.history.append(row)
         return row
 
