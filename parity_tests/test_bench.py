@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from nnparity.reporting import bench, results
-from nnparity.reporting.bench import epochs_projections, judge_load
+from nnparity.reporting.bench import epochs_projections, judge_load, reproduction_bound
+from nnparity.training.networks import NETWORKS
 
 
 def test_mlp16_run_projection_states_the_floor_and_misses_it_when_slow():
@@ -19,6 +20,35 @@ def test_mlp16_run_projection_states_the_floor_and_misses_it_when_slow():
     assert fast == ["mlp16 float32: 100 epochs on the scratch side = 100 x 0.50 s = 50 s (floor < 120 s: ok)"]
     slow = epochs_projections([dict(rows[0], scratch_s=1.3)])
     assert slow[0].endswith("(floor < 120 s: MISSED)")
+
+
+def documented_rows(scratch_s: float, torch_s: float, skip=()):
+    return [{"net": name, "dtype": net.recipe.dtype, "s_per_epoch": {"scratch_one": scratch_s, "torch_one": torch_s}}
+            for name, net in NETWORKS.items() if net.claim and net.mnist and name not in skip]
+
+
+def test_the_reproduction_bound_adds_each_documented_run_as_nnparity_run_trains_it():
+    """Core-seconds per run: epochs x seeds x (variants x scratch + torch), the torch side of a
+    sweep once per seed; shared out over the cores, never below the slowest side of one run."""
+    nets = {n: net for n, net in NETWORKS.items() if net.claim and net.mnist}
+    runs = {n: net.recipe.epochs * (net.seeds if "seeds" in net.sweep else 1) for n, net in nets.items()}
+    variants = {n: len(net.variants) if "variants" in net.sweep else 1 for n, net in nets.items()}
+    b = reproduction_bound(documented_rows(0.01, 0.02), 2)
+    want = sum(runs[n] * (variants[n] * 0.01 + 0.02) for n in nets)
+    assert b["core_seconds"] == pytest.approx(want) and b["bound_s"] == pytest.approx(want / 2)
+    assert b["ok"] and b["text"].endswith("(floor < 30 min: ok)")
+    assert "linear10 float64 200 x 5 seeds x (2 variants x 0.01 + 0.02 s)" in b["text"]
+    slow = reproduction_bound(documented_rows(1.0, 2.0), 2)
+    assert not slow["ok"] and slow["text"].endswith("MISSED)")
+    # one core per side: a run is never faster than its slower side, however many cores there are
+    many = reproduction_bound(documented_rows(0.01, 0.02), 1000)
+    assert many["bound_s"] == pytest.approx(max(runs[n] * max(variants[n] * 0.01, 0.02) for n in nets))
+
+
+def test_a_reproduction_bound_with_a_run_not_measured_is_not_judged():
+    b = reproduction_bound(documented_rows(0.01, 0.02, skip=("cnn18k",)), 2)
+    assert not b["ok"] and b["text"].endswith("(floor < 30 min: not judged: cnn18k float32 not measured)")
+    assert reproduction_bound([{"net": "mine", "dtype": "float32", "s_per_epoch": {}}], 2) is None
 
 
 def readings(*loads):

@@ -70,6 +70,8 @@ FLOORS = (
 # Whole-run floors on the scratch side: (network, epochs, seconds) (the hardening issue:
 # the mlp16 source document's author needed 20 minutes for 100 epochs).
 RUN_FLOORS = [("mlp16", 100, 120.0)]
+# The whole reproduction (``nnparity reproduce``, issue 15): under 30 minutes wall.
+REPRODUCTION_FLOOR_S = 30 * 60.0
 
 
 def concurrent_available() -> bool:
@@ -475,6 +477,9 @@ def bench(names, dtypes=("float32", "float64"), repeats=3, steps=None, data_dir=
     record["floors"] = floors(rows)
     record["projections"] = epochs_projections([{"net": r["net"], "dtype": r["dtype"],
                                                  "scratch_s": r["s_per_epoch"]["scratch_whole"]} for r in rows])
+    record["reproduction_bound"] = reproduction_bound(rows, info["cores"])
+    if record["reproduction_bound"]:
+        record["projections"].append(record["reproduction_bound"]["text"])
     for line in [f["text"] for f in record["floors"]] + record["projections"]:
         print(line)
     print(f"load: before {load['readings'][0]['loadavg']}, after {load['readings'][-1]['loadavg']}"
@@ -514,6 +519,48 @@ def epochs_projections(rows) -> list[str]:
                              f"{r['scratch_s']:.2f} s = {total:.0f} s (floor < {limit:.0f} s: "
                              f"{'ok' if total < limit else 'MISSED'})")
     return lines
+
+
+def reproduction_bound(rows, n_cores: int) -> dict | None:
+    """The least wall time ``nnparity reproduce`` can take on this machine: the documented runs'
+    training steps at the one-core speeds measured here (each side of a run has a core of its
+    own), as core-seconds shared out over every core, and never less than the slowest side of
+    the longest run. Steps only: evaluation, parity checks, envelopes and start-up all add to it,
+    and so does the memory traffic of two processes at once (the concurrent column). None when no
+    documented run was measured in its documented dtype.
+
+    Per run: epochs x seeds x (variants x scratch + torch) s/epoch, as ``nnparity run`` trains
+    it: a sweep trains the torch side once per seed and the scratch side once per variant."""
+    parts, missing = [], []
+    for name, net in NETWORKS.items():
+        if not (net.claim and net.mnist):
+            continue
+        dtype = net.recipe.dtype
+        row = next((r for r in rows if r["net"] == name and r["dtype"] == dtype), None)
+        if row is None:
+            missing.append(f"{name} {dtype}")
+            continue
+        s = row["s_per_epoch"]
+        seeds = net.seeds if "seeds" in net.sweep else 1
+        variants = len(net.variants) if "variants" in net.sweep else 1
+        scratch, torch = net.recipe.epochs * seeds * variants * s["scratch_one"], net.recipe.epochs * seeds * s["torch_one"]
+        times = f"{net.recipe.epochs}" + (f" x {seeds} seeds" if seeds > 1 else "")
+        each = f"{variants} variants x {s['scratch_one']:.2f}" if variants > 1 else f"{s['scratch_one']:.2f}"
+        parts.append({"net": name, "dtype": dtype, "scratch_core_s": scratch, "torch_core_s": torch,
+                      "text": f"{name} {dtype} {times} x ({each} + {s['torch_one']:.2f} s) = {scratch + torch:.0f}"})
+    if not parts:
+        return None
+    core_s = sum(p["scratch_core_s"] + p["torch_core_s"] for p in parts)
+    longest = max(max(p["scratch_core_s"], p["torch_core_s"]) for p in parts)
+    bound = max(core_s / n_cores, longest)
+    ok = bound < REPRODUCTION_FLOOR_S and not missing
+    verdict = ("ok" if ok else "MISSED") if not missing else f"not judged: {', '.join(missing)} not measured"
+    text = ("the documented runs' training steps at the one-core s/epoch above: " + "; ".join(p["text"] for p in parts)
+            + f"; {core_s:.0f} core-seconds in all, so on {n_cores} cores `nnparity reproduce` takes at least "
+            f"{bound:.0f} s ({bound / 60:.1f} min) for its training steps alone "
+            f"(floor < {REPRODUCTION_FLOOR_S / 60:.0f} min: {verdict})")
+    return {"runs": parts, "missing": missing, "core_seconds": core_s, "cores": n_cores, "bound_s": bound,
+            "ok": ok, "text": text}
 
 
 def row_line(r: dict) -> str:
