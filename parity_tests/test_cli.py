@@ -233,3 +233,6 @@ def test_an_error_that_follows_a_signal_is_reported_as_the_interrupt(monkeypatch
     monkeypatch.setattr(cli, "_main", lambda argv: 1 / 0)
     with pytest.raises(ZeroDivisionError):  # with no signal, an error is the error
         cli.main(["run", "mlp16"])
+    monkeypatch.setattr(signals, "_raised", ["SIGINT"])  # an earlier command of this process was interrupted
+    with pytest.raises(ZeroDivisionError):  # this command took no signal: its error is still the error
+        cli.main(["run", "mlp16"])

@@ -281,9 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from nnparity.core.signals import catch_interrupts, raised_signal
+    from nnparity.core.signals import catch_interrupts, raised_count, raised_signal
 
     restore_signals = catch_interrupts()  # SIGINT and SIGTERM: one line and exit 130, from here on
+    signals_before = raised_count()  # those of an earlier command in this process are not this one's
     try:
         status = _main(argv)
         sys.stdout.flush()  # inside the try: a reader that has gone shows here, not at interpreter exit
@@ -294,7 +295,7 @@ def main(argv=None) -> int:
         print("nnparity: interrupted", file=sys.stderr)
         return 130
     except Exception:
-        if raised_signal() is None:
+        if raised_signal(since=signals_before) is None:
             raise
         print("nnparity: interrupted", file=sys.stderr)  # the interrupt, turned into another error by C code
         return 130

@@ -69,12 +69,20 @@ def _alarm(signum, frame):
         _interrupt(pending, frame)
 
 
-def raised_signal() -> str | None:
-    """The last signal whose ``KeyboardInterrupt`` the handler raised, if any. C code can turn
-    that exception into another one: a SIGTERM while NumPy's extension imports ``datetime``
-    came out as "ImportError: PyCapsule_Import could not import module datetime" (seen in CI).
-    A command that fails after a signal is then reported as interrupted, not as that error."""
-    return _raised[-1] if _raised else None
+def raised_count() -> int:
+    """How many signals the handler has raised in this process so far (``raised_signal``'s mark)."""
+    return len(_raised)
+
+
+def raised_signal(since: int = 0) -> str | None:
+    """The last signal whose ``KeyboardInterrupt`` the handler raised after the first ``since``
+    (a ``raised_count()`` taken when a command began), if any. C code can turn that exception
+    into another one: a SIGTERM while NumPy's extension imports ``datetime`` came out as
+    "ImportError: PyCapsule_Import could not import module datetime" (seen in CI). A command
+    that fails after a signal is then reported as interrupted, not as that error; a signal an
+    earlier command of the same process took (``main`` called again, as tests do) is not this
+    command's."""
+    return _raised[-1] if len(_raised) > since else None
 
 
 def catch_interrupts():
