@@ -27,6 +27,12 @@ torch no longer lets its inter-op pool be set (it exists, or a first fork set it
 worker of the same process is spawned). NumPy's OpenBLAS pool shuts itself down across a
 fork (its own ``pthread_atfork`` handler), as ``parity_tests/preloaded.py`` relies on too.
 
+This process writes to the worker from a thread of its own (``_write``): a step's masks
+are larger than the pipe's buffer, and writing them from the main thread would hold the
+scratch side at each step until the worker came to read them, the two sides in lockstep;
+the writer lets the scratch side run up to ``OUTBOX`` messages ahead. Each message is
+pickled when it is sent, so later changes to its arrays do not reach the worker.
+
 The data are passed once: written to one file (in ``/dev/shm``, memory, where it
 exists) that the worker maps and unlinks at once, so nothing is left behind whichever
 process ends first. A worker that dies is a ``WorkerError`` of one line, never a wait;
@@ -69,6 +75,8 @@ import threading
 import traceback
 import warnings
 import weakref
+from multiprocessing.reduction import ForkingPickler
+
 import numpy as np
 
 from nnparity.core.signals import signals_deferred
@@ -76,6 +84,7 @@ from nnparity.training.tape import copy_state
 
 _FIELDS = ("x_train", "y_train", "x_test", "y_test")
 BATCHED_STEPS = 16  # steps' results per message from the worker, at most
+OUTBOX = 64  # messages to the worker waiting to be written, at most (cnn18k: 64 steps' masks, 22 MB)
 METRIC = "metric"  # an epoch's evaluation that is the setup's per-epoch metric of the side, not a test-set evaluation
 _ALIGN = 64  # each array starts on a 64-byte boundary of the mapped file (as NumPy's own allocations)
 
@@ -257,8 +266,27 @@ def _read(conn, inbox) -> None:
         inbox.put(None)
 
 
-def _stop(process, conn) -> None:
-    """End a worker process: SIGTERM (it holds nothing to save), then SIGKILL if need be."""
+def _write(conn, outbox, failed) -> None:
+    """The writer thread: every message of ``outbox`` (pickled already) onto the pipe, in
+    order, until ``None``. A step's masks (cnn18k: 346 kB) do not fit in the pipe's buffer,
+    so writing them waits until the worker reads them, at its next step; from this thread,
+    the scratch side steps on meanwhile instead of waiting for the torch side step by step.
+    Once a write fails (the worker ended) ``failed`` is set and the rest is dropped."""
+    while True:
+        buf = outbox.get()
+        if buf is None:
+            return
+        if failed.is_set():
+            continue
+        try:
+            conn.send_bytes(buf)
+        except (OSError, ValueError):  # the worker ended, or _stop closed the pipe
+            failed.set()
+
+
+def _stop(process, conn, outbox) -> None:
+    """End a worker process: SIGTERM (it holds nothing to save), then SIGKILL if need be;
+    then the pipe and the writer thread (its write to an ended worker fails at once)."""
     try:
         if process.is_alive():
             process.terminate()
@@ -268,6 +296,7 @@ def _stop(process, conn) -> None:
             process.kill()
             process.join()
         conn.close()
+        outbox.put(None)
 
 
 def _ending(process) -> str:
@@ -300,8 +329,8 @@ def _forkable() -> bool:
 
 
 class _Worker:
-    """A worker process (``serve``), its pipe and the thread that reads it; forked if ``fork``
-    and ``_forkable()``, spawned otherwise."""
+    """A worker process (``serve``), its pipe and the two threads that read and write it
+    (``send``); forked if ``fork`` and ``_forkable()``, spawned otherwise."""
 
     def __init__(self, fork: bool = False):
         forked = fork and _forkable()
@@ -317,15 +346,26 @@ class _Worker:
                 child.close()
                 self.pid = self.process.pid
                 self.inbox = queue.SimpleQueue()
+                self._outbox, self._failed = queue.Queue(maxsize=OUTBOX), threading.Event()
                 threading.Thread(target=_read, args=(self.conn, self.inbox), daemon=True,
                                  name="nnparity torch worker reader").start()
-                self.stop = weakref.finalize(self, _stop, self.process, self.conn)
+                threading.Thread(target=_write, args=(self.conn, self._outbox, self._failed), daemon=True,
+                                 name="nnparity torch worker writer").start()
+                self.stop = weakref.finalize(self, _stop, self.process, self.conn, self._outbox)
         except KeyboardInterrupt:
             self.stop()
             raise
 
     def alive(self) -> bool:
         return self.process.is_alive()
+
+    def send(self, msg) -> None:
+        """``msg`` to the worker, after those sent before it: pickled here (the arrays as they
+        are now, whatever this process does to them next), written by the writer thread. At
+        most ``OUTBOX`` messages wait; an ``OSError`` once a write has failed."""
+        if self._failed.is_set():
+            raise OSError("the torch worker's pipe is closed")
+        self._outbox.put(ForkingPickler.dumps(msg))
 
 
 _IDLE: list = []  # at most one started worker that no Training holds
@@ -365,7 +405,7 @@ class _Session:
             w.stop()
             return
         try:
-            w.conn.send(("release",))
+            w.send(("release",))
         except OSError:
             w.stop()
             return
@@ -415,7 +455,7 @@ class RemoteSide:
         """Send ``msg``, which ``replies`` messages will answer."""
         self._session.outstanding += replies
         try:
-            self._worker.conn.send(msg)
+            self._worker.send(msg)
         except OSError:
             raise self._died() from None
 
