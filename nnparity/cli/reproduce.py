@@ -96,12 +96,7 @@ def planned_epochs(net, recipe) -> int | None:
     """The epoch lines a run of ``net`` logs: epochs x seeds x variants (None: it logs none)."""
     if not net.mnist:
         return None
-    n = recipe.epochs
-    if "seeds" in net.sweep:
-        n *= net.seeds
-    if "variants" in net.sweep:
-        n *= len(net.variants)
-    return n
+    return recipe.epochs * net.run_seeds * net.run_variants
 
 
 def recorded_seconds(metrics: dict) -> float:

@@ -541,9 +541,9 @@ def reproduction_bound(rows, n_cores: int) -> dict | None:
             missing.append(f"{name} {dtype}")
             continue
         s = row["s_per_epoch"]
-        seeds = net.seeds if "seeds" in net.sweep else 1
-        variants = len(net.variants) if "variants" in net.sweep else 1
-        scratch, torch = net.recipe.epochs * seeds * variants * s["scratch_one"], net.recipe.epochs * seeds * s["torch_one"]
+        seeds, variants = net.run_seeds, net.run_variants
+        epochs = net.recipe.epochs * seeds  # of each side: the torch side once per seed, the scratch side per variant
+        scratch, torch = epochs * variants * s["scratch_one"], epochs * s["torch_one"]
         times = f"{net.recipe.epochs}" + (f" x {seeds} seeds" if seeds > 1 else "")
         each = f"{variants} variants x {s['scratch_one']:.2f}" if variants > 1 else f"{s['scratch_one']:.2f}"
         parts.append({"net": name, "dtype": dtype, "scratch_core_s": scratch, "torch_core_s": torch,

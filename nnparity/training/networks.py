@@ -200,6 +200,16 @@ class Network:
         """Trained on MNIST (else it brings its own data: no bench, no loader)."""
         return self.data.mnist
 
+    @property
+    def run_seeds(self) -> int:
+        """The seeds its documented run trains: ``seeds`` where it sweeps them, else one."""
+        return self.seeds if "seeds" in self.sweep else 1
+
+    @property
+    def run_variants(self) -> int:
+        """The variants its documented run trains for each seed (their torch side once), else one."""
+        return len(self.variants) if "variants" in self.sweep else 1
+
     def tolerance(self, dtype) -> Tolerance:
         """The comparison tolerance of this network in ``dtype``: its own, else the suite's."""
         return dict(self.tolerances).get(np.dtype(dtype).name) or tolerance_for(dtype)
