@@ -3,21 +3,25 @@ process) give the numbers of the sides alternating in one process, bit for bit: 
 epoch row (both sides' figures, weight differences, frozen parameters, per-batch
 curves), the drift after each of the first steps, both sides' final state, a recorded
 torch tape, a checkpoint resumed, and the step a run diverges at. A worker that dies is
-one error, never a wait."""
+one error, never a wait, and a Ctrl-C in the middle of a message to it never stops its end."""
 
 import hashlib
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from nnparity.core import data as mnist
+from nnparity.core.signals import handled_signals
+from nnparity.training import worker
 from nnparity.training import checkpoint
 from nnparity.training.networks import get, prepare
 from nnparity.training.train import Diverged, Training
@@ -191,6 +195,84 @@ def test_a_killed_worker_is_one_error_not_a_wait(raw):
     assert "\n" not in str(e.value)
 
 
+class _Running:
+    """A worker process that is still there: the writer is tested on a bare pipe."""
+    def is_alive(self):
+        return True
+
+
+def _interrupt_at(k: int):
+    """A trace function that raises a SIGINT's ``KeyboardInterrupt`` before the ``k``-th
+    bytecode the traced call runs (in this thread, callees included): a signal's handler can
+    raise only between two bytecodes, so ``k = 1, 2, ...`` are all the places where one can."""
+    count = 0
+
+    def trace(frame, event, arg):
+        nonlocal count
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            count += 1
+            if count == k:
+                raise KeyboardInterrupt("SIGINT")
+        return trace
+    return trace
+
+
+def interrupted_sends(writer_class, wait: float = 5.0) -> list:
+    """For each place in ``writer_class(conn, process).send`` where a signal can land, one
+    writer: two messages sent, a third cut by a ``KeyboardInterrupt`` there, then ``close``.
+    Returns the places that went wrong: ``(k, "wedged")`` where ``close`` had not returned
+    after ``wait`` seconds, ``(k, "lost")`` where the other end did not read whole messages in
+    order, the two sent and at most the one cut. Ends at the first ``k`` past the end of a send."""
+    wrong, k = [], 0
+
+    def drain(conn, got):
+        try:
+            while True:
+                got.append(conn.recv())
+        except (EOFError, OSError):
+            pass
+
+    while True:
+        k += 1
+        ours, theirs = multiprocessing.Pipe()
+        got = []
+        reader = threading.Thread(target=drain, args=(theirs, got), daemon=True)
+        reader.start()
+        writer = writer_class(ours, _Running())
+        writer.send(0)
+        writer.send(1)
+        cut = False
+        sys.settrace(_interrupt_at(k))
+        try:
+            writer.send(2)
+        except KeyboardInterrupt:
+            cut = True
+        finally:
+            sys.settrace(None)
+        closer = threading.Thread(target=writer.close, daemon=True)
+        closer.start()
+        closer.join(wait)
+        if closer.is_alive():
+            wrong.append((k, "wedged"))
+            continue
+        reader.join(wait)
+        theirs.close()
+        if got not in ([0, 1], [0, 1, 2]) or (not cut and got != [0, 1, 2]):
+            wrong.append((k, "lost"))
+        if not cut:
+            return wrong
+
+
+def test_a_signal_anywhere_in_a_send_leaves_the_worker_stoppable():
+    """A Ctrl-C lands wherever the main thread is, inside ``send`` too. Wherever it lands, the
+    writer thread must still end and the pipe close (``_stop``), with every message handed over
+    written. With a ``queue.Queue`` between the two threads, a ``KeyboardInterrupt`` raised in
+    its Python code could leave its lock held, and ending the worker then waited for ever (an
+    interrupted ``nnparity run`` under ``nnparity reproduce`` never ended; CI ran out of time)."""
+    assert interrupted_sends(worker._Writer) == []
+
+
 def test_a_network_made_in_this_process_is_refused_in_one_line(raw):
     import dataclasses
 
@@ -229,6 +311,8 @@ import hashlib, json, sys
 import numpy as np
 from nnparity.training import worker
 from nnparity.core import data as mnist
+from nnparity.core.signals import handled_signals
+from nnparity.training import worker
 from nnparity.training.networks import get, prepare
 from nnparity.training.train import Training
 worker.warm_up(fork=True)  # first, as `nnparity run` does: this process has run no torch operation

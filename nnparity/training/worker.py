@@ -27,11 +27,14 @@ torch no longer lets its inter-op pool be set (it exists, or a first fork set it
 worker of the same process is spawned). NumPy's OpenBLAS pool shuts itself down across a
 fork (its own ``pthread_atfork`` handler), as ``parity_tests/preloaded.py`` relies on too.
 
-This process writes to the worker from a thread of its own (``_write``): a step's masks
+This process writes to the worker from a thread of its own (``_Writer``): a step's masks
 are larger than the pipe's buffer, and writing them from the main thread would hold the
 scratch side at each step until the worker came to read them, the two sides in lockstep;
 the writer lets the scratch side run up to ``OUTBOX`` messages ahead. Each message is
-pickled when it is sent, so later changes to its arrays do not reach the worker.
+pickled when it is sent, so later changes to its arrays do not reach the worker. The main
+thread hands messages over through C queues only (``queue.SimpleQueue``): a Ctrl-C lands
+anywhere in the main thread, and a ``KeyboardInterrupt`` raised inside ``queue.Queue``'s
+Python code can leave its lock held, after which ending the worker waited for ever.
 
 The data are passed once: written to one file (in ``/dev/shm``, memory, where it
 exists) that the worker maps and unlinks at once, so nothing is left behind whichever
@@ -266,27 +269,71 @@ def _read(conn, inbox) -> None:
         inbox.put(None)
 
 
-def _write(conn, outbox, failed) -> None:
-    """The writer thread: every message of ``outbox`` (pickled already) onto the pipe, in
-    order, until ``None``. A step's masks (cnn18k: 346 kB) do not fit in the pipe's buffer,
-    so writing them waits until the worker reads them, at its next step; from this thread,
-    the scratch side steps on meanwhile instead of waiting for the torch side step by step.
-    Once a write fails (the worker ended) ``failed`` is set and the rest is dropped."""
-    while True:
-        buf = outbox.get()
-        if buf is None:
-            return
-        if failed.is_set():
-            continue
-        try:
-            conn.send_bytes(buf)
-        except (OSError, ValueError):  # the worker ended, or _stop closed the pipe
-            failed.set()
+class _Writer:
+    """The thread that writes this process's messages to the worker, in order (see the module
+    doc). ``send`` pickles a message and hands it over; at most ``OUTBOX`` wait. A step's
+    masks (cnn18k: 346 kB) do not fit in the pipe's buffer, so a write waits until the worker
+    reads them, at its next step; from this thread, the scratch side steps on meanwhile.
+
+    The main thread touches only ``queue.SimpleQueue``s, whose ``put`` and ``get`` are single C
+    calls: a signal's ``KeyboardInterrupt`` comes before or after one, never inside, so it
+    cannot leave a lock held. ``queue.Queue`` can, for its ``put`` runs Python code while it
+    holds its mutex: at 12 of the places where a signal could land in a ``send`` that put into
+    a ``queue.Queue`` (c363bc0), the mutex stayed held and the worker's stop waited for ever.
+    ``test_a_signal_anywhere_in_a_send_leaves_the_worker_stoppable`` tries every place. The
+    bound is a stock of ``OUTBOX`` credits: ``send`` takes one, the thread gives it back once
+    the message is written; an interrupt between the two loses a credit, never a message."""
+
+    def __init__(self, conn, process):
+        self._conn, self._process = conn, process
+        self._outbox, self._credits, self._failed = queue.SimpleQueue(), queue.SimpleQueue(), threading.Event()
+        for _ in range(OUTBOX):
+            self._credits.put(True)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="nnparity torch worker writer")
+        self._thread.start()
+
+    def _run(self) -> None:
+        """Each message onto the pipe until ``None``; once a write fails (the worker ended)
+        ``_failed`` is set and the rest is dropped."""
+        while True:
+            buf = self._outbox.get()
+            if buf is None:
+                return
+            if not self._failed.is_set():
+                try:
+                    self._conn.send_bytes(buf)
+                except (OSError, ValueError):  # the worker ended
+                    self._failed.set()
+            self._credits.put(True)
+
+    def send(self, msg) -> None:
+        """``msg`` to the worker, after those sent before it: pickled here (the arrays as they
+        are now, whatever this process does to them next); an ``OSError`` once the worker has
+        ended. Waits while ``OUTBOX`` messages wait (a Ctrl-C interrupts the wait)."""
+        buf = ForkingPickler.dumps(msg)
+        while True:
+            if self._failed.is_set():
+                raise OSError("the torch worker's pipe is closed")
+            try:
+                self._credits.get(timeout=1.0)
+                break
+            except queue.Empty:  # the worker is busy, or has ended
+                if not self._process.is_alive():
+                    raise OSError("the torch worker has ended") from None
+        self._outbox.put(buf)
+
+    def close(self) -> None:
+        """End the thread, then close the pipe, once the worker has ended (a write to an ended
+        worker fails at once): the pipe is never closed under a write, whose descriptor could
+        by then be another file's."""
+        self._outbox.put(None)
+        self._thread.join(5.0)
+        self._conn.close()
 
 
-def _stop(process, conn, outbox) -> None:
+def _stop(process, writer) -> None:
     """End a worker process: SIGTERM (it holds nothing to save), then SIGKILL if need be;
-    then the pipe and the writer thread (its write to an ended worker fails at once)."""
+    then its writer thread and the pipe."""
     try:
         if process.is_alive():
             process.terminate()
@@ -295,8 +342,7 @@ def _stop(process, conn, outbox) -> None:
         if process.is_alive():
             process.kill()
             process.join()
-        conn.close()
-        outbox.put(None)
+        writer.close()
 
 
 def _ending(process) -> str:
@@ -346,26 +392,17 @@ class _Worker:
                 child.close()
                 self.pid = self.process.pid
                 self.inbox = queue.SimpleQueue()
-                self._outbox, self._failed = queue.Queue(maxsize=OUTBOX), threading.Event()
                 threading.Thread(target=_read, args=(self.conn, self.inbox), daemon=True,
                                  name="nnparity torch worker reader").start()
-                threading.Thread(target=_write, args=(self.conn, self._outbox, self._failed), daemon=True,
-                                 name="nnparity torch worker writer").start()
-                self.stop = weakref.finalize(self, _stop, self.process, self.conn, self._outbox)
+                self._writer = _Writer(self.conn, self.process)
+                self.send = self._writer.send
+                self.stop = weakref.finalize(self, _stop, self.process, self._writer)
         except KeyboardInterrupt:
             self.stop()
             raise
 
     def alive(self) -> bool:
         return self.process.is_alive()
-
-    def send(self, msg) -> None:
-        """``msg`` to the worker, after those sent before it: pickled here (the arrays as they
-        are now, whatever this process does to them next), written by the writer thread. At
-        most ``OUTBOX`` messages wait; an ``OSError`` once a write has failed."""
-        if self._failed.is_set():
-            raise OSError("the torch worker's pipe is closed")
-        self._outbox.put(ForkingPickler.dumps(msg))
 
 
 _IDLE: list = []  # at most one started worker that no Training holds
