@@ -6,6 +6,7 @@ import io
 import json
 import os
 import signal
+import threading
 
 import pytest
 
@@ -14,9 +15,43 @@ from nnparity.cli import reproduce
 from nnparity.reporting import results
 
 SMOKE = ["--epochs", "1", "--train-size", "96", "--test-size", "48", "--no-progress"]
+RUN_LIMIT_S = 300  # a run of these tests takes seconds; one not ended by then never will
 
 
-def test_a_smoke_reproduction_runs_each_network_as_nnparity_run_and_writes_its_table(tmp_path, capsys):
+@pytest.fixture
+def bounded_runs(monkeypatch):
+    """Every run the test's reproduce starts is killed, its whole session, once ``RUN_LIMIT_S``
+    have passed (a later one at once), and the test fails: a run that never ends fails the
+    test instead of holding the suite for ever, as the other tests' subprocess timeouts do
+    (a CI run once hung here until its 90 minutes were over)."""
+    runs, killed, expired = [], [], threading.Event()
+    start = reproduce._Run.__init__
+
+    def kill(r):
+        if r.proc.poll() is None:
+            killed.append(r.run["net"])
+            os.killpg(r.proc.pid, signal.SIGKILL)
+
+    def started(self, *args, **kwargs):
+        start(self, *args, **kwargs)
+        runs.append(self)
+        if expired.is_set():  # a run started after the limit: at once
+            kill(self)
+
+    def limit():
+        expired.set()
+        for r in list(runs):
+            kill(r)
+    monkeypatch.setattr(reproduce._Run, "__init__", started)
+    timer = threading.Timer(RUN_LIMIT_S, limit)
+    timer.start()
+    yield
+    timer.cancel()
+    timer.join()  # no thread of this test outlives it (a later test's worker may be forked)
+    assert not killed, f"not ended after {RUN_LIMIT_S} s, killed: {', '.join(killed)}"
+
+
+def test_a_smoke_reproduction_runs_each_network_as_nnparity_run_and_writes_its_table(tmp_path, capsys, bounded_runs):
     out = tmp_path / "rp"
     assert cli.main(["reproduce", "--out", str(out), "--only", "toy221,mlp16", "--jobs", "2", *SMOKE]) == 0
     record = json.loads((out / "reproduce.json").read_text())
@@ -45,7 +80,7 @@ def test_a_smoke_reproduction_runs_each_network_as_nnparity_run_and_writes_its_t
     assert "step parity: 20 steps" in (out / "logs" / "mlp16.log").read_text()
 
 
-def test_an_interrupt_is_passed_to_the_run_under_way_and_no_later_run_starts(tmp_path, monkeypatch):
+def test_an_interrupt_is_passed_to_the_run_under_way_and_no_later_run_starts(tmp_path, monkeypatch, bounded_runs):
     """Each run has a session of its own (a terminal's Ctrl-C reaches ``nnparity reproduce`` only):
     the signal is passed on, the run ends as ``nnparity run`` does, and it is waited for."""
     real = reproduce.Progress.line
