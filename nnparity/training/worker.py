@@ -327,7 +327,8 @@ class _Writer:
         worker fails at once): the pipe is never closed under a write, whose descriptor could
         by then be another file's."""
         self._outbox.put(None)
-        self._thread.join(5.0)
+        if threading.current_thread() is not self._thread:  # (a finalizer can run in any thread)
+            self._thread.join(5.0)
         self._conn.close()
 
 
