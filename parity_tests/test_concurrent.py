@@ -20,9 +20,7 @@ import numpy as np
 import pytest
 
 from nnparity.core import data as mnist
-from nnparity.core.signals import handled_signals
-from nnparity.training import worker
-from nnparity.training import checkpoint
+from nnparity.training import checkpoint, worker
 from nnparity.training.networks import get, prepare
 from nnparity.training.train import Diverged, Training
 from nnparity.training.worker import WorkerError
@@ -268,8 +266,9 @@ def test_a_signal_anywhere_in_a_send_leaves_the_worker_stoppable():
     """A Ctrl-C lands wherever the main thread is, inside ``send`` too. Wherever it lands, the
     writer thread must still end and the pipe close (``_stop``), with every message handed over
     written. With a ``queue.Queue`` between the two threads, a ``KeyboardInterrupt`` raised in
-    its Python code could leave its lock held, and ending the worker then waited for ever (an
-    interrupted ``nnparity run`` under ``nnparity reproduce`` never ended; CI ran out of time)."""
+    its Python code could leave its lock held, and ending the worker then waited for ever: an
+    interrupted ``nnparity run`` that never ends, which fits a CI run that hung in
+    ``test_reproduce``'s interrupt test."""
     assert interrupted_sends(worker._Writer) == []
 
 
@@ -311,8 +310,6 @@ import hashlib, json, sys
 import numpy as np
 from nnparity.training import worker
 from nnparity.core import data as mnist
-from nnparity.core.signals import handled_signals
-from nnparity.training import worker
 from nnparity.training.networks import get, prepare
 from nnparity.training.train import Training
 worker.warm_up(fork=True)  # first, as `nnparity run` does: this process has run no torch operation
