@@ -31,10 +31,8 @@ This process writes to the worker from a thread of its own (``_Writer``): a step
 are larger than the pipe's buffer, and writing them from the main thread would hold the
 scratch side at each step until the worker came to read them, the two sides in lockstep;
 the writer lets the scratch side run up to ``OUTBOX`` messages ahead. Each message is
-pickled when it is sent, so later changes to its arrays do not reach the worker. The main
-thread hands messages over through C queues only (``queue.SimpleQueue``): a Ctrl-C lands
-anywhere in the main thread, and a ``KeyboardInterrupt`` raised inside ``queue.Queue``'s
-Python code can leave its lock held, after which ending the worker waited for ever.
+pickled when it is sent, so later changes to its arrays do not reach the worker; it is
+handed over through C queues only, which a Ctrl-C cannot leave locked (``_Writer``).
 
 The data are passed once: written to one file (in ``/dev/shm``, memory, where it
 exists) that the worker maps and unlinks at once, so nothing is left behind whichever
@@ -395,9 +393,9 @@ class _Worker:
                 self.inbox = queue.SimpleQueue()
                 threading.Thread(target=_read, args=(self.conn, self.inbox), daemon=True,
                                  name="nnparity torch worker reader").start()
-                self._writer = _Writer(self.conn, self.process)
-                self.send = self._writer.send
-                self.stop = weakref.finalize(self, _stop, self.process, self._writer)
+                writer = _Writer(self.conn, self.process)
+                self.send = writer.send
+                self.stop = weakref.finalize(self, _stop, self.process, writer)
         except KeyboardInterrupt:
             self.stop()
             raise
